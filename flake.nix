@@ -1,0 +1,95 @@
+{
+  description = "vLLM built for exactly one NVIDIA GPU architecture (SM) per variant, from one matrix";
+
+  # The pin is the rev in this URL: `nix flake update` relocks the same commit.
+  # Move it with `invoke bump-pin <rev>`, never by hand.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/0182a361324364ae3f436a63005877674cf45efb";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      # Pure data from nix/variants.toml; touching it never imports nixpkgs.
+      matrix = import ./nix/matrix.nix {
+        toml = builtins.fromTOML (builtins.readFile ./nix/variants.toml);
+      };
+
+      forSystems = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) matrix.systems);
+      byName = f: variants: builtins.listToAttrs (map (v: { name = v.name; value = f v; }) variants);
+
+      mkVariant =
+        { nixpkgs, pinText }:
+        variant:
+        import ./nix/variant.nix {
+          inherit nixpkgs pinText variant;
+          inherit (matrix) ramPerJobGib;
+        };
+
+      pinned = mkVariant {
+        inherit nixpkgs;
+        pinText = "nixpkgs " + (nixpkgs.rev or "path ${nixpkgs.narHash or "(unlocked)"}");
+      };
+    in
+    {
+      lib = {
+        # { <variant name> = { name sm capability arch gpus system python cuda ... }; }
+        inherit (matrix) variants systems ramPerJobGib;
+      };
+
+      # packages.<system>.<variant name>: a Python 3.12 environment holding that
+      # variant's vllm (result/bin/python, result/bin/vllm). passthru: vllm,
+      # torch, bitsandbytes, variant, versions, pkgs.
+      packages = forSystems (system: byName pinned (matrix.enabledFor system));
+
+      # Per-SM vllm for another flake, built from *its* nixpkgs:
+      #   pkgs = import nixpkgs { system = "x86_64-linux"; overlays = [ vllm-variants.overlays.default ]; };
+      #   pkgs.vllmVariants."vllm-python312-cuda12_9-sm90"
+      overlays.default = final: prev: {
+        vllmVariants = byName (mkVariant {
+          nixpkgs = final.path;
+          pinText = "nixpkgs at ${toString final.path}";
+        }) (matrix.enabledFor final.stdenv.hostPlatform.system);
+      };
+
+      # Hydra: one job per variant and system, e.g. hydraJobs.<name>.x86_64-linux.
+      hydraJobs = builtins.mapAttrs (name: v: { ${v.system} = self.packages.${v.system}.${name}; }) (
+        builtins.listToAttrs (
+          builtins.concatMap (system: map (v: { name = v.name; value = v; }) (matrix.enabledFor system)) matrix.systems
+        )
+      );
+
+      # Eval-only: each check forces the variant's derivation (and every
+      # read-back assertion in nix/variant.nix) without building it.
+      checks = forSystems (
+        system:
+        builtins.mapAttrs (
+          name: pkg:
+          pkg.pkgs.runCommandLocal "check-${name}" {
+            variantDrv = builtins.unsafeDiscardStringContext pkg.drvPath;
+          } ''echo "$variantDrv" > "$out"''
+        ) self.packages.${system}
+      );
+
+      devShells = forSystems (
+        system:
+        let
+          pkgs = nixpkgs.legacyPackages.${system};
+        in
+        {
+          default = pkgs.mkShell {
+            packages = [
+              (pkgs.python312.withPackages (ps: [
+                ps.invoke
+                ps.nox
+                ps.rich
+                ps.pytest
+                ps.pytest-xdist
+              ]))
+              pkgs.git
+            ];
+            # tasks.py and noxfile.py import vllm_variants from this checkout.
+            shellHook = ''export PYTHONPATH="$PWD/src''${PYTHONPATH:+:$PYTHONPATH}"'';
+          };
+        }
+      );
+    };
+}
