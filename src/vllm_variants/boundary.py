@@ -1,0 +1,35 @@
+"""The one place where library errors become exit codes (tasks.py, noxfile.py).
+
+Expected failures (VariantsError) print one line and exit 1 (or their own
+code); Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .errors import VariantsError
+
+T = TypeVar("T")
+INTERRUPTED = 130
+
+
+def call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run func for Invoke; VariantsError/Ctrl-C become invoke.Exit."""
+    from invoke.exceptions import Exit
+
+    try:
+        return func(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader went away (`invoke variants | head`): stop quietly.
+        # https://docs.python.org/3/library/signal.html#note-on-sigpipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise Exit(code=1) from None
+    except VariantsError as exc:
+        raise Exit(f"error: {exc}", code=exc.exit_code) from None

@@ -1,0 +1,62 @@
+"""Typed, user-facing errors.
+
+The library raises these; only the Invoke/Nox boundary (vllm_variants.boundary)
+turns them into exit codes. Each message is one line that says what was wrong
+and what is valid (pre-commit's error_handler is the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class VariantsError(Exception):
+    """An expected failure with a one-line explanation (exit status 1)."""
+
+    exit_code = 1
+
+
+class MatrixError(VariantsError):
+    """nix/variants.toml is malformed."""
+
+
+class SelectionError(VariantsError):
+    """A request (--sm, --system, a name) matches no variant, or too many."""
+
+
+class PreflightError(VariantsError):
+    """The machine cannot do what was asked (no nix, old nix, no builder...)."""
+
+
+class ToolMissing(PreflightError):
+    """An external executable is not on PATH."""
+
+    def __init__(self, tool: str, hint: str = "") -> None:
+        self.tool = tool
+        message = f"'{tool}' was not found on PATH"
+        super().__init__(f"{message}: {hint}" if hint else message)
+
+
+def tail(text: str, lines: int = 20) -> str:
+    """The last `lines` non-empty lines of `text`."""
+    kept = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+class CommandError(VariantsError):
+    """An external command failed; carries argv, exit code and stderr tail."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        detail = tail(stderr, 1)
+        super().__init__(
+            f"command failed with exit code {returncode}: {' '.join(self.argv[:4])}"
+            + (" ..." if len(self.argv) > 4 else "")
+            + (f": {detail}" if detail else "")
+        )
+
+    @property
+    def stderr_tail(self) -> str:
+        return tail(self.stderr)

@@ -1,0 +1,315 @@
+"""The variant matrix, read from nix/variants.toml.
+
+nix/matrix.nix derives the same records from the same file for the flake; the
+two must agree field for field (tests/test_matrix.py compares this module's
+`Matrix.to_json()` with `nix eval --json .#lib.variants`). Keep the derivation
+rules here and in matrix.nix in step.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MatrixError, SelectionError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10
+    import tomli as tomllib
+
+DEFAULT_KEYS = ("python", "cuda", "min_driver")
+REQUIRED_VARIANT_KEYS = ("sm", "capability", "arch", "gpus", "system")
+VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled",))
+TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant"))
+
+_SM = re.compile(r"^[0-9]{2,3}[af]?$")
+_CAPABILITY = re.compile(r"^[0-9]{1,2}\.[0-9][af]?$")
+_CUDA = re.compile(r"^[0-9]+\.[0-9]+$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the matrix with its derived fields."""
+
+    name: str
+    sm: str
+    capability: str
+    arch: str
+    gpus: tuple[str, ...]
+    system: str
+    python: str
+    cuda: str
+    cuda_tag: str
+    cuda_packages: str
+    min_driver: int
+    disabled: str | None = None
+
+    @property
+    def arm64(self) -> bool:
+        return self.system.startswith("aarch64-")
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled is None
+
+    @property
+    def label(self) -> str:
+        """Short human form: 'sm90' or 'sm90 (arm64)'."""
+        return f"sm{self.sm}" + (" (arm64)" if self.arm64 else "")
+
+    def attr_path(self) -> str:
+        """The flake attribute that builds this variant."""
+        return f"packages.{self.system}.{self.name}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as nix/matrix.nix exports it (same keys, same values)."""
+        return {
+            "name": self.name,
+            "sm": self.sm,
+            "capability": self.capability,
+            "arch": self.arch,
+            "gpus": list(self.gpus),
+            "system": self.system,
+            "python": self.python,
+            "cuda": self.cuda,
+            "cuda_tag": self.cuda_tag,
+            "cuda_packages": self.cuda_packages,
+            "min_driver": self.min_driver,
+            "disabled": self.disabled,
+        }
+
+
+@dataclass(frozen=True)
+class Matrix:
+    variants: tuple[Variant, ...]
+    systems: Mapping[str, str]  # system -> name suffix
+    ram_per_job_gib: int
+    source: Path | None = field(default=None, compare=False)
+
+    # -- loading -----------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path | str) -> Matrix:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise MatrixError(f"matrix file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise MatrixError(f"{path}: invalid TOML: {exc}") from None
+        return cls.from_toml(data, source=path)
+
+    @classmethod
+    def from_toml(cls, data: Mapping[str, Any], source: Path | None = None) -> Matrix:
+        where = str(source or "variants.toml")
+        unknown = sorted(set(data) - TOP_LEVEL_KEYS)
+        if unknown:
+            raise MatrixError(
+                f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(TOP_LEVEL_KEYS))}"
+            )
+        defaults = dict(data.get("defaults", {}))
+        bad_defaults = sorted(set(defaults) - set(DEFAULT_KEYS))
+        if bad_defaults:
+            raise MatrixError(
+                f"{where}: unknown key(s) in [defaults]: {', '.join(bad_defaults)}; "
+                f"valid: {', '.join(DEFAULT_KEYS)}"
+            )
+        systems_table = data.get("systems", {})
+        if not systems_table:
+            raise MatrixError(f"{where}: no [systems.<system>] table")
+        systems = {}
+        for system, spec in systems_table.items():
+            if set(spec) != {"suffix"}:
+                raise MatrixError(f"{where}: [systems.{system}] must hold exactly `suffix`")
+            systems[system] = str(spec["suffix"])
+        try:
+            ram_per_job = int(data["build"]["ram_per_job_gib"])
+        except (KeyError, TypeError, ValueError):
+            raise MatrixError(f"{where}: [build] needs an integer ram_per_job_gib") from None
+        if ram_per_job < 1:
+            raise MatrixError(f"{where}: [build] ram_per_job_gib must be at least 1")
+
+        rows = data.get("variant", [])
+        if not rows:
+            raise MatrixError(f"{where}: no [[variant]] tables")
+        variants = []
+        for index, row in enumerate(rows, start=1):
+            variants.append(_variant(row, defaults, systems, f"{where}: variant #{index}"))
+        names = [v.name for v in variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise MatrixError(f"{where}: duplicate variant name(s): {', '.join(duplicates)}")
+        return cls(tuple(variants), systems, ram_per_job, source)
+
+    # -- queries -----------------------------------------------------------
+
+    @property
+    def enabled(self) -> tuple[Variant, ...]:
+        return tuple(v for v in self.variants if v.enabled)
+
+    def by_name(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise SelectionError(
+            f"unknown variant '{name}'; valid: {', '.join(v.name for v in self.enabled)}"
+        )
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        """{name: record}, exactly what `nix eval --json .#lib.variants` prints."""
+        return {v.name: v.to_json() for v in self.variants}
+
+    def valid_sms_text(self) -> str:
+        """'70, 75, ... (x86_64-linux); 90, 100 (aarch64-linux, with --arm64)'."""
+        parts = []
+        for system in self.systems:
+            sms = _unique(v.sm for v in self.enabled if v.system == system)
+            if sms:
+                hint = ", with --arm64" if system.startswith("aarch64-") else ""
+                parts.append(f"{', '.join(sms)} ({system}{hint})")
+        return "; ".join(parts)
+
+    # -- resolving requests -----------------------------------------------
+
+    def resolve(self, token: str, *, arm64: bool = False) -> Variant:
+        """One variant from '90', 'sm90', 'SM90', '9.0' or a full name."""
+        text = token.strip()
+        if text.startswith("vllm-"):
+            variant = self.by_name(text)
+            if arm64 and not variant.arm64:
+                raise SelectionError(f"--arm64 conflicts with '{text}', an {variant.system} variant")
+            return self._usable(variant)
+        sm = _normalise_sm(text)
+        if sm is None:
+            raise SelectionError(
+                f"'{token}' is not an SM; give a number like 90, sm90 or a full variant name; "
+                f"valid SMs: {self.valid_sms_text()}"
+            )
+        same_sm = [v for v in self.variants if v.sm == sm]
+        if not same_sm:
+            raise SelectionError(f"unknown SM '{sm}'; valid SMs: {self.valid_sms_text()}")
+        wanted = [v for v in same_sm if v.arm64 == arm64]
+        if not wanted:
+            if arm64:
+                arm = _unique(v.sm for v in self.enabled if v.arm64)
+                raise SelectionError(
+                    f"SM {sm} has no arm64 variant; arm64 variants exist for SM {', '.join(arm)}"
+                )
+            raise SelectionError(
+                f"SM {sm} exists only for arm64; add --arm64 "
+                f"(x86_64 SMs: {', '.join(_unique(v.sm for v in self.enabled if not v.arm64))})"
+            )
+        if len(wanted) > 1:
+            raise SelectionError(
+                f"SM {sm} matches several variants ({', '.join(v.name for v in wanted)}); "
+                "give the full name"
+            )
+        return self._usable(wanted[0])
+
+    def select(
+        self,
+        sms: Iterable[str] = (),
+        *,
+        arm64: bool = False,
+        systems: Iterable[str] = (),
+        all: bool = False,
+    ) -> list[Variant]:
+        """The variants a command line asks for, in matrix order, no duplicates.
+
+        `sms` items may hold comma-separated lists ('80,89,90'); `systems`
+        selects every enabled variant of those systems; `all` every enabled one.
+        """
+        tokens = [t for item in sms for t in str(item).split(",") if t.strip()]
+        systems = list(systems)
+        if not (tokens or systems or all):
+            raise SelectionError(
+                "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), "
+                "--system SYSTEM or --all"
+            )
+        chosen: set[str] = set()
+        if all:
+            chosen.update(v.name for v in self.enabled)
+        for system in systems:
+            if system not in self.systems:
+                raise SelectionError(
+                    f"unknown system '{system}'; valid: {', '.join(self.systems)}"
+                )
+            chosen.update(v.name for v in self.enabled if v.system == system)
+        for token in tokens:
+            chosen.add(self.resolve(token, arm64=arm64).name)
+        return [v for v in self.variants if v.name in chosen]
+
+    def _usable(self, variant: Variant) -> Variant:
+        if variant.disabled:
+            raise SelectionError(f"{variant.name} is disabled in the matrix: {variant.disabled}")
+        return variant
+
+
+def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where) -> Variant:
+    unknown = sorted(set(row) - VARIANT_KEYS)
+    if unknown:
+        raise MatrixError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(VARIANT_KEYS))}"
+        )
+    missing = [k for k in REQUIRED_VARIANT_KEYS if k not in row]
+    if missing:
+        raise MatrixError(f"{where}: missing key(s) {', '.join(missing)}")
+    merged = {**defaults, **row}
+    missing_defaults = [k for k in DEFAULT_KEYS if k not in merged]
+    if missing_defaults:
+        raise MatrixError(f"{where}: no value for {', '.join(missing_defaults)} (set it in [defaults])")
+
+    sm, capability = str(merged["sm"]), str(merged["capability"])
+    cuda, system = str(merged["cuda"]), str(merged["system"])
+    if not _SM.match(sm):
+        raise MatrixError(f"{where}: sm '{sm}' is not like \"90\" or \"100\"")
+    if not _CAPABILITY.match(capability) or capability.replace(".", "") != sm:
+        raise MatrixError(f"{where}: capability '{capability}' does not match sm '{sm}'")
+    if not _CUDA.match(cuda):
+        raise MatrixError(f"{where}: cuda '{cuda}' is not like \"12.9\"")
+    if system not in systems:
+        raise MatrixError(f"{where}: system '{system}' is not one of {', '.join(systems)}")
+    gpus = merged["gpus"]
+    if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) for g in gpus):
+        raise MatrixError(f"{where}: gpus must be a non-empty list of strings")
+    disabled = merged.get("disabled")
+    if disabled is not None and (not isinstance(disabled, str) or not disabled.strip()):
+        raise MatrixError(f"{where}: disabled must be a reason (a non-empty string)")
+
+    cuda_tag = "cuda" + cuda.replace(".", "_")
+    python = str(merged["python"])
+    return Variant(
+        name=f"vllm-{python}-{cuda_tag}-sm{sm}{systems[system]}",
+        sm=sm,
+        capability=capability,
+        arch=str(merged["arch"]),
+        gpus=tuple(gpus),
+        system=system,
+        python=python,
+        cuda=cuda,
+        cuda_tag=cuda_tag,
+        cuda_packages="cudaPackages_" + cuda.replace(".", "_"),
+        min_driver=int(merged["min_driver"]),
+        disabled=disabled,
+    )
+
+
+def _normalise_sm(text: str) -> str | None:
+    lowered = text.lower()
+    if lowered.startswith("sm_"):
+        lowered = lowered[3:]
+    elif lowered.startswith("sm"):
+        lowered = lowered[2:]
+    if _CAPABILITY.match(lowered):
+        lowered = lowered.replace(".", "")
+    return lowered if _SM.match(lowered) else None
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

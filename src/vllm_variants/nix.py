@@ -1,0 +1,179 @@
+"""The nix CLI, across versions 2.18 through current.
+
+Nix changed interfaces at 2.19 (see ../shared/NIXPKGS-FACTS.md):
+- updating one input: `nix flake update <input>` (2.19+) versus
+  `nix flake lock --update-input <input>` (2.18; a deprecated alias later);
+- `nix path-info --json`: a list (2.18) versus an object keyed by path (2.19+);
+- `nix config show` (2.19+) versus `nix show-config` (2.18).
+Callers use this module and never branch on the version themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import CommandError, PreflightError, ToolMissing
+from .runner import run
+
+MIN_VERSION = (2, 18)
+FLAKE_FEATURES = ("nix-command", "flakes")
+ENABLE_FLAKES_HINT = (
+    "add 'experimental-features = nix-command flakes' to ~/.config/nix/nix.conf "
+    "(or /etc/nix/nix.conf, then restart nix-daemon)"
+)
+_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """'nix (Nix) 2.26.3' -> (2, 26, 3)."""
+    match = _VERSION.search(text)
+    if not match:
+        raise PreflightError(f"cannot read the Nix version from {text.strip()!r}")
+    major, minor, patch = match.groups()
+    return int(major), int(minor), int(patch or 0)
+
+
+@dataclass
+class Nix:
+    """A nix executable plus the options every call gets (--option pairs)."""
+
+    executable: str = "nix"
+    options: Sequence[tuple[str, str]] = ()
+    env: Mapping[str, str] | None = None
+    echo: bool = False
+    _config: dict[str, str] | None = field(default=None, init=False, repr=False)
+
+    # -- identity and pre-flight ------------------------------------------
+
+    @cached_property
+    def version(self) -> tuple[int, int, int]:
+        proc = run([self.executable, "--version"], env=self.env)
+        return parse_version(proc.stdout)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    @property
+    def new_cli(self) -> bool:
+        """True from Nix 2.19 on (flake update <input>, path-info object)."""
+        return self.version >= (2, 19)
+
+    def config(self) -> dict[str, str]:
+        """Effective settings (`nix config show`), nix-command forced on."""
+        if self._config is None:
+            sub = ["config", "show"] if self.new_cli else ["show-config"]
+            proc = run(
+                [self.executable, "--extra-experimental-features", "nix-command", *sub,
+                 *self._option_args()],
+                env=self.env,
+            )
+            parsed: dict[str, str] = {}
+            for line in proc.stdout.splitlines():
+                key, sep, value = line.partition(" = ")
+                if sep:
+                    parsed[key.strip()] = value.strip()
+            self._config = parsed
+        return self._config
+
+    def setting(self, name: str) -> str:
+        return self.config().get(name, "")
+
+    def missing_features(self) -> list[str]:
+        enabled = self.setting("experimental-features").split()
+        return [f for f in FLAKE_FEATURES if f not in enabled]
+
+    def preflight(self) -> None:
+        """Nix present, >= 2.18, flakes on; else one PreflightError line."""
+        try:
+            version = self.version
+        except ToolMissing:
+            raise PreflightError(
+                "nix is not installed (not on PATH): install Nix >= 2.18 "
+                "(https://nixos.org/download) and enable flakes"
+            ) from None
+        except CommandError as exc:
+            raise PreflightError(f"'nix --version' failed: {exc}") from None
+        if version < MIN_VERSION:
+            raise PreflightError(
+                f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
+                f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix"
+            )
+        missing = self.missing_features()
+        if missing:
+            raise PreflightError(
+                f"Nix experimental feature(s) {' and '.join(missing)} not enabled: {ENABLE_FLAKES_HINT}"
+            )
+
+    # -- argv building --------------------------------------------------
+
+    def _option_args(self) -> list[str]:
+        args: list[str] = []
+        for name, value in self.options:
+            args += ["--option", name, value]
+        return args
+
+    def argv(self, *args: str | os.PathLike[str]) -> list[str]:
+        """[nix, *args, --option ...] for a command that takes options."""
+        return [self.executable, *map(os.fspath, args), *self._option_args()]
+
+    @staticmethod
+    def override_args(overrides: Mapping[str, str]) -> list[str]:
+        args: list[str] = []
+        for name, ref in overrides.items():
+            args += ["--override-input", name, ref]
+        return args
+
+    def flake_update_argv(self, flake: str | os.PathLike[str], input_name: str) -> list[str]:
+        """Relock one input of `flake` (the command differs at 2.19)."""
+        if self.new_cli:
+            return self.argv("flake", "update", input_name, "--flake", flake)
+        return self.argv("flake", "lock", flake, "--update-input", input_name)
+
+    # -- common calls -----------------------------------------------------
+
+    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
+        return run(self.argv(*args), cwd=cwd, env=self.env, echo=self.echo, **kwargs)
+
+    def eval_json(
+        self,
+        installable: str,
+        *,
+        apply: str | None = None,
+        overrides: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Any:
+        args = ["eval", "--json", installable, *self.override_args(overrides or {})]
+        if apply:
+            args += ["--apply", apply]
+        proc = self.run(*args, cwd=cwd)
+        return json.loads(proc.stdout)
+
+    def path_info(self, paths: Sequence[str], *, closure: bool = True) -> dict[str, dict[str, Any]]:
+        """{store path: info} whichever shape this Nix prints."""
+        if not paths:
+            return {}
+        args = ["path-info", "--json", *(["--closure-size"] if closure else []), *paths]
+        data = json.loads(self.run(*args).stdout)
+        return normalise_path_info(data)
+
+
+def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
+    """Nix < 2.19 prints [{"path": p, ...}]; 2.19+ prints {p: {...}}."""
+    if isinstance(data, list):
+        return {item["path"]: {k: v for k, v in item.items() if k != "path"} for item in data}
+    if isinstance(data, dict):
+        return {path: dict(info or {}) for path, info in data.items()}
+    raise ValueError(f"unexpected nix path-info output: {type(data).__name__}")
+
+
+def flake_ref(root: Path) -> str:
+    """The flake reference for a checkout: its absolute path (git-aware in Nix)."""
+    return str(Path(root).resolve())

@@ -1,0 +1,102 @@
+"""The one way this package runs external programs (nix, git, nvidia-smi, ...).
+
+argv lists only, never a shell string: user input (SMs, revs, flake refs, store
+URIs) reaches programs as separate arguments and is never parsed by a shell.
+A missing executable is a ToolMissing, a non-zero exit a CommandError carrying
+the command, its exit code and the tail of its stderr (Mic92/nix-update's
+utils.run is the model).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from .errors import CommandError, ToolMissing
+
+Argv = Sequence["str | os.PathLike[str]"]
+
+# What to tell a user whose PATH lacks one of the programs we drive.
+HINTS = {
+    "nix": "install Nix >= 2.18 (https://nixos.org/download) and enable flakes",
+    "git": "install git",
+    "nvidia-smi": "it ships with the NVIDIA driver; no driver is installed or it is not on PATH",
+    "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
+}
+
+
+def _argv(argv: Argv) -> list[str]:
+    return [os.fspath(a) for a in argv]
+
+
+def format_argv(argv: Argv) -> str:
+    return shlex.join(_argv(argv))
+
+
+def run(
+    argv: Argv,
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    echo: bool = False,
+    input: str | None = None,
+    timeout: float | None = None,
+    echo_to: IO[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run argv to completion, capturing text stdout and stderr.
+
+    Fails by default (check=True) with a CommandError. With echo=True the
+    command is printed (to stderr) before it runs, as `$ nix build ...`.
+    """
+    args = _argv(argv)
+    if echo:
+        print(f"$ {format_argv(args)}", file=echo_to or sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        if exc.filename in (args[0], None) or not Path(args[0]).exists():
+            raise ToolMissing(args[0], HINTS.get(Path(args[0]).name, "")) from None
+        raise
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stderr)
+    return proc
+
+
+def spawn(
+    argv: Argv,
+    *,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    stdout: int | IO[bytes] | None = subprocess.PIPE,
+    stderr: int | IO[bytes] | None = subprocess.PIPE,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start argv without waiting (for streaming Nix's log); same errors as run()."""
+    args = _argv(argv)
+    try:
+        return subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
+        )
+    except FileNotFoundError:
+        raise ToolMissing(args[0], HINTS.get(Path(args[0]).name, "")) from None
