@@ -1,0 +1,156 @@
+"""Test helpers: real nix and real git, isolated by environment.
+
+Every test that runs Nix goes through `nix_env()`: substituters off (the test
+bed is offline), the build hook pointed at the `nix` on PATH, flakes on. Tests
+that run git use `git_env()` (no user or system config, fixed identity).
+Nothing here fakes nix or git; the nixpkgs under test is the stand-in in
+tests/fixtures/nixpkgs (see its README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = REPO / "tests" / "fixtures" / "nixpkgs"
+# What a user's checkout holds that the flake and the tasks need.
+PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md")
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "vllm-variants tests",
+    "GIT_AUTHOR_EMAIL": "tests@vllm-variants.invalid",
+    "GIT_COMMITTER_NAME": "vllm-variants tests",
+    "GIT_COMMITTER_EMAIL": "tests@vllm-variants.invalid",
+}
+
+
+class NixMissing(AssertionError):
+    """Raised (a failure, not a skip) when a test needs nix and it is absent."""
+
+
+def nix_executable() -> str:
+    found = shutil.which("nix")
+    if not found:
+        raise NixMissing(
+            "these tests need the real nix CLI (>= 2.18) and it is not on PATH; "
+            "install it with ../shared/tools/install-nix (CI does)"
+        )
+    return found
+
+
+def nix_config(extra: str = "") -> str:
+    """NIX_CONFIG for tests.
+
+    - substituters empty: no cache is reachable; Nix would retry for seconds.
+    - build-hook: Nix defaults it to its own executable, which under
+      ../shared/tools/install-nix is the dynamic loader the `nix` wrapper runs
+      through, so `nix __build-remote` fails; point it at the wrapper.
+      With a regular Nix install this is the default anyway.
+    """
+    lines = [
+        "substituters =",
+        f"build-hook = {nix_executable()} __build-remote",
+        "experimental-features = nix-command flakes",
+        "warn-dirty = false",
+        "flake-registry =",
+    ]
+    return "\n".join(lines) + ("\n" + extra if extra else "") + "\n"
+
+
+def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(base if base is not None else os.environ)
+    env.update(GIT_IDENTITY)
+    env["GIT_CONFIG_GLOBAL"] = os.devnull
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    return env
+
+
+def nix_env(extra_config: str = "", **overrides: str) -> dict[str, str]:
+    env = git_env()
+    env["NIX_CONFIG"] = nix_config(extra_config)
+    env.pop("NIX_PATH", None)
+    env.update(overrides)
+    return env
+
+
+def run(argv: Sequence[str | os.PathLike[str]], *, cwd=None, env=None, check=True, input=None):
+    proc = subprocess.run(
+        [os.fspath(a) for a in argv],
+        cwd=cwd,
+        env=env if env is not None else nix_env(),
+        capture_output=True,
+        text=True,
+        input=input,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, argv))} exited {proc.returncode}\n"
+            f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["git", *args], cwd=cwd, env=git_env(), check=check)
+
+
+def nix(*args: str | os.PathLike[str], cwd=None, env=None, check=True) -> subprocess.CompletedProcess[str]:
+    return run([nix_executable(), *args], cwd=cwd, env=env or nix_env(), check=check)
+
+
+def standin_ref(path: Path = STANDIN) -> str:
+    return f"path:{path}"
+
+
+def override(path: Path = STANDIN) -> list[str]:
+    return ["--override-input", "nixpkgs", standin_ref(path)]
+
+
+def nix_eval(flake: str, attr: str, *, apply: str | None = None, standin: Path = STANDIN, env=None) -> Any:
+    args = ["eval", "--json", f"{flake}#{attr}", *override(standin)]
+    if apply:
+        args += ["--apply", apply]
+    return json.loads(nix(*args, env=env).stdout)
+
+
+def copy_standin(dest: Path, **knobs: Any) -> Path:
+    """A copy of the stand-in with knobs.json changed (see its knobs.nix)."""
+    shutil.copytree(STANDIN, dest)
+    knobs_file = dest / "knobs.json"
+    data = json.loads(knobs_file.read_text())
+    unknown = set(knobs) - set(data)
+    assert not unknown, f"unknown stand-in knob(s): {unknown}"
+    data.update(knobs)
+    knobs_file.write_text(json.dumps(data, indent=2) + "\n")
+    return dest
+
+
+def make_project(dest: Path, *, git_init: bool = True) -> Path:
+    """A checkout of this project (flake, matrix, tasks) as a user has it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    if git_init:
+        git(dest, "init", "-q", "-b", "main")
+        commit_all(dest, "seed")
+    return dest
+
+
+def commit_all(root: Path, message: str) -> None:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def flake_ref(root: Path) -> str:
+    """git+file for a git checkout (as a user's clone), path: otherwise."""
+    return f"git+file://{root}" if (root / ".git").exists() else f"path:{root}"

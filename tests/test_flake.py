@@ -1,0 +1,276 @@
+"""The flake against the nixpkgs stand-in: every variant evaluated and built.
+
+What each variant must show (issue #7): its name on its system, its one
+capability reaching vllm, torch, bitsandbytes (and xformers, flashinfer),
+CUDA 12.9, one bitsandbytes in the closure, a description carrying the pinned
+vllm's version; read both from the derivations and back from result/bin/python.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.matrix import Matrix
+
+pytestmark = pytest.mark.nix
+
+MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
+VARIANTS = MATRIX.enabled
+
+FACTS = """
+packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
+  let ps = p.pkgs.${p.variant.python}.pkgs; in {
+    envSystem = p.system;
+    description = p.meta.description;
+    platforms = p.meta.platforms;
+    versions = p.versions;
+    vllm = { inherit (p.vllm) pname name system cmakeFlags requiredSystemFeatures; platforms = p.vllm.meta.platforms; };
+    torch = { inherit (p.torch) cudaCapabilities; cuda = p.torch.cudaPackages.cudaMajorMinorVersion; };
+    bitsandbytes = { inherit (p.bitsandbytes) cmakeFlags; };
+    xformers = { inherit (ps.xformers) TORCH_CUDA_ARCH_LIST prePhases; };
+    flashinfer = { inherit (ps.flashinfer) FLASHINFER_CUDA_ARCH_LIST; };
+    setVllmIsThisVllm = ps.vllm.drvPath == p.vllm.drvPath;
+  }) set) packages
+"""
+
+
+def cmake(flags: list[str], name: str) -> str | None:
+    for flag in flags:
+        key, _, value = flag.partition("=")
+        if key.split(":")[0] == f"-D{name}":
+            return value
+    return None
+
+
+@pytest.fixture(scope="module")
+def flake(tmp_path_factory) -> str:
+    return support.flake_ref(support.make_project(tmp_path_factory.mktemp("flake") / "p"))
+
+
+@pytest.fixture(scope="module")
+def facts(flake) -> dict:
+    return support.nix_eval(flake, "packages", apply=FACTS)
+
+
+@pytest.fixture(scope="module")
+def built(flake) -> dict[str, Path]:
+    """Every variant, built. aarch64 variants too: the stand-in's builders are
+    the host's bash, so extra-platforms lets this x86_64 machine run them."""
+    installables = [f"{flake}#{v.attr_path()}" for v in VARIANTS]
+    env = support.nix_env("extra-platforms = aarch64-linux")
+    proc = support.nix("build", "--json", "--no-link", *installables, *support.override(), env=env)
+    outs = [Path(item["outputs"]["out"]) for item in json.loads(proc.stdout)]
+    return dict(zip((v.name for v in VARIANTS), outs))
+
+
+def test_each_system_exports_exactly_its_variants(facts):
+    for system in MATRIX.systems:
+        assert set(facts[system]) == {v.name for v in VARIANTS if v.system == system}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_variant_derivations_carry_its_one_capability(facts, variant):
+    f = facts[variant.system][variant.name]
+    cap, sm = variant.capability, variant.sm
+    assert f["envSystem"] == variant.system and f["vllm"]["system"] == variant.system
+    assert f["vllm"]["pname"] == variant.name
+    assert f["vllm"]["name"] == f"python3.12-{variant.name}-{f['versions']['vllm']}"
+    assert cmake(f["vllm"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
+    assert cmake(f["vllm"]["cmakeFlags"], "CUTLASS_NVCC_ARCHS_ENABLED") == sm
+    assert f["torch"]["cudaCapabilities"] == [cap]
+    assert cmake(f["bitsandbytes"]["cmakeFlags"], "COMPUTE_CAPABILITY") == sm
+    assert f["xformers"]["TORCH_CUDA_ARCH_LIST"] == cap
+    assert f["flashinfer"]["FLASHINFER_CUDA_ARCH_LIST"] == cap
+    assert f["torch"]["cuda"] == "12.9" and f["versions"]["cuda"] == "12.9"
+    assert "big-parallel" in f["vllm"]["requiredSystemFeatures"]
+    assert f["vllm"]["platforms"] == [variant.system] == f["platforms"]
+    assert "vllmVariantsClampJobsPhase" in f["xformers"]["prePhases"]
+    assert f["setVllmIsThisVllm"], "python3xxPackages.vllm must be the per-SM vllm"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_description_is_built_from_the_pinned_versions(facts, variant):
+    f = facts[variant.system][variant.name]
+    assert f["versions"]["vllm"] == "0.15.1"  # the stand-in's (= the pin's) vllm
+    assert f["description"] == (
+        f"vLLM 0.15.1 for {', '.join(variant.gpus)} ({variant.arch}, SM {variant.sm}, CUDA 12.9)"
+    )
+
+
+PROBE = r"""
+import json, pathlib, sys
+import vllm, torch, bitsandbytes, xformers, flashinfer
+def info(module):
+    return json.loads((pathlib.Path(module.__file__).parent / "_nix_build.json").read_text())
+print(json.dumps({
+    "vllm": vllm.__version__, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+    "torch_arch": torch._C._cuda_getArchFlags(),
+    "vllm_build": info(vllm), "torch_build": info(torch), "bnb_build": info(bitsandbytes),
+    "xformers_build": info(xformers), "flashinfer_build": info(flashinfer),
+}))
+"""
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_built_result_reports_what_the_flake_asked_for(built, variant):
+    out = built[variant.name]
+    report = json.loads(subprocess.run([out / "bin" / "python", "-c", PROBE], check=True,
+                                       capture_output=True, text=True).stdout)
+    cap, sm = variant.capability, variant.sm
+    assert report["vllm"] == "0.15.1" and report["torch"] == "2.9.1"
+    assert report["torch_cuda"] == "12.9"
+    assert report["torch_arch"] == f"sm_{sm}"
+    assert cmake(report["vllm_build"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
+    assert report["vllm_build"]["cuda"]["cuda_nvcc"].startswith("12.9.")
+    assert cmake(report["bnb_build"]["cmakeFlags"], "COMPUTE_CAPABILITY") == sm
+    assert report["xformers_build"]["TORCH_CUDA_ARCH_LIST"] == cap
+    assert report["flashinfer_build"]["FLASHINFER_CUDA_ARCH_LIST"] == cap
+    # the result's own metadata, as smoke reads it
+    claimed = json.loads((out / "share" / "vllm-variants" / "variant.json").read_text())
+    assert {k: claimed[k] for k in variant.to_json()} == variant.to_json()
+    assert claimed["versions"] == {"vllm": "0.15.1", "torch": "2.9.1", "python": "3.12.12", "cuda": "12.9"}
+    version = subprocess.run([out / "bin" / "vllm", "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == "0.15.1"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_closure_holds_one_bitsandbytes(built, variant):
+    closure = support.nix("path-info", "--recursive", built[variant.name]).stdout.split()
+    bnb = [p for p in closure if "-bitsandbytes-" in p]
+    assert len(bnb) == 1, bnb
+
+
+def test_description_follows_the_pinned_vllm_version(flake, standin):
+    newer = standin(vllmVersion="0.16.0")
+    got = support.nix_eval(flake, "packages.x86_64-linux.vllm-python312-cuda12_9-sm90.meta.description",
+                           standin=newer)
+    assert got == "vLLM 0.16.0 for H100, H200, H20 (Hopper, SM 90, CUDA 12.9)"
+
+
+def _mem_total_kib() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1])
+    raise AssertionError("no MemTotal in /proc/meminfo")
+
+
+@pytest.mark.parametrize("cores", [64, 1])
+def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp_path):
+    fresh = standin(salt=f"jobs-{cores}-{tmp_path.name}")  # new derivations: really build
+    attr = f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
+    support.nix("build", "--no-link", attr, *support.override(fresh), "--cores", str(cores))
+    out = support.nix("eval", "--raw", f"{attr}.outPath", *support.override(fresh)).stdout
+    site = Path(out) / "lib" / "python3.12" / "site-packages"
+    record = lambda module: json.loads((site / module / "_nix_build.json").read_text())  # noqa: E731
+
+    expected = max(1, min(cores, _mem_total_kib() // (MATRIX.ram_per_job_gib * 1024 * 1024)))
+    for module in ("vllm", "torch", "xformers", "flashinfer"):
+        assert int(record(module)["NIX_BUILD_CORES"]) == expected, module
+    assert int(record("vllm")["MAX_JOBS"]) == expected
+    assert int(record("flashinfer")["MAX_JOBS"]) == expected
+    # Not a heavy build: Nix's own --cores reaches it untouched.
+    assert int(record("bitsandbytes")["NIX_BUILD_CORES"]) == cores
+    # Nothing machine-specific is baked into the derivation.
+    drv = json.loads(support.nix("derivation", "show", attr, *support.override(fresh)).stdout)
+    (env,) = [d["env"] for d in drv.values()]
+    assert "NIX_BUILD_CORES" not in env and "MAX_JOBS" not in env
+
+
+def test_unsupported_sm_fails_naming_sm_and_pin(flake, standin):
+    # vllm 0.11.0 in nixpkgs: Blackwell commented out of the supported list
+    no_blackwell = standin(vllmSupportedCapabilities=[
+        "3.5", "3.7", "5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0",
+        "8.6", "8.7", "8.9", "9.0", "9.0a"])
+    proc = support.nix("eval", f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm100.drvPath",
+                       *support.override(no_blackwell), check=False)
+    assert proc.returncode != 0
+    assert ("vllm-python312-cuda12_9-sm100: vllm 0.15.1 in nixpkgs path sha256-" in proc.stderr
+            and "cannot target CUDA capability 10.0 (SM 100)" in proc.stderr)
+    ok = support.nix("eval", "--raw", f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
+                     *support.override(no_blackwell))
+    assert ok.stdout.endswith(".drv")
+
+
+def test_pin_in_messages_is_the_git_rev(tmp_path, flake):
+    """With a git nixpkgs (as a pin is), the metadata names its commit."""
+    repo = support.copy_standin(tmp_path / "nixpkgs-git")
+    support.git(repo, "init", "-q")
+    support.commit_all(repo, "stand-in")
+    rev = support.git(repo, "rev-parse", "HEAD").stdout.strip()
+    got = support.nix("eval", "--raw",
+                      f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.vllm.vllmVariantsInfo",
+                      "--override-input", "nixpkgs", f"git+file://{repo}").stdout
+    assert json.loads(got)["pin"] == f"nixpkgs {rev}"
+
+
+def test_hydra_jobs_one_per_variant_and_system(flake):
+    jobs = support.nix_eval(flake, "hydraJobs", apply="builtins.mapAttrs (n: j: builtins.attrNames j)")
+    assert jobs == {v.name: [v.system] for v in VARIANTS}
+
+
+def test_flake_check_evaluates_every_variant(flake):
+    proc = support.nix("flake", "check", flake, *support.override())
+    assert proc.returncode == 0
+    names = support.nix_eval(flake, "checks.x86_64-linux", apply="builtins.attrNames")
+    assert set(names) == {v.name for v in VARIANTS if v.system == "x86_64-linux"}
+
+
+def test_overlay_gives_another_flake_a_per_sm_vllm_from_its_own_nixpkgs(tmp_path, standin, flake):
+    theirs = standin(vllmVersion="0.15.2")  # the consumer's nixpkgs, not our pin
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    (consumer / "flake.nix").write_text(
+        """
+        {
+          inputs.vllm-variants.url = "%s";
+          inputs.nixpkgs.url = "path:%s";
+          inputs.vllm-variants.inputs.nixpkgs.follows = "nixpkgs";
+          outputs = { self, nixpkgs, vllm-variants }: {
+            sm90 = (import nixpkgs {
+              system = "x86_64-linux";
+              overlays = [ vllm-variants.overlays.default ];
+            }).vllmVariants.vllm-python312-cuda12_9-sm90;
+          };
+        }
+        """ % (flake, theirs)
+    )
+    got = json.loads(support.nix(
+        "eval", "--json", f"path:{consumer}#sm90", "--no-write-lock-file",
+        "--apply", "p: { inherit (p.vllm) pname version cmakeFlags; }").stdout)
+    assert got["pname"] == "vllm-python312-cuda12_9-sm90" and got["version"] == "0.15.2"
+    assert cmake(got["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == "9.0"
+
+
+def test_dev_shell_evaluates(flake):
+    drv = support.nix("eval", "--raw", f"{flake}#devShells.x86_64-linux.default.drvPath", *support.override())
+    assert drv.stdout.endswith("-nix-shell.drv")
+
+
+def test_flake_lock_pins_the_real_nixpkgs():
+    lock = json.loads((support.REPO / "flake.lock").read_text())
+    locked = lock["nodes"]["nixpkgs"]["locked"]
+    assert locked == {
+        "lastModified": 1771369470,
+        "narHash": "sha256-0NBlEBKkN3lufyvFegY4TYv5mCNHbi5OmBDrzihbBMQ=",
+        "owner": "NixOS",
+        "repo": "nixpkgs",
+        "rev": "0182a361324364ae3f436a63005877674cf45efb",
+        "type": "github",
+    }
+    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/0182a361324364ae3f436a63005877674cf45efb";' in (
+        support.REPO / "flake.nix"
+    ).read_text()
+
+
+def test_override_input_leaves_the_lock_alone(tmp_path):
+    root = support.make_project(tmp_path / "p")
+    before = (root / "flake.lock").read_bytes()
+    support.nix("build", "--no-link", f"{support.flake_ref(root)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm80",
+                *support.override())
+    assert (root / "flake.lock").read_bytes() == before
+    assert support.git(root, "status", "--porcelain").stdout == ""

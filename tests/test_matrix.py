@@ -1,0 +1,228 @@
+"""The matrix: one TOML, read the same way by Python and by Nix."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.errors import MatrixError, SelectionError
+from vllm_variants.matrix import Matrix
+
+MATRIX = support.REPO / "nix" / "variants.toml"
+
+# The ten variants DEVELOPERS.md and issue #7 name: the spec, not a derivation.
+EXPECTED = {
+    "vllm-python312-cuda12_9-sm70": ("70", "7.0", "Volta", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm75": ("75", "7.5", "Turing", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm80": ("80", "8.0", "Ampere DC", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm86": ("86", "8.6", "Ampere", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm89": ("89", "8.9", "Ada Lovelace", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm90": ("90", "9.0", "Hopper", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm100": ("100", "10.0", "Blackwell DC", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm120": ("120", "12.0", "Blackwell", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm90-arm64": ("90", "9.0", "Grace Hopper", "aarch64-linux"),
+    "vllm-python312-cuda12_9-sm100-arm64": ("100", "10.0", "Grace Blackwell", "aarch64-linux"),
+}
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Matrix:
+    return Matrix.load(MATRIX)
+
+
+def test_matrix_holds_the_ten_variants(matrix):
+    got = {v.name: (v.sm, v.capability, v.arch, v.system) for v in matrix.variants}
+    assert got == EXPECTED
+    for v in matrix.variants:
+        assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", "12.9", "cudaPackages_12_9", 560)
+        assert v.gpus, v.name
+
+
+@pytest.mark.nix
+def test_python_matrix_equals_nix_lib_variants(matrix, tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    nix_view = support.nix_eval(support.flake_ref(root), "lib.variants")
+    assert nix_view == matrix.to_json()
+
+
+@pytest.mark.nix
+def test_lib_variants_never_imports_nixpkgs(matrix, tmp_path):
+    """lib.variants evaluates even when nixpkgs is poison to touch."""
+    poison = tmp_path / "poison"
+    poison.mkdir()
+    (poison / "flake.nix").write_text(
+        '{ outputs = { self }: throw "poisoned nixpkgs was evaluated"; }\n'
+    )
+    (poison / "default.nix").write_text('abort "poisoned nixpkgs was imported"\n')
+    root = support.make_project(tmp_path / "p", git_init=False)
+    ref = support.flake_ref(root)
+    assert support.nix_eval(ref, "lib.variants", standin=poison) == matrix.to_json()
+    # ...while anything that needs nixpkgs does hit the poison (the guard works).
+    proc = support.nix("eval", "--json", f"{ref}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.name",
+                       *support.override(poison), check=False)
+    assert proc.returncode != 0 and "poisoned nixpkgs" in proc.stderr
+
+
+def _with_extra_tables(root: Path, text: str) -> None:
+    matrix_file = root / "nix" / "variants.toml"
+    matrix_file.write_text(matrix_file.read_text() + textwrap.dedent(text))
+
+
+@pytest.mark.nix
+def test_adding_a_variant_is_one_table(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    _with_extra_tables(
+        root,
+        """
+        [[variant]]
+        sm = "103"
+        capability = "10.3"
+        arch = "Blackwell Ultra"
+        gpus = ["B300"]
+        system = "x86_64-linux"
+
+        [[variant]]
+        sm = "90"
+        capability = "9.0"
+        arch = "Hopper"
+        gpus = ["H100"]
+        system = "x86_64-linux"
+        cuda = "12.8"
+        """,
+    )
+    python_view = Matrix.load(root / "nix" / "variants.toml")
+    new = {"vllm-python312-cuda12_9-sm103", "vllm-python312-cuda12_8-sm90"}
+    assert new <= {v.name for v in python_view.variants}
+    ref = support.flake_ref(root)
+    assert support.nix_eval(ref, "lib.variants") == python_view.to_json()
+    packages = support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
+    assert new <= set(packages)
+    versions = support.nix_eval(ref, "packages.x86_64-linux", apply=(
+        'p: { a = p."vllm-python312-cuda12_9-sm103".passthru.versions.cuda;'
+        ' b = p."vllm-python312-cuda12_8-sm90".passthru.versions.cuda; }'))
+    assert versions == {"a": "12.9", "b": "12.8"}
+
+
+@pytest.mark.nix
+def test_disabled_variant_stays_listed_without_a_package(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    matrix_file = root / "nix" / "variants.toml"
+    text = matrix_file.read_text().replace(
+        'gpus = ["V100", "Titan V"]\n', 'gpus = ["V100", "Titan V"]\ndisabled = "CUDA 13 drops Volta"\n'
+    )
+    matrix_file.write_text(text)
+    python_view = Matrix.load(matrix_file)
+    sm70 = python_view.by_name("vllm-python312-cuda12_9-sm70")
+    assert sm70.disabled == "CUDA 13 drops Volta"
+    ref = support.flake_ref(root)
+    assert support.nix_eval(ref, "lib.variants")[sm70.name]["disabled"] == "CUDA 13 drops Volta"
+    assert sm70.name not in support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
+    with pytest.raises(SelectionError, match="disabled in the matrix: CUDA 13 drops Volta"):
+        python_view.resolve("70")
+
+
+BAD_TABLES = [
+    ("gpu = [\"X\"]\n", "unknown key"),
+    ("capability = \"9.1\"\n", "does not match sm"),
+    ("system = \"riscv64-linux\"\n", "is not one of"),
+]
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("replacement, message", BAD_TABLES, ids=["typo", "capability", "system"])
+def test_malformed_matrix_fails_on_both_sides(tmp_path, replacement, message):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    matrix_file = root / "nix" / "variants.toml"
+    key = replacement.split(" ")[0]
+    lines = matrix_file.read_text().splitlines(keepends=True)
+    # change the first variant table's line for `key` (or add the typo'd key)
+    first = next(i for i, line in enumerate(lines) if line.startswith("[[variant]]"))
+    target = next((i for i in range(first, len(lines)) if lines[i].startswith(key + " ")), None)
+    if target is None:
+        lines.insert(first + 1, replacement)
+    else:
+        lines[target] = replacement
+    matrix_file.write_text("".join(lines))
+
+    with pytest.raises(MatrixError, match=message) as excinfo:
+        Matrix.load(matrix_file)
+    assert "\n" not in str(excinfo.value)
+    proc = support.nix("eval", "--json", f"{support.flake_ref(root)}#lib.variants", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_duplicate_names_are_refused(tmp_path):
+    text = MATRIX.read_text()
+    first = text.index("\n[[variant]]\n")
+    second = text.index("\n[[variant]]\n", first + 1)
+    path = tmp_path / "variants.toml"
+    path.write_text(text + "\n" + text[first:second])
+    with pytest.raises(MatrixError, match="duplicate variant name.*sm70"):
+        Matrix.load(path)
+
+
+@pytest.mark.parametrize(
+    "token, arm64, expected",
+    [
+        ("90", False, "vllm-python312-cuda12_9-sm90"),
+        ("sm90", False, "vllm-python312-cuda12_9-sm90"),
+        ("SM_90", False, "vllm-python312-cuda12_9-sm90"),
+        ("9.0", False, "vllm-python312-cuda12_9-sm90"),
+        ("100", True, "vllm-python312-cuda12_9-sm100-arm64"),
+        ("vllm-python312-cuda12_9-sm100-arm64", False, "vllm-python312-cuda12_9-sm100-arm64"),
+    ],
+)
+def test_resolve_accepts_the_usual_spellings(matrix, token, arm64, expected):
+    assert matrix.resolve(token, arm64=arm64).name == expected
+
+
+@pytest.mark.parametrize(
+    "token, arm64, message",
+    [
+        ("91", False, "unknown SM '91'; valid SMs: 70, 75, 80, 86, 89, 90, 100, 120 (x86_64-linux); "
+                      "90, 100 (aarch64-linux, with --arm64)"),
+        ("80", True, "SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
+        ("hopper", False, "'hopper' is not an SM"),
+        ("vllm-python312-cuda12_9-sm90", True, "--arm64 conflicts"),
+        ("vllm-nope", False, "unknown variant 'vllm-nope'; valid: vllm-python312-cuda12_9-sm70"),
+    ],
+)
+def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm64, message):
+    with pytest.raises(SelectionError) as excinfo:
+        matrix.resolve(token, arm64=arm64)
+    assert message in str(excinfo.value)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_select_combines_lists_systems_and_all(matrix):
+    names = lambda vs: [v.name.removeprefix("vllm-python312-cuda12_9-") for v in vs]  # noqa: E731
+    assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
+    assert names(matrix.select(systems=["aarch64-linux"])) == ["sm90-arm64", "sm100-arm64"]
+    assert len(matrix.select(all=True)) == 10
+    with pytest.raises(SelectionError, match="no variant selected"):
+        matrix.select()
+    with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
+        matrix.select(systems=["x86_64-darwin"])
+
+
+def test_to_json_is_the_nix_shape(matrix):
+    record = matrix.to_json()["vllm-python312-cuda12_9-sm90-arm64"]
+    assert json.loads(json.dumps(record)) == {
+        "name": "vllm-python312-cuda12_9-sm90-arm64",
+        "sm": "90",
+        "capability": "9.0",
+        "arch": "Grace Hopper",
+        "gpus": ["GH200"],
+        "system": "aarch64-linux",
+        "python": "python312",
+        "cuda": "12.9",
+        "cuda_tag": "cuda12_9",
+        "cuda_packages": "cudaPackages_12_9",
+        "min_driver": 560,
+        "disabled": None,
+    }

@@ -1,0 +1,61 @@
+"""README.md: generated sections match their sources; CI runs its test command."""
+
+from __future__ import annotations
+
+import re
+
+import support
+
+from vllm_variants import readme
+from vllm_variants.matrix import Matrix
+from vllm_variants.project import Project
+
+README = (support.REPO / "README.md").read_text()
+
+
+def test_variant_table_matches_the_matrix():
+    body = readme.section_body(README, "variants")
+    assert body == readme.variants_table(Matrix.load(support.REPO / "nix" / "variants.toml"))
+    for name in Matrix.load(support.REPO / "nix" / "variants.toml").to_json():
+        assert f"`{name}`" in body
+
+
+def test_check_fails_when_the_matrix_moves(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    project = Project(root)
+    assert readme.update(project, check=True) is False
+    matrix_file = root / "nix" / "variants.toml"
+    matrix_file.write_text(matrix_file.read_text().replace('"H100", "H200", "H20"', '"H100", "H200"'))
+    try:
+        readme.update(Project(root), check=True)
+    except Exception as exc:  # noqa: BLE001 - the message is the point
+        assert "README.md is out of date" in str(exc)
+    else:
+        raise AssertionError("a stale README passed the check")
+    assert readme.update(Project(root)) is True
+    assert readme.update(Project(root), check=True) is False
+
+
+def _setup_commands() -> list[str]:
+    block = re.search(r"## Set-up\n\n```sh\n(.*?)```", README, re.DOTALL)
+    assert block, "README.md has no '## Set-up' sh block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_setup_is_two_commands_main_job_then_tests():
+    main_job, tests = _setup_commands()
+    assert "invoke build" in main_job
+    assert "pytest -n auto" in tests
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    _, tests = _setup_commands()
+    ci = (support.REPO / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == tests
+    assert "sh ../shared/tools/install-nix" in ci
+
+
+def test_prerequisites_name_nix_and_flakes():
+    section = README.split("## Prerequisites", 1)[1].split("\n## ", 1)[0]
+    assert "Nix >= 2.18 with flakes" in section
+    assert "experimental-features = nix-command flakes" in section

@@ -1,0 +1,201 @@
+"""The nixpkgs stand-in has teeth: a flake that would be wrong against real
+nixpkgs fails here too.
+
+Each mutation below breaks the flake the way a plausible mistake would, with
+the flake's own read-back guard (`assert checked;` in nix/variant.nix) taken
+out, so that only the stand-in's nixpkgs semantics can catch it. The second
+half checks those semantics directly (the behaviour read from nixpkgs).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import support
+
+pytestmark = pytest.mark.nix
+
+SM90 = "packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
+
+
+def mutated(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> str:
+    root = support.make_project(tmp_path / "mutant", git_init=False)
+    edits = {**edits, "nix/variant.nix": [("assert checked;\n", ""), *edits.get("nix/variant.nix", [])]}
+    for rel, replacements in edits.items():
+        path = root / rel
+        text = path.read_text()
+        for old, new in replacements:
+            assert old in text, f"mutation target not found in {rel}: {old!r}"
+            text = text.replace(old, new)
+        path.write_text(text)
+    return support.flake_ref(root)
+
+
+def build(flake: str, attr: str = SM90, check: bool = True):
+    return support.nix("build", "--json", "--no-link", f"{flake}#{attr}", *support.override(), check=check)
+
+
+def built_info(flake: str, module: str) -> dict:
+    out = json.loads(build(flake).stdout)[0]["outputs"]["out"]
+    probe = f"import json, {module}, pathlib; print((pathlib.Path({module}.__file__).parent / '_nix_build.json').read_text())"
+    return json.loads(subprocess.run([f"{out}/bin/python", "-c", probe], capture_output=True, text=True,
+                                     check=True).stdout)
+
+
+def test_guard_removed_flake_still_builds(tmp_path):
+    """The baseline: taking the guard out alone breaks nothing."""
+    info = built_info(mutated(tmp_path, {}), "vllm")
+    assert info["cuda"]["cuda"] == "12.9"
+
+
+def test_forgetting_allow_unfree_is_refused(tmp_path):
+    flake = mutated(tmp_path, {"nix/variant.nix": [("allowUnfree = true;", "")]})
+    proc = build(flake, check=False)
+    assert proc.returncode != 0
+    assert "has an unfree license (‘CUDA EULA’)" in proc.stderr
+    assert "Refusing to evaluate package 'cuda12.9-" in proc.stderr
+
+
+def test_typo_in_a_config_key_builds_every_default_arch(tmp_path):
+    flake = mutated(tmp_path, {"nix/variant.nix": [("cudaCapabilities = [", "cudaCapabilites = [")]})
+    info = built_info(flake, "vllm")
+    assert info["cmakeFlags"][0] == "-DTORCH_CUDA_ARCH_LIST:STRING=7.5;8.0;8.6;8.9;9.0;10.0;10.3;12.0;12.1"
+
+
+def test_without_the_cuda_overlay_the_build_uses_cuda_12_8(tmp_path):
+    flake = mutated(tmp_path, {"nix/overlay.nix": [("cudaPackages = final.${variant.cuda_packages};", "")]})
+    info = built_info(flake, "vllm")
+    assert info["cuda"]["cuda"] == "12.8"
+
+
+def test_forward_compat_left_on_is_visible_in_flags(tmp_path):
+    flake = mutated(tmp_path, {"nix/variant.nix": [("cudaForwardCompat = false;", "")]})
+    arches = support.nix_eval(flake, f"{SM90}.pkgs.cudaPackages.flags.arches")
+    assert arches == ["sm_90", "compute_90"]
+
+
+def test_bitsandbytes_for_every_arch_hits_the_cccl_bug(tmp_path):
+    flake = mutated(tmp_path, {"nix/overlay.nix": [('(lib.cmakeFeature "COMPUTE_CAPABILITY" variant.sm)', "")]})
+    proc = build(flake, check=False)
+    assert proc.returncode != 0
+    assert "_CCCL_PP_SPLICE_WITH_IMPL20" in proc.stderr
+
+
+def test_bitsandbytes_swapped_only_in_vllm_inputs_still_builds_the_stock_one(tmp_path):
+    """compressed-tensors keeps the stock bitsandbytes, which fails under 12.9."""
+    flake = mutated(tmp_path, {"nix/overlay.nix": [
+        ("bitsandbytes = pyPrev.bitsandbytes.overrideAttrs", "bnbPerSm = pyPrev.bitsandbytes.overrideAttrs"),
+        ("vllm = (clampJobs pyPrev.vllm)", "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bnbPerSm; }))"),
+    ]})
+    proc = build(flake, check=False)
+    assert proc.returncode != 0
+    assert "python3.12-bitsandbytes-0.48.2.drv' failed" in proc.stderr
+    assert "_CCCL_PP_SPLICE_WITH_IMPL20" in proc.stderr
+
+
+def test_two_bitsandbytes_in_the_closure_fail_the_build(tmp_path):
+    flake = mutated(tmp_path, {"nix/overlay.nix": [
+        ("vllm = (clampJobs pyPrev.vllm)",
+         "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bitsandbytes.overrideAttrs"
+         " { NVCC_APPEND_FLAGS = \"-lineinfo\"; }; }))"),
+    ]})
+    proc = build(flake, check=False)
+    assert proc.returncode != 0
+    assert "Found duplicated packages in closure for dependency 'bitsandbytes'" in proc.stderr
+
+
+def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
+    flake = mutated(tmp_path, {"nix/variant.nix": [
+        ("env = python.withPackages (p: [ p.vllm ]);",
+         "env = python.withPackages (p: [ p.vllm ]);\n  unusedPerSm = vllm.overrideAttrs { pname = \"per-sm\"; };"),
+    ], "nix/overlay.nix": [("pname = variant.name;", "")]})
+    info = built_info(flake, "vllm")
+    assert info["pname"] == "vllm"
+
+
+# -- nixpkgs semantics, directly -------------------------------------------------
+
+def standin_eval(expr: str, *, standin: Path = support.STANDIN, check: bool = True):
+    return support.nix("eval", "--json", "--impure", "--expr",
+                       f"let nixpkgs = {standin}; in {expr}", check=check)
+
+
+def test_default_cuda_is_12_8_and_12_9_is_its_own_set():
+    got = json.loads(standin_eval("""
+      let pkgs = import nixpkgs { system = "x86_64-linux"; }; in {
+        default = pkgs.cudaPackages.cudaMajorMinorVersion;
+        twelve = pkgs.cudaPackages_12.cudaMajorMinorVersion;
+        v129 = pkgs.cudaPackages_12_9.cudaMajorMinorVersion;
+        defaults129 = pkgs.cudaPackages_12_9.flags.cudaCapabilities;
+      }""").stdout)
+    assert got == {"default": "12.8", "twelve": "12.8", "v129": "12.9",
+                   "defaults129": ["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"]}
+
+
+def test_flags_follow_nixpkgs_format_capabilities():
+    flags = json.loads(standin_eval("""
+      builtins.removeAttrs (import nixpkgs { system = "x86_64-linux"; config.cudaCapabilities = [ "7.5" "8.6" ]; })
+        .cudaPackages.flags [ "dropDots" ]
+    """).stdout)
+    assert {k: flags[k] for k in ("archNames", "realArches", "arches", "gencode", "cmakeCudaArchitecturesString")} == {
+        "archNames": ["Ampere", "Turing"],
+        "realArches": ["sm_75", "sm_86"],
+        "arches": ["sm_75", "sm_86", "compute_86"],
+        "gencode": ["-gencode=arch=compute_75,code=sm_75", "-gencode=arch=compute_86,code=sm_86",
+                    "-gencode=arch=compute_86,code=compute_86"],
+        "cmakeCudaArchitecturesString": "75;86",
+    }
+
+
+def test_unknown_config_keys_pass_silently_unless_warned():
+    quiet = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config.cudaCapabilites = [ \"9.0\" ]; })"
+                         ".cudaPackages.flags.cudaCapabilities")
+    assert "undeclared" not in quiet.stderr and json.loads(quiet.stdout)[0] == "7.5"
+    loud = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config = { warnUndeclaredOptions = true;"
+                        " cudaCapabilites = [ \"9.0\" ]; }; }).cudaPackages.flags.cudaCapabilities")
+    assert "undeclared Nixpkgs option set: config.cudaCapabilites" in loud.stderr
+
+
+def test_declared_options_are_type_checked():
+    proc = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config.cudaCapabilities = \"9.0\"; }).config",
+                        check=False)
+    assert "is not of type `list of string'" in proc.stderr
+
+
+def test_unsupported_capability_fails_when_a_package_is_instantiated():
+    proc = standin_eval("""
+      let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "10.3" ]; }; };
+      in { flags = pkgs.cudaPackages.flags.cudaCapabilities; torch = pkgs.python312Packages.torch.drvPath; }
+    """, check=False)
+    assert proc.returncode != 0 and "Unsupported CUDA capabilities: [\"10.3\"]" in proc.stderr
+
+
+def test_vllm_intersection_order_and_gpu_targets_priority():
+    got = json.loads(standin_eval("""
+      let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "9.0" "8.0" ]; }; };
+      in {
+        default = pkgs.python312Packages.vllm.cmakeFlags;
+        forced = (pkgs.python312Packages.vllm.override { gpuTargets = [ "8.9" ]; }).cmakeFlags;
+      }""").stdout)
+    assert got["default"][0] == "-DTORCH_CUDA_ARCH_LIST:STRING=8.0;9.0"  # vllm's list order
+    assert got["forced"][0] == "-DTORCH_CUDA_ARCH_LIST:STRING=8.9"
+
+
+def test_overlays_must_be_a_list_of_functions():
+    proc = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; overlays = [ {} ]; }).stdenv", check=False)
+    assert "All overlays passed to nixpkgs must be functions." in proc.stderr
+
+
+def test_system_is_required_in_pure_evaluation(tmp_path):
+    flake = tmp_path / "f"
+    flake.mkdir()
+    (flake / "flake.nix").write_text(
+        '{ inputs.nixpkgs.url = "path:%s"; outputs = { self, nixpkgs }: { x = (import nixpkgs { }).stdenv.hostPlatform.system; }; }'
+        % support.STANDIN)
+    proc = support.nix("eval", f"path:{flake}#x", "--no-write-lock-file", check=False)
+    assert proc.returncode != 0 and "currentSystem" in proc.stderr

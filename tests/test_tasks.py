@@ -1,0 +1,68 @@
+"""The Invoke surface: cheap to load, one clear line on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.matrix import Matrix
+
+INVOKE = [sys.executable, "-m", "invoke"]
+HEAVY = ("rich", "tomli", "tomllib", "vllm_variants")
+
+
+def invoke(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*INVOKE, *args], cwd=root, capture_output=True, text=True, env=support.nix_env())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"invoke {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_list_shows_every_task_with_its_summary():
+    out = invoke(support.REPO, "--list").stdout
+    assert "variants   Show the variant matrix" in out
+    assert "readme" in out
+
+
+def test_list_imports_nothing_heavy():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "invoke", "--list"], cwd=support.REPO,
+                          capture_output=True, text=True, check=True)
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
+    assert heavy == [], f"invoke --list imported {heavy}"
+    assert "invoke" in imported  # the probe does see imports
+
+
+def test_variants_json_is_the_matrix():
+    got = json.loads(invoke(support.REPO, "variants", "--json").stdout)
+    assert got == Matrix.load(support.REPO / "nix" / "variants.toml").to_json()
+
+
+def test_variants_table_lists_every_variant_without_starting_nix():
+    proc = subprocess.run([*INVOKE, "variants"], cwd=support.REPO, capture_output=True, text=True,
+                          env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
+    for name in Matrix.load(support.REPO / "nix" / "variants.toml").to_json():
+        assert name in proc.stdout
+
+
+@pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
+def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    matrix_file = root / "nix" / "variants.toml"
+    matrix_file.write_text(matrix_file.read_text().replace('arch = "Volta"', 'arhc = "Volta"'))
+    proc = invoke(root, *task, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and "unknown key(s) arhc" in lines[0]
+
+
+def test_benchmark_script_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_tasks.py"), "--runs", "1",
+                           "--no-targets"], capture_output=True, text=True, check=True)
+    assert "invoke --list" in proc.stdout and "x" in proc.stdout
