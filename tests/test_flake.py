@@ -16,6 +16,7 @@ import pytest
 import support
 
 from vllm_variants.matrix import Matrix
+from vllm_variants.resources import Host, nvcc_jobs
 
 pytestmark = pytest.mark.nix
 
@@ -152,13 +153,6 @@ def test_description_follows_the_pinned_vllm_version(flake, standin):
     assert got == "vLLM 0.16.0 for H100, H200, H20 (Hopper, SM 90, CUDA 12.9)"
 
 
-def _mem_total_kib() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1])
-    raise AssertionError("no MemTotal in /proc/meminfo")
-
-
 @pytest.mark.parametrize("cores", [64, 1])
 def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp_path):
     fresh = standin(salt=f"jobs-{cores}-{tmp_path.name}")  # new derivations: really build
@@ -168,7 +162,8 @@ def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp
     site = Path(out) / "lib" / "python3.12" / "site-packages"
     record = lambda module: json.loads((site / module / "_nix_build.json").read_text())  # noqa: E731
 
-    expected = max(1, min(cores, _mem_total_kib() // (MATRIX.ram_per_job_gib * 1024 * 1024)))
+    # the planner's rule (vllm_variants.resources) is the one the build applied
+    expected = nvcc_jobs(cores, Host.detect().mem_bytes, MATRIX.ram_per_job_gib)
     for module in ("vllm", "torch", "xformers", "flashinfer"):
         assert int(record(module)["NIX_BUILD_CORES"]) == expected, module
     assert int(record("vllm")["MAX_JOBS"]) == expected
