@@ -41,4 +41,29 @@ def readme(c, check=False):
     print("README.md updated" if changed else "README.md is up to date")
 
 
-ns = Collection(variants, readme)
+# -- bump-pin (issue #4) --------------------------------------------------------
+
+
+@task(
+    positional=["rev"],
+    iterable=["branch", "branches"],
+    help={
+        "rev": "the nixpkgs commit to pin: all 40 hex digits",
+        "branch": "a branch to bump (repeatable); default: the checked-out branch",
+        "branches": "bump every local branch matching this glob, e.g. 'vllm-*' (repeatable)",
+        "url-template": "the pin's flake URL with {rev} for the commit, for mirrors "
+        "(default github:NixOS/nixpkgs/{rev}; e.g. git+file:///srv/nixpkgs?rev={rev})",
+        "dry-run": "print the plan per branch and change nothing",
+        "release-branch": "when main's vllm gets newer, first create vllm-<old version> at main's "
+        "current commit (refused if it exists)",
+    },
+)
+def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=False, release_branch=False):
+    """Move the nixpkgs pin on branches, all or nothing: relock, evaluate versions, README, commit."""
+    from vllm_variants.bump import bump_pin as bump
+
+    _call(bump, ROOT, rev, branches=branch or (), globs=branches or (), url_template=url_template,
+          dry_run=dry_run, release_branch=release_branch)
+
+
+ns = Collection(variants, readme, bump_pin)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
+import pytest
 import support
 
-from vllm_variants import readme
+from vllm_variants import readme, versions
+from vllm_variants.errors import VariantsError
 from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
 
@@ -59,3 +62,29 @@ def test_prerequisites_name_nix_and_flakes():
     section = README.split("## Prerequisites", 1)[1].split("\n## ", 1)[0]
     assert "Nix >= 2.18 with flakes" in section
     assert "experimental-features = nix-command flakes" in section
+
+
+def test_versions_section_shows_the_recorded_evaluation():
+    body = readme.section_body(README, "versions")
+    assert body == versions.readme_section(Project(support.REPO))
+    recorded = versions.load(Project(support.REPO))
+    for value in recorded.variants["vllm-python312-cuda12_9-sm90"].values():
+        assert value in body
+
+
+def test_check_fails_when_versions_move_or_describe_another_pin(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    data_file = root / versions.PATH
+    data = json.loads(data_file.read_text())
+    for record in data["variants"].values():
+        record["vllm"] = "0.15.2"
+    data_file.write_text(json.dumps(data))
+    with pytest.raises(VariantsError, match="README.md is out of date with nix/variants.toml, nix/versions.json"):
+        readme.update(Project(root), check=True)
+    assert readme.update(Project(root)) is True
+    assert "| all 10 variants | 0.15.2 |" in readme.section_body((root / "README.md").read_text(), "versions")
+
+    data["nixpkgs"]["rev"] = "1" * 40
+    data_file.write_text(json.dumps(data))
+    with pytest.raises(VariantsError, match=f"describes nixpkgs {'1' * 40} but flake.lock locks 0182a36"):
+        readme.update(Project(root), check=True)

@@ -27,6 +27,7 @@ def test_list_shows_every_task_with_its_summary():
     out = invoke(support.REPO, "--list").stdout
     assert "variants   Show the variant matrix" in out
     assert "readme" in out
+    assert "bump-pin   Move the nixpkgs pin on branches, all or nothing" in out
 
 
 def test_list_imports_nothing_heavy():

@@ -28,6 +28,18 @@ class PreflightError(VariantsError):
     """The machine cannot do what was asked (no nix, old nix, no builder...)."""
 
 
+class GitError(VariantsError):
+    """The git repository refuses the request: dirty tree, unknown branch, a moved ref."""
+
+
+class PinError(VariantsError):
+    """A nixpkgs pin cannot be used: not a full commit, not fetchable, not evaluable."""
+
+
+class BumpError(VariantsError):
+    """`bump-pin` failed on at least one branch, so no branch moved."""
+
+
 class ToolMissing(PreflightError):
     """An external executable is not on PATH."""
 

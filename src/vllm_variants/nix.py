@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, ToolMissing
+from .errors import CommandError, PreflightError, ToolMissing, tail
 from .runner import run
 
 MIN_VERSION = (2, 18)
@@ -137,6 +137,10 @@ class Nix:
             return self.argv("flake", "update", input_name, "--flake", flake)
         return self.argv("flake", "lock", flake, "--update-input", input_name)
 
+    def flake_update(self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None):
+        """Relock one input of `flake` (flake.lock is rewritten)."""
+        return run(self.flake_update_argv(flake, input_name), cwd=cwd, env=self.env, echo=self.echo)
+
     # -- common calls -----------------------------------------------------
 
     def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
@@ -156,6 +160,10 @@ class Nix:
         proc = self.run(*args, cwd=cwd)
         return json.loads(proc.stdout)
 
+    def flake_prefetch(self, ref: str) -> dict[str, Any]:
+        """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
+        return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+
     def path_info(self, paths: Sequence[str], *, closure: bool = True) -> dict[str, dict[str, Any]]:
         """{store path: info} whichever shape this Nix prints."""
         if not paths:
@@ -172,6 +180,37 @@ def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
     if isinstance(data, dict):
         return {path: dict(info or {}) for path, info in data.items()}
     raise ValueError(f"unexpected nix path-info output: {type(data).__name__}")
+
+
+_SOURCE_LINE = re.compile(r"^\s*(\d+\||\|)")  # a source excerpt under a Nix error
+
+
+def error_message(stderr: str) -> str:
+    """Nix's own message from an error report, on one line.
+
+    Nix prints `error:` then a trace (`… while evaluating ...`, source
+    excerpts) and the innermost `error: <message>` last; that message is what
+    a user needs.
+    """
+    lines = stderr.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith("error:") and line.strip() != "error:"]
+    if not starts:
+        return tail(stderr, 1)
+    message = [lines[starts[-1]].strip().removeprefix("error:").strip()]
+    for line in lines[starts[-1] + 1:]:
+        if not line.strip() or _SOURCE_LINE.match(line):
+            break
+        message.append(line.strip())
+    return " ".join(message)
+
+
+def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
+    """The commit flake.lock (parsed) locks for one of the root's inputs."""
+    nodes = lock.get("nodes", {})
+    node = nodes.get(lock.get("root", "root"), {}).get("inputs", {}).get(input_name)
+    if not isinstance(node, str):  # a `follows` path, or no such input
+        return None
+    return nodes.get(node, {}).get("locked", {}).get("rev")
 
 
 def flake_ref(root: Path) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
+from . import versions
 from .errors import VariantsError
 from .matrix import Matrix
 from .project import Project
@@ -78,6 +79,8 @@ def section_body(text: str, section: str) -> str | None:
 # section name -> (source named in the marker, renderer)
 SECTIONS: Mapping[str, tuple[str, Callable[[Project], str]]] = {
     "variants": ("nix/variants.toml", lambda project: variants_table(project.matrix)),
+    # written by `invoke bump-pin` from an evaluation of the pin (vllm_variants.versions)
+    "versions": (versions.PATH, versions.readme_section),
 }
 
 
@@ -97,6 +100,7 @@ def update(project: Project, *, check: bool = False) -> bool:
     if wanted == current:
         return False
     if check:
-        raise VariantsError("README.md is out of date with nix/variants.toml; run `invoke readme`")
+        sources = ", ".join(source for source, _ in SECTIONS.values())
+        raise VariantsError(f"README.md is out of date with {sources}; run `invoke readme`")
     project.readme.write_text(wanted, encoding="utf-8")
     return True

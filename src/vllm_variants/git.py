@@ -1,0 +1,168 @@
+"""git, through vllm_variants.runner: branches, worktrees, one ref transaction.
+
+Work happens in temporary worktrees (detached, outside the checkout), so the
+user's checkout, its index and its untracked files are never used for it.
+Branches move only in `update_refs`, one `git update-ref --stdin` transaction
+that checks every ref's old value: all move or none does.
+
+Reads that could refresh the index (git status) run with
+--no-optional-locks, so looking at a checkout never writes to it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from .errors import CommandError, GitError, tail
+from .runner import run
+
+ZERO = "0" * 40
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None
+    branch: str | None  # short name; None when detached (or bare)
+
+
+@dataclass(frozen=True)
+class RefUpdate:
+    """Move `ref` from `old` to `new`; old=None creates it (it must not exist)."""
+
+    ref: str
+    new: str
+    old: str | None
+
+    def line(self) -> str:
+        if self.old is None:
+            return f"create {self.ref} {self.new}"
+        return f"update {self.ref} {self.new} {self.old}"
+
+
+@dataclass
+class Git:
+    """git commands run in (or for the repository of) `root`."""
+
+    root: Path
+    env: Mapping[str, str] | None = None
+
+    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None,
+            check: bool = True):
+        return run(["git", *map(os.fspath, args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
+
+    def out(self, *args: str | os.PathLike[str], cwd: Path | None = None) -> str:
+        return self.run(*args, cwd=cwd).stdout.strip()
+
+    # -- the repository --------------------------------------------------
+
+    def toplevel(self) -> Path:
+        proc = self.run("rev-parse", "--show-toplevel", check=False)
+        if proc.returncode != 0:
+            raise GitError(f"{self.root} is not a git checkout: {tail(proc.stderr, 1)}")
+        return Path(proc.stdout.strip())
+
+    def current_branch(self, cwd: Path | None = None) -> str | None:
+        proc = self.run("symbolic-ref", "--quiet", "--short", "HEAD", cwd=cwd, check=False)
+        return proc.stdout.strip() or None
+
+    def local_branches(self) -> list[str]:
+        return self.out("for-each-ref", "--format=%(refname:lstrip=2)", "refs/heads/").splitlines()
+
+    def commit_of(self, ref: str) -> str | None:
+        proc = self.run("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def branch_commit(self, branch: str) -> str | None:
+        return self.commit_of(f"refs/heads/{branch}")
+
+    def show(self, commit: str, path: str) -> str | None:
+        """A file's text at `commit`, or None when it has no such file."""
+        proc = self.run("cat-file", "-p", f"{commit}:{path}", check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def valid_branch_name(self, name: str) -> bool:
+        return self.run("check-ref-format", "--branch", name, check=False).returncode == 0
+
+    def select_branches(self, names: Sequence[str] = (), globs: Sequence[str] = ()) -> list[str]:
+        """Named branches (each must exist) plus those matching the globs, in order, once each."""
+        local = self.local_branches()
+        unknown = [n for n in names if n not in local]
+        if unknown:
+            raise GitError(
+                f"unknown branch(es) {', '.join(unknown)}; local branches: {', '.join(local) or '(none)'}"
+            )
+        chosen = list(names)
+        for glob in globs:
+            matched = [b for b in local if fnmatchcase(b, glob)]
+            if not matched:
+                raise GitError(f"no local branch matches '{glob}'; local branches: {', '.join(local)}")
+            chosen += matched
+        return list(dict.fromkeys(chosen))
+
+    # -- worktrees ---------------------------------------------------------
+
+    def worktrees(self) -> list[Worktree]:
+        """Every worktree of the repository, the main checkout first."""
+        found: list[Worktree] = []
+        for block in self.run("worktree", "list", "--porcelain").stdout.split("\n\n"):
+            fields = dict(line.partition(" ")[::2] for line in block.splitlines() if line)
+            if "worktree" not in fields:
+                continue
+            branch = fields.get("branch", "")
+            found.append(Worktree(
+                path=Path(fields["worktree"]),
+                head=fields.get("HEAD"),
+                branch=branch.removeprefix("refs/heads/") or None,
+            ))
+        return found
+
+    def changes(self, worktree: Path) -> list[str]:
+        """Uncommitted changes to tracked files (untracked files do not count)."""
+        proc = self.run("--no-optional-locks", "status", "--porcelain", "--untracked-files=no", cwd=worktree)
+        return [line[3:] for line in proc.stdout.splitlines() if line.strip()]
+
+    @contextmanager
+    def temporary_worktree(self, commit: str, *, parent: Path | None = None, name: str = "wt") -> Iterator[Path]:
+        """A detached worktree at `commit` in a fresh temporary directory, removed afterwards."""
+        base = Path(tempfile.mkdtemp(prefix="vllm-variants-", dir=parent))
+        path = base / name
+        try:
+            self.run("worktree", "add", "--quiet", "--detach", path, commit)
+            yield path
+        finally:
+            self.run("worktree", "remove", "--force", path, check=False)
+            shutil.rmtree(base, ignore_errors=True)
+            self.run("worktree", "prune", check=False)
+
+    def commit(self, worktree: Path, paths: Sequence[str], subject: str, body: str) -> str:
+        """Commit `paths` in `worktree`; returns the new commit."""
+        self.run("add", "--", *paths, cwd=worktree)
+        self.run("commit", "--quiet", "-m", subject, "-m", body, cwd=worktree)
+        return self.out("rev-parse", "HEAD", cwd=worktree)
+
+    def fast_forward(self, worktree: Path, old: str, new: str) -> None:
+        """Bring a clean worktree's index and files from `old` to `new` (refs untouched).
+
+        read-tree's two-tree merge is what `git checkout` does: it changes only
+        the files that differ between the two commits and refuses to overwrite
+        local changes or untracked files.
+        """
+        self.run("read-tree", "-m", "-u", old, new, cwd=worktree)
+
+    # -- refs --------------------------------------------------------------
+
+    def update_refs(self, updates: Sequence[RefUpdate]) -> None:
+        """Apply every update in one transaction, each checked against its old value."""
+        lines = ["start", *(u.line() for u in updates), "prepare", "commit"]
+        try:
+            self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
+        except CommandError as exc:
+            raise GitError(f"no branch moved: git refused the ref transaction: {tail(exc.stderr, 1)}") from None

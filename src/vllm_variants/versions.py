@@ -1,0 +1,138 @@
+"""What the pinned nixpkgs ships: nix/versions.json and the README's version matrix.
+
+`invoke bump-pin` writes nix/versions.json from an evaluation of the flake
+(every package's passthru.versions, see nix/variant.nix), never by hand.
+README.md's `versions` section is rendered from that file, so
+`invoke readme --check` verifies README and data agree offline, and it fails
+when the file describes another commit than flake.lock locks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import VariantsError
+from .nix import locked_rev
+from .project import Project
+
+PATH = "nix/versions.json"
+KEYS = ("vllm", "torch", "python", "cuda")
+LABELS = {"vllm": "vLLM", "torch": "PyTorch", "python": "Python", "cuda": "CUDA"}
+
+# `nix eval --json <flake>#packages --apply EVAL` -> {system: {variant: versions}}
+EVAL = "builtins.mapAttrs (system: builtins.mapAttrs (name: package: package.versions))"
+
+_VERSION_PART = re.compile(r"\d+|[a-z]+")
+
+
+@dataclass(frozen=True)
+class PinVersions:
+    """The versions one nixpkgs commit gives each variant."""
+
+    rev: str
+    url: str
+    variants: Mapping[str, Mapping[str, str]]  # variant name -> {vllm, torch, python, cuda}
+
+    @classmethod
+    def from_eval(cls, rev: str, url: str, packages: Mapping[str, Mapping[str, Any]]) -> PinVersions:
+        """From EVAL's output; every package must report every key of KEYS."""
+        variants: dict[str, dict[str, str]] = {}
+        for by_name in packages.values():
+            for name, versions in by_name.items():
+                missing = [k for k in KEYS if not isinstance(versions.get(k), str)]
+                if missing:
+                    raise VariantsError(f"{name}: passthru.versions lacks {', '.join(missing)}")
+                variants[name] = {k: versions[k] for k in KEYS}
+        if not variants:
+            raise VariantsError("the flake exports no packages to read versions from")
+        return cls(rev=rev, url=url, variants=dict(sorted(variants.items())))
+
+    @classmethod
+    def parse(cls, text: str) -> PinVersions:
+        try:
+            data = json.loads(text)
+            return cls(rev=data["nixpkgs"]["rev"], url=data["nixpkgs"]["url"],
+                       variants={n: {k: v[k] for k in KEYS} for n, v in data["variants"].items()})
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise VariantsError(f"{PATH} is malformed ({exc!r}); regenerate it with `invoke bump-pin <rev>`") from None
+
+    def dumps(self) -> str:
+        data = {
+            "generated_by": "invoke bump-pin: nix eval of packages.<system>.<variant>.versions",
+            "nixpkgs": {"rev": self.rev, "url": self.url},
+            "variants": self.variants,
+        }
+        return json.dumps(data, indent=2) + "\n"
+
+    def values(self, key: str) -> list[str]:
+        """The distinct versions of `key` across variants, oldest first."""
+        return sorted({v[key] for v in self.variants.values()}, key=version_key)
+
+    def text(self, key: str) -> str:
+        return ", ".join(self.values(key))
+
+    def summary(self) -> str:
+        """'vllm 0.15.1, torch 2.9.1, python 3.12.12, cuda 12.9'."""
+        return ", ".join(f"{k} {self.text(k)}" for k in KEYS)
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions like '0.9.2' < '0.10.0rc1' < '0.10.0' < '0.10.0.post1'."""
+    key: list[tuple[int, int | str]] = []
+    for part in _VERSION_PART.findall(version.lower()):
+        if part.isdigit():
+            key.append((2, int(part)))
+        elif part == "post":
+            key.append((3, 0))
+        else:  # a, b, rc, dev: before the release they qualify
+            key.append((1, part))
+    # The end sorts after any pre-release tag and before further numbers.
+    return (*key, (1, "~"))
+
+
+def changes(old: PinVersions | None, new: PinVersions) -> list[str]:
+    """One line per key: 'vllm: 0.15.1 -> 0.16.0' or 'torch: 2.9.1 (unchanged)'."""
+    lines = []
+    for key in KEYS:
+        before = old.text(key) if old else "unknown"
+        after = new.text(key)
+        lines.append(f"{key}: {after} (unchanged)" if before == after else f"{key}: {before} -> {after}")
+    return lines
+
+
+def load(project: Project) -> PinVersions:
+    """nix/versions.json of a checkout."""
+    path = project.root / PATH
+    try:
+        return PinVersions.parse(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VariantsError(f"{PATH} is missing; `invoke bump-pin <rev>` writes it") from None
+
+
+def readme_section(project: Project) -> str:
+    """The README's version matrix; refuses data that describes another pin than flake.lock."""
+    pin = load(project)
+    lock = json.loads(project.flake_lock.read_text(encoding="utf-8"))
+    locked = locked_rev(lock, "nixpkgs")
+    if locked != pin.rev:
+        raise VariantsError(
+            f"{PATH} describes nixpkgs {pin.rev} but flake.lock locks {locked}; "
+            f"run `invoke bump-pin {locked}` to re-evaluate the versions"
+        )
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, versions in pin.variants.items():
+        groups.setdefault(tuple(versions[k] for k in KEYS), []).append(name)
+    lines = [
+        f"Pinned nixpkgs: `{pin.rev}` (`{pin.url}`).",
+        "",
+        "| Variants | " + " | ".join(LABELS[k] for k in KEYS) + " |",
+        "|---" * (len(KEYS) + 1) + "|",
+    ]
+    for row, names in groups.items():
+        who = f"all {len(names)} variants" if len(groups) == 1 else ", ".join(f"`{n}`" for n in names)
+        lines.append(f"| {who} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
