@@ -3,7 +3,12 @@
 Sessions are thin: the logic lives in the vllm_variants package.
 """
 
+import sys
+from pathlib import Path
+
 import nox
+
+ROOT = Path(__file__).resolve().parent
 
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
@@ -19,3 +24,17 @@ def tests_impl(session: nox.Session, *pytest_args: str) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite: real Nix against the offline nixpkgs stand-in, in parallel."""
     tests_impl(session)
+
+
+@nox.session(venv_backend="none", default=False, tags=["smoke"])
+def smoke(session: nox.Session) -> None:
+    """Smoke-check built results in their own Python (all result-* links, or -- NAME|PATH ...)."""
+    # No virtualenv: each result is checked by its own bin/python. The library
+    # comes from this checkout when nox itself was installed elsewhere (pipx).
+    if (ROOT / "src").is_dir():
+        sys.path.insert(0, str(ROOT / "src"))
+    from vllm_variants.boundary import nox_call
+    from vllm_variants.project import Project
+    from vllm_variants.smoke.session import main
+
+    nox_call(session, main, Project(ROOT), session.posargs)

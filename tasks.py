@@ -66,4 +66,25 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
           dry_run=dry_run, release_branch=release_branch)
 
 
-ns = Collection(variants, readme, bump_pin)
+# -- smoke (issue #3) ---------------------------------------------------------
+
+
+@task(
+    help={
+        "results": "comma-separated results to check: variant names, SMs (90, sm90) or result paths "
+        "(default: every result-* link in the checkout)",
+        "generate": "also start the engine on a tiny dummy model and generate a few tokens (needs a GPU)",
+        "allow_no_gpu": "without a GPU, skip the GPU checks instead of failing them (build hosts)",
+        "jobs": "results checked at once (default 0: all of them, one at a time with --generate)",
+        "report_dir": "where smoke-report.json and smoke-junit.xml go (default: the checkout)",
+    }
+)
+def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=0, report_dir=""):
+    """Smoke-check built results in their own Python: vllm, torch and GPU, variant vs GPU, driver."""
+    from vllm_variants.smoke.session import smoke as run_smoke
+
+    _call(run_smoke, _project(), [results], generate=generate, allow_no_gpu=allow_no_gpu, jobs=jobs,
+          report_dir=report_dir or None)
+
+
+ns = Collection(variants, readme, bump_pin, smoke)

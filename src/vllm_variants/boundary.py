@@ -33,3 +33,12 @@ def call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise Exit(code=1) from None
     except VariantsError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
+
+
+def nox_call(session: Any, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run func for a Nox session; VariantsError fails the session with its one line."""
+    try:
+        return func(*args, **kwargs)
+    except VariantsError as exc:
+        session.error(f"error: {exc}")
+        raise  # session.error raises; this keeps type checkers content

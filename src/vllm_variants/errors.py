@@ -72,3 +72,11 @@ class CommandError(VariantsError):
     @property
     def stderr_tail(self) -> str:
         return tail(self.stderr)
+
+
+class UsageError(VariantsError):
+    """Bad command-line arguments (nox posargs, task options)."""
+
+
+class SmokeFailed(VariantsError):
+    """`nox -s smoke` / `invoke smoke`: a check failed in at least one result."""

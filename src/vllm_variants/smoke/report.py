@@ -1,0 +1,119 @@
+"""What a smoke session shows and leaves behind: a rich table per result,
+smoke-report.json, and a JUnit XML file with one testcase per check per result
+(the shape CI systems read: testsuites > testsuite per result > testcase).
+All three are rendered from the same SmokeReport.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .check import FAIL, PASS, SKIP
+
+if TYPE_CHECKING:
+    from .session import ResultReport, SmokeReport
+
+STYLES = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
+
+
+def status_text(check: dict[str, Any]) -> str:
+    """What the table's Status column says: pass, FAIL, skip, or "no GPU" (failed or skipped)."""
+    if check.get("no_gpu"):
+        return "no GPU"
+    return "FAIL" if check["status"] == FAIL else check["status"]
+
+
+def write_json(report: SmokeReport, path: Path) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def testcase_name(check: dict[str, Any]) -> str:
+    return f"{check['id']} {check['name']}"
+
+
+def _suite(result: ResultReport) -> ET.Element:
+    suite = ET.Element("testsuite", {
+        "name": result.name,
+        "tests": str(len(result.checks)),
+        "failures": str(result.count(FAIL)),
+        "errors": "0",
+        "skipped": str(result.count(SKIP)),
+        "time": f"{result.seconds:.3f}",
+    })
+    properties = ET.SubElement(suite, "properties")
+    for key, value in (("result", str(result.result)), ("store_path", result.store_path),
+                       ("exit_code", str(result.exit_code))):
+        ET.SubElement(properties, "property", {"name": key, "value": value})
+    for check in result.checks:
+        case = ET.SubElement(suite, "testcase", {
+            "classname": f"smoke.{result.name}",
+            "name": testcase_name(check),
+            "time": f"{float(check.get('seconds') or 0):.3f}",
+        })
+        reason = str(check.get("reason", ""))
+        if check["status"] == FAIL:
+            kind = "no GPU" if check.get("no_gpu") else "fail"
+            ET.SubElement(case, "failure", {"type": kind, "message": reason}).text = reason
+        elif check["status"] == SKIP:
+            ET.SubElement(case, "skipped", {"message": reason})
+        else:
+            ET.SubElement(case, "system-out").text = reason
+    if result.stderr_tail:
+        ET.SubElement(suite, "system-err").text = result.stderr_tail
+    return suite
+
+
+def junit_tree(report: SmokeReport) -> ET.ElementTree:
+    root = ET.Element("testsuites", {
+        "name": "vllm-variants smoke",
+        "tests": str(report.total),
+        "failures": str(report.count(FAIL)),
+        "errors": "0",
+        "skipped": str(report.count(SKIP)),
+        "time": f"{report.seconds:.3f}",
+    })
+    root.extend(_suite(result) for result in report.results)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    return tree
+
+
+def write_junit(report: SmokeReport, path: Path) -> None:
+    junit_tree(report).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def print_tables(report: SmokeReport, out: TextIO) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=out)
+    if not console.is_terminal:
+        console.width = 160  # a pipe or a CI log: keep one check per line where it fits
+    for result in report.results:
+        verdict = ("ok", "green") if result.ok else ("FAILED", "bold red")
+        table = Table(  # Text, not markup: names and paths may hold '[' (two results of one variant)
+            title=Text.assemble(result.name, ": ", verdict),
+            title_justify="left",
+            caption=Text(f"{result.result} -> {result.store_path} ({result.seconds:.1f} s)"),
+            caption_justify="left",
+        )
+        table.add_column("#", justify="right")
+        table.add_column("Check", no_wrap=True)
+        table.add_column("Status", no_wrap=True)
+        table.add_column("Detail")
+        for check in result.checks:
+            status = Text(status_text(check), style=STYLES[check["status"]])
+            table.add_row(str(check["id"]), check["name"], status, Text(str(check.get("reason", ""))))
+        console.print(table)
+        if result.error:
+            console.print(Text(f"{result.name}: {result.error}", style="bold red"))
+    passed, failed, skipped = report.count(PASS), report.count(FAIL), report.count(SKIP)
+    console.print(Text(
+        f"smoke: {len(report.results)} result(s), {report.total} checks: {passed} passed, "
+        f"{failed} failed, {skipped} skipped ({report.seconds:.1f} s); "
+        f"reports: {', '.join(str(f) for f in report.files)}"
+    ))

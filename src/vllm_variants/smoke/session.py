@@ -1,0 +1,388 @@
+"""`nox -s smoke` / `invoke smoke`: prove each built result works, in its own Python.
+
+Each result is checked by ONE process of its own interpreter,
+`<result>/bin/python` running check.py (torch and vllm imported once), several
+results at once. Then a table per result, smoke-report.json and
+smoke-junit.xml (one testcase per check per result), and SmokeFailed (exit 1)
+when any check failed. Bad selections fail before anything runs, writing
+nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
+from ..project import Project
+from ..runner import run
+from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
+
+CHECK_SCRIPT = Path(__file__).with_name("check.py")
+# Written by the flake (nix/overlay.nix) into every variant's vllm output.
+VARIANT_JSON = Path("share") / "vllm-variants" / "variant.json"
+REPORT_JSON = "smoke-report.json"
+JUNIT_XML = "smoke-junit.xml"
+# Importing a real vllm takes seconds to a minute; --generate starts an engine.
+DEFAULT_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Options:
+    generate: bool = False
+    allow_no_gpu: bool = False
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    def check_args(self) -> list[str]:
+        return [*(["--generate"] if self.generate else []), *(["--allow-no-gpu"] if self.allow_no_gpu else [])]
+
+
+@dataclass
+class ResultReport:
+    """One result: its seven checks as check.py reported them (or why not)."""
+
+    name: str
+    result: Path
+    store_path: str
+    variant: dict[str, Any] | None
+    checks: list[dict[str, Any]]
+    exit_code: int | None
+    seconds: float
+    error: str | None = None
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(c["status"] != FAIL for c in self.checks)
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checks if c["status"] == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "result": str(self.result),
+            "store_path": self.store_path,
+            "variant": self.variant,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "stderr_tail": self.stderr_tail,
+            "checks": self.checks,
+        }
+
+
+@dataclass
+class SmokeReport:
+    results: list[ResultReport]
+    options: Options
+    seconds: float = 0.0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def count(self, status: str) -> int:
+        return sum(r.count(status) for r in self.results)
+
+    @property
+    def total(self) -> int:
+        return sum(len(r.checks) for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "ok": self.ok,
+            "generate": self.options.generate,
+            "allow_no_gpu": self.options.allow_no_gpu,
+            "seconds": round(self.seconds, 3),
+            "summary": {
+                "results": len(self.results),
+                "checks": self.total,
+                PASS: self.count(PASS),
+                FAIL: self.count(FAIL),
+                SKIP: self.count(SKIP),
+            },
+            "results": [r.to_json() for r in self.results],
+        }
+
+    def failure_line(self) -> str:
+        """One line for SmokeFailed: which checks failed where."""
+        parts = []
+        for r in self.results:
+            bad = [f"{c['id']} {c['name']}" + (" (no GPU)" if c.get("no_gpu") else "")
+                   for c in r.checks if c["status"] == FAIL]
+            if bad:
+                parts.append(f"{r.name}: {', '.join(bad)}")
+        where = f"; details in {self.files[0]}" if self.files else ""
+        no_gpu = any(c.get("no_gpu") and c["status"] == FAIL for r in self.results for c in r.checks)
+        hint = " (no GPU here: pass --allow-no-gpu on a build host)" if no_gpu else ""
+        return f"smoke failed, {self.count(FAIL)} of {self.total} checks: {'; '.join(parts)}{hint}{where}"
+
+
+# -- which results ------------------------------------------------------------
+
+
+def _exists(path: Path) -> bool:
+    return path.is_symlink() or path.exists()
+
+
+def resolve_target(project: Project, token: str, cwd: Path) -> Path:
+    """A result path from a path, a result-* link name, a variant name or an SM."""
+    for base in (cwd, project.root):
+        candidate = base / token
+        if _exists(candidate):
+            return Path(os.path.abspath(candidate))
+    if os.sep in token or token.startswith("."):
+        raise SelectionError(
+            f"no result at {token}: give a result path, a variant name or an SM (e.g. 90, sm90)"
+        )
+    name = token[len("result-"):] if token.startswith("result-") else token
+    variant = project.matrix.resolve(name)
+    link = project.result_link(variant)
+    if not _exists(link):
+        build = f"invoke build --sm {variant.sm}" + (" --arm64" if variant.arm64 else "")
+        raise SelectionError(
+            f"{variant.name} is not built here (no {link.name} in {project.root}); "
+            f"build it with `{build}` or give a result path"
+        )
+    return link
+
+
+def validate_result(path: Path) -> None:
+    if path.is_symlink() and not path.exists():
+        raise SelectionError(
+            f"{path} points to {os.readlink(path)}, which no longer exists (garbage-collected?); rebuild it"
+        )
+    if not os.access(path / "bin" / "python", os.X_OK):
+        raise SelectionError(f"{path} is not a built result: it has no bin/python")
+
+
+def select_results(project: Project, tokens: Iterable[str] = (), cwd: Path | None = None) -> list[Path]:
+    """The results to check, in order: the given ones, or every result-* link."""
+    words = [t.strip() for item in tokens for t in str(item).split(",") if t.strip()]
+    if words:
+        paths = [resolve_target(project, word, Path(cwd or Path.cwd())) for word in words]
+    else:
+        paths = project.result_links()
+        if not paths:
+            raise SelectionError(
+                f"no result-* links in {project.root}: build a variant first (invoke build --sm 90) "
+                "or name a result path"
+            )
+    unique = list(dict.fromkeys(paths))
+    for path in unique:
+        validate_result(path)
+    return unique
+
+
+# -- checking one result ------------------------------------------------------
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return data or ""
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _valid(check: Any) -> bool:
+    return isinstance(check, dict) and check.get("status") in STATUSES and isinstance(check.get("id"), int)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return _parse_report(path.read_text(encoding="utf-8"))
+    except OSError:
+        return {}
+
+
+def _parse_report(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """check.py's --progress file: one JSON object per finished check."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    return [record for record in map(_parse_report, lines) if record]
+
+
+# check.py is imported rather than run as a script: a script is compiled on
+# every run (5 ms for this one; as long as the stand-in's whole `import vllm`),
+# an imported module comes from its cached bytecode. Its folder leaves
+# sys.path before anything is checked.
+_LAUNCH = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import check; del sys.path[0]; "
+    "sys.exit(check.main(sys.argv[2:]))"
+)
+
+
+def check_argv(result: Path, progress: Path, options: Options = Options()) -> list[str | Path]:
+    """The one process that checks `result`: its own Python running check.py."""
+    return [result / "bin" / "python", "-c", _LAUNCH, CHECK_SCRIPT.parent, "--variant-json",
+            result / VARIANT_JSON, "--progress", progress, *options.check_args()]
+
+
+def check_result(path: Path, options: Options) -> ResultReport:
+    """Run check.py in the result's own Python; every check accounted for."""
+    metadata = _read_json(path / VARIANT_JSON) or None
+    name = str((metadata or {}).get("name") or path.name)
+    error = None
+    exit_code: int | None = None
+    stderr = ""
+    start = time.perf_counter()
+    data: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="vllm-variants-smoke-") as tmp:
+        progress = Path(tmp) / "progress.jsonl"
+        try:
+            proc = run(check_argv(path, progress, options), cwd=tmp, check=False, timeout=options.timeout)
+            exit_code, stderr = proc.returncode, proc.stderr
+            data = _parse_report(proc.stdout) if exit_code in (0, 1) else {}
+        except subprocess.TimeoutExpired as exc:
+            stderr = _text(exc.stderr)
+            error = f"timed out after {options.timeout:g} s"
+        except ToolMissing as exc:
+            error = str(exc)
+        if not data:  # it died, or hung: keep what it finished
+            data = {"checks": _read_lines(progress)}
+    seconds = time.perf_counter() - start
+    if error is None and "schema" not in data:
+        last = tail(stderr, 1)
+        error = f"the check process {_describe_exit(exit_code or 0)}" + (f": {last}" if last else "")
+    reported = {c["id"]: c for c in data.get("checks", []) if _valid(c)}
+    checks = []
+    for check_id, check_name in CHECKS:
+        checks.append(reported.get(check_id) or {
+            "id": check_id,
+            "name": check_name,
+            "status": FAIL,
+            "reason": f"not reported: {error or 'missing from the check output'}",
+            "no_gpu": False,
+            "details": {},
+            "seconds": 0.0,
+        })
+    report = ResultReport(
+        name=name,
+        result=path,
+        store_path=os.path.realpath(path),
+        variant=data.get("variant", metadata),
+        checks=checks,
+        exit_code=exit_code,
+        seconds=seconds,
+        error=error,
+    )
+    if not report.ok or error:
+        report.stderr_tail = tail(stderr)
+    return report
+
+
+# -- the session --------------------------------------------------------------
+
+
+def smoke(
+    project: Project,
+    results: Iterable[str] = (),
+    *,
+    generate: bool = False,
+    allow_no_gpu: bool = False,
+    jobs: int = 0,
+    report_dir: Path | str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    out: TextIO | None = None,
+    cwd: Path | None = None,
+) -> SmokeReport:
+    """Check results (every result-* link by default); raise SmokeFailed on any failure.
+
+    jobs: results checked at once; 0 means all of them (up to the cores), or
+    one at a time with --generate (engines on one GPU disturb each other's
+    memory profiling).
+    """
+    from . import report as reporting
+
+    if jobs < 0:
+        raise UsageError(f"--jobs must be 0 (automatic) or more, not {jobs}")
+    paths = select_results(project, results, cwd)
+    options = Options(generate=generate, allow_no_gpu=allow_no_gpu, timeout=timeout)
+    workers = jobs or (1 if generate else min(len(paths), os.cpu_count() or 1))
+    print(f"smoke: checking {len(paths)} result(s), {min(workers, len(paths))} at a time", file=sys.stderr)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results_done = list(pool.map(lambda p: check_result(p, options), paths))
+    seen: set[str] = set()
+    for r in results_done:  # two results of one variant: tell them apart
+        if r.name in seen:
+            r.name = f"{r.name} [{r.result}]"
+        seen.add(r.name)
+    session = SmokeReport(results_done, options, seconds=time.perf_counter() - start)
+    folder = Path(report_dir).absolute() if report_dir else project.root
+    folder.mkdir(parents=True, exist_ok=True)
+    session.files = [folder / REPORT_JSON, folder / JUNIT_XML]
+    reporting.write_json(session, session.files[0])
+    reporting.write_junit(session, session.files[1])
+    reporting.print_tables(session, out or sys.stdout)
+    if not session.ok:
+        raise SmokeFailed(session.failure_line())
+    return session
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises (one line) instead of exiting the nox process."""
+
+    def error(self, message: str) -> Any:
+        usage = " ".join(self.format_usage().split()[1:])
+        raise UsageError(f"{message}; usage: {usage}")
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
+    """nox posargs -> smoke() keyword arguments (None after --help)."""
+    parser = _Parser(prog="nox -s smoke --", add_help=False,
+                     description="Check built results in their own Python (every result-* link by default).")
+    parser.add_argument("results", nargs="*", metavar="NAME|PATH",
+                        help="variant names, SMs (90, sm90) or result paths")
+    parser.add_argument("--generate", action="store_true",
+                        help="also run a tiny dummy model on the GPU and generate a few tokens")
+    parser.add_argument("--allow-no-gpu", action="store_true",
+                        help="without a GPU, skip the GPU checks instead of failing (build hosts)")
+    parser.add_argument("--jobs", type=int, default=0, help="results checked at once (0: automatic)")
+    parser.add_argument("--report-dir", help="where smoke-report.json and smoke-junit.xml go (default: the checkout)")
+    parser.add_argument("-h", "--help", action="store_true", help="show this help")
+    args = parser.parse_args(list(argv))
+    if args.help:
+        parser.print_help()
+        return None
+    return {"results": args.results, "generate": args.generate, "allow_no_gpu": args.allow_no_gpu,
+            "jobs": args.jobs, "report_dir": args.report_dir}
+
+
+def main(project: Project, argv: Sequence[str]) -> SmokeReport | None:
+    """`nox -s smoke -- ...`: parse the posargs, then smoke()."""
+    kwargs = parse_args(argv)
+    return None if kwargs is None else smoke(project, **kwargs)
