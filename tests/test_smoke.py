@@ -1,0 +1,351 @@
+"""`nox -s smoke` / `invoke smoke` against results really built from the
+stand-in flake (issue #3).
+
+The stand-in's torch sees a GPU only when VLLM_VARIANTS_STANDIN_GPUS names one,
+and its pynvml reports a driver only with VLLM_VARIANTS_STANDIN_DRIVER
+(tests/fixtures/nixpkgs/README.md); its LLM cannot run a model (no kernels).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.errors import SelectionError, SmokeFailed
+from vllm_variants.matrix import Matrix
+from vllm_variants.project import Project
+from vllm_variants.smoke.check import CHECKS
+from vllm_variants.smoke.session import JUNIT_XML, REPORT_JSON, smoke
+
+pytestmark = pytest.mark.nix
+
+MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
+SM90 = MATRIX.by_name("vllm-python312-cuda12_9-sm90")
+SM80 = MATRIX.by_name("vllm-python312-cuda12_9-sm80")
+H100 = "NVIDIA H100 80GB HBM3:9.0"
+A100 = "NVIDIA A100-SXM4-80GB:8.0"
+DRIVER = "570.124.06"
+IMPORT_ERROR = "libcudart.so.12: cannot open shared object file: No such file or directory"
+GPU_CHECKS = {3, 4, 6}
+
+
+def build(flake: str, variants, standin: Path) -> list[Path]:
+    installables = [f"{flake}#{v.attr_path()}" for v in variants]
+    proc = support.nix("build", "--json", "--no-link", *installables, *support.override(standin))
+    return [Path(item["outputs"]["out"]) for item in json.loads(proc.stdout)]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, Path]:
+    """sm90 and sm80 results, and an sm90 result whose `import vllm` is broken."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    flake = support.flake_ref(support.make_project(tmp / "flake", git_init=False))
+    sm90, sm80 = build(flake, [SM90, SM80], support.STANDIN)
+    broken_standin = support.copy_standin(tmp / "nixpkgs-broken", vllmImportError=IMPORT_ERROR)
+    (broken,) = build(flake, [SM90], broken_standin)
+    return {"sm90": sm90, "sm80": sm80, "broken": broken}
+
+
+@pytest.fixture
+def checkout(tmp_path, results):
+    """A checkout whose result-* links point at the given built results."""
+
+    def make(*keys: str, **links: Path) -> Path:
+        root = support.make_project(tmp_path / "checkout", git_init=False)
+        names = {"sm90": SM90.name, "sm80": SM80.name, "broken": f"{SM90.name}-broken"}
+        for key in keys:
+            (root / f"result-{names[key]}").symlink_to(results[key])
+        for name, target in links.items():
+            (root / name).symlink_to(target)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def hardware(monkeypatch):
+    """Simulate a GPU and a driver for the stand-in (None: none of it)."""
+
+    def set_(gpus: str | None = None, driver: str | None = None) -> None:
+        for name, value in (("VLLM_VARIANTS_STANDIN_GPUS", gpus), ("VLLM_VARIANTS_STANDIN_DRIVER", driver)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+
+    return set_
+
+
+def run_smoke(root: Path, *results: str, **kwargs) -> tuple[dict, str, SmokeFailed | None]:
+    """smoke() in-process: (smoke-report.json, the tables, the failure if any)."""
+    out = io.StringIO()
+    failure = None
+    try:
+        smoke(Project(root), results, out=out, cwd=root, **kwargs)
+    except SmokeFailed as exc:
+        failure = exc
+    return json.loads((root / REPORT_JSON).read_text()), out.getvalue(), failure
+
+
+def checks_of(report: dict, index: int = 0) -> dict[int, dict]:
+    checks = report["results"][index]["checks"]
+    assert [(c["id"], c["name"]) for c in checks] == list(CHECKS)  # all seven, in order, every time
+    return {c["id"]: c for c in checks}
+
+
+def statuses(checks: dict[int, dict]) -> dict[int, str]:
+    return {i: c["status"] for i, c in checks.items()}
+
+
+# -- the checks ---------------------------------------------------------------
+
+
+def test_every_check_passes_with_a_gpu_and_a_driver(checkout, hardware):
+    hardware(gpus=H100, driver=DRIVER)
+    report, tables, failure = run_smoke(checkout("sm90"))
+    assert failure is None and report["ok"]
+    checks = checks_of(report)
+    assert statuses(checks) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass", 7: "skip"}
+    assert checks[1]["details"]["version"] == "0.15.1"
+    assert checks[2]["reason"] == "vllm.entrypoints.llm.LLM"
+    assert checks[3]["details"]["torch"] == "2.9.1" and checks[3]["details"]["cuda"] == "12.9"
+    assert checks[3]["details"]["gpus"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "capability": "9.0"}]
+    assert checks[4]["details"]["torch_arch_flags"] == ["sm_90"]
+    assert checks[5]["details"]["required"] == ["modelopt", "modelopt_fp4"]
+    assert checks[6]["details"] == {"driver": DRIVER, "source": "pynvml", "min_driver": 560}
+    assert "not requested" in checks[7]["reason"]
+    assert report["results"][0]["variant"]["name"] == SM90.name
+    assert "NVIDIA H100 80GB HBM3" in tables
+
+
+@pytest.mark.parametrize("generate", [False, True], ids=["checks", "generate"])
+def test_without_a_gpu_the_gpu_checks_say_no_gpu_and_fail(checkout, hardware, generate):
+    hardware()
+    root = checkout("sm90")
+    report, tables, failure = run_smoke(root, generate=generate)
+    no_gpu = GPU_CHECKS | ({7} if generate else set())
+    checks = checks_of(report)
+    for i, check in checks.items():
+        if i in no_gpu:
+            assert (check["status"], check["no_gpu"]) == ("fail", True), check
+            assert check["reason"].startswith("no GPU: ")
+        else:
+            assert check["no_gpu"] is False
+    assert statuses(checks)[1] == statuses(checks)[2] == statuses(checks)[5] == "pass"
+    assert failure is not None and "--allow-no-gpu" in str(failure) and "\n" not in str(failure)
+    assert tables.count("no GPU") >= 2 * len(no_gpu)  # the status column and the reason
+
+    report, _, failure = run_smoke(root, generate=generate, allow_no_gpu=True)
+    assert failure is None and report["ok"] and report["allow_no_gpu"]
+    for i, check in checks_of(report).items():
+        if i in no_gpu:
+            assert (check["status"], check["no_gpu"]) == ("skip", True)
+            assert check["reason"].startswith("no GPU: ")
+
+
+def test_broken_vllm_import_fails_check_1_and_still_reports_the_rest(checkout, hardware):
+    hardware(gpus=H100, driver=DRIVER)
+    report, _, failure = run_smoke(checkout("broken"))
+    assert failure is not None
+    checks = checks_of(report)
+    assert checks[1]["status"] == "fail"
+    assert checks[1]["reason"] == f"import vllm failed: ImportError: {IMPORT_ERROR}"
+    assert statuses(checks) == {1: "fail", 2: "fail", 3: "pass", 4: "pass", 5: "fail", 6: "pass", 7: "skip"}
+    assert "check 1" in checks[2]["reason"] and "check 1" in checks[5]["reason"]
+    assert report["results"][0]["exit_code"] == 1 and report["results"][0]["error"] is None
+
+
+def test_sm90_result_on_an_sm80_gpu_fails_check_4(checkout, hardware):
+    """Two results at once: the sm80 one passes on the A100, the sm90 one cannot run there."""
+    hardware(gpus=A100, driver=DRIVER)
+    report, _, failure = run_smoke(checkout("sm90", "sm80"))
+    by_name = {r["name"]: i for i, r in enumerate(report["results"])}
+    sm90, sm80 = checks_of(report, by_name[SM90.name]), checks_of(report, by_name[SM80.name])
+    assert statuses(sm80) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass", 7: "skip"}
+    assert statuses(sm90) == {**statuses(sm80), 4: "fail"}
+    reason = sm90[4]["reason"]
+    assert "\n" not in reason
+    assert reason.startswith("the sm90 build will not run on GPU 0, NVIDIA A100-SXM4-80GB (capability 8.0)")
+    assert "invoke build --sm 80" in reason
+    assert failure is not None and f"{SM90.name}: 4 variant vs GPU" in str(failure)
+    assert SM80.name not in str(failure)
+
+
+@pytest.mark.parametrize("gpus", [H100, None], ids=["gpu", "no-gpu"])
+def test_a_driver_below_the_minimum_fails_check_6(checkout, hardware, gpus):
+    """Also without a visible GPU: a driver too old for CUDA 12.9 is why torch sees none."""
+    hardware(gpus=gpus, driver="550.54.15")
+    report, _, failure = run_smoke(checkout("sm90"), allow_no_gpu=True)
+    check = checks_of(report)[6]
+    assert (check["status"], check["no_gpu"]) == ("fail", False)
+    assert check["reason"] == "driver 550.54.15 is older than 560, the minimum for CUDA 12.9: upgrade the NVIDIA driver"
+    assert failure is not None
+
+
+def test_generate_on_a_simulated_gpu_fails_with_a_clear_reason(checkout, hardware):
+    hardware(gpus=H100, driver=DRIVER)
+    report, _, failure = run_smoke(checkout("sm90"), generate=True)
+    check = checks_of(report)[7]
+    assert check["status"] == "fail"
+    assert check["reason"] == (
+        "the engine did not start: RuntimeError: the vllm-variants stand-in has no kernels to run a model with"
+    )
+    assert check["details"]["model"]["num_hidden_layers"] == 2
+    assert statuses(checks_of(report)) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass",
+                                           7: "fail"}
+
+
+def test_a_check_process_that_dies_keeps_what_it_finished(checkout, hardware, results, tmp_path):
+    """A crash in check 7 (here: a tempfile module that segfaults, found first
+    on PYTHONPATH) leaves checks 1-6 and fails 7 naming the signal."""
+    hardware(gpus=H100, driver=DRIVER)
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "tempfile.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    wrapped = tmp_path / "wrapped-result"
+    (wrapped / "bin").mkdir(parents=True)
+    (wrapped / "share").symlink_to(results["sm90"] / "share")
+    python = wrapped / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={crash}${{PYTHONPATH:+:$PYTHONPATH}} exec {results["sm90"]}/bin/python "$@"\n')
+    python.chmod(0o755)
+    root = checkout()
+    report, _, failure = run_smoke(root, str(wrapped), generate=True)
+    result = report["results"][0]
+    checks = checks_of(report)
+    assert statuses(checks) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass", 7: "fail"}
+    assert checks[7]["reason"] == "not reported: the check process was killed by SIGSEGV"
+    assert result["exit_code"] == -11 and "SIGSEGV" in result["error"]
+    assert failure is not None
+
+
+# -- selection ------------------------------------------------------------------
+
+
+def test_names_sms_and_paths_select_results_once_each(checkout, hardware, results):
+    hardware(gpus=H100, driver=DRIVER)
+    root = checkout("sm90", "sm80")
+    report, _, _ = run_smoke(root, "90", f"result-{SM90.name}", str(root / f"result-{SM80.name}"), SM90.name)
+    assert [r["name"] for r in report["results"]] == [SM90.name, SM80.name]
+    assert [r["store_path"] for r in report["results"]] == [str(results["sm90"]), str(results["sm80"])]
+
+
+@pytest.mark.parametrize(
+    ("links", "args", "message"),
+    [
+        ({}, (), "no result-* links in "),
+        ({"sm90": True}, ("80",), f"{SM80.name} is not built here (no result-{SM80.name} in "),
+        ({"sm90": True}, ("nope/result",), "no result at nope/result: give a result path, a variant name or an SM"),
+        ({"sm90": True}, ("999",), "unknown SM '999'; valid SMs: 70, 75"),
+        ({"dangling": True}, (), "which no longer exists (garbage-collected?); rebuild it"),
+        ({"plain-dir": True}, (), "is not a built result: it has no bin/python"),
+    ],
+    ids=["no-links", "not-built", "bad-path", "bad-sm", "dangling", "not-a-result"],
+)
+def test_bad_selection_is_one_line_and_writes_nothing(checkout, tmp_path, links, args, message):
+    root = checkout(*[key for key in links if key == "sm90"])
+    if "dangling" in links:
+        (root / "result-gone").symlink_to(tmp_path / "collected-store-path")
+    if "plain-dir" in links:
+        (tmp_path / "not-a-result").mkdir()
+        (root / "result-dir").symlink_to(tmp_path / "not-a-result")
+    with pytest.raises(SelectionError) as info:
+        smoke(Project(root), args, out=io.StringIO(), cwd=root)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert not (root / REPORT_JSON).exists() and not (root / JUNIT_XML).exists()
+
+
+# -- reports and the two front doors -----------------------------------------------------
+
+ROW = re.compile(r"^│\s*(\d)\s*│\s*(.+?)\s*│\s*(pass|FAIL|skip|no GPU)\s*│\s*(.*?)\s*│$")
+
+
+def test_json_and_junit_are_valid_and_match_the_table(checkout, hardware):
+    """`invoke smoke` for real, two results at once: the table, the JSON and the JUnit agree."""
+    hardware(gpus=H100, driver=DRIVER)
+    root = checkout("sm90", "broken")
+    proc = subprocess.run([sys.executable, "-m", "invoke", "smoke", "--generate"], cwd=root,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: smoke failed, ")
+
+    report = json.loads((root / REPORT_JSON).read_text())
+    suites = ET.parse(root / JUNIT_XML).getroot()
+    assert suites.tag == "testsuites"
+    assert [s.get("name") for s in suites] == [r["name"] for r in report["results"]]
+    assert int(suites.get("tests")) == report["summary"]["checks"] == 14
+    assert int(suites.get("failures")) == report["summary"]["fail"]
+    assert int(suites.get("skipped")) == report["summary"]["skip"]
+
+    # the table: one row per check, in the result order, status as the JSON says
+    rows = [m.groups() for m in map(ROW.match, proc.stdout.splitlines()) if m]
+    expected_rows = []
+    for result, suite in zip(report["results"], suites):
+        cases = suite.findall("testcase")
+        assert len(cases) == 7
+        for check, case in zip(result["checks"], cases):
+            assert case.get("name") == f"{check['id']} {check['name']}"
+            assert case.get("classname") == f"smoke.{result['name']}"
+            failure, skipped = case.find("failure"), case.find("skipped")
+            if check["status"] == "fail":
+                assert failure is not None and skipped is None
+                assert failure.get("message") == check["reason"]
+            elif check["status"] == "skip":
+                assert skipped is not None and failure is None and skipped.get("message") == check["reason"]
+            else:
+                assert failure is None and skipped is None and case.findtext("system-out") == check["reason"]
+            status = {"pass": "pass", "fail": "FAIL", "skip": "skip"}[check["status"]]
+            expected_rows.append((str(check["id"]), check["name"], status, check["reason"][:40]))
+    assert [(i, n, s, r[:40]) for i, n, s, r in rows] == expected_rows
+    # both claim the sm90 variant: the second is told apart by its path
+    broken_link = root / f"result-{SM90.name}-broken"
+    assert [r["name"] for r in report["results"]] == [SM90.name, f"{SM90.name} [{broken_link}]"]
+    assert [r["checks"][0]["status"] for r in report["results"]] == ["pass", "fail"]
+    assert [r["ok"] for r in report["results"]] == [False, False]  # check 7: the stand-in has no kernels
+
+
+@pytest.mark.parametrize("allow", [True, False], ids=["allow-no-gpu", "no-gpu-fails"])
+def test_nox_session_runs_for_real(checkout, hardware, allow, tmp_path):
+    hardware()
+    root = checkout("sm90")
+    args = ["sm90", "--report-dir", str(tmp_path / "reports"), *(["--allow-no-gpu"] if allow else [])]
+    proc = subprocess.run([sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", *args],
+                          cwd=root, capture_output=True, text=True)
+    report = json.loads((tmp_path / "reports" / REPORT_JSON).read_text())
+    assert report["ok"] is allow and report["allow_no_gpu"] is allow
+    ET.parse(tmp_path / "reports" / JUNIT_XML)
+    assert proc.returncode == (0 if allow else 1), proc.stderr
+    if not allow:
+        assert "Session smoke aborted: error: smoke failed, 3 of 7 checks" in proc.stderr
+    assert not (root / ".nox").exists()  # venv_backend="none": no virtualenv
+
+
+def test_nox_posargs_errors_are_one_line(checkout):
+    root = checkout("sm90")
+    proc = subprocess.run([sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", "--bogus"],
+                          cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 1
+    line = next(line for line in proc.stderr.splitlines() if "aborted" in line)
+    assert "unrecognized arguments: --bogus; usage: nox -s smoke -- " in line
+
+
+def test_invoke_help_describes_every_parameter():
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--help", "smoke"], cwd=support.REPO,
+                          capture_output=True, text=True, check=True)
+    for flag in ("--results", "--generate", "--allow-no-gpu", "--jobs", "--report-dir"):
+        line = next(line for line in proc.stdout.splitlines() if flag in line)
+        assert len(line.split(flag, 1)[1].strip()) > 10, line
+
+
+def test_benchmark_script_runs(results):
+    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_smoke.py"), str(results["sm90"]),
+                           "--runs", "1", "--no-targets"], capture_output=True, text=True, check=True)
+    assert re.search(r"check / import vllm: \d+\.\d+x \(target <= 1\.3x\)", proc.stdout), proc.stdout
+    assert "invoke smoke / import vllm:" in proc.stdout

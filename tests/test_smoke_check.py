@@ -1,0 +1,153 @@
+"""smoke/check.py on its own: any python3, no Nix (issue #3).
+
+The same script runs inside every built result (tests/test_smoke.py) and on
+the GPU machine under its own CUDA PyTorch, without vllm; that run's output is
+kept as tests/fixtures/gpu/h100/smoke-check.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.matrix import Matrix
+from vllm_variants.smoke import report as reporting
+from vllm_variants.smoke.check import CHECKS, version_tuple
+from vllm_variants.smoke.session import Options, ResultReport, SmokeReport
+
+CHECK = support.REPO / "src" / "vllm_variants" / "smoke" / "check.py"
+FIXTURES = support.REPO / "tests" / "fixtures"
+VARIANT_SM90 = FIXTURES / "smoke" / "variant-sm90.json"
+H100 = FIXTURES / "gpu" / "h100"
+GPU_CAPTURE = H100 / "smoke-check.json"
+# INTEGRATOR: set to True in the commit that adds tests/fixtures/gpu/h100/smoke-check.json
+# (the device command is in issue #3's report). From then on a missing capture FAILS
+# test_check_script_on_a_real_h100 instead of skipping it.
+GPU_CAPTURE_REQUIRED = False
+HAS_NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia/version")
+
+
+def run_check(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
+    proc = subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True,
+                          env=env, cwd=support.REPO)
+    return proc, (json.loads(proc.stdout) if proc.stdout.strip() else {})
+
+
+def by_id(report: dict) -> dict[int, dict]:
+    assert [(c["id"], c["name"]) for c in report["checks"]] == list(CHECKS)
+    return {c["id"]: c for c in report["checks"]}
+
+
+def test_committed_variant_record_is_the_matrix_row():
+    """The metadata the GPU-machine run is given: the sm90 row, as `invoke variants --json` prints it."""
+    matrix = Matrix.load(support.REPO / "nix" / "variants.toml")
+    assert json.loads(VARIANT_SM90.read_text()) == matrix.by_name("vllm-python312-cuda12_9-sm90").to_json()
+
+
+def test_without_torch_or_vllm_every_check_still_reports():
+    proc, report = run_check("--variant-json", str(VARIANT_SM90), "--generate")
+    assert proc.returncode == 1 and report["ok"] is False
+    checks = by_id(report)
+    assert checks[1]["reason"] == "import vllm failed: ModuleNotFoundError: No module named 'vllm'"
+    assert checks[2]["reason"].startswith("cannot import vllm (check 1): ")
+    assert checks[3]["reason"] == "import torch failed: ModuleNotFoundError: No module named 'torch'"
+    assert checks[4]["status"] == "fail" and checks[4]["reason"].startswith("torch did not import (check 3)")
+    assert checks[5]["status"] == "fail"
+    if not HAS_NVIDIA_DRIVER:
+        assert (checks[6]["status"], checks[6]["no_gpu"]) == ("fail", True)
+        assert checks[6]["reason"].startswith("no GPU: no NVIDIA driver found (pynvml: ")
+    assert (checks[7]["status"], checks[7]["no_gpu"]) == ("fail", True)
+    assert report["variant"]["name"] == "vllm-python312-cuda12_9-sm90"
+
+
+def test_stdout_holds_only_the_report_whatever_the_checked_packages_print(tmp_path):
+    """vllm logs to stdout; a C library may write to fd 1: both end up on stderr."""
+    fake = tmp_path / "site"
+    (fake / "vllm").mkdir(parents=True)
+    (fake / "vllm" / "__init__.py").write_text(
+        "import os\nprint('INFO vllm says hello on stdout')\nos.write(1, b'raw fd 1 write\\n')\n"
+        "raise ImportError('broken on purpose')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    progress = tmp_path / "progress.jsonl"
+    proc, report = run_check("--variant-json", str(VARIANT_SM90), "--progress", str(progress), env=env)
+    assert "INFO vllm says hello on stdout" in proc.stderr and "raw fd 1 write" in proc.stderr
+    assert by_id(report)[1]["reason"] == "import vllm failed: ImportError: broken on purpose"
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert lines == report["checks"]
+
+
+@pytest.mark.parametrize(("found", "status"), [("0.15.1+cu129", "pass"), ("0.16.0", "fail")])
+def test_check_1_compares_vllm_with_the_version_the_result_claims(tmp_path, found, status):
+    """A vllm other than the result's (say a pip one on PYTHONPATH) fails check 1; a local tag does not."""
+    fake = tmp_path / "site" / "vllm"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"__version__ = {found!r}\n")
+    claimed = {**json.loads(VARIANT_SM90.read_text()), "versions": {"vllm": "0.15.1"}}
+    variant = tmp_path / "variant.json"
+    variant.write_text(json.dumps(claimed))
+    _, report = run_check("--variant-json", str(variant), env={**os.environ, "PYTHONPATH": str(fake.parent)})
+    check = by_id(report)[1]
+    assert check["status"] == status
+    if status == "fail":
+        assert check["reason"] == f"imported vllm 0.16.0 where the result claims 0.15.1 (from {fake})"
+
+
+def test_missing_metadata_fails_the_checks_that_need_it(tmp_path):
+    _, report = run_check("--variant-json", str(tmp_path / "absent.json"), "--allow-no-gpu")
+    checks = by_id(report)
+    assert checks[4]["reason"] == f"no variant metadata at {tmp_path / 'absent.json'} (not a vllm-variants result?)"
+    assert report["variant"] is None
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--help"], 0, "usage: check.py"),
+    (["--bogus"], 2, "check.py: unknown argument '--bogus'"),
+    (["--variant-json"], 2, "check.py: --variant-json needs a value"),
+])
+def test_arguments(args, code, text):
+    proc = subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True)
+    assert proc.returncode == code
+    assert text in proc.stdout + proc.stderr
+
+
+def test_check_script_on_a_real_h100():
+    """What the GPU machine's run recorded (python3 3.12, its own CUDA PyTorch, no vllm, --generate)."""
+    if not GPU_CAPTURE.exists():
+        message = (f"{GPU_CAPTURE.relative_to(support.REPO)} is not captured yet: run the device command "
+                   "from issue #3's report")
+        if GPU_CAPTURE_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    report = json.loads(GPU_CAPTURE.read_text())
+    checks = by_id(report)
+    # no vllm on that machine: 1, 2 and 5 fail, and say so
+    assert checks[1]["status"] == "fail" and "No module named 'vllm'" in checks[1]["reason"]
+    assert checks[2]["status"] == checks[5]["status"] == "fail"
+    # 3 sees the real GPU, as nvidia-smi and torch.txt (captured apart) do
+    torch_txt = json.loads((H100 / "torch.txt").read_text())
+    assert checks[3]["status"] == "pass", checks[3]
+    assert checks[3]["details"]["available"] is True
+    gpu = checks[3]["details"]["gpus"][0]
+    assert (gpu["name"], gpu["capability"]) == ("NVIDIA H100 80GB HBM3", "9.0")
+    assert (gpu["name"], gpu["capability"]) == (torch_txt["name"], ".".join(map(str, torch_txt["capability"])))
+    # 4: the H100 is the 9.0 the sm90 record claims; a pip torch carries more archs than sm_90
+    assert "will not run on" not in checks[4]["reason"]
+    assert checks[4]["details"]["gpus"][0]["capability"] == checks[4]["details"]["claimed_capability"] == "9.0"
+    if checks[4]["status"] == "fail":
+        assert checks[4]["reason"].endswith("not sm_90 alone: not this variant's torch")
+    # 6: a real driver, new enough for CUDA 12.9
+    assert checks[6]["status"] == "pass" and version_tuple(checks[6]["details"]["driver"]) >= (560,)
+    # 7: a GPU is there, vllm is not
+    assert checks[7]["status"] == "fail" and checks[7]["reason"].startswith("cannot import vllm (check 1)")
+    # the runner's reports take it as it is
+    result = ResultReport(name="h100", result=Path("h100"), store_path="h100", variant=report["variant"],
+                          checks=report["checks"], exit_code=1, seconds=report["seconds"])
+    suite = reporting.junit_tree(SmokeReport([result], Options(generate=True))).getroot()[0]
+    assert [case.get("name") for case in suite.iter("testcase")] == [f"{i} {n}" for i, n in CHECKS]
