@@ -66,6 +66,40 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
           dry_run=dry_run, release_branch=release_branch)
 
 
+# -- build (issue #2) -----------------------------------------------------------
+
+
+@task(
+    auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
+    iterable=["sm", "system", "option"],
+    help={
+        "sm": "SM to build: 90, sm90, 9.0 or a full variant name; repeat it or give a list (--sm 80,89,90)",
+        "arm64": "the aarch64-linux (Grace) variant of each --sm (GH200: --sm 90 --arm64)",
+        "all": "every enabled variant of the matrix",
+        "system": "every enabled variant of this system (x86_64-linux, aarch64-linux); repeatable",
+        "dry-run": "evaluate and print the plan (what Nix would build and fetch); build and change nothing",
+        "cores": "Nix --cores: cores per build (0: all); default: planned from RAM when several variants",
+        "max-jobs": "Nix --max-jobs: builds at once (0: remote builders only); default: planned from RAM "
+                    "when several variants",
+        "builders": "Nix --builders: remote builders, e.g. 'ssh-ng://user@host aarch64-linux - 8 1 big-parallel' "
+                    "or @machines-file (replaces the builders Nix is configured with)",
+        "keep-going": "keep building what does not depend on a failed derivation (and the other variants)",
+        "option": "extra Nix option NAME=VALUE (e.g. --option sandbox true); repeatable",
+        "nixpkgs": "build against this nixpkgs instead of the pin: a checkout's path or a flake reference "
+                   "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
+        "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
+    },
+)
+def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=None, max_jobs=None,
+          builders=None, keep_going=False, option=None, nixpkgs=None, json=None):
+    """Build variants with Nix: plan, progress, logs, result-<variant> links."""
+    from vllm_variants.build import main
+
+    _call(main, _project(), sm=sm, arm64=arm64, all=all, system=system, dry_run=dry_run, cores=cores,
+          max_jobs=max_jobs, builders=builders, keep_going=keep_going, option=option, nixpkgs=nixpkgs,
+          json=json)
+
+
 # -- smoke (issue #3) ---------------------------------------------------------
 
 
@@ -87,4 +121,4 @@ def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=0, report_dir=
           report_dir=report_dir or None)
 
 
-ns = Collection(variants, readme, bump_pin, smoke)
+ns = Collection(variants, readme, build, bump_pin, smoke)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,13 @@ def test_benchmark_script_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_tasks.py"), "--runs", "1",
                            "--no-targets"], capture_output=True, text=True, check=True)
     assert "invoke --list" in proc.stdout and "x" in proc.stdout
+
+
+def test_build_documents_every_option():
+    out = invoke(support.REPO, "--help", "build").stdout
+    options = re.findall(r"^\s+(--[a-z0-9-]+)(?:=STRING)?\s+(\S.*)$", out, re.M)
+    assert {name for name, _ in options} == {
+        "--sm", "--arm64", "--all", "--system", "--dry-run", "--cores", "--max-jobs", "--builders",
+        "--keep-going", "--option", "--nixpkgs", "--json"}
+    assert all(len(text) > 10 for _, text in options)
+    assert re.search(r"^  build +Build variants with Nix", invoke(support.REPO, "--list").stdout, re.M)

@@ -40,6 +40,10 @@ class BumpError(VariantsError):
     """`bump-pin` failed on at least one branch, so no branch moved."""
 
 
+class BuildError(VariantsError):
+    """Nix could not evaluate or build what was asked (details printed above)."""
+
+
 class ToolMissing(PreflightError):
     """An external executable is not on PATH."""
 

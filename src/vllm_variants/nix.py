@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CommandError, PreflightError, ToolMissing, tail
+from .nixlog import DryRun, parse_dry_run
 from .runner import run
 
 MIN_VERSION = (2, 18)
@@ -171,6 +172,55 @@ class Nix:
         args = ["path-info", "--json", *(["--closure-size"] if closure else []), *paths]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
+
+    def realised(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """path_info() of those `paths` that are valid in the store.
+
+        Nix 2.19+ reports an invalid path as null, older ones as
+        {"valid": false} or with an error; a failing batch is asked path by path.
+        """
+        try:
+            infos = self.path_info(paths)
+        except CommandError:
+            if len(paths) <= 1:
+                return {}
+            return {p: i for path in paths for p, i in self.realised([path]).items()}
+        return {p: i for p, i in infos.items() if i.get("valid", True) and "narSize" in i}
+
+    def dry_run(
+        self, installables: Sequence[str], *args: str, cwd: Path | None = None
+    ) -> tuple[list[dict[str, Any]], DryRun]:
+        """What building `installables` would do, building nothing.
+
+        Returns `nix build --dry-run --json`'s [{drvPath, outputs}] (one per
+        installable, in order) and the plan Nix printed on stderr.
+        """
+        proc = self.run("build", "--dry-run", "--json", *args, *installables, cwd=cwd)
+        return json.loads(proc.stdout or "[]"), parse_dry_run(proc.stderr)
+
+    def derivation_outputs(self, drv: str) -> dict[str, str]:
+        """{output name: store path} of a derivation, from `nix derivation show`.
+
+        Newer formats key derivations and paths by base name; both are made
+        absolute in the derivation's store directory.
+        """
+        data = json.loads(self.run("derivation", "show", drv).stdout)
+        (record,) = data.values() if "derivations" not in data else data["derivations"].values()
+        store_dir = os.path.dirname(drv)
+        outputs = {}
+        for name, output in record.get("outputs", {}).items():
+            path = (output or {}).get("path")
+            if path:
+                outputs[name] = path if path.startswith("/") else f"{store_dir}/{path}"
+        return outputs
+
+    def add_root(self, store_path: str, link: Path) -> None:
+        """Point `link` at `store_path` as a GC root (what `nix build` leaves).
+
+        Nix swaps the link atomically and refuses to replace anything but a
+        link into the store, so a user's own file of that name is safe.
+        """
+        self.run("build", "--out-link", link, store_path)
 
 
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:

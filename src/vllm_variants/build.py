@@ -1,0 +1,700 @@
+"""`invoke build`: pick variants, plan, build with progress and logs, link, summarise.
+
+Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
+
+1. `prepare()`: the selection, Nix's pre-flight and which machine builds each
+   system. No evaluation, nothing written.
+2. `make_plan()`: one evaluation (`nix build --dry-run --json`) gives every
+   variant's derivation and Nix's plan: what it would build, what it would
+   fetch. `--dry-run` prints this and stops; Nix only instantiates .drv files.
+3. `execute()`: ONE `nix build` of all planned derivations, so Nix itself
+   schedules across variants (--max-jobs), builds a shared derivation once
+   and sends work to remote builders; no scheduler of our own. Its
+   internal-json log feeds the display and one log file per variant. A
+   `result-<variant>` link is made, through Nix so it stays a GC root, only
+   for a variant whose output is valid afterwards, and only after Nix exited.
+4. A summary table (and `--json` for CI); any failure ends in BuildError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .display import duration_text, make_display
+from .errors import BuildError, CommandError, PreflightError, SelectionError
+from .machines import BuildCapabilities
+from .matrix import Variant
+from .nix import Nix, error_message, flake_ref
+from .nixlog import DryRun, Event, NixLog, package_name, store_name, version_of
+from .project import Project
+from .resources import Host
+from .runner import format_argv, spawn
+
+# Derivations that compile CUDA kernels (hours each): named in the plan.
+HEAVY = ("torch", "vllm", "xformers", "flashinfer", "magma", "nccl", "bitsandbytes", "cupy", "triton")
+# How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
+STOP_GRACE_S = (20.0, 10.0)
+
+
+# -- the request ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the command line asked for, validated (one line per mistake)."""
+
+    sms: tuple[str, ...] = ()
+    arm64: bool = False
+    all: bool = False
+    systems: tuple[str, ...] = ()
+    dry_run: bool = False
+    cores: int | None = None
+    max_jobs: int | None = None
+    builders: str | None = None
+    keep_going: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+    nixpkgs: str | None = None
+    json_path: Path | None = None
+
+    @classmethod
+    def from_cli(
+        cls,
+        *,
+        sm: Iterable[str] = (),
+        arm64: bool = False,
+        all: bool = False,
+        system: Iterable[str] = (),
+        dry_run: bool = False,
+        cores: str | int | None = None,
+        max_jobs: str | int | None = None,
+        builders: str | None = None,
+        keep_going: bool = False,
+        option: Iterable[str] = (),
+        nixpkgs: str | None = None,
+        json: str | None = None,
+        cwd: Path | None = None,
+    ) -> Request:
+        cwd = Path(cwd or Path.cwd())
+        return cls(
+            sms=tuple(sm or ()),
+            arm64=arm64,
+            all=all,
+            systems=tuple(system or ()),
+            dry_run=dry_run,
+            cores=_count("--cores", cores, "0 means all cores"),
+            max_jobs=_count("--max-jobs", max_jobs, "0 means remote builders only"),
+            builders=_builders_spec(builders, cwd),
+            keep_going=keep_going,
+            options=tuple(_option(o) for o in option or ()),
+            nixpkgs=nixpkgs_ref(nixpkgs, cwd) if nixpkgs else None,
+            json_path=(cwd / json) if json else None,
+        )
+
+
+def _count(flag: str, value: str | int | None, zero: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise SelectionError(f"{flag} takes a whole number >= 0 ({zero}), not '{value}'")
+    return number
+
+
+def _option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise SelectionError(f"--option takes NAME=VALUE (e.g. --option sandbox true), not '{text}'")
+    return name.strip(), value
+
+
+def _builders_spec(spec: str | None, cwd: Path) -> str | None:
+    """A relative '@machines' file is relative to where the user ran invoke."""
+    if spec is None:
+        return None
+    parts = []
+    for part in spec.replace(";", "\n").splitlines():
+        part = part.strip()
+        if part.startswith("@"):
+            path = (cwd / Path(part[1:]).expanduser()).resolve()
+            if not path.is_file():
+                raise SelectionError(f"--builders {part}: no such machines file {path}")
+            part = f"@{path}"
+        if part:
+            parts.append(part)
+    return "; ".join(parts)
+
+
+def nixpkgs_ref(value: str, cwd: Path) -> str:
+    """--nixpkgs as a flake reference for --override-input.
+
+    A directory becomes `git+file:///abs` when it is a git checkout (a
+    `path:` reference would copy its .git, gigabytes for nixpkgs, into the
+    store) and `path:/abs` otherwise; anything else is taken as a flake
+    reference (github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs, ...).
+    """
+    candidate = (cwd / Path(value).expanduser()).resolve()
+    if candidate.is_dir():
+        if not (candidate / "flake.nix").is_file():
+            raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")
+        return f"git+file://{candidate}" if (candidate / ".git").exists() else f"path:{candidate}"
+    if value.startswith(("/", "./", "../", "~")) or ":" not in value:
+        raise SelectionError(
+            f"--nixpkgs {value}: no such directory; give a nixpkgs checkout or a flake "
+            "reference such as github:NixOS/nixpkgs/<rev> or path:/srv/nixpkgs"
+        )
+    return value
+
+
+# -- step 1: pre-flight -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    variant: Variant
+    where: str  # "this machine" or "remote builder(s) ..."
+    link: Path
+
+
+@dataclass
+class Prepared:
+    project: Project
+    request: Request
+    nix: Nix
+    targets: list[Target]
+
+
+def prepare(project: Project, request: Request, *, nix: Nix | None = None) -> Prepared:
+    """Selection, Nix and builders checked; nothing evaluated, nothing written."""
+    variants = project.matrix.select(request.sms, arm64=request.arm64, systems=request.systems, all=request.all)
+    options = list(request.options)
+    if request.builders is not None:
+        options.append(("builders", request.builders))
+    nix = nix or Nix(options=options)
+    nix.preflight()
+    settings = dict(nix.config())
+    if request.max_jobs is not None:
+        settings["max-jobs"] = str(request.max_jobs)
+    capabilities = BuildCapabilities.from_settings(settings)
+    targets = []
+    for variant in variants:
+        targets.append(Target(variant, _where(capabilities, variant.system), project.result_link(variant)))
+    return Prepared(project, request, nix, targets)
+
+
+def _where(caps: BuildCapabilities, system: str) -> str:
+    if caps.local_can_build(system):
+        return "this machine"
+    remote = caps.builders_for(system)
+    if remote:
+        return "remote builder " + ", ".join(b.uri for b in remote)
+    if system in caps.local_systems and caps.local_max_jobs > 0:
+        raise PreflightError(
+            f"this machine's Nix lacks the big-parallel system feature the CUDA builds need: add "
+            f"'system-features = {' '.join((*caps.features, 'big-parallel'))}' to nix.conf, or a builder that has it"
+        )
+    if system in caps.local_systems:
+        raise PreflightError(
+            f"max-jobs is 0 (nothing builds on this machine) and no remote builder can build {system} with "
+            f"big-parallel: add one, e.g. --builders 'ssh-ng://user@host {system} - 8 1 big-parallel'"
+        )
+    raise PreflightError(caps.explain_missing(system))
+
+
+# -- concurrency on this machine (issue #6) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """--max-jobs x --cores for the build; None keeps Nix's own setting."""
+
+    max_jobs: int | None
+    cores: int | None
+    budget: int  # nvcc jobs this machine's RAM allows (and its cores)
+    text: str
+    warning: str | None = None
+
+    def args(self) -> list[str]:
+        args = []
+        if self.max_jobs is not None:
+            args += ["--max-jobs", str(self.max_jobs)]
+        if self.cores is not None:
+            args += ["--cores", str(self.cores)]
+        return args
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_jobs": self.max_jobs, "cores": self.cores, "nvcc_budget": self.budget,
+                "text": self.text, "warning": self.warning}
+
+
+def plan_concurrency(
+    n_variants: int,
+    host: Host,
+    ram_per_job_gib: int,
+    *,
+    cores: int | None = None,
+    max_jobs: int | None = None,
+    nix_settings: dict[str, str] | None = None,
+) -> Concurrency:
+    """Keep the nvcc jobs of concurrent builds within RAM / ram_per_job_gib.
+
+    Each heavy build clamps itself to min(its --cores, RAM / 8 GiB) on its
+    builder (nix/build-jobs.sh): safe for one build at a time. With several
+    variants Nix runs --max-jobs builds at once, so the budget is split:
+    --max-jobs = min(variants, budget), --cores = budget / --max-jobs.
+    An explicit --cores or --max-jobs wins (the other is derived from it),
+    with a warning when the two exceed the budget. Remote builders clamp
+    their own builds; this is about this machine.
+    """
+    budget = host.nvcc_jobs(ram_per_job_gib)
+    machine = (f"this machine has {host.cores} cores and {host.mem_gib:.0f} GiB RAM = {budget} nvcc "
+               f"job(s) at {ram_per_job_gib} GiB each")
+    settings = nix_settings or {}
+    if max_jobs == 0:
+        return Concurrency(0, cores, budget, "--max-jobs 0: nothing builds here, remote builders do it all")
+    if cores is None and max_jobs is None:
+        if n_variants <= 1:
+            return Concurrency(None, None, budget,
+                               f"Nix's settings (max-jobs {settings.get('max-jobs', '?')}, cores "
+                               f"{settings.get('cores', '?')}); each heavy build clamps itself to RAM / "
+                               f"{ram_per_job_gib} GiB; {machine}")
+        max_jobs = min(n_variants, budget)
+        cores = max(1, budget // max_jobs)
+        chosen = f"planned for {n_variants} variants"
+    else:
+        chosen = "as given"
+        if n_variants > 1 and max_jobs is None:
+            max_jobs = max(1, min(n_variants, budget // (cores or host.cores)))
+        if n_variants > 1 and cores is None:
+            cores = max(1, budget // (max_jobs or 1))
+    jobs = max_jobs if max_jobs is not None else _setting(settings.get("max-jobs"), host.cores, 1)
+    per_build = cores if cores is not None else _setting(settings.get("cores"), host.cores, 0)
+    total = jobs * min(per_build or host.cores, budget)  # cores 0 = all; heavy builds clamp to the budget
+    text = (f"--max-jobs {_shown(max_jobs, jobs)} x --cores {_shown(cores, per_build)} ({chosen}): "
+            f"up to {total} nvcc jobs at once; {machine}")
+    warning = None
+    if total > budget:
+        warning = (f"{total} concurrent nvcc jobs need about {total * ram_per_job_gib} GiB of RAM and this "
+                   f"machine has {host.mem_gib:.0f} GiB: expect swapping or OOM kills; lower --max-jobs or --cores")
+    return Concurrency(max_jobs, cores, budget, text, warning)
+
+
+def _setting(value: str | None, auto: int, default: int) -> int:
+    if value == "auto":
+        return auto
+    try:
+        return int(value or default)
+    except ValueError:
+        return default
+
+
+def _shown(chosen: int | None, effective: int) -> str:
+    return str(chosen) if chosen is not None else f"{effective} (Nix's setting)"
+
+
+# -- step 2: the plan -------------------------------------------------------
+
+
+@dataclass
+class VariantPlan:
+    target: Target
+    drv: str
+    out: str
+    dry: DryRun
+
+    @property
+    def variant(self) -> Variant:
+        return self.target.variant
+
+    def heavy(self) -> list[str]:
+        """'torch 2.9.1', 'vllm 0.15.1', ...: the derivations that take hours."""
+        found = []
+        for drv in self.dry.will_build:
+            name = package_name(drv)
+            for heavy in HEAVY:
+                if name == heavy or name.startswith(heavy + "-"):
+                    found.append(f"{heavy} {version_of(drv)}".strip())
+                    break
+        return found
+
+    def summary(self) -> str:
+        built = len(self.dry.will_build)
+        text = f"build {built} derivation{'s' * (built != 1)}"
+        heavy = self.heavy()
+        if heavy:
+            text += f" (compiles {', '.join(heavy)})"
+        text += f", fetch {_fetch_text(self.dry)}"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"drv": self.drv, "out": self.out, "builds_on": self.target.where,
+                "heavy": self.heavy(), **self.dry.to_json()}
+
+
+def _fetch_text(dry: DryRun) -> str:
+    n = len(dry.will_fetch)
+    text = f"{n} path{'s' * (n != 1)}"
+    if n:
+        text += f" ({dry.download_mib:.2f} MiB download, {dry.unpacked_mib:.2f} MiB unpacked)"
+    return text
+
+
+@dataclass
+class BuildPlan:
+    prepared: Prepared
+    variants: list[VariantPlan]
+    total: DryRun
+    concurrency: Concurrency
+
+    @property
+    def nix(self) -> Nix:
+        return self.prepared.nix
+
+    @property
+    def project(self) -> Project:
+        return self.prepared.project
+
+    def owners(self) -> dict[str, list[VariantPlan]]:
+        """derivation -> the variants that build it (shared ones build once)."""
+        owners: dict[str, list[VariantPlan]] = {}
+        for plan in self.variants:
+            for drv in plan.dry.will_build:
+                owners.setdefault(drv, []).append(plan)
+        return owners
+
+    def build_argv(self) -> list[str]:
+        request = self.prepared.request
+        args = ["build", "--no-link", "--log-format", "internal-json"]
+        if request.keep_going:
+            args.append("--keep-going")
+        args += self.concurrency.args()
+        args += [f"{p.drv}^out" for p in self.variants]
+        return self.nix.argv(*args)
+
+    def lines(self) -> list[str]:
+        nix = self.nix
+        n = len(self.variants)
+        lines = [f"plan: {n} variant{'s' * (n != 1)}, Nix {nix.version_text}"
+                 + (f", nixpkgs {self.prepared.request.nixpkgs}" if self.prepared.request.nixpkgs else "")]
+        for plan in self.variants:
+            lines.append(f"  {plan.variant.name} ({plan.variant.system}, on {plan.target.where}): {plan.summary()}")
+            if plan.dry.unknown:
+                lines.append(f"    Nix does not know how to build: {', '.join(map(store_name, plan.dry.unknown))}")
+        if n > 1:
+            built = len(self.total.will_build)
+            lines.append(f"  all together: build {built} derivation{'s' * (built != 1)}, "
+                         f"fetch {_fetch_text(self.total)}")
+        lines.append(f"concurrency: {self.concurrency.text}")
+        if self.concurrency.warning:
+            lines.append(f"warning: {self.concurrency.warning}")
+        return lines
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nix_version": self.nix.version_text,
+            "nixpkgs": self.prepared.request.nixpkgs,
+            "concurrency": self.concurrency.to_json(),
+            "total": self.total.to_json(),
+        }
+
+
+def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
+    """Evaluate the selected variants and ask Nix what building them takes."""
+    nix, project, request = prepared.nix, prepared.project, prepared.request
+    flake = flake_ref(project.root)
+    installables = [f"{flake}#{t.variant.attr_path()}" for t in prepared.targets]
+    eval_args = ["--no-write-lock-file"]  # --override-input must never relock flake.lock
+    if request.nixpkgs:
+        eval_args += nix.override_args({"nixpkgs": request.nixpkgs})
+    try:
+        derivations, total = nix.dry_run(installables, *eval_args, cwd=project.root)
+    except CommandError as exc:
+        raise BuildError(f"Nix could not evaluate the selected variants: {error_message(exc.stderr)}") from None
+    plans = []
+    for target, built in zip(prepared.targets, derivations):
+        drv = built["drvPath"]
+        drv = drv["path"] if isinstance(drv, dict) else drv
+        out = (built.get("outputs") or {}).get("out") if isinstance(built.get("outputs"), dict) else None
+        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
+            out = nix.derivation_outputs(drv)["out"]
+        plans.append(VariantPlan(target, drv, out, total))
+    if len(plans) > 1:  # one plan each, from the derivations: no second evaluation
+        for plan in plans:
+            _, plan.dry = nix.dry_run([f"{plan.drv}^out"], cwd=project.root)
+    concurrency = plan_concurrency(
+        len(plans), host or Host.detect(), project.matrix.ram_per_job_gib,
+        cores=request.cores, max_jobs=request.max_jobs, nix_settings=nix.config(),
+    )
+    return BuildPlan(prepared, plans, total, concurrency)
+
+
+def check_links(plan: BuildPlan) -> None:
+    """A result-<variant> that is not a link into the store is the user's:
+    Nix refuses to replace it, so say so before hours of building."""
+    for vplan in plan.variants:
+        link = vplan.target.link
+        if not (link.exists() or link.is_symlink()):
+            continue
+        store_dir = str(Path(vplan.out).parent)
+        if not (link.is_symlink() and os.readlink(link).startswith(store_dir + "/")):
+            raise PreflightError(
+                f"{link.name} exists and is not a Nix result link (into {store_dir}); "
+                "move it away, then run the build again"
+            )
+
+
+# -- step 3: the build ------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    variant: Variant
+    status: str  # built | fetched | up to date | failed | not built (another failure stopped Nix)
+    store_path: str | None = None
+    closure_size: int | None = None
+    duration_s: float = 0.0
+    log: Path | None = None
+    failed: list[str] = field(default_factory=list)  # failing derivations
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "fetched", "up to date")
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        return {
+            "variant": self.variant.name,
+            "sm": self.variant.sm,
+            "system": self.variant.system,
+            "status": self.status,
+            "store_path": self.store_path,
+            "closure_size": self.closure_size,
+            "duration_s": round(self.duration_s, 3),
+            "log": _relative(self.log, root) if self.log else None,
+            "failed_derivations": self.failed,
+        }
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+class VariantLogs:
+    """logs/<variant>-<timestamp>.log: each variant's derivations' build
+    output, and Nix's messages, as text."""
+
+    def __init__(self, plan: BuildPlan, stamp: str) -> None:
+        self.owners = plan.owners()
+        plan.project.logs.mkdir(exist_ok=True)
+        self.paths: dict[str, Path] = {}
+        self.files: dict[str, TextIO] = {}
+        for vplan in plan.variants:
+            name = vplan.variant.name
+            path = _unique(plan.project.logs / f"{name}-{stamp}.log")
+            self.paths[name] = path
+            handle = path.open("w", encoding="utf-8", buffering=1)
+            self.files[name] = handle
+            handle.write(f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+                         f"# $ {format_argv(plan.build_argv())}\n"
+                         f"# plan: {vplan.summary()}\n")
+
+    def write(self, event: Event) -> None:
+        line = self._line(event)
+        if line is None:
+            return
+        if event.build is not None and event.build.drv in self.owners:
+            names = [p.variant.name for p in self.owners[event.build.drv]]
+        else:
+            names = list(self.files)
+        for name in names:
+            self.files[name].write(line + "\n")
+
+    @staticmethod
+    def _line(event: Event) -> str | None:
+        build = event.build
+        if event.kind == "build-start" and build:
+            return f"building '{build.drv}'" + (f" on {build.machine}" if build.machine else "")
+        if event.kind == "log" and build:
+            return f"{build.name}> {event.text}"
+        if event.kind == "build-stop" and build:
+            return f"{build.result} '{build.drv}' after {duration_text(build.elapsed(0))}"
+        if event.kind == "fetch-start":
+            return f"fetching {event.text}"
+        if event.kind == "message" and (event.level or 0) <= 3:
+            return event.text
+        if event.kind == "text":
+            return event.text
+        return None
+
+    def close(self, note: str | None = None) -> None:
+        for handle in self.files.values():
+            if note:
+                handle.write(f"# {note}\n")
+            handle.close()
+
+
+def _unique(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outcome]:
+    """Run the one `nix build`, then link what became valid.
+
+    Ctrl-C stops Nix (SIGINT to its process group, then SIGTERM, SIGKILL),
+    touches no link and re-raises KeyboardInterrupt (exit 130 at the boundary).
+    """
+    nix = plan.nix
+    logs = VariantLogs(plan, time.strftime("%Y%m%d-%H%M%S"))
+    reader = NixLog(clock=clock)
+    started = clock()
+    # Its own session: a terminal's Ctrl-C reaches us, and we stop Nix in order.
+    proc = spawn(plan.build_argv(), cwd=plan.project.root, env=nix.env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
+    try:
+        with _terminations_interrupt(), display.running(reader, started):
+            assert proc.stderr is not None
+            for line in io.TextIOWrapper(proc.stderr, encoding="utf-8", errors="replace"):
+                for event in reader.feed(line):
+                    logs.write(event)
+                    display.event(event)
+            returncode = proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        logs.close("interrupted: nix was stopped; no result link was changed")
+        display.interrupted(logs.paths)
+        raise
+    except BaseException:
+        _stop(proc)
+        logs.close()
+        raise
+    logs.close(f"nix exited with status {returncode}")
+    return _outcomes(plan, reader, logs.paths, started)
+
+
+@contextlib.contextmanager
+def _terminations_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) stop Nix as
+    Ctrl-C does: it runs in its own session, so they would not reach it."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to Nix's process group (it kills its builders), then harder."""
+    for sig, grace in ((signal.SIGINT, STOP_GRACE_S[0]), (signal.SIGTERM, STOP_GRACE_S[1]), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.communicate(timeout=grace)  # drains stderr, so Nix never blocks writing it
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
+            continue
+    proc.wait()
+
+
+def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float) -> list[Outcome]:
+    nix = plan.nix
+    ended = reader.clock()
+    valid = nix.realised([p.out for p in plan.variants])
+    failed = reader.failed_builds()
+    outcomes = []
+    for vplan in plan.variants:
+        name = vplan.variant.name
+        mine = set(vplan.dry.will_build)
+        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name))
+        info = valid.get(vplan.out)
+        if info is not None:
+            outcome.store_path = vplan.out
+            outcome.closure_size = info.get("closureSize")
+            stops = [b.stopped for b in reader.finished() if b.drv in mine and b.stopped]
+            outcome.duration_s = (max(stops) - started) if stops else 0.0
+            outcome.status = "built" if mine else "fetched" if vplan.dry.will_fetch else "up to date"
+        else:
+            outcome.failed = [b.drv for b in failed if b.drv in mine]
+            if not outcome.failed and failed:
+                outcome.status = "not built"  # another variant's failure stopped Nix
+        outcomes.append(outcome)
+    # Links last, and only for valid outputs: a failed variant keeps its old link.
+    for vplan, outcome in zip(plan.variants, outcomes):
+        if outcome.ok and outcome.store_path:
+            nix.add_root(outcome.store_path, vplan.target.link)
+    return outcomes
+
+
+# -- the whole command ------------------------------------------------------
+
+
+def main(project: Project, *, out: TextIO | None = None, interactive: bool | None = None,
+         nix: Nix | None = None, host: Host | None = None, **cli: Any) -> list[Outcome] | BuildPlan:
+    """`invoke build`: see the module docstring. Raises BuildError on failure."""
+    out = out or sys.stdout
+    request = Request.from_cli(**cli)
+    prepared = prepare(project, request, nix=nix)
+    plan = make_plan(prepared, host=host)
+    for line in plan.lines():
+        print(line, file=out, flush=True)
+    if request.dry_run:
+        if request.json_path:
+            report = {**plan.to_json(), "dry_run": True,
+                      "variants": [{"variant": p.variant.name, "sm": p.variant.sm, "system": p.variant.system,
+                                    "status": "planned", "plan": p.to_json()} for p in plan.variants]}
+            _write_json(request.json_path, report)
+        print("dry run: nothing was built, no link or log was written", file=out, flush=True)
+        return plan
+    check_links(plan)
+    display = make_display(plan, out, interactive=interactive)
+    outcomes = execute(plan, display)
+    display.report(outcomes, plan)
+    if request.json_path:
+        _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
+                                        "variants": [o.to_json(project.root) for o in outcomes]})
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander
+        why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
+        log = f"; log: {_relative(first.log, project.root)}" if first.log else ""
+        raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built: {first.variant.name}{why}{log}")
+    return outcomes
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

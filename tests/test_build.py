@@ -1,0 +1,407 @@
+"""`invoke build` end to end: real Nix, a copy of the project, the stand-in nixpkgs.
+
+Each test runs `python -m invoke build ...` in a project made by
+support.make_project, with --nixpkgs pointing at a (salted) copy of the
+stand-in, so it really builds, offline, in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import support
+
+from vllm_variants.build import plan_concurrency
+from vllm_variants.matrix import Matrix
+from vllm_variants.nix import Nix
+from vllm_variants.resources import Host
+
+pytestmark = pytest.mark.nix
+
+MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
+SM90 = MATRIX.resolve("90")
+SM80 = MATRIX.resolve("80")
+SM89 = MATRIX.resolve("89")
+GH200 = MATRIX.resolve("90", arm64=True)
+
+
+def unique(label: str) -> str:
+    """A stand-in salt no earlier run used: new derivations, a real build."""
+    return f"{label}-{uuid.uuid4()}"
+
+
+def invoke(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True,
+                          env=env or support.nix_env())
+
+
+def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The boundary's one line (and nothing else on stderr, no traceback)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def site(out: Path, module: str) -> dict:
+    return json.loads((out / "lib" / "python3.12" / "site-packages" / module / "_nix_build.json").read_text())
+
+
+def untouched(root: Path, lock: bytes) -> None:
+    """Nothing a build leaves: no result link, no log, flake.lock and git as they were."""
+    assert list(root.glob("result*")) == []
+    assert not (root / "logs").exists()
+    assert (root / "flake.lock").read_bytes() == lock
+    assert support.git(root, "status", "--porcelain").stdout == ""
+
+
+# -- a real build -------------------------------------------------------------
+
+
+def test_build_links_a_result_whose_python_reports_the_capability(project, standin, tmp_path):
+    nixpkgs = standin(salt=unique("build"))
+    lock = (project / "flake.lock").read_bytes()
+    proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs), "--json", "summary.json"))
+
+    link = project / f"result-{SM90.name}"
+    out = Path(os.readlink(link))
+    probe = ("import json, torch, vllm, pathlib; print(json.dumps({'arch': torch._C._cuda_getArchFlags(), "
+             "'vllm': json.loads((pathlib.Path(vllm.__file__).parent / '_nix_build.json').read_text())}))")
+    report = json.loads(subprocess.run([link / "bin" / "python", "-c", probe], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert report["arch"] == "sm_90"
+    assert "-DTORCH_CUDA_ARCH_LIST:STRING=9.0" in report["vllm"]["cmakeFlags"]
+
+    # the link is a registered GC root (made through Nix, not os.symlink)
+    gc_roots = subprocess.run(["nix-store", "--query", "--roots", out], capture_output=True, text=True,
+                              env=support.nix_env(), check=True).stdout
+    assert str(link) in gc_roots
+
+    # --json: parses and matches what was built, with Nix's own closure size
+    summary = json.loads((project / "summary.json").read_text())
+    (row,) = summary["variants"]
+    assert row["variant"] == SM90.name and row["status"] == "built"
+    assert row["store_path"] == str(out)
+    info = json.loads(support.nix("path-info", "--json", "--closure-size", out).stdout)
+    info = info[0] if isinstance(info, list) else info[str(out)]
+    assert row["closure_size"] == info["closureSize"] > 0
+    assert row["duration_s"] > 0
+
+    # the log holds the builds' own output; progress went to stdout as plain lines
+    log = project / row["log"]
+    assert re.fullmatch(rf"logs/{SM90.name}-\d{{8}}-\d{{6}}\.log", row["log"])
+    assert "python3.12-torch-2.9.1> Running phase: buildPhase" in log.read_text()
+    assert re.search(r"^\[\d+/9\] building python3\.12-torch-2\.9\.1 \(sm90\)$", proc.stdout, re.M)
+    assert "build 9 derivations (compiles torch 2.9.1" in proc.stdout
+    assert "concurrency: Nix's settings" in proc.stdout
+    assert (project / "flake.lock").read_bytes() == lock
+
+
+def test_several_variants_share_the_machine_by_plan(project, standin, tmp_path):
+    nixpkgs = standin(salt=unique("plan"))
+    proc = ok(invoke(project, "build", "--sm", "80,89", "--nixpkgs", str(nixpkgs), "--json", "s.json"))
+
+    plan = plan_concurrency(2, Host.detect(), MATRIX.ram_per_job_gib)
+    assert plan.max_jobs == min(2, plan.budget) and plan.max_jobs * plan.cores <= max(plan.budget, plan.max_jobs)
+    assert f"concurrency: --max-jobs {plan.max_jobs} x --cores {plan.cores} (planned for 2 variants)" in proc.stdout
+    assert proc.stdout.index("concurrency:") < proc.stdout.index("building 2 variants")
+    summary = json.loads((project / "s.json").read_text())
+    assert summary["concurrency"]["max_jobs"] == plan.max_jobs
+    for variant, row in zip((SM80, SM89), summary["variants"]):
+        out = Path(os.readlink(project / f"result-{variant.name}"))
+        assert row["variant"] == variant.name and row["store_path"] == str(out)
+        # bitsandbytes is not clamped by the flake: it got exactly the planned --cores
+        assert int(site(out, "bitsandbytes")["NIX_BUILD_CORES"]) == plan.cores
+        assert site(out, "torch")["TORCH_CUDA_ARCH_LIST"] == variant.capability
+
+
+def test_explicit_cores_and_max_jobs_win_over_the_plan(project, standin, tmp_path):
+    nixpkgs = standin(salt=unique("explicit"))
+    proc = ok(invoke(project, "build", "--sm", "80", "--sm", "89", "--nixpkgs", str(nixpkgs), "--cores", "3",
+                     "--max-jobs", "1", "--keep-going", "--option", "max-silent-time=600"))
+    assert "--max-jobs 1 x --cores 3 (as given)" in proc.stdout
+    for variant in (SM80, SM89):
+        out = project / f"result-{variant.name}"
+        assert int(site(out, "bitsandbytes")["NIX_BUILD_CORES"]) == 3
+    log = next((project / "logs").glob(f"{SM80.name}-*.log")).read_text()
+    assert "--keep-going --max-jobs 1 --cores 3" in log and "--option max-silent-time 600" in log
+
+
+# -- --dry-run ------------------------------------------------------------------
+
+
+def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
+    """A chroot store that has never seen a build, and a file:// cache holding
+    one path (the stand-in's stdenv): the plan must say what Nix would build
+    and fetch, build nothing, and leave the checkout as it was."""
+    stdenv = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr",
+                         f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv').stdout.strip()
+    cache = f"file://{tmp_path / 'cache'}"
+    support.nix("copy", "--to", cache, stdenv)
+    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
+    lock = (project / "flake.lock").read_bytes()
+
+    proc = ok(invoke(project, "build", "--sm", "90", "--dry-run", "--nixpkgs", str(support.STANDIN), env=env))
+
+    # what Nix would build, counted independently: every derivation in the
+    # variant's closure, except the one whose output the cache has
+    attr = f"{support.flake_ref(project)}#{SM90.attr_path()}"
+    drv = support.nix("eval", "--raw", f"{attr}.drvPath", *support.override(), env=env).stdout
+    closure = support.nix("path-info", "--recursive", drv, env=env).stdout.split()
+    expected = len([p for p in closure if p.endswith(".drv") and not p.endswith("-stdenv-linux.drv")])
+    line = next(line for line in proc.stdout.splitlines() if SM90.name in line)
+    assert f"build {expected} derivations (compiles " in line
+    for heavy in ("torch 2.9.1", "vllm 0.15.1", "xformers", "flashinfer", "bitsandbytes", "nccl"):
+        assert heavy in line
+    assert re.search(r"fetch 1 path \(\d+\.\d\d MiB download, \d+\.\d\d MiB unpacked\)", line)
+    assert "dry run: nothing was built" in proc.stdout
+
+    untouched(project, lock)
+    out = support.nix("eval", "--raw", f"{attr}.outPath", *support.override(), env=env).stdout
+    valid = json.loads(support.nix("path-info", "--json", out, env=env, check=False).stdout or "{}")
+    assert not valid.get(out), "the dry run built the variant"
+
+
+def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path):
+    nixpkgs = standin(salt=unique("dry-json"))
+    ok(invoke(project, "build", "--sm", "80,90", "--dry-run", "--nixpkgs", str(nixpkgs), "--json", "plan.json"))
+    plan = json.loads((project / "plan.json").read_text())
+    assert plan["dry_run"] is True
+    assert [v["variant"] for v in plan["variants"]] == [SM80.name, SM90.name]
+    nix = Nix(env=support.nix_env())
+    for row in plan["variants"]:
+        assert row["status"] == "planned" and len(row["plan"]["will_build"]) == 9
+        assert "torch 2.9.1" in row["plan"]["heavy"]
+        assert nix.derivation_outputs(row["plan"]["drv"]) == {"out": row["plan"]["out"]}
+    # shared derivations (cupy, nvidia-ml-py do not depend on the SM) count once
+    assert len(plan["total"]["will_build"]) == 16
+    assert list(project.glob("result*")) == [] and not (project / "logs").exists()
+
+
+# -- failure ------------------------------------------------------------------
+
+
+def test_failed_build_shows_the_derivation_its_log_tail_and_keeps_the_old_link(project, standin, tmp_path):
+    salt = unique("fail")
+    ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(standin(salt=salt))))
+    link = project / f"result-{SM90.name}"
+    before = os.readlink(link)
+
+    broken = standin(salt=salt, failBuild=["xformers"])
+    proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(broken), "--json", "s.json")
+
+    assert proc.returncode == 1
+    assert os.readlink(link) == before  # replaced only after a successful build
+    summary = json.loads((project / "s.json").read_text())
+    (row,) = summary["variants"]
+    (drv,) = row["failed_derivations"]
+    assert row["status"] == "failed" and row["store_path"] is None
+    assert drv.endswith("-python3.12-xformers-0.0.33.post1.drv")
+    report = proc.stdout[proc.stdout.index("failed: python3.12-xformers-0.0.33.post1"):]
+    assert f"derivation: {drv}" in report
+    assert "[40/40] compiling kernel_40.cu\n    error: xformers: stand-in build failure" in report
+    assert "[1/40] compiling kernel_1.cu" not in report  # a tail, not the whole log
+    assert f"full log: {row['log']}" in report
+    full = (project / row["log"]).read_text()
+    assert "python3.12-xformers-0.0.33.post1> [1/40] compiling kernel_1.cu" in full
+    assert f"failed '{drv}'" in full
+    line = error_line(proc)
+    assert line == (f"error: 1 of 1 variant(s) not built: {SM90.name} (python3.12-xformers-0.0.33.post1 failed); "
+                    f"log: {row['log']}")
+
+
+def test_a_failure_without_a_previous_result_leaves_no_link(project, standin, tmp_path):
+    broken = standin(salt=unique("nolink"), failBuild=["vllm"])
+    proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(broken))
+    assert proc.returncode == 1 and "failed: python3.12-vllm-python312-cuda12_9-sm90-0.15.1" in proc.stdout
+    assert list(project.glob("result*")) == []
+
+
+# -- Ctrl-C ---------------------------------------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of pid, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum):
+    """SIGTERM (a cancelled CI job) must stop Nix too: it runs in its own session."""
+    nixpkgs = standin(salt=unique("sigint"), slowBuild={"torch": 300})
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=support.nix_env())
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "building python3.12-torch-2.9.1" in line:
+                break
+        deadline = time.monotonic() + 30
+        while True:  # wait for the builder's sleep to run under nix
+            tree = _children(proc.pid)
+            sleeping = [p for p in tree if _cmdline(p).startswith(b"sleep\x00300")]
+            if sleeping or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sleeping, "the slow torch build never started"
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: nix was stopped; no result link was changed" in stdout
+    assert [p for p in tree if _alive(p)] == [], "nix or its builder outlived Ctrl-C"
+    assert list(project.glob("result*")) == []
+    (log,) = (project / "logs").glob("*.log")
+    assert log.read_text().endswith("# interrupted: nix was stopped; no result link was changed\n")
+
+
+# -- pre-flight -----------------------------------------------------------------
+
+
+def _old_nix(bin_dir: Path) -> Path:
+    """A wrapper that reports an old version and runs the real nix otherwise:
+    only the version string is fake (an old Nix cannot be installed here)."""
+    bin_dir.mkdir()
+    wrapper = bin_dir / "nix"
+    wrapper.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "nix (Nix) 2.17.1"; exit 0; fi\n'
+                       f'exec {support.nix_executable()} "$@"\n')
+    wrapper.chmod(0o755)
+    return bin_dir
+
+
+PREFLIGHT = {
+    "unknown-sm": (["--sm", "91"], {}, "error: unknown SM '91'; valid SMs: 70, 75, 80, 86, 89, 90, 100, 120 "
+                                        "(x86_64-linux); 90, 100 (aarch64-linux, with --arm64)"),
+    "no-arm64-variant": (["--sm", "80", "--arm64"], {},
+                         "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
+    "nothing-selected": ([], {}, "error: no variant selected; use --sm SM"),
+    "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number >= 0"),
+    "bad-option": (["--sm", "90", "--option", "sandbox"], {}, "error: --option takes NAME=VALUE"),
+    "no-nixpkgs-dir": (["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], {},
+                       "error: --nixpkgs ./no-such-nixpkgs: no such directory"),
+    "nix-missing": (["--sm", "90"], {"PATH": "/usr/bin:/bin"},
+                    "error: nix is not installed (not on PATH): install Nix >= 2.18"),
+    "nix-too-old": (["--sm", "90"], {"PATH": "OLD_NIX"},
+                    "error: Nix 2.17.1 is too old: nixpkgs needs Nix >= 2.18; upgrade Nix"),
+    "flakes-off": (["--sm", "90"], {"NIX_CONFIG": "FLAKES_OFF"},
+                   "error: Nix experimental feature(s) flakes not enabled: add 'experimental-features = "
+                   "nix-command flakes' to ~/.config/nix/nix.conf"),
+    "aarch64-without-builder": (["--sm", "90", "--arm64"], {}, "error: no machine can build aarch64-linux "
+                                "variants: this is x86_64-linux, and CUDA is never cross-compiled in nixpkgs, "
+                                "so a aarch64-linux builder is needed. Add one that advertises big-parallel"),
+    "builder-without-big-parallel": (["--sm", "90", "--arm64", "--builders", "ssh-ng://gh200 aarch64-linux - 8 1 kvm"],
+                                     {}, "error: no machine can build aarch64-linux variants"),
+}
+
+
+@pytest.mark.parametrize("case", PREFLIGHT, ids=list(PREFLIGHT))
+def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, case):
+    args, env_changes, expected = PREFLIGHT[case]
+    env = support.nix_env("builders =\nextra-platforms =")
+    for key, value in env_changes.items():
+        if value == "OLD_NIX":
+            value = f"{_old_nix(tmp_path / 'old')}:{env['PATH']}"
+        elif value == "FLAKES_OFF":
+            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes", "experimental-features =")
+        env[key] = value
+    if case == "nix-missing":
+        assert shutil.which("nix", path=env["PATH"]) is None
+    lock = (project / "flake.lock").read_bytes()
+    if "--nixpkgs" not in args:
+        args = [*args, "--nixpkgs", str(support.STANDIN)]
+    proc = invoke(project, "build", *args, env=env)
+    assert proc.returncode == 1
+    assert error_line(proc).startswith(expected)
+    assert proc.stdout == ""  # failed before planning: nothing evaluated
+    untouched(project, lock)
+
+
+def test_a_remote_builder_for_the_system_passes_preflight(project):
+    builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
+    env = support.nix_env("builders =\nextra-platforms =")
+    proc = ok(invoke(project, "build", "--sm", "90", "--arm64", "--dry-run", "--builders", builder,
+                     "--nixpkgs", str(support.STANDIN), env=env))
+    assert f"{GH200.name} (aarch64-linux, on remote builder ssh-ng://builder@gh200): build " in proc.stdout
+
+
+def test_a_machines_file_counts_as_builders(project, tmp_path):
+    machines = tmp_path / "machines"
+    machines.write_text("# GH200 in the lab\nssh-ng://lab-gh200 aarch64-linux - 4 1 big-parallel,kvm\n")
+    env = support.nix_env("builders =\nextra-platforms =")
+    proc = ok(invoke(project, "build", "--sm", "90", "--arm64", "--dry-run", "--builders", f"@{machines}",
+                     "--nixpkgs", str(support.STANDIN), env=env))
+    assert "on remote builder ssh-ng://lab-gh200" in proc.stdout
+
+
+def test_a_file_in_the_way_of_the_result_link_is_refused_before_building(project, standin, tmp_path):
+    nixpkgs = standin(salt=unique("blocked"))
+    mine = project / f"result-{SM90.name}"
+    mine.write_text("my notes\n")
+    proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs))
+    assert proc.returncode == 1
+    assert error_line(proc) == (f"error: result-{SM90.name} exists and is not a Nix result link (into /nix/store); "
+                                "move it away, then run the build again")
+    assert mine.read_text() == "my notes\n" and not (project / "logs").exists()
+
+
+def test_an_evaluation_error_is_nix_s_own_line(project, standin, tmp_path):
+    no_hopper = standin(vllmSupportedCapabilities=["8.0", "8.6"])
+    proc = invoke(project, "build", "--sm", "90", "--dry-run", "--nixpkgs", str(no_hopper))
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.startswith("error: Nix could not evaluate the selected variants: ")
+    assert "cannot target CUDA capability 9.0 (SM 90)" in line
+
+
+def test_nixpkgs_git_checkout_is_used_as_git_not_copied_with_its_history(project, tmp_path):
+    repo = support.copy_standin(tmp_path / "nixpkgs-git")
+    support.git(repo, "init", "-q")
+    support.commit_all(repo, "mirror")
+    proc = ok(invoke(project, "build", "--sm", "90", "--dry-run", "--nixpkgs", str(repo)))
+    assert f"nixpkgs git+file://{repo}" in proc.stdout
