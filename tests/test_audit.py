@@ -283,3 +283,12 @@ def test_python_m_audit_outside_a_checkout(cuda_libs, tmp_path):
     proc = audit_m(str(cuda_libs["libmulti"]), "--variant", "90")
     assert proc.returncode == 1 and proc.stderr == (
         "error: --variant needs a vllm-variants checkout (for nix/variants.toml); use --sm\n")
+
+
+def test_screen_prints_names_as_text_not_markup(cuda_libs, tmp_path):
+    (tmp_path / "[bold]").mkdir()
+    shutil.copy(cuda_libs["libmixed"], tmp_path / "[bold]" / "lib[red].so")
+    out = io.StringIO()
+    show(str(tmp_path), sm="80", reader="fatbin", out=out)
+    text = out.getvalue()
+    assert "[bold]/lib[red].so" in text and "sm_90" in text and "not SM 80" in text

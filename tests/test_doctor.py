@@ -131,9 +131,11 @@ def test_screen_shows_each_section_and_fails_on_errors(tmp_path):
         assert f"\n{label} " in text
     assert "GPU 0: NVIDIA H100 80GB HBM3, capability 9.0, driver 580.159.04 (CUDA 13.0) -> " \
            "vllm-python312-cuda12_9-sm90 (driver >= 560: ok)" in text
+    out = io.StringIO()
     with pytest.raises(DoctorFailed, match="^1 problem\\(s\\) block building or running"):
-        show(PROJECT, out=io.StringIO(), nix=Nix(env=env), env=env, system=X86,
+        show(PROJECT, out=out, nix=Nix(env=env), env=env, system=X86,
              smi=str(gpu_replay.smi(tmp_path / "b", b"0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")))
+    assert "append one [[variant]] table" in out.getvalue()  # printed as text, not read as markup
 
 
 def invoke_doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -467,6 +467,7 @@ def requested_line(report: Report) -> str | None:
 
 def render(report: Report, out: TextIO) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=out, highlight=False)
@@ -478,7 +479,7 @@ def render(report: Report, out: TextIO) -> None:
         title += f" (variant {report.variant}: SM {', '.join(report.own_sms)})"
     elif report.own_sms:
         title += f" (SM {', '.join(report.own_sms)})"
-    console.print(f"[bold]{title}[/]", soft_wrap=True)
+    console.print(f"[bold]{escape(title)}[/]", soft_wrap=True)
     table = Table()
     table.add_column("Library", overflow="fold")
     table.add_column("SASS (cubins)")
@@ -487,7 +488,7 @@ def render(report: Report, out: TextIO) -> None:
     for library in report.libraries:
         archs = summarise(library.entries, report.own_sms)
         size = sum(e.stored_bytes or 0 for e in library.entries)
-        name = library.path + (f"\n[dim]{library.note}[/]" if library.note else "")
+        name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
         table.add_row(name, _cell(archs, "sass"), _cell(archs, "ptx"), human(size))
     console.print(table)
     summary = Table()
@@ -501,9 +502,9 @@ def render(report: Report, out: TextIO) -> None:
     line = requested_line(report)
     console.print(line or f"{human(report.total_bytes)} of CUDA code in {len(report.libraries)} libraries")
     reader = f"reader: {report.reader}" + (f" ({report.reader_note})" if report.reader_note else "")
-    console.print(f"[dim]{reader}; {report.examined} ELF file(s) examined[/]")
+    console.print(f"[dim]{escape(reader)}; {report.examined} ELF file(s) examined[/]")
     for path, reason in report.skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
 
 
 def show(

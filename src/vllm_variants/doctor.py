@@ -221,12 +221,14 @@ def diagnose(
 
 
 def _systems_text(build: Mapping[str, Any]) -> str:
+    from rich.markup import escape
+
     parts = []
     for system, row in build.get("systems", {}).items():
         if row["local"]:
             parts.append(f"{system} (here)")
         elif row["builders"]:
-            parts.append(f"{system} (remote: {', '.join(row['builders'])})")
+            parts.append(escape(f"{system} (remote: {', '.join(row['builders'])})"))
         else:
             parts.append(f"[dim]{system}: no builder[/]")
     return ", ".join(parts)
@@ -234,6 +236,7 @@ def _systems_text(build: Mapping[str, Any]) -> str:
 
 def render(report: Report, out: TextIO) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(file=out, highlight=False)
@@ -263,7 +266,7 @@ def render(report: Report, out: TextIO) -> None:
     if not report.gpus:
         grid.add_row("GPUs", "none found")
     for gpu in report.gpus:
-        head = f"GPU {gpu['index']}: {gpu['name']}"
+        head = f"GPU {gpu['index']}: {escape(gpu['name'])}"
         if gpu.get("capability") is None:
             grid.add_row("GPUs" if gpu is report.gpus[0] else "", f"{head} (capability unknown)")
             continue
@@ -278,7 +281,7 @@ def render(report: Report, out: TextIO) -> None:
     console.print(grid)
     for problem in report.problems:
         mark = "[red]error[/]" if problem.severity == ERROR else "[yellow]warning[/]"
-        console.print(f"{mark}: {problem.text}", soft_wrap=True)
+        console.print(f"{mark}: {escape(problem.text)}", soft_wrap=True)
     if report.ok:
         console.print("[green]nothing blocks building or running here[/]")
 
