@@ -121,4 +121,42 @@ def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=0, report_dir=
           report_dir=report_dir or None)
 
 
-ns = Collection(variants, readme, build, bump_pin, smoke)
+# -- doctor, which, audit: know the machine, pick the variant, check a build (#5)
+
+
+@task(help={"json": "print the findings as JSON (exit status 1 still means something blocks)"})
+def doctor(c, json=False):
+    """Check this machine: Nix, builders, cores/RAM, GPUs and the variant for each."""
+    from vllm_variants.doctor import show
+
+    _call(show, _project(), as_json=json)
+
+
+@task(help={"json": "print each GPU with its variant as JSON"})
+def which(c, json=False):
+    """Show the variant for each local GPU (what `build --sm auto` picks)."""
+    from vllm_variants.which import show
+
+    _call(show, _project(), as_json=json)
+
+
+@task(
+    help={
+        "path": "a result link, store path, directory, ELF library (.so) or wheel (.whl)",
+        "sm": "the SM(s) you own, e.g. 90 or 80,90, or 'auto' for this machine's GPUs",
+        "variant": "a variant name (or its SM); default: the variant named by PATH, if any",
+        "json": "print the report as JSON",
+        "reader": "auto (cuobjdump if found, else the fatbin headers), fatbin or cuobjdump",
+        "cuobjdump": "the cuobjdump to run (default: the one on PATH)",
+        "check": "exit 1 when code for any other SM is found",
+    }
+)
+def audit(c, path, sm=None, variant=None, json=False, reader="auto", cuobjdump=None, check=False):
+    """List the GPU architectures (SASS, PTX) and their sizes in a build, wheel or library."""
+    from vllm_variants.audit import show
+
+    _call(show, path, matrix=_project().matrix, sm=sm, variant=variant, as_json=json, reader=reader,
+          cuobjdump=cuobjdump, check=check)
+
+
+ns = Collection(variants, readme, build, bump_pin, smoke, doctor, which, audit)

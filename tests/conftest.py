@@ -39,3 +39,23 @@ def standin(tmp_path: Path):
         return support.copy_standin(dest, **knobs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def cuda_libs(tmp_path_factory) -> dict[str, Path]:
+    """tests/cuda_libs.py's libraries, compiled once per run (xdist workers share them)."""
+    import fcntl
+    import os
+
+    import cuda_libs as recipe
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this run
+    dest = base / "cuda-libs"
+    with open(base / "cuda-libs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / ".built").exists():
+            recipe.build(dest)
+            (dest / ".built").touch()
+    return {name: dest / f"{name}.so" for name in recipe.ALL}

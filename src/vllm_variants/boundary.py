@@ -42,3 +42,34 @@ def nox_call(session: Any, func: Callable[..., T], *args: Any, **kwargs: Any) ->
     except VariantsError as exc:
         session.error(f"error: {exc}")
         raise  # session.error raises; this keeps type checkers content
+
+
+def main(func: Callable[[], Any]) -> int:
+    """Run func for a `python -m vllm_variants.<module>` entry point (no Invoke).
+
+    The same mapping as call(): one `error: ...` line and its exit code for a
+    VariantsError, 130 for Ctrl-C. Returns the exit status.
+    """
+    try:
+        func()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except VariantsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def project_main(module: str, show: Callable[..., Any], argv: list[str] | None = None) -> int:
+    """`python -m vllm_variants.<module> [--json] [--nvidia-smi PATH]` (doctor, which) in the checkout."""
+    import argparse
+
+    from .project import Project
+
+    parser = argparse.ArgumentParser(prog=f"python -m vllm_variants.{module}",
+                                     description=(show.__doc__ or "").split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--nvidia-smi", default="nvidia-smi", help="the nvidia-smi to run")
+    args = parser.parse_args(argv)
+    return main(lambda: show(Project.find(), as_json=args.json, smi=args.nvidia_smi))

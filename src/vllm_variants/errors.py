@@ -53,6 +53,18 @@ class ToolMissing(PreflightError):
         super().__init__(f"{message}: {hint}" if hint else message)
 
 
+class GpuError(VariantsError):
+    """nvidia-smi failed (driver not loaded, too old) or printed something unreadable."""
+
+
+class AuditError(VariantsError):
+    """`invoke audit` cannot read its target (missing, unreadable, not a library)."""
+
+
+class NoCudaCode(AuditError):
+    """The audited path holds no CUDA device code at all."""
+
+
 def tail(text: str, lines: int = 20) -> str:
     """The last `lines` non-empty lines of `text`."""
     kept = [line for line in text.splitlines() if line.strip()]

@@ -300,6 +300,11 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     )
 
 
+def normalise_sm(text: str) -> str | None:
+    """'90', 'sm90', 'SM_90a', '9.0' -> '90' / '90a'; None when it is not an SM."""
+    return _normalise_sm(text)
+
+
 def _normalise_sm(text: str) -> str | None:
     lowered = text.lower()
     if lowered.startswith("sm_"):

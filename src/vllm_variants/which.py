@@ -1,0 +1,181 @@
+"""`invoke which`: the variant for each local GPU (and for `invoke build --sm auto`).
+
+A GPU maps to the enabled variant of its SM for this machine's system (an
+arm64 host gets the arm64 variant). A GPU whose SM has no variant gets one
+line naming the nearest supported choices by capability and how to add a
+variant to nix/variants.toml; no GPU at all is said as such.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from .errors import SelectionError, ToolMissing
+from .gpus import GPU, detect
+from .matrix import Matrix, Variant
+from .project import Project
+
+_MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+
+
+def host_system(machine: str | None = None) -> str:
+    """The Nix system of this host: 'x86_64-linux', 'aarch64-linux', ..."""
+    machine = (machine or platform.machine()).lower()
+    kernel = "linux" if sys.platform.startswith("linux") else sys.platform
+    return f"{_MACHINES.get(machine, machine)}-{kernel}"
+
+
+@dataclass(frozen=True)
+class Match:
+    """One GPU and the variant to run on it (None: no variant; `problem` says why)."""
+
+    gpu: GPU
+    variant: Variant | None
+    problem: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "gpu": self.gpu.to_json(),
+            "variant": self.variant.name if self.variant else None,
+            "min_driver": self.variant.min_driver if self.variant else None,
+            "problem": self.problem,
+        }
+
+
+def _capability_number(capability: str) -> int:
+    major, minor = capability.rstrip("af").split(".")
+    return int(major) * 10 + int(minor)
+
+
+def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple[Variant, bool]]:
+    """The closest enabled variants of `system` by capability, each with whether its code runs on `gpu`.
+
+    SASS built for X.y runs on X.z with z >= y (CUDA C Programming Guide,
+    "Binary Compatibility"); the variants carry no PTX, so nothing else runs.
+    """
+    wanted = _capability_number(gpu.capability)
+    major, minor = gpu.capability_tuple
+
+    def runs(v: Variant) -> bool:
+        v_major, v_minor = (int(p) for p in v.capability.rstrip("af").split("."))
+        return v_major == major and v_minor <= minor and not v.capability[-1].isalpha()
+
+    candidates = [v for v in matrix.enabled if v.system == system]
+    ranked = sorted(candidates, key=lambda v: (not runs(v), abs(_capability_number(v.capability) - wanted)))
+    return [(v, runs(v)) for v in ranked[:count]]
+
+
+def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
+    """One line: no variant for this GPU, the nearest choices, how to add one."""
+    what = f"GPU {gpu.index} ({gpu.name}, capability {gpu.capability}) has no {system} variant"
+    elsewhere = [v.system for v in matrix.enabled if v.sm == gpu.sm and v.system != system]
+    if elsewhere:
+        what += f" (SM {gpu.sm} is built only for {', '.join(elsewhere)})"
+    choices = []
+    for variant, runs in nearest(matrix, gpu, system):
+        verdict = "its SM {} code runs on {}" if runs else "SM {} code does not run on {}"
+        choices.append(f"{variant.name} ({verdict.format(variant.sm, gpu.capability)})")
+    nearest_text = f"nearest: {'; '.join(choices)}" if choices else f"no variant is built for {system} at all"
+    add = (
+        f"to add it, append one [[variant]] table to nix/variants.toml "
+        f"(sm = \"{gpu.sm}\", capability = \"{gpu.capability}\", arch = \"...\", gpus = [\"{gpu.name}\"], "
+        f"system = \"{system}\")"
+    )
+    return f"{what}; {nearest_text}; {add}"
+
+
+def match(matrix: Matrix, gpus: Sequence[GPU], system: str | None = None) -> list[Match]:
+    """Each GPU with its variant for `system` (default: this host's)."""
+    system = system or host_system()
+    matches = []
+    for gpu in gpus:
+        same = [v for v in matrix.variants if v.sm == gpu.sm and v.system == system]
+        if not same:
+            matches.append(Match(gpu, None, _no_variant(matrix, gpu, system)))
+        elif same[0].disabled:
+            matches.append(Match(gpu, None, f"GPU {gpu.index} ({gpu.name}): {same[0].name} is disabled in "
+                                            f"nix/variants.toml: {same[0].disabled}"))
+        else:
+            matches.append(Match(gpu, same[0]))
+    return matches
+
+
+NO_GPU = "no NVIDIA GPU found"
+
+
+def _no_gpu_message(reason: str) -> str:
+    return f"{NO_GPU} ({reason}); name the variant instead, e.g. --sm 90 (`invoke variants` lists them)"
+
+
+def local_variants(matrix: Matrix, gpus: Sequence[GPU], system: str | None = None) -> list[Variant]:
+    """The variants for these GPUs, in matrix order, each once (`invoke build --sm auto`).
+
+    Raises SelectionError (one line) when there is no GPU or a GPU has no variant.
+    """
+    if not gpus:
+        raise SelectionError(_no_gpu_message("nvidia-smi lists none"))
+    matches = match(matrix, gpus, system)
+    for m in matches:
+        if m.variant is None:
+            raise SelectionError(m.problem or f"GPU {m.gpu.index} has no variant")
+    names = {m.variant.name for m in matches if m.variant}
+    return [v for v in matrix.variants if v.name in names]
+
+
+def _detect(smi: str, env: Mapping[str, str] | None = None) -> tuple[list[GPU], str]:
+    """(GPUs, why there are none): a missing nvidia-smi means no driver, so no GPU."""
+    try:
+        return detect(smi, env=env), "nvidia-smi lists none"
+    except ToolMissing:
+        return [], "nvidia-smi is not on PATH: no NVIDIA driver here"
+
+
+def auto_variants(matrix: Matrix, *, smi: str = "nvidia-smi", system: str | None = None) -> list[Variant]:
+    """`--sm auto`: detect the GPUs and return their variants (SelectionError/GpuError when none)."""
+    gpus, none_because = _detect(smi)
+    if not gpus:
+        raise SelectionError(_no_gpu_message(none_because))
+    return local_variants(matrix, gpus, system)
+
+
+def _line(m: Match) -> str:
+    gpu = m.gpu
+    head = f"GPU {gpu.index}: {gpu.name} (capability {gpu.capability}, driver {gpu.driver})"
+    if m.variant is None:
+        return f"{head} -> no variant"
+    build = f"invoke build --sm {m.variant.sm}{' --arm64' if m.variant.arm64 else ''}"
+    return f"{head} -> {m.variant.name} ({build})"
+
+
+def show(project: Project, *, as_json: bool = False, smi: str = "nvidia-smi", system: str | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> list[Match]:
+    """Print the variant for each local GPU (exit 1 when there is no GPU, or a GPU has no variant)."""
+    out, err = out or sys.stdout, err or sys.stderr
+    system = system or host_system()
+    gpus, none_because = _detect(smi)
+    matches = match(project.matrix, gpus, system)
+    if as_json:
+        json.dump({"system": system, "gpus": [m.to_json() for m in matches]}, out, indent=2)
+        out.write("\n")
+    else:
+        for m in matches:
+            print(_line(m), file=out)
+    if not matches:
+        raise SelectionError(_no_gpu_message(none_because))
+    problems = [m.problem for m in matches if m.problem]
+    for problem in problems[:-1]:  # one line each; the last one is the exit message
+        print(f"error: {problem}", file=err)
+    if problems:
+        raise SelectionError(problems[-1])
+    return matches
+
+
+if __name__ == "__main__":
+    from .boundary import project_main
+
+    sys.exit(project_main("which", show))
