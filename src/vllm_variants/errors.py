@@ -40,6 +40,11 @@ class BumpError(VariantsError):
     """`bump-pin` failed on at least one branch, so no branch moved."""
 
 
+class PublishError(VariantsError):
+    """`invoke publish` cannot go ahead: a variant is not built, a key is unusable,
+    or (with --check) the cache lacks a variant."""
+
+
 class ToolMissing(PreflightError):
     """An external executable is not on PATH."""
 
