@@ -66,7 +66,6 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
           dry_run=dry_run, release_branch=release_branch)
 
 
-
 # -- beyond one machine: binary caches and CI (issue #6) ----------------------
 
 _SELECT_HELP = {
@@ -104,4 +103,15 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
     _call(pub.publish, project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
 
 
-ns = Collection(variants, readme, bump_pin, publish)
+@task(
+    iterable=["sm", "system"],
+    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP},
+)
+def matrix(c, format="github", sm=None, arm64=False, system=None):
+    """Print the CI build matrix (GitHub Actions JSON) for the enabled variants."""
+    from vllm_variants.ci_matrix import show
+
+    _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system)
+
+
+ns = Collection(variants, readme, bump_pin, publish, matrix)
