@@ -159,4 +159,52 @@ def audit(c, path, sm=None, variant=None, json=False, reader="auto", cuobjdump=N
           cuobjdump=cuobjdump, check=check)
 
 
-ns = Collection(variants, readme, build, bump_pin, smoke, doctor, which, audit)
+# -- beyond one machine: binary caches and CI (issue #6) ----------------------
+
+_SELECT_HELP = {
+    "sm": "SM(s): 90, sm90, 80,89 or a full variant name (repeatable)",
+    "arm64": "with --sm: the aarch64-linux (Grace) variant of that SM",
+    "system": "every enabled variant of this system, e.g. aarch64-linux (repeatable)",
+}
+
+
+@task(
+    iterable=["sm", "system"],
+    help={
+        "to": "store URI to copy to: file:///srv/cache, s3://bucket?region=..., ssh-ng://host, ...",
+        **_SELECT_HELP,
+        "all": "every enabled variant (with --check, the default)",
+        "sign_key": "secret key file (nix key generate-secret) to sign the copied paths with",
+        "check": "only tell which variants the cache holds (evaluates, builds nothing); exit 1 if one is missing",
+        "nixpkgs": "with --check: the nixpkgs the variants were built with (path or flake ref), as for build",
+        "dry_run": "print the plan (paths, sizes, signing) and copy nothing",
+    },
+)
+def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, check=False, nixpkgs=None,
+            dry_run=False):
+    """Copy built variants' closures to a binary cache (nix copy), signed with --sign-key."""
+    from vllm_variants import publish as pub
+    from vllm_variants.nix import input_ref
+
+    project = _project()
+    if check:
+        picked = _call(project.matrix.select, sm, arm64=arm64, systems=system, all=all or not (sm or system))
+        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+        _call(pub.check, project, picked, to=to, overrides=overrides)
+        return
+    picked = _call(project.matrix.select, sm, arm64=arm64, systems=system, all=all)
+    _call(pub.publish, project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
+
+
+@task(
+    iterable=["sm", "system"],
+    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP},
+)
+def matrix(c, format="github", sm=None, arm64=False, system=None):
+    """Print the CI build matrix (GitHub Actions JSON) for the enabled variants."""
+    from vllm_variants.ci_matrix import show
+
+    _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system)
+
+
+ns = Collection(variants, readme, build, bump_pin, smoke, doctor, which, audit, publish, matrix)

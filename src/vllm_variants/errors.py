@@ -44,6 +44,11 @@ class BuildError(VariantsError):
     """Nix could not evaluate or build what was asked (details printed above)."""
 
 
+class PublishError(VariantsError):
+    """`invoke publish` cannot go ahead: a variant is not built, a key is unusable,
+    or (with --check) the cache lacks a variant."""
+
+
 class ToolMissing(PreflightError):
     """An external executable is not on PATH."""
 

@@ -62,6 +62,16 @@ class Variant:
         """Short human form: 'sm90' or 'sm90 (arm64)'."""
         return f"sm{self.sm}" + (" (arm64)" if self.arm64 else "")
 
+    @property
+    def selector(self) -> str:
+        """The task options that select this variant: '--sm 90' or '--sm 90 --arm64'."""
+        return f"--sm {self.sm}" + (" --arm64" if self.arm64 else "")
+
+    @property
+    def build_command(self) -> str:
+        """The command that builds this variant: 'invoke build --sm 90 --arm64'."""
+        return f"invoke build {self.selector}"
+
     def attr_path(self) -> str:
         """The flake attribute that builds this variant."""
         return f"packages.{self.system}.{self.name}"

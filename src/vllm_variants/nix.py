@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,7 +22,7 @@ from typing import Any
 
 from .errors import CommandError, PreflightError, ToolMissing, tail
 from .nixlog import DryRun, parse_dry_run
-from .runner import run
+from .runner import format_argv, run, spawn
 
 MIN_VERSION = (2, 18)
 FLAKE_FEATURES = ("nix-command", "flakes")
@@ -165,11 +166,24 @@ class Nix:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
         return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
 
-    def path_info(self, paths: Sequence[str], *, closure: bool = True) -> dict[str, dict[str, Any]]:
-        """{store path: info} whichever shape this Nix prints."""
+    def path_info(
+        self,
+        paths: Sequence[str],
+        *,
+        closure: bool = True,
+        recursive: bool = False,
+        store: str | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """{store path: info} whichever shape this Nix prints.
+
+        recursive: every path of the closures too. store: ask that store (a
+        binary cache URI, ssh-ng://...) instead of the local one; a path it
+        does not hold comes back as an entry that is_valid_info() rejects.
+        """
         if not paths:
             return {}
-        args = ["path-info", "--json", *(["--closure-size"] if closure else []), *paths]
+        args = ["path-info", "--json", *(["--closure-size"] if closure else []),
+                *(["--recursive"] if recursive else []), *(["--store", store] if store else []), *paths]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
 
@@ -223,6 +237,27 @@ class Nix:
         self.run("build", "--out-link", link, store_path)
 
 
+    def copy(self, paths: Sequence[str], *, to: str, echo: bool = False) -> None:
+        """`nix copy --to URI paths` (their closures).
+
+        Nix's own progress (a line per path copied) goes to our stderr: a
+        closure can take long to upload. On failure its error is there too.
+        """
+        argv = self.argv("copy", "--to", to, *paths)
+        if echo or self.echo:
+            print(f"$ {format_argv(argv)}", file=sys.stderr, flush=True)
+        proc = spawn(argv, env=self.env, stdout=None, stderr=None)
+        if proc.wait() != 0:
+            raise CommandError(argv, proc.returncode, "see nix's error above")
+
+    def sign(self, paths: Sequence[str], *, key_file: str | os.PathLike[str], store: str | None = None,
+             recursive: bool = False, echo: bool = False):
+        """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
+        args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
+                *(["--store", store] if store else []), *paths]
+        return run(self.argv(*args), env=self.env, echo=echo or self.echo)
+
+
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
     """Nix < 2.19 prints [{"path": p, ...}]; 2.19+ prints {p: {...}}."""
     if isinstance(data, list):
@@ -261,6 +296,28 @@ def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
     if not isinstance(node, str):  # a `follows` path, or no such input
         return None
     return nodes.get(node, {}).get("locked", {}).get("rev")
+
+
+def is_valid_info(info: Mapping[str, Any] | None) -> bool:
+    """Whether a path-info entry is a path the store holds.
+
+    Nix >= 2.19 prints null for a path the store lacks (normalised to {}),
+    2.18 prints {"valid": false}.
+    """
+    return bool(info) and info.get("valid", True) is not False and "narHash" in info
+
+
+def input_ref(value: str) -> str:
+    """A flake reference for `--override-input` from a path or a flake reference.
+
+    An existing directory becomes git+file:// (a git checkout, as a nixpkgs
+    mirror usually is) or path:; anything else is taken as a flake reference.
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path.resolve()
+        return f"git+file://{path}" if (path / ".git").exists() else f"path:{path}"
+    return value
 
 
 def flake_ref(root: Path) -> str:

@@ -39,7 +39,7 @@ def variants_table(matrix: Matrix) -> str:
         "|---|---|---|---|---|---|",
     ]
     for v in matrix.variants:
-        command = f"`invoke build --sm {v.sm}{' --arm64' if v.arm64 else ''}`"
+        command = f"`{v.build_command}`"
         if not v.enabled:
             command = f"disabled: {_cell(v.disabled or '')}"
         lines.append(

@@ -15,6 +15,18 @@ from pathlib import Path
 GIB = 1024**3
 
 
+def format_bytes(size: int) -> str:
+    """1536 -> '1.5 KiB' (binary units, as Nix prints sizes)."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def nvcc_jobs(cores: int, mem_bytes: int, ram_per_job_gib: int) -> int:
     """min(cores, RAM / ram_per_job_gib), at least 1 (nix/build-jobs.sh)."""
     return max(1, min(cores, mem_bytes // (ram_per_job_gib * GIB)))
