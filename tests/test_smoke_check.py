@@ -29,7 +29,7 @@ GPU_CAPTURE = H100 / "smoke-check.json"
 # INTEGRATOR: set to True in the commit that adds tests/fixtures/gpu/h100/smoke-check.json
 # (the device command is in issue #3's report). From then on a missing capture FAILS
 # test_check_script_on_a_real_h100 instead of skipping it.
-GPU_CAPTURE_REQUIRED = False
+GPU_CAPTURE_REQUIRED = True
 HAS_NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia/version")
 
 
