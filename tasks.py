@@ -73,7 +73,8 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
     auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
     iterable=["sm", "system", "option"],
     help={
-        "sm": "SM to build: 90, sm90, 9.0 or a full variant name; repeat it or give a list (--sm 80,89,90)",
+        "sm": "SM to build: 90, sm90, 9.0, a full variant name, or 'auto' for this machine's GPUs "
+              "(see `invoke which`); repeat it or give a list (--sm 80,89,90)",
         "arm64": "the aarch64-linux (Grace) variant of each --sm (GH200: --sm 90 --arm64)",
         "all": "every enabled variant of the matrix",
         "system": "every enabled variant of this system (x86_64-linux, aarch64-linux); repeatable",
@@ -183,17 +184,10 @@ _SELECT_HELP = {
 def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, check=False, nixpkgs=None,
             dry_run=False):
     """Copy built variants' closures to a binary cache (nix copy), signed with --sign-key."""
-    from vllm_variants import publish as pub
-    from vllm_variants.nix import input_ref
+    from vllm_variants.publish import main
 
-    project = _project()
-    if check:
-        picked = _call(project.matrix.select, sm, arm64=arm64, systems=system, all=all or not (sm or system))
-        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
-        _call(pub.check, project, picked, to=to, overrides=overrides)
-        return
-    picked = _call(project.matrix.select, sm, arm64=arm64, systems=system, all=all)
-    _call(pub.publish, project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
+    _call(main, _project(), to=to, sm=sm or (), arm64=arm64, systems=system or (), all=all, sign_key=sign_key,
+          check_only=check, nixpkgs=nixpkgs, dry_run=dry_run)
 
 
 @task(

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+import gpu_replay
 import pytest
 import support
 
@@ -72,7 +73,7 @@ def untouched(root: Path, lock: bytes) -> None:
 # -- a real build -------------------------------------------------------------
 
 
-def test_build_links_a_result_whose_python_reports_the_capability(project, standin, tmp_path):
+def test_build_links_a_result_whose_python_reports_the_capability(project, standin, tmp_path, standin_base):
     nixpkgs = standin(salt=unique("build"))
     lock = (project / "flake.lock").read_bytes()
     proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs), "--json", "summary.json"))
@@ -105,8 +106,9 @@ def test_build_links_a_result_whose_python_reports_the_capability(project, stand
     log = project / row["log"]
     assert re.fullmatch(rf"logs/{SM90.name}-\d{{8}}-\d{{6}}\.log", row["log"])
     assert "python3.12-torch-2.9.1> Running phase: buildPhase" in log.read_text()
-    assert re.search(r"^\[\d+/9\] building python3\.12-torch-2\.9\.1 \(sm90\)$", proc.stdout, re.M)
-    assert "build 9 derivations (compiles torch 2.9.1" in proc.stdout
+    assert re.search(r"^\[\d+/9\] building python3\.12-torch-2\.9\.1 \(sm90\)$", proc.stdout, re.M), proc.stdout
+    assert ("build 9 derivations (compiles torch 2.9.1, vllm 0.15.1, xformers 0.0.33.post1, flashinfer 0.6.1, "
+            "bitsandbytes 0.48.2, cupy 13.6.0)") in proc.stdout, proc.stdout
     assert "concurrency: Nix's settings" in proc.stdout
     assert (project / "flake.lock").read_bytes() == lock
 
@@ -176,7 +178,7 @@ def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
     assert not valid.get(out), "the dry run built the variant"
 
 
-def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path):
+def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin_base):
     nixpkgs = standin(salt=unique("dry-json"))
     ok(invoke(project, "build", "--sm", "80,90", "--dry-run", "--nixpkgs", str(nixpkgs), "--json", "plan.json"))
     plan = json.loads((project / "plan.json").read_text())
@@ -190,6 +192,26 @@ def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path):
     # shared derivations (cupy, nvidia-ml-py do not depend on the SM) count once
     assert len(plan["total"]["will_build"]) == 16
     assert list(project.glob("result*")) == [] and not (project / "logs").exists()
+
+
+def test_sm_auto_builds_the_variant_of_the_local_gpu(project, tmp_path):
+    """--sm auto asks nvidia-smi (the H100 capture, replayed) which variant this machine needs."""
+    bin_dir = tmp_path / "bin"
+    gpu_replay.smi(bin_dir)
+    env = {**support.nix_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = ok(invoke(project, "build", "--sm", "auto,80", "--dry-run", "--nixpkgs", str(support.STANDIN),
+                     "--json", "plan.json", env=env))
+    plan = json.loads((project / "plan.json").read_text())
+    assert [v["variant"] for v in plan["variants"]] == [SM80.name, SM90.name], proc.stdout
+
+
+def test_sm_auto_without_a_gpu_is_one_line(project, tmp_path):
+    env = {**support.nix_env(), "PATH": f"{tmp_path}{os.pathsep}{os.path.dirname(support.nix_executable())}"
+           f"{os.pathsep}/usr/bin:/bin"}
+    proc = invoke(project, "build", "--sm", "auto", "--dry-run", "--nixpkgs", str(support.STANDIN), env=env)
+    assert proc.returncode == 1
+    assert error_line(proc).startswith("error: no NVIDIA GPU found (nvidia-smi is not on PATH")
+    assert list(project.glob("result*")) == []
 
 
 # -- failure ------------------------------------------------------------------

@@ -42,6 +42,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -195,29 +196,31 @@ def test_arm64_variant_builds_on_the_remote_builder(builder, tmp_path):
     env = support.nix_env(f"store = local?root={client}\nmax-jobs = 0", NIX_SSHOPTS=builder.sshopts)
     link = project / f"result-{ARM.name}"
 
-    def build(builders: str) -> subprocess.CompletedProcess[str]:
-        # When `invoke build` (issue #2) lands, this statement becomes (with `import sys`):
-        # argv = [sys.executable, "-m", "invoke", "build", "--sm", "90", "--arm64", "--builders", builders, "--nixpkgs", str(standin)]  # noqa: E501
-        argv = [support.nix_executable(), "build", "-L", "--builders", builders, "--out-link", link,
-                f"{support.flake_ref(project)}#{ARM.attr_path()}", *support.override(standin)]
+    def build(*builders: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "invoke", "build", "--sm", "90", "--arm64", *builders,
+                "--nixpkgs", str(standin)]
         return support.run(argv, cwd=project, env=env, check=False)
 
-    # Without the builder nothing can build it: the client has no builds of its own.
-    alone = build("")
-    assert alone.returncode != 0 and not link.exists()
+    # Without the builder nothing can build it (the client has no builds of its
+    # own): refused before anything is evaluated, in one line.
+    alone = build()
+    assert alone.returncode == 1 and not link.exists(), alone.stderr
+    assert "no machine can build aarch64-linux variants" in alone.stderr
     assert builder.logins() == 0
 
     # What Nix reports with the builder added: the arm64 system is buildable, remotely only.
     caps = BuildCapabilities.from_settings(Nix(env=env).config(), extra_builders=builder.spec)
     assert not caps.local_can_build(ARM.system) and caps.can_build(ARM.system)
 
-    proc = build(builder.spec)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = build("--builders", builder.spec)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert builder.logins() > 0
-    vllm_drv = [line for line in proc.stderr.splitlines()
-                if line.startswith("building '") and f"-{ARM.name}-" in line and ".drv' on 'ssh-ng://" in line]
-    assert vllm_drv, proc.stderr[-4000:]
-    assert "Running phase: vllmVariantsClampJobsPhase" in proc.stderr  # the remote really built it
+    (log,) = (project / "logs").glob(f"{ARM.name}-*.log")
+    text = log.read_text()
+    vllm_drv = [line for line in text.splitlines()
+                if line.startswith("building '") and f"-{ARM.name}-" in line and " on ssh-ng://" in line]
+    assert vllm_drv, text[-4000:]
+    assert "Running phase: vllmVariantsClampJobsPhase" in text  # the remote really built it
 
     # The result is in the client's store, as an aarch64-linux variant.
     out = os.readlink(link)

@@ -34,8 +34,8 @@ from typing import Any, TextIO
 from .display import duration_text, make_display
 from .errors import BuildError, CommandError, PreflightError, SelectionError
 from .machines import BuildCapabilities
-from .matrix import Variant
-from .nix import Nix, error_message, flake_ref
+from .matrix import Matrix, Variant
+from .nix import Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, store_name, version_of
 from .project import Project
 from .resources import Host
@@ -97,7 +97,7 @@ class Request:
             builders=_builders_spec(builders, cwd),
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
-            nixpkgs=nixpkgs_ref(nixpkgs, cwd) if nixpkgs else None,
+            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs else None,
             json_path=(cwd / json) if json else None,
         )
 
@@ -138,27 +138,6 @@ def _builders_spec(spec: str | None, cwd: Path) -> str | None:
     return "; ".join(parts)
 
 
-def nixpkgs_ref(value: str, cwd: Path) -> str:
-    """--nixpkgs as a flake reference for --override-input.
-
-    A directory becomes `git+file:///abs` when it is a git checkout (a
-    `path:` reference would copy its .git, gigabytes for nixpkgs, into the
-    store) and `path:/abs` otherwise; anything else is taken as a flake
-    reference (github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs, ...).
-    """
-    candidate = (cwd / Path(value).expanduser()).resolve()
-    if candidate.is_dir():
-        if not (candidate / "flake.nix").is_file():
-            raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")
-        return f"git+file://{candidate}" if (candidate / ".git").exists() else f"path:{candidate}"
-    if value.startswith(("/", "./", "../", "~")) or ":" not in value:
-        raise SelectionError(
-            f"--nixpkgs {value}: no such directory; give a nixpkgs checkout or a flake "
-            "reference such as github:NixOS/nixpkgs/<rev> or path:/srv/nixpkgs"
-        )
-    return value
-
-
 # -- step 1: pre-flight -----------------------------------------------------
 
 
@@ -177,9 +156,24 @@ class Prepared:
     targets: list[Target]
 
 
+def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list[Variant]:
+    """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
+    tokens = [t.strip() for item in request.sms for t in item.split(",") if t.strip()]
+    named = [t for t in tokens if t.lower() != "auto"]
+    chosen: set[str] = set()
+    if len(named) < len(tokens):
+        from .which import auto_variants
+
+        chosen.update(v.name for v in auto_variants(matrix, smi=smi))
+    if named or request.systems or request.all or not chosen:
+        selected = matrix.select(named, arm64=request.arm64, systems=request.systems, all=request.all)
+        chosen.update(v.name for v in selected)
+    return [v for v in matrix.variants if v.name in chosen]
+
+
 def prepare(project: Project, request: Request, *, nix: Nix | None = None) -> Prepared:
     """Selection, Nix and builders checked; nothing evaluated, nothing written."""
-    variants = project.matrix.select(request.sms, arm64=request.arm64, systems=request.systems, all=request.all)
+    variants = select(project.matrix, request)
     options = list(request.options)
     if request.builders is not None:
         options.append(("builders", request.builders))
@@ -320,15 +314,16 @@ class VariantPlan:
         return self.target.variant
 
     def heavy(self) -> list[str]:
-        """'torch 2.9.1', 'vllm 0.15.1', ...: the derivations that take hours."""
-        found = []
+        """'torch 2.9.1', 'vllm 0.15.1', ...: the derivations that take hours,
+        heaviest first (HEAVY's order, not Nix's, which follows store hashes)."""
+        found: list[tuple[int, str]] = []
         for drv in self.dry.will_build:
             name = package_name(drv)
-            for heavy in HEAVY:
+            for rank, heavy in enumerate(HEAVY):
                 if name == heavy or name.startswith(heavy + "-"):
-                    found.append(f"{heavy} {version_of(drv)}".strip())
+                    found.append((rank, f"{heavy} {version_of(drv)}".strip()))
                     break
-        return found
+        return [text for _, text in sorted(found)]
 
     def summary(self) -> str:
         built = len(self.dry.will_build)

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, ToolMissing, tail
+from .errors import CommandError, PreflightError, SelectionError, ToolMissing, tail
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, spawn
 
@@ -199,7 +199,7 @@ class Nix:
             if len(paths) <= 1:
                 return {}
             return {p: i for path in paths for p, i in self.realised([path]).items()}
-        return {p: i for p, i in infos.items() if i.get("valid", True) and "narSize" in i}
+        return {p: i for p, i in infos.items() if is_valid_info(i)}
 
     def dry_run(
         self, installables: Sequence[str], *args: str, cwd: Path | None = None
@@ -307,16 +307,24 @@ def is_valid_info(info: Mapping[str, Any] | None) -> bool:
     return bool(info) and info.get("valid", True) is not False and "narHash" in info
 
 
-def input_ref(value: str) -> str:
-    """A flake reference for `--override-input` from a path or a flake reference.
+def input_ref(value: str, cwd: Path | None = None) -> str:
+    """--nixpkgs (a path or a flake reference) as a flake reference for --override-input.
 
-    An existing directory becomes git+file:// (a git checkout, as a nixpkgs
-    mirror usually is) or path:; anything else is taken as a flake reference.
+    A directory becomes `git+file:///abs` when it is a git checkout (a
+    `path:` reference would copy its .git, gigabytes for nixpkgs, into the
+    store) and `path:/abs` otherwise; anything else is taken as a flake
+    reference (github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs, ...).
     """
-    path = Path(value).expanduser()
-    if path.is_dir():
-        path = path.resolve()
-        return f"git+file://{path}" if (path / ".git").exists() else f"path:{path}"
+    candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
+    if candidate.is_dir():
+        if not (candidate / "flake.nix").is_file():
+            raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")
+        return f"git+file://{candidate}" if (candidate / ".git").exists() else f"path:{candidate}"
+    if value.startswith(("/", "./", "../", "~")) or ":" not in value:
+        raise SelectionError(
+            f"--nixpkgs {value}: no such directory; give a nixpkgs checkout or a flake "
+            "reference such as github:NixOS/nixpkgs/<rev> or path:/srv/nixpkgs"
+        )
     return value
 
 

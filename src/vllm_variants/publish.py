@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 from .errors import PublishError
 from .matrix import Variant
-from .nix import Nix, flake_ref, is_valid_info
+from .nix import Nix, flake_ref, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
 
@@ -302,6 +302,30 @@ def publish(
         return plan
     execute(plan, nix, out)
     return plan
+
+
+def main(
+    project: Project,
+    *,
+    to: str,
+    sm: Sequence[str] = (),
+    arm64: bool = False,
+    systems: Sequence[str] = (),
+    all: bool = False,
+    sign_key: str | None = None,
+    check_only: bool = False,
+    nixpkgs: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    """`invoke publish`: select the variants, then copy them or (--check) ask the cache."""
+    if check_only:
+        # --check with no selection looks at every variant
+        picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all or not (sm or systems))
+        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+        check(project, picked, to=to, overrides=overrides)
+        return
+    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all)
+    publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
 
 
 # -- --check -------------------------------------------------------------------
