@@ -9,7 +9,8 @@ from pathlib import Path
 import support
 
 from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan
-from vllm_variants.display import Display, LiveDisplay, duration_text, human_size
+from vllm_variants.display import Display, LiveDisplay, duration_text
+from vllm_variants.resources import format_bytes
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun, NixLog
@@ -79,5 +80,5 @@ def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
 
 
 def test_sizes_and_durations_read_like_nix():
-    assert [human_size(n) for n in (None, 512, 46_000, 3 * 1024**3)] == ["-", "512 B", "44.9 KiB", "3.0 GiB"]
+    assert [format_bytes(n) for n in (None, 512, 46_000, 3 * 1024**3)] == ["-", "512 B", "44.9 KiB", "3.0 GiB"]
     assert [duration_text(s) for s in (0.04, 75, 7300)] == ["0.0s", "1m15s", "2h01m"]

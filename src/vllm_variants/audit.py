@@ -32,6 +32,7 @@ from typing import Any, TextIO
 from .errors import AuditError, NoCudaCode, SelectionError, ToolMissing
 from .fatbin import ELF_MAGIC, DeviceCode, Entry, InvalidBinary, Unsupported, mapped, read_device_code
 from .matrix import Matrix, Variant, normalise_sm
+from .resources import format_bytes
 from .runner import HINTS, run
 
 READERS = ("auto", "fatbin", "cuobjdump")
@@ -431,14 +432,7 @@ def own_sms_for(
 
 
 def human(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
+    return format_bytes(n, unknown="?")
 
 
 def _cell(archs: dict[str, dict[str, Any]], kind: str) -> str:

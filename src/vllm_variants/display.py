@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
+from .resources import format_bytes
 
 if TYPE_CHECKING:
     from .build import BuildPlan, Outcome
@@ -132,7 +133,7 @@ class Display:
         for column in ("Variant", "Status", "Closure", "Duration", "Store path"):
             table.add_column(column, no_wrap=column != "Store path", overflow="fold")
         for o in outcomes:
-            table.add_row(o.variant.name, o.status, human_size(o.closure_size), duration_text(o.duration_s),
+            table.add_row(o.variant.name, o.status, format_bytes(o.closure_size), duration_text(o.duration_s),
                           o.store_path or "-", style=None if o.ok else "red")
         console = Console(file=self.out, highlight=False)
         if not console.is_terminal:
@@ -211,15 +212,3 @@ def duration_text(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def human_size(size: int | None) -> str:
-    """1.5 GiB; '-' when unknown."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"

@@ -15,8 +15,10 @@ from pathlib import Path
 GIB = 1024**3
 
 
-def format_bytes(size: int) -> str:
-    """1536 -> '1.5 KiB' (binary units, as Nix prints sizes)."""
+def format_bytes(size: int | None, unknown: str = "-") -> str:
+    """1536 -> '1.5 KiB' (binary units, as Nix prints sizes); `unknown` for None."""
+    if size is None:
+        return unknown
     if size < 1024:
         return f"{size} B"
     value = size / 1024
