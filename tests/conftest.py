@@ -21,7 +21,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def require_nix() -> str:
-    return support.nix_executable()
+    executable = support.nix_executable()
+    support.init_store()
+    return executable
 
 
 @pytest.fixture

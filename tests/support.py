@@ -63,6 +63,24 @@ def nix_config(extra: str = "") -> str:
     return "\n".join(lines) + ("\n" + extra if extra else "") + "\n"
 
 
+def init_store() -> None:
+    """Open the Nix store once, under a lock shared by the pytest-xdist workers.
+
+    On a brand-new Nix (a fresh CI machine) the first process to open the
+    store creates /nix/var/nix; two doing it at once fail with "creating
+    symlink '/nix/var/nix/gcroots/profiles' ...: File exists".
+    """
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "vllm-variants-nix-store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for args in (("store", "info"), ("store", "ping")):  # `store info` is 2.19+
+            if nix(*args, check=False).returncode == 0:
+                return
+        nix("store", "ping")  # neither worked: fail with Nix's own message
+
+
 def git_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(base if base is not None else os.environ)
     env.update(GIT_IDENTITY)
