@@ -32,6 +32,7 @@ SM90 = MATRIX.by_name("vllm-python312-cuda12_9-sm90")
 SM80 = MATRIX.by_name("vllm-python312-cuda12_9-sm80")
 H100 = "NVIDIA H100 80GB HBM3:9.0"
 A100 = "NVIDIA A100-SXM4-80GB:8.0"
+A10 = "NVIDIA A10:8.6"
 DRIVER = "570.124.06"
 IMPORT_ERROR = "libcudart.so.12: cannot open shared object file: No such file or directory"
 GPU_CHECKS = {3, 4, 6}
@@ -177,6 +178,17 @@ def test_sm90_result_on_an_sm80_gpu_fails_check_4(checkout, hardware):
     assert "invoke build --sm 80" in reason
     assert failure is not None and f"{SM90.name}: 4 variant vs GPU" in str(failure)
     assert SM80.name not in str(failure)
+
+
+def test_sm80_result_on_an_sm86_gpu_fails_check_4_saying_it_would_run(checkout, hardware):
+    """Capability 8.0 SASS runs on an 8.6 GPU, but the variant is not built for it: say both."""
+    hardware(gpus=A10, driver=DRIVER)
+    report, _, failure = run_smoke(checkout("sm80"))
+    check = checks_of(report)[4]
+    assert check["status"] == "fail" and failure is not None
+    assert check["reason"] == (
+        "the sm80 build is not built for GPU 0, NVIDIA A10 (capability 8.6): its capability 8.0 SASS runs there, "
+        "but no kernel is compiled for that GPU; use the sm86 variant (invoke build --sm 86)")
 
 
 @pytest.mark.parametrize("gpus", [H100, None], ids=["gpu", "no-gpu"])

@@ -18,7 +18,7 @@ import support
 
 from vllm_variants.matrix import Matrix
 from vllm_variants.smoke import report as reporting
-from vllm_variants.smoke.check import CHECKS, version_tuple
+from vllm_variants.smoke.check import CHECKS, sass_runs_on, version_tuple
 from vllm_variants.smoke.session import Options, ResultReport, SmokeReport
 
 CHECK = support.REPO / "src" / "vllm_variants" / "smoke" / "check.py"
@@ -151,3 +151,27 @@ def test_check_script_on_a_real_h100():
                           checks=report["checks"], exit_code=1, seconds=report["seconds"])
     suite = reporting.junit_tree(SmokeReport([result], Options(generate=True))).getroot()[0]
     assert [case.get("name") for case in suite.iter("testcase")] == [f"{i} {n}" for i, n in CHECKS]
+
+
+@pytest.mark.parametrize(("built", "gpu", "runs"), [
+    ("8.0", "8.6", True), ("8.0", "8.9", True), ("8.6", "8.0", False), ("9.0", "8.0", False),
+    ("8.0", "9.0", False), ("9.0a", "9.0", True), ("9.0a", "9.0a", True), ("10.0a", "10.3", False),
+    ("10.0", "10.3", True), ("12.0", "12.1", True),
+])
+def test_sass_compatibility_rule(built, gpu, runs):
+    assert sass_runs_on(built, gpu) is runs
+
+
+def test_junit_carries_any_text_the_checked_packages_printed():
+    """Colour codes and control characters from torch or vllm must not make the XML unreadable."""
+    import xml.etree.ElementTree as ET
+
+    checks = [{"id": i, "name": n, "status": "fail", "reason": f"\x1b[31mboom\x1b[0m {i}\x00\x07 done"}
+              for i, n in CHECKS]
+    result = ResultReport(name="sm90\x1b", result=Path("r\x01"), store_path="/nix/store/x", variant=None,
+                          checks=checks, exit_code=1, seconds=1.0, stderr_tail="\x1b[1mWARNING\x1b[0m \x0c tail")
+    text = ET.tostring(reporting.junit_tree(SmokeReport([result], Options())).getroot(), encoding="unicode")
+    root = ET.fromstring(text)  # parses again
+    failures = [f.get("message") for f in root.iter("failure")]
+    assert failures[0] == "boom 1\ufffd\ufffd done" and len(failures) == len(CHECKS)
+    assert root.find("./testsuite/system-err").text == "WARNING \ufffd tail"

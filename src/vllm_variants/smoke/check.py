@@ -99,6 +99,21 @@ def sm_of(capability):
     return base_capability(capability).replace(".", "")
 
 
+def sass_runs_on(built, gpu):
+    """Whether SASS built for capability `built` runs on a GPU of capability `gpu`.
+
+    X.y runs on X.z for z >= y (CUDA C Programming Guide, "Binary
+    Compatibility"); arch-specific code ('9.0a') only on its own capability.
+    The variants carry no PTX, so nothing else runs.
+    """
+    built, gpu = str(built), str(gpu)
+    if built[-1:].isalpha():
+        return base_capability(built) == base_capability(gpu)
+    b_major, b_minor = built.split(".")
+    g_major, g_minor = base_capability(gpu).split(".")
+    return b_major == g_major and int(b_minor) <= int(g_minor)
+
+
 class Outcome:
     def __init__(self, status, reason, details=None, no_gpu=False):
         self.status = status
@@ -267,12 +282,14 @@ def check_variant_vs_gpu(ctx):
     wrong = [g for g in ctx.gpus if g["capability"] != base_capability(capability)]
     if wrong:
         gpu = wrong[0]
-        ctx.gpu_mismatch = (
-            "the sm%s build will not run on GPU %d, %s (capability %s): %s carries kernels for "
-            "capability %s only; use the sm%s variant (invoke build --sm %s)"
-            % (sm, gpu["index"], gpu["name"], gpu["capability"], name, capability,
-               sm_of(gpu["capability"]), sm_of(gpu["capability"]))
-        )
+        if sass_runs_on(capability, gpu["capability"]):
+            verdict = "is not built for GPU %d, %s (capability %s)" % (gpu["index"], gpu["name"], gpu["capability"])
+            why = "its capability %s SASS runs there, but no kernel is compiled for that GPU" % capability
+        else:
+            verdict = "will not run on GPU %d, %s (capability %s)" % (gpu["index"], gpu["name"], gpu["capability"])
+            why = "%s carries kernels for capability %s only" % (name, capability)
+        ctx.gpu_mismatch = "the sm%s build %s: %s; use the sm%s variant (invoke build --sm %s)" % (
+            sm, verdict, why, sm_of(gpu["capability"]), sm_of(gpu["capability"]))
         return failed(ctx.gpu_mismatch, **details)
     if arch_problem:
         return failed(arch_problem, **details)

@@ -7,6 +7,7 @@ All three are rendered from the same SmokeReport.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -30,13 +31,27 @@ def write_json(report: SmokeReport, path: Path) -> None:
     path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text XML 1.0 can carry: colour codes dropped, other control characters as U+FFFD.
+
+    What torch or vllm printed ends up in the report; ElementTree writes any
+    character as is, and one ESC would make the whole file unparseable.
+    """
+    return _NOT_XML.sub("\ufffd", _ANSI.sub("", text))
+
+
 def testcase_name(check: dict[str, Any]) -> str:
     return f"{check['id']} {check['name']}"
 
 
 def _suite(result: ResultReport) -> ET.Element:
+    name = xml_text(result.name)
     suite = ET.Element("testsuite", {
-        "name": result.name,
+        "name": name,
         "tests": str(len(result.checks)),
         "failures": str(result.count(FAIL)),
         "errors": "0",
@@ -46,14 +61,14 @@ def _suite(result: ResultReport) -> ET.Element:
     properties = ET.SubElement(suite, "properties")
     for key, value in (("result", str(result.result)), ("store_path", result.store_path),
                        ("exit_code", str(result.exit_code))):
-        ET.SubElement(properties, "property", {"name": key, "value": value})
+        ET.SubElement(properties, "property", {"name": key, "value": xml_text(value)})
     for check in result.checks:
         case = ET.SubElement(suite, "testcase", {
-            "classname": f"smoke.{result.name}",
+            "classname": f"smoke.{name}",
             "name": testcase_name(check),
             "time": f"{float(check.get('seconds') or 0):.3f}",
         })
-        reason = str(check.get("reason", ""))
+        reason = xml_text(str(check.get("reason", "")))
         if check["status"] == FAIL:
             kind = "no GPU" if check.get("no_gpu") else "fail"
             ET.SubElement(case, "failure", {"type": kind, "message": reason}).text = reason
@@ -62,7 +77,7 @@ def _suite(result: ResultReport) -> ET.Element:
         else:
             ET.SubElement(case, "system-out").text = reason
     if result.stderr_tail:
-        ET.SubElement(suite, "system-err").text = result.stderr_tail
+        ET.SubElement(suite, "system-err").text = xml_text(result.stderr_tail)
     return suite
 
 
