@@ -172,3 +172,16 @@ def commit_all(root: Path, message: str) -> None:
 def flake_ref(root: Path) -> str:
     """git+file for a git checkout (as a user's clone), path: otherwise."""
     return f"git+file://{root}" if (root / ".git").exists() else f"path:{root}"
+
+
+def sm90a_matrix():
+    """The repository's matrix with its x86_64 SM 90 row made arch-specific (sm = "90a"), as a user could."""
+    import tomllib
+
+    from vllm_variants.matrix import Matrix
+
+    data = tomllib.loads((REPO / "nix" / "variants.toml").read_text())
+    for row in data["variant"]:
+        if row["sm"] == "90" and row["system"] == "x86_64-linux":
+            row.update(sm="90a", capability="9.0a")
+    return Matrix.from_toml(data)

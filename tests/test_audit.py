@@ -21,7 +21,7 @@ import pytest
 import support
 from cuda_libs import CUDA_LIBS
 
-from vllm_variants.audit import audit, own_sms_for, require_cuda, show, variant_in_path
+from vllm_variants.audit import audit, own_sms_for, render, require_cuda, show, variant_in_path
 from vllm_variants.errors import AuditError, NoCudaCode, SelectionError, ToolMissing
 from vllm_variants.fatbin import read_path
 from vllm_variants.matrix import Matrix
@@ -55,6 +55,12 @@ def test_each_library_for_the_sm90_variant(cuda_libs, name, archs):
     assert report.own_bytes == sum(e.stored_bytes for e in code.entries if e.sm == "90")
     assert report.libraries[0].fatbin_bytes == code.section_bytes
     assert report.libraries[0].file_bytes == cuda_libs[name].stat().st_size
+
+
+def test_an_arch_specific_variant_owns_its_sm(cuda_libs):
+    variant = support.sm90a_matrix().by_name("vllm-python312-cuda12_9-sm90a")
+    assert summary(audit(cuda_libs["libsm90a"], variant=variant, reader="fatbin")) == {"sm_90a": (2, 0, False)}
+    assert audit(cuda_libs["libmulti"], variant=variant, reader="fatbin").foreign == ["sm_80", "sm_100", "sm_120"]
 
 
 def test_foreign_is_relative_to_the_variant(cuda_libs):
@@ -166,6 +172,15 @@ def test_unreadable_file_is_one_line_alone_and_skipped_in_a_walk(tmp_path):
     assert report.skipped == [("mem.so", "cannot read it: Input/output error")] and report.libraries == []
 
 
+def test_no_cuda_code_names_what_could_not_be_read(tmp_path):
+    """A folder whose only library is unreadable says so, not merely "no CUDA code"."""
+    (tmp_path / "mem.so").symlink_to("/proc/self/mem")
+    with pytest.raises(NoCudaCode) as exc:
+        require_cuda(audit(tmp_path, reader="fatbin"))
+    assert str(exc.value) == (f"no CUDA device code in {tmp_path}: 0 ELF file(s) examined, none with a .nv_fatbin "
+                              "section; 1 could not be read (first: mem.so: cannot read it: Input/output error)")
+
+
 def test_no_cuda_code_is_one_line(cuda_libs, tmp_path):
     with pytest.raises(NoCudaCode, match=f"^{cuda_libs['libplain']} holds no CUDA device code \\(no .nv_fatbin section\\)$"):
         require_cuda(audit(cuda_libs["libplain"], reader="fatbin"))
@@ -196,6 +211,13 @@ def test_cuobjdump_disagreeing_with_the_headers_wins_and_sizes_become_unknown(cu
     assert report.foreign == ["sm_80", "sm_100", "sm_120"]
     assert report.libraries[0].note == "cuobjdump lists 8 cubins and 0 PTX, the fatbin headers 2 and 0: sizes unknown"
     assert not report.sizes_complete and report.to_json()["archs"]["sm_90"]["bytes"] is None
+    out = io.StringIO()
+    render(report, out)
+    lines = out.getvalue().splitlines()
+    row = next(line for line in lines if line.startswith(f"│ {cuda_libs['libone_sm90']}"))
+    assert row.rstrip(" │").endswith("?") and " 0 B" not in row  # the library's size is unknown, not nothing
+    assert any(line.startswith("SM 90: 0 B of 0 B of the CUDA code of known size (unknown in 1 of 1 libraries);")
+               for line in lines)
 
 
 def test_cuobjdump_asked_for_but_missing(cuda_libs, tmp_path, monkeypatch):

@@ -72,6 +72,16 @@ def test_nearest_is_by_capability_and_compatibility_first():
     assert [(v.sm, runs) for v, runs in nearest(MATRIX, orin, X86)] == [("86", True), ("80", True)]
 
 
+def test_an_arch_specific_variant_serves_its_gpu():
+    """A user's sm = "90a" row: an H100 reports 9.0 and gets it; an 8.9 GPU cannot run its code."""
+    matrix = support.sm90a_matrix()
+    h100 = gpus("0, NVIDIA H100 80GB HBM3, 9.0, 580.159.04, 81559\n")
+    (m,) = match(matrix, h100, X86)
+    assert m.variant is not None and m.variant.name == "vllm-python312-cuda12_9-sm90a"
+    l4 = gpus("0, NVIDIA L4, 8.9, 580.159.04, 23034\n")[0]
+    assert ("90a", False) in [(v.sm, runs) for v, runs in nearest(matrix, l4, X86, count=9)]
+
+
 def test_sm_built_only_for_the_other_system_says_so():
     a100_on_arm = gpus("0, NVIDIA A100-SXM4-80GB, 8.0, 580.159.04, 81920\n")
     (m,) = match(MATRIX, a100_on_arm, ARM)

@@ -118,12 +118,17 @@ def _arch_key(arch: str) -> tuple[int, str]:
     return (int(match.group(1)), match.group(2)) if match else (10**6, arch)
 
 
+def is_foreign(entry: Entry, own_sms: Sequence[str]) -> bool:
+    """Code for an SM other than the own ones (never, when no own SM is known)."""
+    return bool(own_sms) and entry.sm not in own_sms
+
+
 def summarise(entries: Iterable[Entry], own_sms: Sequence[str]) -> dict[str, dict[str, Any]]:
     """{arch: {sass, ptx, bytes, foreign}} in SM order; foreign only when own SMs are known."""
     summary: dict[str, dict[str, Any]] = {}
     for entry in entries:
         row = summary.setdefault(entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0,
-                                              "foreign": bool(own_sms) and entry.sm not in own_sms})
+                                              "foreign": is_foreign(entry, own_sms)})
         row[entry.kind] += 1
         row["bytes"] = None if row["bytes"] is None or entry.stored_bytes is None else row["bytes"] + entry.stored_bytes
     return {arch: summary[arch] for arch in sorted(summary, key=_arch_key)}
@@ -148,8 +153,6 @@ class Report:
     def archs(self) -> dict[str, dict[str, Any]]:
         return summarise(self.entries(), self.own_sms)
 
-    def is_foreign(self, entry: Entry) -> bool:
-        return bool(self.own_sms) and entry.sm not in self.own_sms
 
     @property
     def foreign(self) -> list[str]:
@@ -164,7 +167,7 @@ class Report:
     def own_bytes(self) -> int | None:
         if not self.own_sms:
             return None
-        return sum(e.stored_bytes or 0 for e in self.entries() if not self.is_foreign(e))
+        return sum(e.stored_bytes or 0 for e in self.entries() if not is_foreign(e, self.own_sms))
 
     @property
     def sizes_complete(self) -> bool:
@@ -347,7 +350,7 @@ def audit(
     if not path.exists():
         raise AuditError(f"{shown} is a dangling link (to {os.readlink(path)}): build it again")
     resolved = path.resolve()
-    sms = tuple(dict.fromkeys(own_sms or ((variant.sm,) if variant else ())))
+    sms = tuple(dict.fromkeys(own_sms or ((variant.sm_number,) if variant else ())))
     auditor = _Auditor("cuobjdump" if tool else "fatbin", tool)
     if resolved.is_dir():
         auditor.tree(resolved)
@@ -374,9 +377,13 @@ def require_cuda(report: Report) -> Report:
     if not report.libraries:
         if Path(report.resolved).is_file() and not report.resolved.endswith(".whl"):
             raise NoCudaCode(f"{report.target} holds no CUDA device code (no .nv_fatbin section)")
+        unread = ""
+        if report.skipped:
+            path, reason = report.skipped[0]
+            unread = f"; {len(report.skipped)} could not be read (first: {path}: {reason})"
         raise NoCudaCode(
             f"no CUDA device code in {report.target}: {report.examined} ELF file(s) examined, "
-            "none with a .nv_fatbin section"
+            f"none with a .nv_fatbin section{unread}"
         )
     return report
 
@@ -408,14 +415,14 @@ def own_sms_for(
         if matrix is None:
             raise SelectionError("--variant needs a vllm-variants checkout (for nix/variants.toml); use --sm")
         chosen = matrix.resolve(variant, arm64=variant.endswith("-arm64"))
-        return (chosen.sm,), chosen
+        return (chosen.sm_number,), chosen
     if sm == "auto":
         if matrix is None:
             raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
         from .which import auto_variants
 
         found = auto_variants(matrix, smi=smi)
-        return tuple(dict.fromkeys(v.sm for v in found)), (found[0] if len(found) == 1 else None)
+        return tuple(dict.fromkeys(v.sm_number for v in found)), (found[0] if len(found) == 1 else None)
     if sm:
         sms = []
         for token in sm.split(","):
@@ -425,7 +432,7 @@ def own_sms_for(
             sms.append(re.sub(r"[af]$", "", normal))
         return tuple(dict.fromkeys(sms)), None
     found = variant_in_path(matrix, target) if matrix else None
-    return ((found.sm,) if found else ()), found
+    return ((found.sm_number,) if found else ()), found
 
 
 # -- output --------------------------------------------------------------------
@@ -451,12 +458,18 @@ def requested_line(report: Report) -> str | None:
         return None
     total, own = report.total_bytes, report.own_bytes or 0
     share = f" ({100 * own / total:.0f}%)" if total else ""
-    line = f"SM {', '.join(report.own_sms)}: {human(own)} of {human(total)} of CUDA code{share}"
+    line = f"SM {', '.join(report.own_sms)}: {human(own)} of {human(total)} of {_code(report)}{share}"
     if report.foreign:
         line += f"; {human(total - own)} for other architectures ({', '.join(report.foreign)})"
-    if not report.sizes_complete:
-        line += "; some sizes unknown"
     return line
+
+
+def _code(report: Report) -> str:
+    """'CUDA code', or which part of it the byte counts cover when some sizes are unknown."""
+    if report.sizes_complete:
+        return "CUDA code"
+    unknown = sum(1 for lib in report.libraries if any(e.stored_bytes is None for e in lib.entries))
+    return f"the CUDA code of known size (unknown in {unknown} of {len(report.libraries)} libraries)"
 
 
 def render(report: Report, out: TextIO) -> None:
@@ -481,7 +494,8 @@ def render(report: Report, out: TextIO) -> None:
     table.add_column("CUDA bytes", justify="right")
     for library in report.libraries:
         archs = summarise(library.entries, report.own_sms)
-        size = sum(e.stored_bytes or 0 for e in library.entries)
+        sizes = [e.stored_bytes for e in library.entries]
+        size = None if None in sizes else sum(sizes)  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
         table.add_row(name, _cell(archs, "sass"), _cell(archs, "ptx"), human(size))
     console.print(table)
@@ -494,7 +508,7 @@ def render(report: Report, out: TextIO) -> None:
         summary.add_row(arch, str(row["sass"]), str(row["ptx"]), human(row["bytes"]), mark)
     console.print(summary)
     line = requested_line(report)
-    console.print(line or f"{human(report.total_bytes)} of CUDA code in {len(report.libraries)} libraries")
+    console.print(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries")
     reader = f"reader: {report.reader}" + (f" ({report.reader_note})" if report.reader_note else "")
     console.print(f"[dim]{escape(reader)}; {report.examined} ELF file(s) examined[/]")
     for path, reason in report.skipped:

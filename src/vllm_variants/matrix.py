@@ -58,6 +58,11 @@ class Variant:
         return self.disabled is None
 
     @property
+    def sm_number(self) -> str:
+        """The SM without its arch-specific suffix ('90a' -> '90'): what a GPU reports."""
+        return self.sm.rstrip("af")
+
+    @property
     def label(self) -> str:
         """Short human form: 'sm90' or 'sm90 (arm64)'."""
         return f"sm{self.sm}" + (" (arm64)" if self.arm64 else "")

@@ -19,6 +19,7 @@ from .errors import SelectionError, ToolMissing
 from .gpus import GPU, detect
 from .matrix import Matrix, Variant
 from .project import Project
+from .smoke.check import base_capability, sass_runs_on
 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -48,32 +49,26 @@ class Match:
 
 
 def _capability_number(capability: str) -> int:
-    major, minor = capability.rstrip("af").split(".")
+    major, minor = base_capability(capability).split(".")
     return int(major) * 10 + int(minor)
 
 
 def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple[Variant, bool]]:
-    """The closest enabled variants of `system` by capability, each with whether its code runs on `gpu`.
-
-    SASS built for X.y runs on X.z with z >= y (CUDA C Programming Guide,
-    "Binary Compatibility"); the variants carry no PTX, so nothing else runs.
-    """
+    """The closest enabled variants of `system` by capability, each with whether its code runs on `gpu`."""
     wanted = _capability_number(gpu.capability)
-    major, minor = gpu.capability_tuple
-
-    def runs(v: Variant) -> bool:
-        v_major, v_minor = (int(p) for p in v.capability.rstrip("af").split("."))
-        return v_major == major and v_minor <= minor and not v.capability[-1].isalpha()
-
     candidates = [v for v in matrix.enabled if v.system == system]
-    ranked = sorted(candidates, key=lambda v: (not runs(v), abs(_capability_number(v.capability) - wanted)))
-    return [(v, runs(v)) for v in ranked[:count]]
+
+    def rank(v: Variant) -> tuple[bool, int]:
+        return not sass_runs_on(v.capability, gpu.capability), abs(_capability_number(v.capability) - wanted)
+
+    ranked = sorted(candidates, key=rank)
+    return [(v, sass_runs_on(v.capability, gpu.capability)) for v in ranked[:count]]
 
 
 def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
     """One line: no variant for this GPU, the nearest choices, how to add one."""
     what = f"GPU {gpu.index} ({gpu.name}, capability {gpu.capability}) has no {system} variant"
-    elsewhere = [v.system for v in matrix.enabled if v.sm == gpu.sm and v.system != system]
+    elsewhere = [v.system for v in matrix.enabled if v.sm_number == gpu.sm and v.system != system]
     if elsewhere:
         what += f" (SM {gpu.sm} is built only for {', '.join(elsewhere)})"
     choices = []
@@ -94,7 +89,7 @@ def match(matrix: Matrix, gpus: Sequence[GPU], system: str | None = None) -> lis
     system = system or host_system()
     matches = []
     for gpu in gpus:
-        same = [v for v in matrix.variants if v.sm == gpu.sm and v.system == system]
+        same = [v for v in matrix.variants if v.sm_number == gpu.sm and v.system == system]
         if not same:
             matches.append(Match(gpu, None, _no_variant(matrix, gpu, system)))
         elif same[0].disabled:
@@ -148,8 +143,7 @@ def _line(m: Match) -> str:
     head = f"GPU {gpu.index}: {gpu.name} (capability {gpu.capability}, driver {gpu.driver})"
     if m.variant is None:
         return f"{head} -> no variant"
-    build = f"invoke build --sm {m.variant.sm}{' --arm64' if m.variant.arm64 else ''}"
-    return f"{head} -> {m.variant.name} ({build})"
+    return f"{head} -> {m.variant.name} ({m.variant.build_command})"
 
 
 def show(project: Project, *, as_json: bool = False, smi: str = "nvidia-smi", system: str | None = None,

@@ -154,10 +154,9 @@ def resolve_target(project: Project, token: str, cwd: Path) -> Path:
     variant = project.matrix.resolve(name)
     link = project.result_link(variant)
     if not _exists(link):
-        build = f"invoke build --sm {variant.sm}" + (" --arm64" if variant.arm64 else "")
         raise SelectionError(
             f"{variant.name} is not built here (no {link.name} in {project.root}); "
-            f"build it with `{build}` or give a result path"
+            f"build it with `{variant.build_command}` or give a result path"
         )
     return link
 
