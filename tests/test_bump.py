@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -193,6 +194,19 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
     assert (repo / "flake.lock").read_text() == at(repo, "main", "flake.lock")
     readme.update(Project(repo), check=True)
     assert support.git(repo, "worktree", "list").stdout.count("\n") == 1
+
+
+def test_a_stale_worktree_of_the_users_survives(repo, nixpkgs, run_bump, tmp_path):
+    """bump-pin removes its own temporary worktrees, never prunes the user's entries."""
+    gone = tmp_path / "on-a-detached-disk"
+    support.git(repo, "worktree", "add", "-q", "-b", "experiment", gone)
+    shutil.rmtree(gone)
+
+    run_bump(repo, nixpkgs.b, branches=["main"])
+
+    assert locked(repo, "main") == nixpkgs.b
+    assert f"worktree {gone}\n" in support.git(repo, "worktree", "list", "--porcelain").stdout
+    assert (repo / ".git" / "worktrees" / gone.name / "gitdir").is_file()
 
 
 def test_checkout_on_another_branch_is_untouched(repo, nixpkgs, run_bump):
