@@ -209,6 +209,14 @@ def test_a_stale_worktree_of_the_users_survives(repo, nixpkgs, run_bump, tmp_pat
     assert (repo / ".git" / "worktrees" / gone.name / "gitdir").is_file()
 
 
+def test_a_branch_name_that_is_no_path_for_nix(repo, nixpkgs, run_bump):
+    """'#' starts a flake reference's fragment: the branch name must not reach a path Nix reads."""
+    support.git(repo, "branch", "fix#1", "main")
+    run_bump(repo, nixpkgs.b, branches=["fix#1"])
+    assert locked(repo, "fix#1") == nixpkgs.b
+    assert subject_and_body(repo, "fix#1")[0] == "vllm: update to 0.16.0"
+
+
 def test_checkout_on_another_branch_is_untouched(repo, nixpkgs, run_bump):
     support.git(repo, "switch", "-q", "-c", "work")
     (repo / "notes.txt").write_text("untracked, mine\n")

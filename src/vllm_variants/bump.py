@@ -312,7 +312,9 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
     result = BranchResult(plan=branch)
     stage = "to check out"
     try:
-        with git.temporary_worktree(branch.commit, parent=tmpdir, name=branch.name.replace("/", "-")) as tree:
+        # A fixed name, never the branch's: Nix reads the path as a flake reference,
+        # where '#' (valid in a branch name: fix#1) starts a fragment.
+        with git.temporary_worktree(branch.commit, parent=tmpdir, name="flake") as tree:
             stage = "to lock"
             flake_nix = tree / "flake.nix"
             flake_nix.write_text(with_url(flake_nix.read_text(encoding="utf-8"), plan.url), encoding="utf-8")
