@@ -351,6 +351,38 @@ def test_clean_worktree_of_a_moved_branch_follows_it(repo, nixpkgs, run_bump, tm
     assert json.loads((tree / "flake.lock").read_text())["nodes"]["nixpkgs"]["locked"]["rev"] == nixpkgs.b
 
 
+def test_changes_made_while_bumping_are_refused_before_any_branch_moves(repo, nixpkgs, run_bump, monkeypatch):
+    """make_plan saw a clean checkout; the user edits while the branches are evaluated."""
+    real = bump.bump_branch
+
+    def then_edit(*args, **kwargs):
+        result = real(*args, **kwargs)
+        (repo / "flake.nix").write_text("# edited mid-bump\n")
+        return result
+
+    monkeypatch.setattr(bump, "bump_branch", then_edit)
+    before = refs(repo)
+    with pytest.raises(GitError, match=rf"^no branch moved: {repo} \(on main\) got uncommitted changes "
+                                       r"while bump-pin ran \(flake.nix\); commit or stash them"):
+        run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
+    assert refs(repo) == before
+    assert (repo / "flake.nix").read_text() == "# edited mid-bump\n"
+
+
+def test_an_untracked_file_in_the_way_is_refused_before_any_branch_moves(repo, nixpkgs, run_bump):
+    """The new commit adds nix/versions.json where the checkout holds an untracked one."""
+    support.git(repo, "switch", "-q", "-c", "unrecorded")
+    support.git(repo, "rm", "-q", versions.PATH)
+    support.commit_all(repo, "versions not recorded yet")
+    (repo / versions.PATH).write_text("mine\n")
+    before = refs(repo)
+    with pytest.raises(GitError, match=r"^no branch moved: .* \(on unrecorded\) could not take the new files: "
+                                       r".*nix/versions.json.* would be overwritten"):
+        run_bump(repo, nixpkgs.b)
+    assert refs(repo) == before
+    assert (repo / versions.PATH).read_text() == "mine\n"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"branches": ["main", "nope"]}, r"unknown branch\(es\) nope; local branches: main, vllm-0\.13\.0, vllm-0\.14\.0"),
     ({"globs": ["release-*"]}, r"no local branch matches 'release-\*'"),

@@ -156,14 +156,15 @@ class Git:
         self.run("commit", "--quiet", "-m", subject, "-m", body, cwd=worktree)
         return self.out("rev-parse", "HEAD", cwd=worktree)
 
-    def fast_forward(self, worktree: Path, old: str, new: str) -> None:
+    def fast_forward(self, worktree: Path, old: str, new: str, *, dry_run: bool = False) -> None:
         """Bring a clean worktree's index and files from `old` to `new` (refs untouched).
 
         read-tree's two-tree merge is what `git checkout` does: it changes only
         the files that differ between the two commits and refuses to overwrite
-        local changes or untracked files.
+        local changes or untracked files. dry_run: only find out whether it
+        would refuse (CommandError), changing nothing.
         """
-        self.run("read-tree", "-m", "-u", old, new, cwd=worktree)
+        self.run("read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new, cwd=worktree)
 
     # -- refs --------------------------------------------------------------
 
