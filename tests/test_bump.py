@@ -394,6 +394,17 @@ def test_unknown_branch_is_refused(repo, nixpkgs, run_bump, kwargs, message):
     assert refs(repo) == before
 
 
+def test_a_branch_with_a_broken_flake_lock_is_refused_by_name(repo, nixpkgs, run_bump):
+    support.git(repo, "switch", "-q", "vllm-0.13.0")
+    (repo / "flake.lock").write_text("{ not json")
+    support.commit_all(repo, "a broken lock")
+    support.git(repo, "switch", "-q", "main")
+    before = refs(repo)
+    with pytest.raises(PinError, match=r"^branch vllm-0\.13\.0: flake.lock is not valid JSON \(.*\); restore it"):
+        run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
+    assert refs(repo) == before
+
+
 def test_not_a_git_checkout_is_refused(tmp_path, nixpkgs, run_bump):
     root = support.make_project(tmp_path / "plain", git_init=False)
     with pytest.raises(GitError, match="is not a git checkout"):

@@ -16,7 +16,6 @@ main's current commit, in the same transaction, when main's vLLM gets newer.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,12 +26,11 @@ from typing import TextIO
 from . import readme, versions
 from .errors import BumpError, CommandError, GitError, PinError, VariantsError
 from .git import Git, RefUpdate, Worktree
-from .nix import Nix, error_message, flake_ref, locked_rev
+from .nix import Nix, error_message, flake_ref
 from .project import Project
 from .versions import PinVersions, version_key
 
 DEFAULT_URL_TEMPLATE = "github:NixOS/nixpkgs/{rev}"
-INPUT = "nixpkgs"
 RELEASE_SOURCE = "main"  # --release-branch cuts vllm-<version> from this branch
 COMMITTED = ("flake.nix", "flake.lock", versions.PATH, "README.md")
 EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
@@ -206,10 +204,10 @@ def _branch_plan(git: Git, name: str, rev: str, url: str) -> BranchPlan:
     try:
         current_url = flake_url(flake)
         lock = git.show(commit, "flake.lock")
-        locked = locked_rev(json.loads(lock), INPUT) if lock else None
+        locked = versions.lock_rev(lock) if lock is not None else None
         recorded = git.show(commit, versions.PATH)
         before = PinVersions.parse(recorded) if recorded is not None else None
-    except (VariantsError, ValueError) as exc:
+    except VariantsError as exc:
         raise PinError(f"branch {name}: {exc}") from None
     current = current_url == url and locked == rev and before is not None and before.rev == rev
     return BranchPlan(name=name, commit=commit, url=current_url, locked=locked, before=before, current=current)
@@ -321,8 +319,8 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
             stage = "to lock"
             flake_nix = tree / "flake.nix"
             flake_nix.write_text(with_url(flake_nix.read_text(encoding="utf-8"), plan.url), encoding="utf-8")
-            nix.flake_update(flake_ref(tree), INPUT, cwd=tree)
-            locked = locked_rev(json.loads((tree / "flake.lock").read_text(encoding="utf-8")), INPUT)
+            nix.flake_update(flake_ref(tree), versions.INPUT, cwd=tree)
+            locked = versions.locked(Project(tree))
             if locked != plan.rev:
                 raise PinError(f"flake.lock locked {locked}, not {plan.rev}")
             stage = "to evaluate"
