@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import support
 
-from vllm_variants.errors import PublishError
+from vllm_variants.errors import CommandError, PublishError
 from vllm_variants.matrix import Matrix
+from vllm_variants.nix import Nix
 from vllm_variants.project import Project
-from vllm_variants.publish import SigningKey, is_binary_cache, make_plan, with_param
+from vllm_variants.publish import SigningKey, held_paths, is_binary_cache, make_plan, with_param
 from vllm_variants.resources import format_bytes
 
 pytestmark = pytest.mark.nix
@@ -154,6 +155,18 @@ def test_paths_already_in_the_cache_get_signed_too(built, key, tmp_path):
     assert f"cache holds {len(closure)}; to copy 0 paths, 0 B" in again.stdout
     assert f"sign {len(closure)} path(s) the cache already held" in again.stdout
     assert fetch(cache, path, key.public, tmp_path / "v2").returncode == 0
+
+
+def test_held_paths_asks_path_by_path_when_the_batch_fails(built, tmp_path):
+    """Nix < 2.19 may fail the whole `path-info --store` call over one path the cache
+    lacks; a path that is not in the store at all makes 2.26 fail the same way."""
+    cache = f"file://{tmp_path / 'cache'}"
+    invoke(built.project, "publish", "--to", cache, "--sm", "90")
+    held, lacking = built.paths[SM90.name], built.paths[SM80.name]
+    nix = Nix(env=support.nix_env())
+    assert held_paths(nix, [held, lacking, "/nix/store/not-a-store-path"], cache) == {held: []}
+    with pytest.raises(CommandError, match="don't know how to open Nix store"):
+        held_paths(nix, [held, "/nix/store/not-a-store-path"], "bogus://somewhere")
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(built, key, tmp_path):

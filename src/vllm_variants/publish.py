@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
-from .errors import PublishError
+from .errors import CommandError, PublishError
 from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
 from .project import Project
@@ -124,10 +124,29 @@ def require_uri(to: str) -> None:
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
-    """{path: signers} for the paths `store` holds."""
-    if missing_file_cache(store):
+    """{path: signers} for the paths `store` holds.
+
+    Nix.realised's way, asked of the cache: Nix >= 2.19 prints null for a
+    path the store lacks, older ones may fail the whole call instead, so a
+    failing batch is asked path by path. Unlike Nix.realised (local store,
+    closure sizes), a failure that is the store's own (an unknown scheme, an
+    unreachable host: the store does not even open) is raised, never read
+    as "the cache holds nothing".
+    """
+    if missing_file_cache(store) or not paths:
         return {}
-    infos = nix.path_info(list(paths), closure=False, store=store)
+    try:
+        infos = nix.path_info(list(paths), closure=False, store=store)
+    except CommandError:
+        opens = nix.run("store", "info" if nix.new_cli else "ping", "--store", store, check=False)
+        if opens.returncode != 0:
+            raise
+        infos = {}
+        for path in paths:
+            try:
+                infos.update(nix.path_info([path], closure=False, store=store))
+            except CommandError:
+                pass  # how an older Nix says the store lacks it
     return {path: signers(info) for path, info in infos.items() if is_valid_info(info)}
 
 
@@ -248,9 +267,8 @@ def make_plan(project: Project, variants: Sequence[Variant], to: str, key: Signi
     if key and "secret-key" in query_params(to):
         raise PublishError(f"{to} already names a secret-key; drop it or --sign-key, not both")
     outs = built_paths(project, variants)
-    local = nix.path_info(list(outs.values()), closure=False)
-    gone = [(v, f"{outs[v.name]} is not valid in the Nix store") for v in variants
-            if not is_valid_info(local.get(outs[v.name]))]
+    local = nix.realised(list(outs.values()))
+    gone = [(v, f"{outs[v.name]} is not valid in the Nix store") for v in variants if outs[v.name] not in local]
     if gone:
         raise not_built(gone)
     entries = []
