@@ -21,9 +21,9 @@ Signing, as tried on a single-user root install (Nix 2.26):
   of the daemon (a plain user of a root install gets "attempt to write a
   readonly database").
 
-`--check` evaluates each variant's out path (no build) and asks the cache for
-it: `nix copy` uploads references before the paths that need them, so a cache
-written by it that holds the out path holds the closure.
+`--check` evaluates the variants' out paths (one Nix process, no build) and
+asks the cache for them: `nix copy` uploads references before the paths that
+need them, so a cache written by it that holds the out path holds the closure.
 """
 
 from __future__ import annotations
@@ -362,6 +362,32 @@ class Holding:
         return f"  {status}  {self.variant.name}  {self.path}{signed}"
 
 
+def out_paths(nix: Nix, project: Project, variants: Sequence[Variant],
+              overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{variant name: out path}, from one Nix evaluation of exactly these variants.
+
+    `nix build --dry-run` takes several installables in one process, where
+    `nix eval` takes one: one evaluation, nothing built, and no other variant
+    evaluated (one this nixpkgs cannot build must not fail the check). With
+    substitutes off it asks no binary cache what it would fetch, and
+    --no-write-lock-file keeps flake.lock as it is, with --nixpkgs or without.
+    """
+    flake = flake_ref(project.root)
+    args = ["--no-write-lock-file", "--option", "substitute", "false", *nix.override_args(overrides or {})]
+    built, _ = nix.dry_run([f"{flake}#{v.attr_path()}" for v in variants], *args, cwd=project.root)
+    if len(built) != len(variants):
+        raise PublishError(f"nix build --dry-run --json listed {len(built)} derivations for {len(variants)} variants")
+    paths = {}
+    for variant, item in zip(variants, built):
+        outputs = item.get("outputs")
+        out = outputs.get("out") if isinstance(outputs, dict) else None
+        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
+            drv = item["drvPath"]
+            out = nix.derivation_outputs(drv["path"] if isinstance(drv, dict) else drv)["out"]
+        paths[variant.name] = out
+    return paths
+
+
 def check(
     project: Project,
     variants: Sequence[Variant],
@@ -371,7 +397,7 @@ def check(
     nix: Nix | None = None,
     out: TextIO | None = None,
 ) -> list[Holding]:
-    """Which variants `to` holds: each out path evaluated (nothing built), then asked for.
+    """Which variants `to` holds: their out paths evaluated (nothing built), then asked for.
 
     Raises PublishError (after the listing) when any variant is missing.
     """
@@ -379,11 +405,7 @@ def check(
     require_uri(to)
     nix = nix or Nix()
     nix.preflight()
-    flake = flake_ref(project.root)
-    paths = {
-        v.name: nix.eval_json(f"{flake}#{v.attr_path()}.outPath", overrides=overrides)
-        for v in variants
-    }
+    paths = out_paths(nix, project, variants, overrides)
     held = held_paths(nix, list(paths.values()), to)
     holdings = [
         Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ())))
