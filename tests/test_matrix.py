@@ -280,6 +280,11 @@ def test_select_combines_lists_systems_and_all(matrix):
     assert len(matrix.select(all=True)) == 10
     with pytest.raises(SelectionError, match="no variant selected"):
         matrix.select()
+    # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
+    assert matrix.select(none_means_all=True) == list(matrix.enabled)
+    assert matrix.select([""], none_means_all=True) == list(matrix.enabled)  # an empty --sm asks for nothing
+    assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
+    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == ["sm90-arm64", "sm100-arm64"]
     with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
         matrix.select(systems=["x86_64-darwin"])
 

@@ -232,14 +232,19 @@ class Matrix:
         arm64: bool = False,
         systems: Iterable[str] = (),
         all: bool = False,
+        none_means_all: bool = False,
     ) -> list[Variant]:
         """The variants a command line asks for, in matrix order, no duplicates.
 
         `sms` items may hold comma-separated lists ('80,89,90'); `systems`
         selects every enabled variant of those systems; `all` every enabled one.
+        `none_means_all`: asking for nothing selects every enabled variant
+        instead of being refused (commands that only look: the CI matrix,
+        `publish --check`).
         """
         tokens = [t for item in sms for t in str(item).split(",") if t.strip()]
         systems = list(systems)
+        all = all or (none_means_all and not (tokens or systems))
         if not (tokens or systems or all):
             raise SelectionError(
                 "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), "

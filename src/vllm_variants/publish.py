@@ -336,13 +336,12 @@ def main(
     dry_run: bool = False,
 ) -> None:
     """`invoke publish`: select the variants, then copy them or (--check) ask the cache."""
+    # --check with no selection looks at every variant; copying needs a choice
+    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=check_only)
     if check_only:
-        # --check with no selection looks at every variant
-        picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all or not (sm or systems))
         overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
         check(project, picked, to=to, overrides=overrides)
         return
-    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all)
     publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
 
 
