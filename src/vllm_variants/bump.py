@@ -115,7 +115,6 @@ class BranchPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    root: Path
     rev: str
     url: str
     branches: tuple[BranchPlan, ...]
@@ -179,7 +178,7 @@ def make_plan(
             _refuse_changes(git, worktree.path, f"the worktree of {worktree.branch}")
     plans = tuple(_branch_plan(git, name, rev, url) for name in names)
     release = _release_branch(git, plans) if release_branch else None
-    return Plan(root=top, rev=rev, url=url, branches=plans, release=release)
+    return Plan(rev=rev, url=url, branches=plans, release=release)
 
 
 def _refuse_changes(git: Git, worktree: Path, what: str) -> None:
@@ -380,7 +379,10 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
         reasons = "; ".join(f"{r.plan.name} failed {r.failure}" for r in failed)
         raise BumpError(f"no branch moved: {reasons}")
 
-    moving = {r.plan.name: (r.plan.commit, r.commit or "") for r in outcome.results}  # branch -> (old, new)
+    moving: dict[str, tuple[str, str]] = {}  # branch -> (old, new)
+    for r in outcome.results:
+        assert r.commit is not None  # a result without a commit has a failure, refused above
+        moving[r.plan.name] = (r.plan.commit, r.commit)
     # The long evaluation gave the user time to edit: look again at the
     # worktrees that will follow before any branch moves.
     followers = _followers(git, moving)
