@@ -198,7 +198,7 @@ class Matrix:
             if arm64 and not variant.arm64:
                 raise SelectionError(f"--arm64 conflicts with '{text}', an {variant.system} variant")
             return self._usable(variant)
-        sm = _normalise_sm(text)
+        sm = normalise_sm(text)
         if sm is None:
             raise SelectionError(
                 f"'{token}' is not an SM; give a number like 90, sm90 or a full variant name; "
@@ -366,10 +366,6 @@ def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> in
 
 def normalise_sm(text: str) -> str | None:
     """'90', 'sm90', 'SM_90a', '9.0' -> '90' / '90a'; None when it is not an SM."""
-    return _normalise_sm(text)
-
-
-def _normalise_sm(text: str) -> str | None:
     lowered = text.lower()
     if lowered.startswith("sm_"):
         lowered = lowered[3:]
