@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -195,6 +196,27 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
     assert support.git(repo, "worktree", "list").stdout.count("\n") == 1
 
 
+def test_a_stale_worktree_of_the_users_survives(repo, nixpkgs, run_bump, tmp_path):
+    """bump-pin removes its own temporary worktrees, never prunes the user's entries."""
+    gone = tmp_path / "on-a-detached-disk"
+    support.git(repo, "worktree", "add", "-q", "-b", "experiment", gone)
+    shutil.rmtree(gone)
+
+    run_bump(repo, nixpkgs.b, branches=["main"])
+
+    assert locked(repo, "main") == nixpkgs.b
+    assert f"worktree {gone}\n" in support.git(repo, "worktree", "list", "--porcelain").stdout
+    assert (repo / ".git" / "worktrees" / gone.name / "gitdir").is_file()
+
+
+def test_a_branch_name_that_is_no_path_for_nix(repo, nixpkgs, run_bump):
+    """'#' starts a flake reference's fragment: the branch name must not reach a path Nix reads."""
+    support.git(repo, "branch", "fix#1", "main")
+    run_bump(repo, nixpkgs.b, branches=["fix#1"])
+    assert locked(repo, "fix#1") == nixpkgs.b
+    assert subject_and_body(repo, "fix#1")[0] == "vllm: update to 0.16.0"
+
+
 def test_checkout_on_another_branch_is_untouched(repo, nixpkgs, run_bump):
     support.git(repo, "switch", "-q", "-c", "work")
     (repo / "notes.txt").write_text("untracked, mine\n")
@@ -329,6 +351,38 @@ def test_clean_worktree_of_a_moved_branch_follows_it(repo, nixpkgs, run_bump, tm
     assert json.loads((tree / "flake.lock").read_text())["nodes"]["nixpkgs"]["locked"]["rev"] == nixpkgs.b
 
 
+def test_changes_made_while_bumping_are_refused_before_any_branch_moves(repo, nixpkgs, run_bump, monkeypatch):
+    """make_plan saw a clean checkout; the user edits while the branches are evaluated."""
+    real = bump.bump_branch
+
+    def then_edit(*args, **kwargs):
+        result = real(*args, **kwargs)
+        (repo / "flake.nix").write_text("# edited mid-bump\n")
+        return result
+
+    monkeypatch.setattr(bump, "bump_branch", then_edit)
+    before = refs(repo)
+    with pytest.raises(GitError, match=rf"^no branch moved: {repo} \(on main\) got uncommitted changes "
+                                       r"while bump-pin ran \(flake.nix\); commit or stash them"):
+        run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
+    assert refs(repo) == before
+    assert (repo / "flake.nix").read_text() == "# edited mid-bump\n"
+
+
+def test_an_untracked_file_in_the_way_is_refused_before_any_branch_moves(repo, nixpkgs, run_bump):
+    """The new commit adds nix/versions.json where the checkout holds an untracked one."""
+    support.git(repo, "switch", "-q", "-c", "unrecorded")
+    support.git(repo, "rm", "-q", versions.PATH)
+    support.commit_all(repo, "versions not recorded yet")
+    (repo / versions.PATH).write_text("mine\n")
+    before = refs(repo)
+    with pytest.raises(GitError, match=r"^no branch moved: .* \(on unrecorded\) could not take the new files: "
+                                       r".*nix/versions.json.* would be overwritten"):
+        run_bump(repo, nixpkgs.b)
+    assert refs(repo) == before
+    assert (repo / versions.PATH).read_text() == "mine\n"
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"branches": ["main", "nope"]}, r"unknown branch\(es\) nope; local branches: main, vllm-0\.13\.0, vllm-0\.14\.0"),
     ({"globs": ["release-*"]}, r"no local branch matches 'release-\*'"),
@@ -337,6 +391,17 @@ def test_unknown_branch_is_refused(repo, nixpkgs, run_bump, kwargs, message):
     before = refs(repo)
     with pytest.raises(GitError, match=message):
         run_bump(repo, nixpkgs.b, **kwargs)
+    assert refs(repo) == before
+
+
+def test_a_branch_with_a_broken_flake_lock_is_refused_by_name(repo, nixpkgs, run_bump):
+    support.git(repo, "switch", "-q", "vllm-0.13.0")
+    (repo / "flake.lock").write_text("{ not json")
+    support.commit_all(repo, "a broken lock")
+    support.git(repo, "switch", "-q", "main")
+    before = refs(repo)
+    with pytest.raises(PinError, match=r"^branch vllm-0\.13\.0: flake.lock is not valid JSON \(.*\); restore it"):
+        run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
     assert refs(repo) == before
 
 

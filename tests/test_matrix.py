@@ -10,7 +10,7 @@ import pytest
 import support
 
 from vllm_variants.errors import MatrixError, SelectionError
-from vllm_variants.matrix import Matrix
+from vllm_variants.matrix import Matrix, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
@@ -156,6 +156,80 @@ def test_malformed_matrix_fails_on_both_sides(tmp_path, replacement, message):
     assert message in proc.stderr
 
 
+def _first(data):
+    return data["variant"][0]
+
+
+# (change to the parsed matrix, the whole message); `where` is the file's path
+WRONG_TYPES = {
+    "min_driver a full version": (
+        lambda d: d["defaults"].update(min_driver="525.60.13"),
+        '{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver\'s major version), '
+        'not "525.60.13"'),
+    "min_driver a float in a variant": (
+        lambda d: _first(d).update(min_driver=525.6),
+        "{where}: variant #1: min_driver must be a positive whole number like 560 (the driver's major version), "
+        "not the number 525.6"),
+    "min_driver true": (
+        lambda d: d["defaults"].update(min_driver=True),
+        "{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver's major version), "
+        "not true"),
+    "defaults not a table": (
+        lambda d: d.update(defaults="python312"),
+        '{where}: [defaults] must be a table (holding python, cuda, min_driver), not "python312"'),
+    "sm a number": (
+        lambda d: _first(d).update(sm=70),
+        '{where}: variant #1: sm must be a string like "90", not the number 70'),
+    "cuda a number": (
+        lambda d: d["defaults"].update(cuda=12.9),
+        '{where}: [defaults]: cuda must be a string like "12.9", not the number 12.9'),
+    "capability a number": (
+        lambda d: _first(d).update(capability=7.0),
+        '{where}: variant #1: capability must be a string like "9.0", not the number 7.0'),
+    "arch empty": (
+        lambda d: _first(d).update(arch=" "),
+        '{where}: variant #1: arch must be a string like "Hopper", not " "'),
+    "python a table": (
+        lambda d: _first(d).update(python={"version": "3.12"}),
+        '{where}: variant #1: python must be a string like "python312", not a table'),
+    "system an array": (
+        lambda d: _first(d).update(system=["x86_64-linux"]),
+        '{where}: variant #1: system must be a string like "x86_64-linux", not an array'),
+    "variant not a table": (
+        lambda d: d["variant"].insert(0, "sm90"),
+        "{where}: variant #1 must be a table (holding arch, capability, cuda, disabled, gpus, min_driver, python, "
+        'sm, system), not "sm90"'),
+    "variant a string": (
+        lambda d: d.update(variant="sm90"),
+        '{where}: variant must be [[variant]] tables, not "sm90"'),
+    "systems entry not a table": (
+        lambda d: d["systems"].update({"x86_64-linux": ""}),
+        '{where}: [systems.x86_64-linux] must be a table (holding exactly `suffix`), not ""'),
+    "suffix a number": (
+        lambda d: d["systems"]["aarch64-linux"].update(suffix=64),
+        '{where}: [systems.aarch64-linux]: suffix must be a string like "-arm64" (or ""), not the number 64'),
+    "build not a table": (
+        lambda d: d.update(build=8),
+        "{where}: [build] must be a table (holding ram_per_job_gib), not the number 8"),
+    "ram_per_job_gib a float": (
+        lambda d: d["build"].update(ram_per_job_gib=7.5),
+        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 7.5"),
+    "ram_per_job_gib zero": (
+        lambda d: d["build"].update(ram_per_job_gib=0),
+        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 0"),
+}
+
+
+@pytest.mark.parametrize("change", WRONG_TYPES, ids=list(WRONG_TYPES))
+def test_a_value_of_the_wrong_type_is_one_line_naming_key_and_valid_form(change):
+    edit, message = WRONG_TYPES[change]
+    data = tomllib.loads(MATRIX.read_text())
+    edit(data)
+    with pytest.raises(MatrixError) as excinfo:
+        Matrix.from_toml(data, source=MATRIX)
+    assert str(excinfo.value) == message.format(where=MATRIX)
+
+
 def test_duplicate_names_are_refused(tmp_path):
     text = MATRIX.read_text()
     first = text.index("\n[[variant]]\n")
@@ -206,6 +280,11 @@ def test_select_combines_lists_systems_and_all(matrix):
     assert len(matrix.select(all=True)) == 10
     with pytest.raises(SelectionError, match="no variant selected"):
         matrix.select()
+    # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
+    assert matrix.select(none_means_all=True) == list(matrix.enabled)
+    assert matrix.select([""], none_means_all=True) == list(matrix.enabled)  # an empty --sm asks for nothing
+    assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
+    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == ["sm90-arm64", "sm100-arm64"]
     with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
         matrix.select(systems=["x86_64-darwin"])
 

@@ -3,8 +3,10 @@ with a real key, and verified by a second store that requires signatures."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -13,10 +15,11 @@ from pathlib import Path
 import pytest
 import support
 
-from vllm_variants.errors import PublishError
+from vllm_variants.errors import CommandError, PublishError
 from vllm_variants.matrix import Matrix
+from vllm_variants.nix import Nix
 from vllm_variants.project import Project
-from vllm_variants.publish import SigningKey, is_binary_cache, make_plan, with_param
+from vllm_variants.publish import SigningKey, check, held_paths, is_binary_cache, make_plan, with_param
 from vllm_variants.resources import format_bytes
 
 pytestmark = pytest.mark.nix
@@ -142,6 +145,47 @@ def test_check_before_and_after_publishing(built, key, tmp_path):
     assert key.name in after.stdout.split(SM80.name, 1)[1]
 
 
+def test_check_evaluates_every_variant_in_one_nix_process(built, tmp_path, capsys):
+    cache = f"file://{tmp_path / 'cache'}"
+    invoke(built.project, "publish", "--to", cache, "--sm", "90")
+    arm = MATRIX.resolve("90", arm64=True)
+    nix = Nix(env=support.nix_env(), echo=True)
+    out = io.StringIO()
+    with pytest.raises(PublishError, match=f"lacks {SM80.name}, {arm.name}: "):
+        check(Project(built.project), [SM90, SM80, arm], to=cache,
+              overrides={"nixpkgs": support.standin_ref(built.standin)}, nix=nix, out=out)
+    for variant in (SM90, SM80):  # the evaluated out paths are the built ones, each by its name
+        assert f"  {variant.name}  {built.paths[variant.name]}" in out.getvalue()
+    commands = [line for line in capsys.readouterr().err.splitlines() if line.startswith("$ nix ")]
+    evaluating = [c for c in commands if c.startswith(("$ nix eval", "$ nix build", "$ nix derivation"))]
+    assert len(evaluating) == 1 and evaluating[0].startswith("$ nix build --dry-run --json --no-write-lock-file")
+
+
+def test_check_evaluates_only_the_variants_asked_for(built, tmp_path, standin):
+    """A nixpkgs whose vllm cannot target Blackwell: SM 100 does not evaluate,
+    which must not fail a check of SM 90."""
+    no_blackwell = standin(vllmSupportedCapabilities=["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"])
+    out = io.StringIO()
+    with pytest.raises(PublishError, match=f"lacks {SM90.name}: "):
+        check(Project(built.project), [SM90], to=f"file://{tmp_path / 'cache'}",
+              overrides={"nixpkgs": support.standin_ref(no_blackwell)}, nix=Nix(env=support.nix_env()), out=out)
+    assert f"missing  {SM90.name}  /nix/store/" in out.getvalue()
+
+
+def test_check_never_writes_flake_lock(tmp_path):
+    """Without --nixpkgs too: a checkout whose flake.lock is missing stays without one."""
+    root = support.make_project(tmp_path / "p")
+    flake = root / "flake.nix"
+    flake.write_text(re.sub(r'inputs\.nixpkgs\.url = "[^"]*";', f'inputs.nixpkgs.url = "{support.standin_ref()}";',
+                            flake.read_text()))
+    (root / "flake.lock").unlink()
+    support.commit_all(root, "pin the stand-in, unlocked")
+    with pytest.raises(PublishError, match="lacks"):
+        check(Project(root), [SM90], to=f"file://{tmp_path / 'cache'}", nix=Nix(env=support.nix_env()),
+              out=io.StringIO())
+    assert not (root / "flake.lock").exists()
+
+
 def test_paths_already_in_the_cache_get_signed_too(built, key, tmp_path):
     """`nix copy` skips paths a cache holds; publish signs those in the cache itself."""
     cache = tmp_path / "cache"
@@ -154,6 +198,18 @@ def test_paths_already_in_the_cache_get_signed_too(built, key, tmp_path):
     assert f"cache holds {len(closure)}; to copy 0 paths, 0 B" in again.stdout
     assert f"sign {len(closure)} path(s) the cache already held" in again.stdout
     assert fetch(cache, path, key.public, tmp_path / "v2").returncode == 0
+
+
+def test_held_paths_asks_path_by_path_when_the_batch_fails(built, tmp_path):
+    """Nix < 2.19 may fail the whole `path-info --store` call over one path the cache
+    lacks; a path that is not in the store at all makes 2.26 fail the same way."""
+    cache = f"file://{tmp_path / 'cache'}"
+    invoke(built.project, "publish", "--to", cache, "--sm", "90")
+    held, lacking = built.paths[SM90.name], built.paths[SM80.name]
+    nix = Nix(env=support.nix_env())
+    assert held_paths(nix, [held, lacking, "/nix/store/not-a-store-path"], cache) == {held: []}
+    with pytest.raises(CommandError, match="don't know how to open Nix store"):
+        held_paths(nix, [held, "/nix/store/not-a-store-path"], "bogus://somewhere")
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(built, key, tmp_path):

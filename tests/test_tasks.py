@@ -53,15 +53,21 @@ def test_variants_table_lists_every_variant_without_starting_nix():
 
 
 @pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
-def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task):
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ('arch = "Volta"', 'arhc = "Volta"', "unknown key(s) arhc"),
+    ("min_driver = 560", 'min_driver = "525.60.13"', 'min_driver must be a positive whole number like 560'),
+], ids=["typo", "type"])
+def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task, old, new, message):
     root = support.make_project(tmp_path / "p", git_init=False)
     matrix_file = root / "nix" / "variants.toml"
-    matrix_file.write_text(matrix_file.read_text().replace('arch = "Volta"', 'arhc = "Volta"'))
+    text = matrix_file.read_text()
+    assert old in text
+    matrix_file.write_text(text.replace(old, new))
     proc = invoke(root, *task, check=False)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == [lines[0]] and lines[0].startswith("error: ") and "unknown key(s) arhc" in lines[0]
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and message in lines[0]
 
 
 def test_benchmark_script_runs(tmp_path):

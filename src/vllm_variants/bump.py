@@ -16,7 +16,6 @@ main's current commit, in the same transaction, when main's vLLM gets newer.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,13 +25,12 @@ from typing import TextIO
 
 from . import readme, versions
 from .errors import BumpError, CommandError, GitError, PinError, VariantsError
-from .git import Git, RefUpdate
-from .nix import Nix, error_message, flake_ref, locked_rev
+from .git import Git, RefUpdate, Worktree
+from .nix import Nix, error_message, flake_ref
 from .project import Project
 from .versions import PinVersions, version_key
 
 DEFAULT_URL_TEMPLATE = "github:NixOS/nixpkgs/{rev}"
-INPUT = "nixpkgs"
 RELEASE_SOURCE = "main"  # --release-branch cuts vllm-<version> from this branch
 COMMITTED = ("flake.nix", "flake.lock", versions.PATH, "README.md")
 EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
@@ -117,7 +115,6 @@ class BranchPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    root: Path
     rev: str
     url: str
     branches: tuple[BranchPlan, ...]
@@ -181,17 +178,20 @@ def make_plan(
             _refuse_changes(git, worktree.path, f"the worktree of {worktree.branch}")
     plans = tuple(_branch_plan(git, name, rev, url) for name in names)
     release = _release_branch(git, plans) if release_branch else None
-    return Plan(root=top, rev=rev, url=url, branches=plans, release=release)
+    return Plan(rev=rev, url=url, branches=plans, release=release)
 
 
 def _refuse_changes(git: Git, worktree: Path, what: str) -> None:
     changed = git.changes(worktree)
     if changed:
-        listed = ", ".join(changed[:3]) + (", ..." if len(changed) > 3 else "")
         raise GitError(
-            f"{what} at {worktree} has uncommitted changes ({listed}); commit or stash them: "
+            f"{what} at {worktree} has uncommitted changes ({_some(changed)}); commit or stash them: "
             "bump-pin moves branches and never works on top of local changes"
         )
+
+
+def _some(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def _branch_plan(git: Git, name: str, rev: str, url: str) -> BranchPlan:
@@ -203,10 +203,10 @@ def _branch_plan(git: Git, name: str, rev: str, url: str) -> BranchPlan:
     try:
         current_url = flake_url(flake)
         lock = git.show(commit, "flake.lock")
-        locked = locked_rev(json.loads(lock), INPUT) if lock else None
+        locked = versions.lock_rev(lock) if lock is not None else None
         recorded = git.show(commit, versions.PATH)
         before = PinVersions.parse(recorded) if recorded is not None else None
-    except (VariantsError, ValueError) as exc:
+    except VariantsError as exc:
         raise PinError(f"branch {name}: {exc}") from None
     current = current_url == url and locked == rev and before is not None and before.rev == rev
     return BranchPlan(name=name, commit=commit, url=current_url, locked=locked, before=before, current=current)
@@ -312,12 +312,14 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
     result = BranchResult(plan=branch)
     stage = "to check out"
     try:
-        with git.temporary_worktree(branch.commit, parent=tmpdir, name=branch.name.replace("/", "-")) as tree:
+        # A fixed name, never the branch's: Nix reads the path as a flake reference,
+        # where '#' (valid in a branch name: fix#1) starts a fragment.
+        with git.temporary_worktree(branch.commit, parent=tmpdir, name="flake") as tree:
             stage = "to lock"
             flake_nix = tree / "flake.nix"
             flake_nix.write_text(with_url(flake_nix.read_text(encoding="utf-8"), plan.url), encoding="utf-8")
-            nix.flake_update(flake_ref(tree), INPUT, cwd=tree)
-            locked = locked_rev(json.loads((tree / "flake.lock").read_text(encoding="utf-8")), INPUT)
+            nix.flake_update(flake_ref(tree), versions.INPUT, cwd=tree)
+            locked = versions.locked(Project(tree))
             if locked != plan.rev:
                 raise PinError(f"flake.lock locked {locked}, not {plan.rev}")
             stage = "to evaluate"
@@ -377,31 +379,68 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
         reasons = "; ".join(f"{r.plan.name} failed {r.failure}" for r in failed)
         raise BumpError(f"no branch moved: {reasons}")
 
-    updates = [RefUpdate(f"refs/heads/{r.plan.name}", r.commit or "", r.plan.commit) for r in outcome.results]
+    moving: dict[str, tuple[str, str]] = {}  # branch -> (old, new)
+    for r in outcome.results:
+        assert r.commit is not None  # a result without a commit has a failure, refused above
+        moving[r.plan.name] = (r.plan.commit, r.commit)
+    # The long evaluation gave the user time to edit: look again at the
+    # worktrees that will follow before any branch moves.
+    followers = _followers(git, moving)
+    _refuse_followers_in_the_way(git, followers, moving)
+    updates = [RefUpdate(f"refs/heads/{name}", new, old) for name, (old, new) in moving.items()]
     release = release_update(plan, outcome.results)
     if plan.release and release is None:
         print(f"{plan.release}: not created, {RELEASE_SOURCE}'s vllm did not get newer", file=out)
     git.update_refs([*updates, *([release] if release else [])])
-    outcome.moved = {r.plan.name: (r.plan.commit, r.commit or "") for r in outcome.results}
+    outcome.moved = moving
     if release and plan.release:
         outcome.created[plan.release] = release.new
     print("moved " + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
           + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()), file=out)
-    _follow(git, outcome.moved, out)
+    _follow(git, followers, outcome.moved, out)
     return outcome
 
 
-def _follow(git: Git, moved: Mapping[str, tuple[str, str]], out: TextIO) -> None:
-    """Worktrees (your checkout included) on a moved branch get its new files, as a pull would.
+def _followers(git: Git, moving: Mapping[str, tuple[str, str]]) -> list[Worktree]:
+    """Worktrees (your checkout included) on a branch about to move, at its old commit."""
+    return [w for w in git.worktrees()
+            if w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]]
 
-    They were clean (make_plan refuses otherwise); untracked files stay.
+
+def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
+                                 moving: Mapping[str, tuple[str, str]]) -> None:
+    """Refuse, before any branch moves, what would stop a follower getting its branch's new files.
+
+    make_plan refused uncommitted changes, but the bump takes minutes: files
+    edited since, or an untracked file where the new commit adds one, would
+    make `_follow` fail after the branches moved, leaving that checkout stale.
     """
-    for worktree in git.worktrees():
-        if worktree.branch not in moved or not worktree.path.exists():
-            continue
+    for worktree in followers:
+        what = f"{worktree.path} (on {worktree.branch})"
+        changed = git.changes(worktree.path)
+        if changed:
+            raise GitError(
+                f"no branch moved: {what} got uncommitted changes while bump-pin ran ({_some(changed)}); "
+                "commit or stash them and run it again"
+            )
+        old, new = moving[worktree.branch]
+        try:
+            git.fast_forward(worktree.path, old, new, dry_run=True)
+        except CommandError as exc:
+            raise GitError(
+                f"no branch moved: {what} could not take the new files: {error_message(exc.stderr)}; "
+                "move what is in the way and run bump-pin again"
+            ) from None
+
+
+def _follow(git: Git, followers: Sequence[Worktree], moved: Mapping[str, tuple[str, str]], out: TextIO) -> None:
+    """Worktrees on a moved branch get its new files, as a pull would.
+
+    They were clean and nothing was in the way just before the branches
+    moved (_refuse_followers_in_the_way); untracked files stay.
+    """
+    for worktree in followers:
         old, new = moved[worktree.branch]
-        if worktree.head != new:
-            continue
         try:
             git.fast_forward(worktree.path, old, new)
         except CommandError as exc:

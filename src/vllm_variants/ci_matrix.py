@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from .errors import SelectionError
-from .matrix import Matrix, Variant
+from .matrix import Variant
 from .project import Project
 
 FORMATS = ("github",)
@@ -47,17 +47,11 @@ def github_matrix(variants: Iterable[Variant]) -> dict[str, list[dict[str, Any]]
     return {"include": [entry(v) for v in variants]}
 
 
-def selected(matrix: Matrix, sms: Iterable[str] = (), *, arm64: bool = False,
-             systems: Iterable[str] = ()) -> list[Variant]:
-    """Every enabled variant, or those --sm / --system ask for."""
-    sms, systems = list(sms), list(systems)
-    return matrix.select(sms, arm64=arm64, systems=systems, all=not (sms or systems))
-
-
 def show(project: Project, *, fmt: str = "github", sms: Iterable[str] = (), arm64: bool = False,
          systems: Iterable[str] = (), out: TextIO | None = None) -> None:
     if fmt not in FORMATS:
         raise SelectionError(f"unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
-    data = github_matrix(selected(project.matrix, sms, arm64=arm64, systems=systems))
+    # every enabled variant, or those --sm / --system ask for
+    data = github_matrix(project.matrix.select(sms, arm64=arm64, systems=systems, none_means_all=True))
     # One line: a step writes it to $GITHUB_OUTPUT as `matrix=<json>`.
     print(json.dumps(data, separators=(",", ":")), file=out or sys.stdout)

@@ -77,7 +77,7 @@ def tail(text: str, lines: int = 20) -> str:
 
 
 class CommandError(VariantsError):
-    """An external command failed; carries argv, exit code and stderr tail."""
+    """An external command failed; carries argv, exit code and stderr (its last line in the message)."""
 
     def __init__(self, argv: Sequence[str], returncode: int, stderr: str = "") -> None:
         self.argv = list(argv)
@@ -89,10 +89,6 @@ class CommandError(VariantsError):
             + (" ..." if len(self.argv) > 4 else "")
             + (f": {detail}" if detail else "")
         )
-
-    @property
-    def stderr_tail(self) -> str:
-        return tail(self.stderr)
 
 
 class UsageError(VariantsError):

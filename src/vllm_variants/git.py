@@ -131,16 +131,24 @@ class Git:
 
     @contextmanager
     def temporary_worktree(self, commit: str, *, parent: Path | None = None, name: str = "wt") -> Iterator[Path]:
-        """A detached worktree at `commit` in a fresh temporary directory, removed afterwards."""
+        """A detached worktree at `commit` in a fresh temporary directory, removed afterwards.
+
+        Only this worktree is cleaned up: `git worktree prune` would also drop
+        the entries of the user's own worktrees whose directories are missing
+        (an unmounted disk, a moved folder), which are theirs to keep.
+        """
         base = Path(tempfile.mkdtemp(prefix="vllm-variants-", dir=parent))
         path = base / name
+        admin: Path | None = None  # $GIT_DIR/worktrees/<id>, this worktree's entry
         try:
             self.run("worktree", "add", "--quiet", "--detach", path, commit)
+            admin = Path(self.out("rev-parse", "--absolute-git-dir", cwd=path))
             yield path
         finally:
-            self.run("worktree", "remove", "--force", path, check=False)
+            removed = self.run("worktree", "remove", "--force", path, check=False).returncode == 0
             shutil.rmtree(base, ignore_errors=True)
-            self.run("worktree", "prune", check=False)
+            if not removed and admin is not None:
+                _drop_worktree_entry(admin, path)
 
     def commit(self, worktree: Path, paths: Sequence[str], subject: str, body: str) -> str:
         """Commit `paths` in `worktree`; returns the new commit."""
@@ -148,14 +156,15 @@ class Git:
         self.run("commit", "--quiet", "-m", subject, "-m", body, cwd=worktree)
         return self.out("rev-parse", "HEAD", cwd=worktree)
 
-    def fast_forward(self, worktree: Path, old: str, new: str) -> None:
+    def fast_forward(self, worktree: Path, old: str, new: str, *, dry_run: bool = False) -> None:
         """Bring a clean worktree's index and files from `old` to `new` (refs untouched).
 
         read-tree's two-tree merge is what `git checkout` does: it changes only
         the files that differ between the two commits and refuses to overwrite
-        local changes or untracked files.
+        local changes or untracked files. dry_run: only find out whether it
+        would refuse (CommandError), changing nothing.
         """
-        self.run("read-tree", "-m", "-u", old, new, cwd=worktree)
+        self.run("read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new, cwd=worktree)
 
     # -- refs --------------------------------------------------------------
 
@@ -166,3 +175,22 @@ class Git:
             self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
         except CommandError as exc:
             raise GitError(f"no branch moved: git refused the ref transaction: {tail(exc.stderr, 1)}") from None
+
+
+def _drop_worktree_entry(admin: Path, path: Path) -> None:
+    """Delete one worktree's administrative entry, as `git worktree prune` would for it alone.
+
+    Only when the entry still names `path` (its `gitdir` file points at
+    `path/.git`), so an entry git has since given to another worktree stays.
+    """
+    try:
+        points_at = (admin / "gitdir").read_text(encoding="utf-8").strip()
+    except OSError:
+        return
+    if os.path.realpath(points_at) != os.path.realpath(path / ".git"):  # git records it resolved
+        return
+    shutil.rmtree(admin, ignore_errors=True)
+    try:
+        admin.parent.rmdir()  # $GIT_DIR/worktrees, when this was its last entry (as git leaves it)
+    except OSError:
+        pass

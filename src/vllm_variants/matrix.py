@@ -128,34 +128,37 @@ class Matrix:
                 f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(TOP_LEVEL_KEYS))}"
             )
-        defaults = dict(data.get("defaults", {}))
+        defaults = _table(data.get("defaults", {}), f"{where}: [defaults]", ", ".join(DEFAULT_KEYS))
         bad_defaults = sorted(set(defaults) - set(DEFAULT_KEYS))
         if bad_defaults:
             raise MatrixError(
                 f"{where}: unknown key(s) in [defaults]: {', '.join(bad_defaults)}; "
                 f"valid: {', '.join(DEFAULT_KEYS)}"
             )
-        systems_table = data.get("systems", {})
+        systems_table = _table(data.get("systems", {}), f"{where}: [systems]", "[systems.<system>] tables")
         if not systems_table:
             raise MatrixError(f"{where}: no [systems.<system>] table")
         systems = {}
         for system, spec in systems_table.items():
+            spec = _table(spec, f"{where}: [systems.{system}]", "exactly `suffix`")
             if set(spec) != {"suffix"}:
                 raise MatrixError(f"{where}: [systems.{system}] must hold exactly `suffix`")
-            systems[system] = str(spec["suffix"])
-        try:
-            ram_per_job = int(data["build"]["ram_per_job_gib"])
-        except (KeyError, TypeError, ValueError):
-            raise MatrixError(f"{where}: [build] needs an integer ram_per_job_gib") from None
-        if ram_per_job < 1:
-            raise MatrixError(f"{where}: [build] ram_per_job_gib must be at least 1")
+            systems[system] = _string(spec, "suffix", f"{where}: [systems.{system}]", '"-arm64" (or "")',
+                                      empty=True)
+        build = _table(data.get("build", {}), f"{where}: [build]", "ram_per_job_gib")
+        if "ram_per_job_gib" not in build:
+            raise MatrixError(f"{where}: [build] needs an integer ram_per_job_gib")
+        ram_per_job = _integer(build, "ram_per_job_gib", f"{where}: [build]", "8 (GiB)")
 
         rows = data.get("variant", [])
+        if not isinstance(rows, list):
+            raise MatrixError(f"{where}: variant must be [[variant]] tables, not {_described(rows)}")
         if not rows:
             raise MatrixError(f"{where}: no [[variant]] tables")
         variants = []
         for index, row in enumerate(rows, start=1):
-            variants.append(_variant(row, defaults, systems, f"{where}: variant #{index}"))
+            row = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
+            variants.append(_variant(row, defaults, systems, f"{where}: variant #{index}", f"{where}: [defaults]"))
         names = [v.name for v in variants]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -200,7 +203,7 @@ class Matrix:
             if arm64 and not variant.arm64:
                 raise SelectionError(f"--arm64 conflicts with '{text}', an {variant.system} variant")
             return self._usable(variant)
-        sm = _normalise_sm(text)
+        sm = normalise_sm(text)
         if sm is None:
             raise SelectionError(
                 f"'{token}' is not an SM; give a number like 90, sm90 or a full variant name; "
@@ -234,14 +237,19 @@ class Matrix:
         arm64: bool = False,
         systems: Iterable[str] = (),
         all: bool = False,
+        none_means_all: bool = False,
     ) -> list[Variant]:
         """The variants a command line asks for, in matrix order, no duplicates.
 
         `sms` items may hold comma-separated lists ('80,89,90'); `systems`
         selects every enabled variant of those systems; `all` every enabled one.
+        `none_means_all`: asking for nothing selects every enabled variant
+        instead of being refused (commands that only look: the CI matrix,
+        `publish --check`).
         """
         tokens = [t for item in sms for t in str(item).split(",") if t.strip()]
         systems = list(systems)
+        all = all or (none_means_all and not (tokens or systems))
         if not (tokens or systems or all):
             raise SelectionError(
                 "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), "
@@ -266,7 +274,8 @@ class Matrix:
         return variant
 
 
-def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where) -> Variant:
+def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where: str,
+             defaults_where: str) -> Variant:
     unknown = sorted(set(row) - VARIANT_KEYS)
     if unknown:
         raise MatrixError(
@@ -280,14 +289,22 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     if missing_defaults:
         raise MatrixError(f"{where}: no value for {', '.join(missing_defaults)} (set it in [defaults])")
 
-    sm, capability = str(merged["sm"]), str(merged["capability"])
-    cuda, system = str(merged["cuda"]), str(merged["system"])
+    def at(key: str) -> str:  # a wrong value is reported where it was written
+        return where if key in row else defaults_where
+
+    sm = _string(merged, "sm", at("sm"), '"90"')
+    capability = _string(merged, "capability", at("capability"), '"9.0"')
+    cuda = _string(merged, "cuda", at("cuda"), '"12.9"')
+    system = _string(merged, "system", at("system"), '"x86_64-linux"')
+    python = _string(merged, "python", at("python"), '"python312"')
+    arch = _string(merged, "arch", at("arch"), '"Hopper"')
+    min_driver = _integer(merged, "min_driver", at("min_driver"), "560 (the driver's major version)")
     if not _SM.match(sm):
         raise MatrixError(f"{where}: sm '{sm}' is not like \"90\" or \"100\"")
     if not _CAPABILITY.match(capability) or capability.replace(".", "") != sm:
         raise MatrixError(f"{where}: capability '{capability}' does not match sm '{sm}'")
     if not _CUDA.match(cuda):
-        raise MatrixError(f"{where}: cuda '{cuda}' is not like \"12.9\"")
+        raise MatrixError(f"{at('cuda')}: cuda '{cuda}' is not like \"12.9\"")
     if system not in systems:
         raise MatrixError(f"{where}: system '{system}' is not one of {', '.join(systems)}")
     gpus = merged["gpus"]
@@ -298,29 +315,62 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
         raise MatrixError(f"{where}: disabled must be a reason (a non-empty string)")
 
     cuda_tag = "cuda" + cuda.replace(".", "_")
-    python = str(merged["python"])
     return Variant(
         name=f"vllm-{python}-{cuda_tag}-sm{sm}{systems[system]}",
         sm=sm,
         capability=capability,
-        arch=str(merged["arch"]),
+        arch=arch,
         gpus=tuple(gpus),
         system=system,
         python=python,
         cuda=cuda,
         cuda_tag=cuda_tag,
         cuda_packages="cudaPackages_" + cuda.replace(".", "_"),
-        min_driver=int(merged["min_driver"]),
+        min_driver=min_driver,
         disabled=disabled,
     )
 
 
+# -- value types: TOML gives int, float, bool, str, list, dict, dates ----------
+
+
+def _described(value: Any) -> str:
+    """A TOML value as a user wrote it: '"525.60.13"', 'the number 12.9', 'a table'."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _table(value: Any, where: str, holding: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise MatrixError(f"{where} must be a table (holding {holding}), not {_described(value)}")
+    return value
+
+
+def _string(table: Mapping[str, Any], key: str, where: str, example: str, *, empty: bool = False) -> str:
+    value = table[key]
+    if not isinstance(value, str) or not (empty or value.strip()):
+        raise MatrixError(f"{where}: {key} must be a string like {example}, not {_described(value)}")
+    return value
+
+
+def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> int:
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MatrixError(f"{where}: {key} must be a positive whole number like {example}, not {_described(value)}")
+    return value
+
+
 def normalise_sm(text: str) -> str | None:
     """'90', 'sm90', 'SM_90a', '9.0' -> '90' / '90a'; None when it is not an SM."""
-    return _normalise_sm(text)
-
-
-def _normalise_sm(text: str) -> str | None:
     lowered = text.lower()
     if lowered.startswith("sm_"):
         lowered = lowered[3:]

@@ -21,9 +21,9 @@ Signing, as tried on a single-user root install (Nix 2.26):
   of the daemon (a plain user of a root install gets "attempt to write a
   readonly database").
 
-`--check` evaluates each variant's out path (no build) and asks the cache for
-it: `nix copy` uploads references before the paths that need them, so a cache
-written by it that holds the out path holds the closure.
+`--check` evaluates the variants' out paths (one Nix process, no build) and
+asks the cache for them: `nix copy` uploads references before the paths that
+need them, so a cache written by it that holds the out path holds the closure.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
-from .errors import PublishError
+from .errors import CommandError, PublishError
 from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
 from .project import Project
@@ -124,10 +124,29 @@ def require_uri(to: str) -> None:
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
-    """{path: signers} for the paths `store` holds."""
-    if missing_file_cache(store):
+    """{path: signers} for the paths `store` holds.
+
+    Nix.realised's way, asked of the cache: Nix >= 2.19 prints null for a
+    path the store lacks, older ones may fail the whole call instead, so a
+    failing batch is asked path by path. Unlike Nix.realised (local store,
+    closure sizes), a failure that is the store's own (an unknown scheme, an
+    unreachable host: the store does not even open) is raised, never read
+    as "the cache holds nothing".
+    """
+    if missing_file_cache(store) or not paths:
         return {}
-    infos = nix.path_info(list(paths), closure=False, store=store)
+    try:
+        infos = nix.path_info(list(paths), closure=False, store=store)
+    except CommandError:
+        opens = nix.run("store", "info" if nix.new_cli else "ping", "--store", store, check=False)
+        if opens.returncode != 0:
+            raise
+        infos = {}
+        for path in paths:
+            try:
+                infos.update(nix.path_info([path], closure=False, store=store))
+            except CommandError:
+                pass  # how an older Nix says the store lacks it
     return {path: signers(info) for path, info in infos.items() if is_valid_info(info)}
 
 
@@ -248,9 +267,8 @@ def make_plan(project: Project, variants: Sequence[Variant], to: str, key: Signi
     if key and "secret-key" in query_params(to):
         raise PublishError(f"{to} already names a secret-key; drop it or --sign-key, not both")
     outs = built_paths(project, variants)
-    local = nix.path_info(list(outs.values()), closure=False)
-    gone = [(v, f"{outs[v.name]} is not valid in the Nix store") for v in variants
-            if not is_valid_info(local.get(outs[v.name]))]
+    local = nix.realised(list(outs.values()))
+    gone = [(v, f"{outs[v.name]} is not valid in the Nix store") for v in variants if outs[v.name] not in local]
     if gone:
         raise not_built(gone)
     entries = []
@@ -318,13 +336,12 @@ def main(
     dry_run: bool = False,
 ) -> None:
     """`invoke publish`: select the variants, then copy them or (--check) ask the cache."""
+    # --check with no selection looks at every variant; copying needs a choice
+    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=check_only)
     if check_only:
-        # --check with no selection looks at every variant
-        picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all or not (sm or systems))
         overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
         check(project, picked, to=to, overrides=overrides)
         return
-    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all)
     publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
 
 
@@ -344,6 +361,32 @@ class Holding:
         return f"  {status}  {self.variant.name}  {self.path}{signed}"
 
 
+def out_paths(nix: Nix, project: Project, variants: Sequence[Variant],
+              overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """{variant name: out path}, from one Nix evaluation of exactly these variants.
+
+    `nix build --dry-run` takes several installables in one process, where
+    `nix eval` takes one: one evaluation, nothing built, and no other variant
+    evaluated (one this nixpkgs cannot build must not fail the check). With
+    substitutes off it asks no binary cache what it would fetch, and
+    --no-write-lock-file keeps flake.lock as it is, with --nixpkgs or without.
+    """
+    flake = flake_ref(project.root)
+    args = ["--no-write-lock-file", "--option", "substitute", "false", *nix.override_args(overrides or {})]
+    built, _ = nix.dry_run([f"{flake}#{v.attr_path()}" for v in variants], *args, cwd=project.root)
+    if len(built) != len(variants):
+        raise PublishError(f"nix build --dry-run --json listed {len(built)} derivations for {len(variants)} variants")
+    paths = {}
+    for variant, item in zip(variants, built):
+        outputs = item.get("outputs")
+        out = outputs.get("out") if isinstance(outputs, dict) else None
+        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
+            drv = item["drvPath"]
+            out = nix.derivation_outputs(drv["path"] if isinstance(drv, dict) else drv)["out"]
+        paths[variant.name] = out
+    return paths
+
+
 def check(
     project: Project,
     variants: Sequence[Variant],
@@ -353,7 +396,7 @@ def check(
     nix: Nix | None = None,
     out: TextIO | None = None,
 ) -> list[Holding]:
-    """Which variants `to` holds: each out path evaluated (nothing built), then asked for.
+    """Which variants `to` holds: their out paths evaluated (nothing built), then asked for.
 
     Raises PublishError (after the listing) when any variant is missing.
     """
@@ -361,11 +404,7 @@ def check(
     require_uri(to)
     nix = nix or Nix()
     nix.preflight()
-    flake = flake_ref(project.root)
-    paths = {
-        v.name: nix.eval_json(f"{flake}#{v.attr_path()}.outPath", overrides=overrides)
-        for v in variants
-    }
+    paths = out_paths(nix, project, variants, overrides)
     held = held_paths(nix, list(paths.values()), to)
     holdings = [
         Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ())))

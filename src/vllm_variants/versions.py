@@ -20,6 +20,7 @@ from .nix import locked_rev
 from .project import Project
 
 PATH = "nix/versions.json"
+INPUT = "nixpkgs"  # the flake input that pins nixpkgs
 KEYS = ("vllm", "torch", "python", "cuda")
 LABELS = {"vllm": "vLLM", "torch": "PyTorch", "python": "Python", "cuda": "CUDA"}
 
@@ -113,15 +114,40 @@ def load(project: Project) -> PinVersions:
         raise VariantsError(f"{PATH} is missing; `invoke bump-pin <rev>` writes it") from None
 
 
+def lock_rev(text: str, where: str = "flake.lock") -> str | None:
+    """The nixpkgs commit a flake.lock (its text) locks; None when it locks none."""
+    try:
+        rev = locked_rev(json.loads(text), INPUT)
+    except ValueError as exc:
+        raise VariantsError(f"{where} is not valid JSON ({exc}); restore it from git") from None
+    except (AttributeError, TypeError):  # JSON, but not shaped like a lock file
+        raise VariantsError(f"{where} is not a Nix lock file (no nodes/root); restore it from git") from None
+    return rev if isinstance(rev, str) else None
+
+
+def locked(project: Project) -> str | None:
+    """The nixpkgs commit a checkout's flake.lock locks; None when it locks none."""
+    try:
+        text = project.flake_lock.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VariantsError(
+            "flake.lock is missing: it records the nixpkgs commit; restore it with `git checkout -- flake.lock`"
+        ) from None
+    return lock_rev(text)
+
+
 def readme_section(project: Project) -> str:
     """The README's version matrix; refuses data that describes another pin than flake.lock."""
     pin = load(project)
-    lock = json.loads(project.flake_lock.read_text(encoding="utf-8"))
-    locked = locked_rev(lock, "nixpkgs")
-    if locked != pin.rev:
+    locked_now = locked(project)
+    if locked_now is None:
         raise VariantsError(
-            f"{PATH} describes nixpkgs {pin.rev} but flake.lock locks {locked}; "
-            f"run `invoke bump-pin {locked}` to re-evaluate the versions"
+            f"flake.lock locks no {INPUT} commit; run `invoke bump-pin {pin.rev}` to lock the one {PATH} describes"
+        )
+    if locked_now != pin.rev:
+        raise VariantsError(
+            f"{PATH} describes nixpkgs {pin.rev} but flake.lock locks {locked_now}; "
+            f"run `invoke bump-pin {locked_now}` to re-evaluate the versions"
         )
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, versions in pin.variants.items():
