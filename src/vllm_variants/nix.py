@@ -34,11 +34,15 @@ _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """'nix (Nix) 2.26.3' -> (2, 26, 3)."""
-    match = _VERSION.search(text)
-    if not match:
+    """'nix (Nix) 2.26.3' -> (2, 26, 3).
+
+    The last version on the line is Nix's: a distribution names itself and its
+    own version first, as in 'nix (Determinate Nix 3.18.1) 2.33.4'.
+    """
+    matches = _VERSION.findall(text)
+    if not matches:
         raise PreflightError(f"cannot read the Nix version from {text.strip()!r}")
-    major, minor, patch = match.groups()
+    major, minor, patch = matches[-1]
     return int(major), int(minor), int(patch or 0)
 
 
