@@ -7,9 +7,10 @@ where Nix changed; the side this machine's Nix is on also runs for real.
 from __future__ import annotations
 
 import pytest
+import support
 
 from vllm_variants.errors import PreflightError
-from vllm_variants.nix import parse_version
+from vllm_variants.nix import Nix, parse_version
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,21 @@ def test_the_nix_version_is_the_last_one_on_the_line(text, expected):
 def test_an_unreadable_version_is_one_line():
     with pytest.raises(PreflightError, match="^cannot read the Nix version from 'nix'$"):
         parse_version("nix\n")
+
+
+def at_version(version: tuple[int, int, int], **kwargs) -> Nix:
+    """A Nix that believes it is `version` (the real one runs what it is asked)."""
+    nix = Nix(env=support.nix_env(), **kwargs)
+    nix.__dict__["version"] = version  # the cached_property's slot
+    return nix
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize(("version", "command"), [((2, 19, 3), ["show-config"]), ((2, 20, 0), ["config", "show"])])
+def test_config_show_is_named_as_that_nix_names_it(version, command):
+    """`nix config show` is new in Nix 2.20 (release notes, NixOS/nix#9477); 2.19 has only
+    `nix show-config`, which later Nix keeps as an alias, so both run here for real."""
+    nix = at_version(version, options=[("cores", "7")])
+    assert nix.config_argv()[1:] == ["--extra-experimental-features", "nix-command", *command,
+                                     "--option", "cores", "7"]
+    assert nix.setting("cores") == "7" and "flakes" in nix.setting("experimental-features").split()

@@ -1,10 +1,11 @@
 """The nix CLI, across versions 2.18 through current.
 
-Nix changed interfaces at 2.19 (see ../shared/NIXPKGS-FACTS.md):
-- updating one input: `nix flake update <input>` (2.19+) versus
-  `nix flake lock --update-input <input>` (2.18; a deprecated alias later);
-- `nix path-info --json`: a list (2.18) versus an object keyed by path (2.19+);
-- `nix config show` (2.19+) versus `nix show-config` (2.18).
+Nix changed interfaces at (see ../shared/NIXPKGS-FACTS.md and Nix's release notes):
+- 2.19: updating one input is `nix flake update <input>`, before that
+  `nix flake lock --update-input <input>` (a deprecated alias later);
+  `nix path-info --json` prints an object keyed by path, before that a list;
+- 2.20: `nix show-config` became `nix config show` (NixOS/nix#9477; the old
+  name stays as a deprecated alias).
 Callers use this module and never branch on the version themselves.
 """
 
@@ -15,7 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,6 @@ class Nix:
     options: Sequence[tuple[str, str]] = ()
     env: Mapping[str, str] | None = None
     echo: bool = False
-    _config: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     # -- identity and pre-flight ------------------------------------------
 
@@ -72,21 +72,22 @@ class Nix:
         """True from Nix 2.19 on (flake update <input>, path-info object)."""
         return self.version >= (2, 19)
 
+    def config_argv(self) -> list[str]:
+        """`nix config show` from Nix 2.20 on, `nix show-config` before."""
+        sub = ["config", "show"] if self.version >= (2, 20) else ["show-config"]
+        return [self.executable, "--extra-experimental-features", "nix-command", *sub, *self._option_args()]
+
+    @cached_property
+    def _config(self) -> dict[str, str]:
+        parsed: dict[str, str] = {}
+        for line in run(self.config_argv(), env=self.env).stdout.splitlines():
+            key, sep, value = line.partition(" = ")
+            if sep:
+                parsed[key.strip()] = value.strip()
+        return parsed
+
     def config(self) -> dict[str, str]:
         """Effective settings (`nix config show`), nix-command forced on."""
-        if self._config is None:
-            sub = ["config", "show"] if self.new_cli else ["show-config"]
-            proc = run(
-                [self.executable, "--extra-experimental-features", "nix-command", *sub,
-                 *self._option_args()],
-                env=self.env,
-            )
-            parsed: dict[str, str] = {}
-            for line in proc.stdout.splitlines():
-                key, sep, value = line.partition(" = ")
-                if sep:
-                    parsed[key.strip()] = value.strip()
-            self._config = parsed
         return self._config
 
     def setting(self, name: str) -> str:
