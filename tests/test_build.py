@@ -352,8 +352,10 @@ PREFLIGHT = {
     "nix-too-old": (["--sm", "90"], {"PATH": "OLD_NIX"},
                     "error: Nix 2.17.1 is too old: nixpkgs needs Nix >= 2.18; upgrade Nix"),
     "flakes-off": (["--sm", "90"], {"NIX_CONFIG": "FLAKES_OFF"},
-                   "error: Nix experimental feature(s) flakes not enabled: add 'experimental-features = "
+                   "error: Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
                    "nix-command flakes' to ~/.config/nix/nix.conf"),
+    "only-nix-command": (["--sm", "90"], {"NIX_CONFIG": "NIX_COMMAND_ONLY"},
+                         "error: Nix's experimental feature 'flakes' is not enabled"),
     "aarch64-without-builder": (["--sm", "90", "--arm64"], {}, "error: no machine can build aarch64-linux "
                                 "variants: this is x86_64-linux, and CUDA is never cross-compiled in nixpkgs, "
                                 "so a aarch64-linux builder is needed. Add one that advertises big-parallel"),
@@ -369,8 +371,10 @@ def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, cas
     for key, value in env_changes.items():
         if value == "OLD_NIX":
             value = f"{_old_nix(tmp_path / 'old')}:{env['PATH']}"
-        elif value == "FLAKES_OFF":
-            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes", "experimental-features =")
+        elif value in ("FLAKES_OFF", "NIX_COMMAND_ONLY"):
+            features = "nix-command" if value == "NIX_COMMAND_ONLY" else ""
+            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
+                                              f"experimental-features = {features}")
         env[key] = value
     if case == "nix-missing":
         assert shutil.which("nix", path=env["PATH"]) is None
@@ -382,6 +386,18 @@ def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, cas
     assert error_line(proc).startswith(expected)
     assert proc.stdout == ""  # failed before planning: nothing evaluated
     untouched(project, lock)
+
+
+def test_flakes_alone_are_enough_the_tool_turns_nix_command_on_itself(project, standin):
+    """A nix.conf that enables only flakes (no nix-command): pre-flight passes and so
+    does every nix call after it, because each one enables nix-command itself."""
+    env = support.nix_env()
+    env["NIX_CONFIG"] = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
+                                                  "experimental-features = flakes")
+    assert support.nix("flake", "metadata", str(support.STANDIN), env=env, check=False).returncode != 0
+    proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(standin(salt=unique("flakes-only"))),
+                     env=env))
+    assert os.readlink(project / f"result-{SM90.name}").startswith("/nix/store/"), proc.stdout
 
 
 def test_a_remote_builder_for_the_system_passes_preflight(project):

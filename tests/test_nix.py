@@ -46,6 +46,6 @@ def test_config_show_is_named_as_that_nix_names_it(version, command):
     """`nix config show` is new in Nix 2.20 (release notes, NixOS/nix#9477); 2.19 has only
     `nix show-config`, which later Nix keeps as an alias, so both run here for real."""
     nix = at_version(version, options=[("cores", "7")])
-    assert nix.config_argv()[1:] == ["--extra-experimental-features", "nix-command", *command,
+    assert nix.config_argv()[1:] == [*command, "--extra-experimental-features", "nix-command",
                                      "--option", "cores", "7"]
     assert nix.setting("cores") == "7" and "flakes" in nix.setting("experimental-features").split()

@@ -21,16 +21,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, SelectionError, ToolMissing, tail
+from .errors import CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, spawn
 
 MIN_VERSION = (2, 18)
-FLAKE_FEATURES = ("nix-command", "flakes")
+# The `nix` CLI is itself the experimental feature nix-command: this tool's own
+# need, so every call it makes turns it on (added to whatever nix.conf enables).
+# Flakes are what the user builds, so they must enable those; pre-flight says how.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 ENABLE_FLAKES_HINT = (
     "add 'experimental-features = nix-command flakes' to ~/.config/nix/nix.conf "
     "(or /etc/nix/nix.conf, then restart nix-daemon)"
 )
+NOT_INSTALLED = "nix is not installed (not on PATH): install Nix >= 2.18 (https://nixos.org/download) and enable flakes"
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -74,8 +78,7 @@ class Nix:
 
     def config_argv(self) -> list[str]:
         """`nix config show` from Nix 2.20 on, `nix show-config` before."""
-        sub = ["config", "show"] if self.version >= (2, 20) else ["show-config"]
-        return [self.executable, "--extra-experimental-features", "nix-command", *sub, *self._option_args()]
+        return self.argv(*(["config", "show"] if self.version >= (2, 20) else ["show-config"]))
 
     @cached_property
     def _config(self) -> dict[str, str]:
@@ -87,37 +90,46 @@ class Nix:
         return parsed
 
     def config(self) -> dict[str, str]:
-        """Effective settings (`nix config show`), nix-command forced on."""
+        """Effective settings (`nix config show`), as every call of ours sees them."""
         return self._config
 
     def setting(self, name: str) -> str:
         return self.config().get(name, "")
 
-    def missing_features(self) -> list[str]:
-        enabled = self.setting("experimental-features").split()
-        return [f for f in FLAKE_FEATURES if f not in enabled]
+    def flakes_enabled(self) -> bool:
+        return "flakes" in self.setting("experimental-features").split()
 
-    def preflight(self) -> None:
-        """Nix present, >= 2.18, flakes on; else one PreflightError line."""
+    def problems(self) -> list[str]:
+        """What keeps this Nix from building the flake, one line each with its fix.
+
+        Empty when nothing does. preflight() raises the first; `invoke doctor`
+        lists them all. Stops early where Nix cannot be asked any further.
+        """
         try:
             version = self.version
         except ToolMissing:
-            raise PreflightError(
-                "nix is not installed (not on PATH): install Nix >= 2.18 "
-                "(https://nixos.org/download) and enable flakes"
-            ) from None
+            return [NOT_INSTALLED]
         except CommandError as exc:
-            raise PreflightError(f"'nix --version' failed: {exc}") from None
+            return [f"'nix --version' failed: {exc}"]
+        except PreflightError as exc:  # a version it cannot read
+            return [str(exc)]
+        found = []
         if version < MIN_VERSION:
-            raise PreflightError(
-                f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
-                f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix"
-            )
-        missing = self.missing_features()
-        if missing:
-            raise PreflightError(
-                f"Nix experimental feature(s) {' and '.join(missing)} not enabled: {ENABLE_FLAKES_HINT}"
-            )
+            found.append(f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
+                         f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
+        try:
+            flakes = self.flakes_enabled()
+        except VariantsError as exc:
+            return [*found, f"cannot read the Nix configuration: {exc}"]
+        if not flakes:
+            found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
+        return found
+
+    def preflight(self) -> None:
+        """Nix present, >= 2.18, flakes on; else one PreflightError line."""
+        found = self.problems()
+        if found:
+            raise PreflightError(found[0])
 
     # -- argv building --------------------------------------------------
 
@@ -128,8 +140,12 @@ class Nix:
         return args
 
     def argv(self, *args: str | os.PathLike[str]) -> list[str]:
-        """[nix, *args, --option ...] for a command that takes options."""
-        return [self.executable, *map(os.fspath, args), *self._option_args()]
+        """[nix, *args, nix-command on, --option ...]: every nix call but `nix --version`.
+
+        Flags last: Nix reads them wherever they are and checks features only
+        after parsing, and error lines show `nix <command> ...` first.
+        """
+        return [self.executable, *map(os.fspath, args), *NIX_COMMAND, *self._option_args()]
 
     @staticmethod
     def override_args(overrides: Mapping[str, str]) -> list[str]:
