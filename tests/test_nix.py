@@ -10,7 +10,7 @@ import pytest
 import support
 
 from vllm_variants.errors import PreflightError
-from vllm_variants.nix import Nix, parse_version
+from vllm_variants.nix import Nix, is_valid_info, parse_version
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,24 @@ def test_config_show_is_named_as_that_nix_names_it(version, command):
     assert nix.config_argv()[1:] == [*command, "--extra-experimental-features", "nix-command",
                                      "--option", "cores", "7"]
     assert nix.setting("cores") == "7" and "flakes" in nix.setting("experimental-features").split()
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    ((2, 18, 1), ["--json"]),
+    ((2, 32, 9), ["--json"]),  # 2.32 rejects --json-format
+    ((2, 33, 0), ["--json", "--json-format", "1"]),  # 2.33 warns without it (NixOS/nix#14704)
+])
+def test_path_info_asks_for_the_keyed_json_where_nix_has_the_flag(version, expected):
+    assert at_version(version).path_info_json() == expected
+
+
+@pytest.mark.nix
+def test_path_info_reads_this_nix_and_an_absent_path(tmp_path):
+    nix = Nix(env=support.nix_env())
+    (tmp_path / "f").write_text("vllm-variants path-info\n")
+    path = support.nix("store", "add-path", tmp_path / "f", env=nix.env).stdout.strip()
+    absent = path.replace(path.split("/")[-1][:32], "0" * 32)
+    infos = nix.path_info([path, absent])
+    assert is_valid_info(infos[path]) and infos[path]["closureSize"] > 0
+    assert not is_valid_info(infos.get(absent))
+    assert nix.realised([path, absent]).keys() == {path}

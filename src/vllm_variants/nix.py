@@ -5,7 +5,9 @@ Nix changed interfaces at (see ../shared/NIXPKGS-FACTS.md and Nix's release note
   `nix flake lock --update-input <input>` (a deprecated alias later);
   `nix path-info --json` prints an object keyed by path, before that a list;
 - 2.20: `nix show-config` became `nix config show` (NixOS/nix#9477; the old
-  name stays as a deprecated alias).
+  name stays as a deprecated alias);
+- 2.33: `nix path-info --json` wants `--json-format 1` (the keyed-by-path
+  shape) and warns without it; older Nix rejects the flag (NixOS/nix#14704).
 Callers use this module and never branch on the version themselves.
 """
 
@@ -187,6 +189,11 @@ class Nix:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
         return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
 
+    def path_info_json(self) -> list[str]:
+        """`--json`, plus `--json-format 1` where Nix has it (2.33+): without it Nix
+        warns that the default will go; before 2.33 the flag is an error."""
+        return ["--json", "--json-format", "1"] if self.version >= (2, 33) else ["--json"]
+
     def path_info(
         self,
         paths: Sequence[str],
@@ -203,7 +210,7 @@ class Nix:
         """
         if not paths:
             return {}
-        args = ["path-info", "--json", *(["--closure-size"] if closure else []),
+        args = ["path-info", *self.path_info_json(), *(["--closure-size"] if closure else []),
                 *(["--recursive"] if recursive else []), *(["--store", store] if store else []), *paths]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
