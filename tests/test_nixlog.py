@@ -99,7 +99,8 @@ these 2 paths will be fetched (1234.56 MiB download, 4567.00 MiB unpacked):
 """
     plan = parse_dry_run(stderr)
     assert plan.will_build == (TORCH, VLLM, ENV)
-    assert len(plan.will_fetch) == 2 and (plan.download_mib, plan.unpacked_mib) == (1234.56, 4567.0)
+    assert len(plan.will_fetch) == 2
+    assert (plan.download_bytes, plan.unpacked_bytes) == (round(1234.56 * 1024**2), 4567 * 1024**2)
     assert plan.unknown == ()
 
 
@@ -107,10 +108,43 @@ def test_dry_run_plan_singular_and_old_forms():
     single = parse_dry_run(f"this derivation will be built:\n  {ENV}\n"
                            "this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):\n"
                            "  /nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux\n")
-    assert single.will_build == (ENV,) and single.unpacked_mib == 0.01
+    assert single.will_build == (ENV,) and single.unpacked_bytes == round(0.01 * 1024**2)
     old = parse_dry_run(f"these derivations will be built:\n  {ENV}\n")  # before the count was printed
     assert old.will_build == (ENV,)
     assert parse_dry_run("").will_build == ()
+
+
+STDENV = "/nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux"
+
+
+@pytest.mark.parametrize(("head", "download", "unpacked"), [
+    # Nix 2.18 .. 2.32: always MiB, two decimals ("%.2f MiB", printMissing)
+    ("these 75 paths will be fetched (116.25 MiB download, 554.76 MiB unpacked):",
+     round(116.25 * 1024**2), round(554.76 * 1024**2)),
+    ("this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):", 0, round(0.01 * 1024**2)),
+    # Nix before the count was printed
+    ("these paths will be fetched (0.16 MiB download, 0.53 MiB unpacked):",
+     round(0.16 * 1024**2), round(0.53 * 1024**2)),
+    # Nix 2.33+: renderSize(), "%.1f %ciB" in the unit that fits, never below KiB
+    ("this path will be fetched (0.1 KiB download, 0.5 KiB unpacked):", round(0.1 * 1024), 512),
+    ("these 75 paths will be fetched (116.3 MiB download, 554.8 MiB unpacked):",
+     round(116.3 * 1024**2), round(554.8 * 1024**2)),
+    ("these 412 paths will be fetched (1.9 GiB download, 7.4 GiB unpacked):",
+     round(1.9 * 1024**3), round(7.4 * 1024**3)),
+    ("these 3 paths will be fetched (980.0 MiB download, 1.2 TiB unpacked):",
+     980 * 1024**2, round(1.2 * 1024**4)),
+    # units Nix has not printed here, read the same way if it ever does
+    ("these 2 paths will be fetched (512 B download, 3.5 MB unpacked):", 512, round(3.5 * 1024**2)),
+])
+def test_fetch_sizes_in_every_unit_nix_prints_are_bytes(head, download, unpacked):
+    plan = parse_dry_run(f"{head}\n  {STDENV}\n")
+    assert plan.will_fetch == (STDENV,)
+    assert (plan.download_bytes, plan.unpacked_bytes) == (download, unpacked)
+
+
+def test_unreadable_fetch_sizes_keep_the_paths():
+    plan = parse_dry_run(f"these 2 paths will be fetched (a lot download, more unpacked):\n  {STDENV}\n")
+    assert plan.will_fetch == (STDENV,) and plan.download_bytes is None
 
 
 def test_names_follow_nix_drvname():

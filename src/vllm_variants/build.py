@@ -38,7 +38,7 @@ from .matrix import Matrix, Variant
 from .nix import Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, store_name, version_of
 from .project import Project
-from .resources import Host
+from .resources import Host, format_bytes
 from .runner import format_argv, spawn
 
 # Derivations that compile CUDA kernels (hours each): named in the plan.
@@ -342,8 +342,8 @@ class VariantPlan:
 def _fetch_text(dry: DryRun) -> str:
     n = len(dry.will_fetch)
     text = f"{n} path{'s' * (n != 1)}"
-    if n:
-        text += f" ({dry.download_mib:.2f} MiB download, {dry.unpacked_mib:.2f} MiB unpacked)"
+    if n and dry.download_bytes is not None:
+        text += f" ({format_bytes(dry.download_bytes)} download, {format_bytes(dry.unpacked_bytes)} unpacked)"
     return text
 
 
