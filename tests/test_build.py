@@ -409,6 +409,15 @@ def test_a_remote_builder_for_the_system_passes_preflight(project):
     assert f"{GH200.name} (aarch64-linux, on remote builder ssh-ng://builder@gh200): build " in proc.stdout
 
 
+def test_max_jobs_zero_in_nix_conf_plans_several_variants_for_the_builder_only(project):
+    builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
+    env = support.nix_env("builders =\nextra-platforms =\nmax-jobs = 0")
+    proc = ok(invoke(project, "build", "--sm", "90,100", "--arm64", "--dry-run", "--builders", builder,
+                     "--nixpkgs", str(support.STANDIN), "--json", "plan.json", env=env))
+    assert "concurrency: max-jobs 0 (Nix's setting): nothing builds here" in proc.stdout, proc.stdout
+    assert json.loads((project / "plan.json").read_text())["concurrency"]["max_jobs"] is None
+
+
 def test_a_machines_file_counts_as_builders(project, tmp_path):
     machines = tmp_path / "machines"
     machines.write_text("# GH200 in the lab\nssh-ng://lab-gh200 aarch64-linux - 4 1 big-parallel,kvm\n")

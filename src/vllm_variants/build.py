@@ -251,7 +251,8 @@ def plan_concurrency(
     --max-jobs = min(variants, budget), --cores = budget / --max-jobs.
     An explicit --cores or --max-jobs wins (the other is derived from it),
     with a warning when the two exceed the budget. Remote builders clamp
-    their own builds; this is about this machine.
+    their own builds; this is about this machine, so max-jobs 0 (given or
+    Nix's setting: remote builders only) plans nothing.
     """
     budget = host.nvcc_jobs(ram_per_job_gib)
     machine = (f"this machine has {host.cores} cores and {host.mem_gib:.0f} GiB RAM = {budget} nvcc "
@@ -259,6 +260,11 @@ def plan_concurrency(
     settings = nix_settings or {}
     if max_jobs == 0:
         return Concurrency(0, cores, budget, "--max-jobs 0: nothing builds here, remote builders do it all")
+    if max_jobs is None and _setting(settings.get("max-jobs"), host.cores, 1) == 0:
+        # nix.conf (or --option) says build nothing here: planning a --max-jobs
+        # would override it and build locally what prepare() sent to a builder.
+        return Concurrency(None, cores, budget,
+                           "max-jobs 0 (Nix's setting): nothing builds here, remote builders do it all")
     if cores is None and max_jobs is None:
         if n_variants <= 1:
             return Concurrency(None, None, budget,
