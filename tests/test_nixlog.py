@@ -5,10 +5,11 @@ src/libmain/shared.cc). tests/test_build.py reads the real thing from Nix 2.26."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from vllm_variants.nixlog import NixLog, package_name, parse_dry_run, store_name, version_of
+from vllm_variants.nixlog import NixLog, package_name, parse_dry_run, read_lines, store_name, version_of
 
 TORCH = "/nix/store/06z03bh4hk8iig6nb57yy6xff985p8fn-python3.12-torch-2.9.1.drv"
 VLLM = "/nix/store/7b3kxh171qylhzkdw704kp6dm183s5nq-python3.12-vllm-python312-cuda12_9-sm90-0.15.1.drv"
@@ -153,3 +154,24 @@ def test_names_follow_nix_drvname():
     assert package_name(VLLM) == "vllm-python312-cuda12_9-sm90" and version_of(VLLM) == "0.15.1"
     assert package_name("/nix/store/pdz918pnsfqybqr9q3lzflijs3y6m60l-nccl-2.27.3.drv") == "nccl"
     assert package_name("/nix/store/yni1xywfhvjsxq0h0zd8d4kc3wj98ibf-cuda12.9-cuda_nvcc-12.9.86.drv") == "cuda12.9-cuda_nvcc"
+
+
+def test_a_silent_pipe_yields_none_then_its_lines_as_they_come():
+    """The reader tells its caller when nothing arrived (to print a status line
+    on time), returns whole lines, and ends when the writer closes."""
+    r, w = os.pipe()
+    try:
+        lines = read_lines(r, poll_s=0.01)
+        assert next(lines) is None  # nothing written: the caller gets control back
+        os.write(w, b"@nix {}\nhalf a li")
+        assert next(lines) == "@nix {}\n"
+        assert next(lines) is None  # a partial line is held until its newline
+        os.write(w, "ne \u2713\n".encode() + b"\xff\xfe")
+        assert next(lines) == "half a line \u2713\n"
+        os.close(w)
+        w = -1
+        assert list(lines) == ["\ufffd\ufffd"]  # the unterminated rest at end of file, bytes replaced
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)

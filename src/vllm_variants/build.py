@@ -19,7 +19,6 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -36,7 +35,7 @@ from .errors import BuildError, CommandError, PreflightError, SelectionError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant
 from .nix import Nix, error_message, flake_ref, input_ref
-from .nixlog import DryRun, Event, NixLog, package_name, store_name, version_of
+from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
 from .resources import Host, format_bytes
 from .runner import format_argv, spawn
@@ -45,6 +44,8 @@ from .runner import format_argv, spawn
 HEAVY = ("torch", "vllm", "xformers", "flashinfer", "magma", "nccl", "bitsandbytes", "cupy", "triton")
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
 STOP_GRACE_S = (20.0, 10.0)
+# How often the display hears from us while Nix prints nothing.
+POLL_S = 5.0
 
 
 # -- the request ------------------------------------------------------------
@@ -573,10 +574,7 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     try:
         with _terminations_interrupt(), display.running(reader, started):
             assert proc.stderr is not None
-            for line in io.TextIOWrapper(proc.stderr, encoding="utf-8", errors="replace"):
-                for event in reader.feed(line):
-                    logs.write(event)
-                    display.event(event)
+            follow(proc.stderr.fileno(), reader, logs, display)
             returncode = proc.wait()
     except KeyboardInterrupt:
         _stop(proc)
@@ -589,6 +587,18 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
         raise
     logs.close(f"nix exited with status {returncode}")
     return _outcomes(plan, reader, logs.paths, started)
+
+
+def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POLL_S) -> None:
+    """Feed Nix's log, line by line, to the reader, the log files and the
+    display until Nix closes it; tick the display whenever Nix is silent."""
+    for line in read_lines(fd, poll_s):
+        if line is None:
+            display.tick()
+            continue
+        for event in reader.feed(line):
+            logs.write(event)
+            display.event(event)
 
 
 @contextlib.contextmanager

@@ -3,8 +3,9 @@
 On a terminal: a rich Live area (progress bar over Nix's derivation count,
 the builds running now with their phase, elapsed time and last log line),
 finished builds and Nix's errors printed above it. Elsewhere (CI, a pipe):
-one plain line per event, and a status line every few minutes so a CI job
-compiling torch for hours is not killed for silence. rich is imported only
+one plain line per event, and a status line every few minutes, even while
+Nix prints nothing, so a CI job compiling torch for hours is not killed for
+silence. rich is imported only
 here and only when used.
 """
 
@@ -62,7 +63,13 @@ class Display:
         line = self.line(event)
         if line is not None:
             self.say(line)
-        elif self.clock() - self._last_line >= HEARTBEAT_S:
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Called after quiet events and while Nix prints nothing at all: a
+        status line once HEARTBEAT_S passed without a line."""
+        if self.clock() - self._last_line >= HEARTBEAT_S:
             self.say(self.status())
 
     def line(self, event: Event) -> str | None:
@@ -175,6 +182,9 @@ class LiveDisplay(Display):
         line = self.line(event)
         if line is not None and event.kind != "build-start":  # running builds are in the live area
             self.say(line)
+
+    def tick(self) -> None:
+        """Nothing to do: rich redraws the live area (elapsed times) by itself."""
 
     def render(self) -> Any:
         from rich.console import Group

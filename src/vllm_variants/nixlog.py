@@ -25,10 +25,12 @@ NixOS/nix#14364). Both are read as bytes.
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import PurePosixPath
@@ -176,6 +178,29 @@ def parse_dry_run(stderr: str) -> DryRun:
 
 
 # -- the structured log -----------------------------------------------------
+
+
+def read_lines(fd: int, poll_s: float) -> Iterator[str | None]:
+    """The lines of a pipe as they come (UTF-8, undecodable bytes replaced),
+    and None each time `poll_s` seconds pass without any output, so the caller
+    can act on time while Nix is silent (a torch link step can print nothing
+    for many minutes). select() on the pipe: no thread to outlive the build.
+    Ends at end of file."""
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], poll_s)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")  # no UTF-8 sequence holds a newline byte
+        for line in lines:
+            yield line.decode("utf-8", "replace") + "\n"
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
 
 
 @dataclass
