@@ -22,9 +22,22 @@ import gpu_replay
 import pytest
 import support
 
-from vllm_variants.build import plan_concurrency
+from vllm_variants.build import (
+    BuildPlan,
+    Concurrency,
+    Outcome,
+    Prepared,
+    Request,
+    Target,
+    VariantPlan,
+    _held_signals,
+    link_results,
+    plan_concurrency,
+)
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
+from vllm_variants.nixlog import DryRun
+from vllm_variants.project import Project
 from vllm_variants.resources import Host
 
 pytestmark = pytest.mark.nix
@@ -252,6 +265,64 @@ def test_a_failure_without_a_previous_result_leaves_no_link(project, standin, tm
     proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(broken))
     assert proc.returncode == 1 and "failed: python3.12-vllm-python312-cuda12_9-sm90-0.15.1" in proc.stdout
     assert list(project.glob("result*")) == []
+
+
+# -- the links, after Nix exited ----------------------------------------------------
+
+
+def _linking_plan(root: Path, nix: Nix) -> BuildPlan:
+    """A plan for SM 80 and 89 whose builds are done: only linking is left."""
+    project = Project(root)
+    plans = []
+    for variant in (SM80, SM89):
+        target = Target(variant, "this machine", project.result_link(variant))
+        plans.append(VariantPlan(target, "/nix/store/x.drv", "/nix/store/x", DryRun()))
+    prepared = Prepared(project, Request(), nix, [p.target for p in plans])
+    return BuildPlan(prepared, plans, DryRun(), Concurrency(None, None, 1, ""))
+
+
+def _store_file(tmp_path: Path) -> str:
+    (tmp_path / "payload").write_text(f"{uuid.uuid4()}\n")
+    return support.nix("store", "add-path", tmp_path / "payload").stdout.strip()
+
+
+def test_a_link_nix_cannot_make_is_recorded_and_the_others_are_made(tmp_path):
+    path = _store_file(tmp_path)
+    root = tmp_path / "p"
+    blocked = root / f"result-{SM80.name}"
+    (blocked / "inner").mkdir(parents=True)  # appeared while Nix was building
+    plan = _linking_plan(root, Nix(env=support.nix_env()))
+    outcomes = [Outcome(SM80, "built", store_path=path), Outcome(SM89, "built", store_path=path)]
+
+    link_results(plan, outcomes)
+
+    assert outcomes[0].status == "not linked" and not outcomes[0].ok
+    assert outcomes[0].link_error.startswith(f"cannot create symlink '{blocked}'"), outcomes[0].link_error
+    assert blocked.is_dir() and not blocked.is_symlink()
+    assert outcomes[1].status == "built" and os.readlink(root / f"result-{SM89.name}") == path
+    assert outcomes[0].to_json(root)["link_error"] == outcomes[0].link_error
+
+
+def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
+    """A Ctrl-C between two links is held: both links are made, and it is
+    honoured afterwards (main then writes the summary and exits 130)."""
+    path = _store_file(tmp_path)
+
+    class CtrlCMidway(Nix):
+        def add_root(self, store_path, link):
+            os.kill(os.getpid(), signal.SIGINT)  # as the terminal's Ctrl-C would, before each link
+            super().add_root(store_path, link)
+
+    root = tmp_path / "p"
+    plan = _linking_plan(root, CtrlCMidway(env=support.nix_env()))
+    outcomes = [Outcome(SM80, "built", store_path=path), Outcome(SM89, "fetched", store_path=path)]
+    before = signal.getsignal(signal.SIGINT)
+    with _held_signals() as held:
+        link_results(plan, outcomes)
+    assert held == [signal.SIGINT, signal.SIGINT]
+    assert [os.readlink(root / f"result-{v.name}") for v in (SM80, SM89)] == [path, path]
+    assert all(o.ok for o in outcomes)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # -- Ctrl-C ---------------------------------------------------------------------

@@ -123,3 +123,15 @@ def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
 def test_sizes_and_durations_read_like_nix():
     assert [format_bytes(n) for n in (None, 512, 46_000, 3 * 1024**3)] == ["-", "512 B", "44.9 KiB", "3.0 GiB"]
     assert [duration_text(s) for s in (0.04, 75, 7300)] == ["0.0s", "1m15s", "2h01m"]
+
+
+def test_the_report_names_a_link_that_was_not_updated(tmp_path):
+    from vllm_variants.build import Outcome
+
+    out = io.StringIO()
+    plan = plan_for(tmp_path)
+    Display(plan, out).report([Outcome(plan.variants[0].variant, "not linked", store_path="/nix/store/x-env",
+                                       link_error="cannot create symlink 'result-x'; already exists")], plan)
+    assert ("not linked: vllm-python312-cuda12_9-sm90 was built (/nix/store/x-env), but its result link was not "
+            "updated: cannot create symlink 'result-x'; already exists") in out.getvalue().splitlines()
+    assert "not linked" in out.getvalue().split("build summary")[1]

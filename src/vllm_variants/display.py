@@ -128,6 +128,11 @@ class Display:
         if not self.reader.failed_builds():
             for error in self.reader.errors:
                 self.say(error)
+        for o in outcomes:
+            if o.link_error:
+                self.say("")
+                self.say(f"not linked: {o.variant.name} was built ({o.store_path}), but its result link was "
+                         f"not updated: {o.link_error}")
         self.say("")
         self.summary(outcomes)
 

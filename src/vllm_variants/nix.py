@@ -260,9 +260,10 @@ class Nix:
         """Point `link` at `store_path` as a GC root (what `nix build` leaves).
 
         Nix swaps the link atomically and refuses to replace anything but a
-        link into the store, so a user's own file of that name is safe.
+        link into the store, so a user's own file of that name is safe. It
+        runs in its own session: a Ctrl-C the caller holds does not stop it.
         """
-        self.run("build", "--out-link", link, store_path)
+        self.run("build", "--out-link", link, store_path, new_session=True)
 
 
     def copy(self, paths: Sequence[str], *, to: str, echo: bool = False) -> None:

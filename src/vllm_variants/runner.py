@@ -48,11 +48,14 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     echo_to: IO[str] | None = None,
+    new_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion, capturing text stdout and stderr.
 
     Fails by default (check=True) with a CommandError. With echo=True the
     command is printed (to stderr) before it runs, as `$ nix build ...`.
+    new_session: out of the terminal's process group, so a Ctrl-C reaches
+    only us (for a step that must finish once begun).
     """
     args = _argv(argv)
     if echo:
@@ -67,6 +70,7 @@ def run(
             text=True,
             timeout=timeout,
             check=False,
+            start_new_session=new_session,
         )
     except FileNotFoundError as exc:
         if exc.filename in (args[0], None) or not Path(args[0]).exists():
