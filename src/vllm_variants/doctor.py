@@ -23,6 +23,7 @@ from .matrix import Matrix
 from .nix import MIN_VERSION, Nix
 from .project import Project
 from .resources import Host
+from .runner import CannotRun
 from .which import host_system, match
 
 ERROR, WARNING = "error", "warning"
@@ -135,6 +136,9 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
     """GPUs, their variants, driver minimums. Returns the systems the GPUs' variants need."""
     try:
         gpus: list[GPU] = detect(smi, env=env)
+    except CannotRun as exc:  # there, but not runnable: that is no "no GPU"
+        report.add(ERROR, str(exc))
+        return []
     except ToolMissing:
         report.add(WARNING, "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
                             "run them where a GPU is, or install the NVIDIA driver (>= 560)")
