@@ -60,7 +60,6 @@ class Nix:
     executable: str = "nix"
     options: Sequence[tuple[str, str]] = ()
     env: Mapping[str, str] | None = None
-    echo: bool = False
 
     # -- identity and pre-flight ------------------------------------------
 
@@ -156,20 +155,17 @@ class Nix:
             args += ["--override-input", name, ref]
         return args
 
-    def flake_update_argv(self, flake: str | os.PathLike[str], input_name: str) -> list[str]:
-        """Relock one input of `flake` (the command differs at 2.19)."""
-        if self.new_cli:
-            return self.argv("flake", "update", input_name, "--flake", flake)
-        return self.argv("flake", "lock", flake, "--update-input", input_name)
-
     def flake_update(self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None):
-        """Relock one input of `flake` (flake.lock is rewritten)."""
-        return run(self.flake_update_argv(flake, input_name), cwd=cwd, env=self.env, echo=self.echo)
+        """Relock one input of `flake` (flake.lock is rewritten; the command differs at 2.19)."""
+        if self.new_cli:
+            return self.run("flake", "update", input_name, "--flake", flake, cwd=cwd)
+        return self.run("flake", "lock", flake, "--update-input", input_name, cwd=cwd)
 
     # -- common calls -----------------------------------------------------
 
     def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
-        return run(self.argv(*args), cwd=cwd, env=self.env, echo=self.echo, **kwargs)
+        """runner.run of `nix *args` with this Nix's options and environment."""
+        return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
 
     def eval_json(
         self,
@@ -265,7 +261,6 @@ class Nix:
         """
         self.run("build", "--out-link", link, store_path, new_session=True)
 
-
     def copy(self, paths: Sequence[str], *, to: str, echo: bool = False) -> None:
         """`nix copy --to URI paths` (their closures).
 
@@ -273,9 +268,9 @@ class Nix:
         closure can take long to upload. On failure its error is there too.
         """
         argv = self.argv("copy", "--to", to, *paths)
-        if echo or self.echo:
+        if echo:
             print(f"$ {format_argv(argv)}", file=sys.stderr, flush=True)
-        proc = spawn(argv, env=self.env, stdout=None, stderr=None)
+        proc = spawn(argv, env=self.env, stdout=None, stderr=None)  # not run(): it would hold the progress back
         if proc.wait() != 0:
             raise CommandError(argv, proc.returncode, "see nix's error above")
 
@@ -284,7 +279,7 @@ class Nix:
         """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
         args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
                 *(["--store", store] if store else []), *paths]
-        return run(self.argv(*args), env=self.env, echo=echo or self.echo)
+        return self.run(*args, echo=echo)
 
 
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:

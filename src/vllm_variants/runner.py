@@ -81,7 +81,6 @@ def run(
     echo: bool = False,
     input: str | None = None,
     timeout: float | None = None,
-    echo_to: IO[str] | None = None,
     new_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion, capturing text stdout and stderr.
@@ -93,7 +92,7 @@ def run(
     """
     args = _argv(argv)
     if echo:
-        print(f"$ {format_argv(args)}", file=echo_to or sys.stderr, flush=True)
+        print(f"$ {format_argv(args)}", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(
             args,
