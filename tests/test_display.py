@@ -131,7 +131,7 @@ def test_the_report_names_a_link_that_was_not_updated(tmp_path):
     out = io.StringIO()
     plan = plan_for(tmp_path)
     Display(plan, out).report([Outcome(plan.variants[0].variant, "not linked", store_path="/nix/store/x-env",
-                                       link_error="cannot create symlink 'result-x'; already exists")], plan)
+                                       link_error="cannot create symlink 'result-x'; already exists")])
     assert ("not linked: vllm-python312-cuda12_9-sm90 was built (/nix/store/x-env), but its result link was not "
             "updated: cannot create symlink 'result-x'; already exists") in out.getvalue().splitlines()
     assert "not linked" in out.getvalue().split("build summary")[1]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .display import duration_text, make_display
+from .display import duration_text, make_display, relative
 from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant
@@ -488,17 +488,10 @@ class Outcome:
             "store_path": self.store_path,
             "closure_size": self.closure_size,
             "duration_s": round(self.duration_s, 3),
-            "log": _relative(self.log, root) if self.log else None,
+            "log": relative(self.log, root) if self.log else None,
             "failed_derivations": self.failed,
             "link_error": self.link_error,
         }
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 class VariantLogs:
@@ -734,7 +727,7 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
     # record of which.
     with _held_signals() as held:
         link_results(plan, outcomes)
-        display.report(outcomes, plan)
+        display.report(outcomes)
         if request.json_path:
             _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
                                             "variants": [o.to_json(project.root) for o in outcomes]})
@@ -748,7 +741,7 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
                              f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
                              f"was not updated: {first.link_error}")
         why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
-        log = f"; log: {_relative(first.log, project.root)}" if first.log else ""
+        log = f"; log: {relative(first.log, project.root)}" if first.log else ""
         raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built: {first.variant.name}{why}{log}")
     return outcomes
 

@@ -103,19 +103,14 @@ class Display:
 
     def interrupted(self, logs: dict[str, Path]) -> None:
         self.say("interrupted: nix was stopped; no result link was changed; partial logs: "
-                 + ", ".join(self.rel(p) for p in logs.values()))
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.plan.project.root))
-        except ValueError:
-            return str(path)
+                 + ", ".join(relative(p, self.plan.project.root) for p in logs.values()))
 
     # -- afterwards -------------------------------------------------------
 
-    def report(self, outcomes: list[Outcome], plan: BuildPlan) -> None:
+    def report(self, outcomes: list[Outcome]) -> None:
+        root = self.plan.project.root
         for build in self.reader.failed_builds():
-            logs = [self.rel(o.log) for o in outcomes if o.log and build.drv in o.failed]
+            logs = [relative(o.log, root) for o in outcomes if o.log and build.drv in o.failed]
             self.say("")
             self.say(f"failed: {build.name}")
             self.say(f"  derivation: {build.drv}")
@@ -151,7 +146,7 @@ class Display:
         if not console.is_terminal:
             console.width = 200  # a log or a pipe: one row per line
         console.print(table)
-        logs = [self.rel(o.log) for o in outcomes if o.log]
+        logs = [relative(o.log, self.plan.project.root) for o in outcomes if o.log]
         if logs:
             self.say(f"logs: {', '.join(logs)}")
 
@@ -217,6 +212,14 @@ class LiveDisplay(Display):
             lines.append(Text(f"fetching {', '.join(fetching[:4])}" + (" ..." if len(fetching) > 4 else ""),
                               "dim", no_wrap=True, overflow="ellipsis"))
         return Group(*lines)
+
+
+def relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` where it lies inside it (logs/...), else as it is."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def duration_text(seconds: float) -> str:
