@@ -22,9 +22,22 @@ import gpu_replay
 import pytest
 import support
 
-from vllm_variants.build import plan_concurrency
+from vllm_variants.build import (
+    BuildPlan,
+    Concurrency,
+    Outcome,
+    Prepared,
+    Request,
+    Target,
+    VariantPlan,
+    _held_signals,
+    link_results,
+    plan_concurrency,
+)
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
+from vllm_variants.nixlog import DryRun
+from vllm_variants.project import Project
 from vllm_variants.resources import Host
 
 pytestmark = pytest.mark.nix
@@ -169,7 +182,8 @@ def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
     assert f"build {expected} derivations (compiles " in line
     for heavy in ("torch 2.9.1", "vllm 0.15.1", "xformers", "flashinfer", "bitsandbytes", "nccl"):
         assert heavy in line
-    assert re.search(r"fetch 1 path \(\d+\.\d\d MiB download, \d+\.\d\d MiB unpacked\)", line)
+    # Nix's sizes in bytes, printed by format_bytes: the stdenv is a few KiB
+    assert re.search(r"fetch 1 path \(\d+(\.\d)? (B|KiB) download, \d+(\.\d)? (B|KiB) unpacked\)", line), line
     assert "dry run: nothing was built" in proc.stdout
 
     untouched(project, lock)
@@ -251,6 +265,64 @@ def test_a_failure_without_a_previous_result_leaves_no_link(project, standin, tm
     proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(broken))
     assert proc.returncode == 1 and "failed: python3.12-vllm-python312-cuda12_9-sm90-0.15.1" in proc.stdout
     assert list(project.glob("result*")) == []
+
+
+# -- the links, after Nix exited ----------------------------------------------------
+
+
+def _linking_plan(root: Path, nix: Nix) -> BuildPlan:
+    """A plan for SM 80 and 89 whose builds are done: only linking is left."""
+    project = Project(root)
+    plans = []
+    for variant in (SM80, SM89):
+        target = Target(variant, "this machine", project.result_link(variant))
+        plans.append(VariantPlan(target, "/nix/store/x.drv", "/nix/store/x", DryRun()))
+    prepared = Prepared(project, Request(), nix, [p.target for p in plans])
+    return BuildPlan(prepared, plans, DryRun(), Concurrency(None, None, 1, ""))
+
+
+def _store_file(tmp_path: Path) -> str:
+    (tmp_path / "payload").write_text(f"{uuid.uuid4()}\n")
+    return support.nix("store", "add-path", tmp_path / "payload").stdout.strip()
+
+
+def test_a_link_nix_cannot_make_is_recorded_and_the_others_are_made(tmp_path):
+    path = _store_file(tmp_path)
+    root = tmp_path / "p"
+    blocked = root / f"result-{SM80.name}"
+    (blocked / "inner").mkdir(parents=True)  # appeared while Nix was building
+    plan = _linking_plan(root, Nix(env=support.nix_env()))
+    outcomes = [Outcome(SM80, "built", store_path=path), Outcome(SM89, "built", store_path=path)]
+
+    link_results(plan, outcomes)
+
+    assert outcomes[0].status == "not linked" and not outcomes[0].ok
+    assert outcomes[0].link_error.startswith(f"cannot create symlink '{blocked}'"), outcomes[0].link_error
+    assert blocked.is_dir() and not blocked.is_symlink()
+    assert outcomes[1].status == "built" and os.readlink(root / f"result-{SM89.name}") == path
+    assert outcomes[0].to_json(root)["link_error"] == outcomes[0].link_error
+
+
+def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
+    """A Ctrl-C between two links is held: both links are made, and it is
+    honoured afterwards (main then writes the summary and exits 130)."""
+    path = _store_file(tmp_path)
+
+    class CtrlCMidway(Nix):
+        def add_root(self, store_path, link):
+            os.kill(os.getpid(), signal.SIGINT)  # as the terminal's Ctrl-C would, before each link
+            super().add_root(store_path, link)
+
+    root = tmp_path / "p"
+    plan = _linking_plan(root, CtrlCMidway(env=support.nix_env()))
+    outcomes = [Outcome(SM80, "built", store_path=path), Outcome(SM89, "fetched", store_path=path)]
+    before = signal.getsignal(signal.SIGINT)
+    with _held_signals() as held:
+        link_results(plan, outcomes)
+    assert held == [signal.SIGINT, signal.SIGINT]
+    assert [os.readlink(root / f"result-{v.name}") for v in (SM80, SM89)] == [path, path]
+    assert all(o.ok for o in outcomes)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # -- Ctrl-C ---------------------------------------------------------------------
@@ -352,8 +424,10 @@ PREFLIGHT = {
     "nix-too-old": (["--sm", "90"], {"PATH": "OLD_NIX"},
                     "error: Nix 2.17.1 is too old: nixpkgs needs Nix >= 2.18; upgrade Nix"),
     "flakes-off": (["--sm", "90"], {"NIX_CONFIG": "FLAKES_OFF"},
-                   "error: Nix experimental feature(s) flakes not enabled: add 'experimental-features = "
+                   "error: Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
                    "nix-command flakes' to ~/.config/nix/nix.conf"),
+    "only-nix-command": (["--sm", "90"], {"NIX_CONFIG": "NIX_COMMAND_ONLY"},
+                         "error: Nix's experimental feature 'flakes' is not enabled"),
     "aarch64-without-builder": (["--sm", "90", "--arm64"], {}, "error: no machine can build aarch64-linux "
                                 "variants: this is x86_64-linux, and CUDA is never cross-compiled in nixpkgs, "
                                 "so a aarch64-linux builder is needed. Add one that advertises big-parallel"),
@@ -369,8 +443,10 @@ def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, cas
     for key, value in env_changes.items():
         if value == "OLD_NIX":
             value = f"{_old_nix(tmp_path / 'old')}:{env['PATH']}"
-        elif value == "FLAKES_OFF":
-            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes", "experimental-features =")
+        elif value in ("FLAKES_OFF", "NIX_COMMAND_ONLY"):
+            features = "nix-command" if value == "NIX_COMMAND_ONLY" else ""
+            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
+                                              f"experimental-features = {features}")
         env[key] = value
     if case == "nix-missing":
         assert shutil.which("nix", path=env["PATH"]) is None
@@ -384,12 +460,33 @@ def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, cas
     untouched(project, lock)
 
 
+def test_flakes_alone_are_enough_the_tool_turns_nix_command_on_itself(project, standin):
+    """A nix.conf that enables only flakes (no nix-command): pre-flight passes and so
+    does every nix call after it, because each one enables nix-command itself."""
+    env = support.nix_env()
+    env["NIX_CONFIG"] = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
+                                                  "experimental-features = flakes")
+    assert support.nix("flake", "metadata", str(support.STANDIN), env=env, check=False).returncode != 0
+    proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(standin(salt=unique("flakes-only"))),
+                     env=env))
+    assert os.readlink(project / f"result-{SM90.name}").startswith("/nix/store/"), proc.stdout
+
+
 def test_a_remote_builder_for_the_system_passes_preflight(project):
     builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
     env = support.nix_env("builders =\nextra-platforms =")
     proc = ok(invoke(project, "build", "--sm", "90", "--arm64", "--dry-run", "--builders", builder,
                      "--nixpkgs", str(support.STANDIN), env=env))
     assert f"{GH200.name} (aarch64-linux, on remote builder ssh-ng://builder@gh200): build " in proc.stdout
+
+
+def test_max_jobs_zero_in_nix_conf_plans_several_variants_for_the_builder_only(project):
+    builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
+    env = support.nix_env("builders =\nextra-platforms =\nmax-jobs = 0")
+    proc = ok(invoke(project, "build", "--sm", "90,100", "--arm64", "--dry-run", "--builders", builder,
+                     "--nixpkgs", str(support.STANDIN), "--json", "plan.json", env=env))
+    assert "concurrency: max-jobs 0 (Nix's setting): nothing builds here" in proc.stdout, proc.stdout
+    assert json.loads((project / "plan.json").read_text())["concurrency"]["max_jobs"] is None
 
 
 def test_a_machines_file_counts_as_builders(project, tmp_path):

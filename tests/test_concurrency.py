@@ -65,3 +65,16 @@ def test_explicit_values_past_the_budget_are_kept_with_a_warning():
 def test_max_jobs_zero_builds_remotely_only():
     plan = plan_concurrency(3, Host(cores=8, mem_bytes=32 * GIB), 8, max_jobs=0, nix_settings=NIX)
     assert plan.args() == ["--max-jobs", "0"] and "remote builders" in plan.text
+
+
+def test_max_jobs_zero_in_nix_conf_is_kept_for_several_variants():
+    """nix.conf's `max-jobs = 0` (remote builders only) must not become --max-jobs 3."""
+    plan = plan_concurrency(3, Host(cores=64, mem_bytes=512 * GIB), 8, nix_settings={"max-jobs": "0", "cores": "0"})
+    assert plan.args() == [] and plan.max_jobs is None
+    assert plan.text.startswith("max-jobs 0 (Nix's setting): nothing builds here")
+
+
+def test_explicit_max_jobs_still_wins_over_a_nix_conf_zero():
+    plan = plan_concurrency(3, Host(cores=64, mem_bytes=512 * GIB), 8, max_jobs=2,
+                            nix_settings={"max-jobs": "0", "cores": "0"})
+    assert plan.args() == ["--max-jobs", "2", "--cores", "32"]

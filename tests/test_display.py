@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import support
 
-from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan
+from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan, follow
 from vllm_variants.display import Display, LiveDisplay, duration_text
 from vllm_variants.resources import format_bytes
 from vllm_variants.matrix import Matrix
@@ -62,6 +64,45 @@ def test_plain_lines_and_a_status_line_when_quiet_for_long(tmp_path):
     assert lines[2:] == ["[0/?] 5m01s elapsed; running: python3.12-torch-2.9.1 (buildPhase, 5m01s)"]
 
 
+# A stand-in for Nix between two log lines: it starts a build, then prints
+# nothing until its stdin closes (at most a minute, so a display that never
+# ticks fails the test instead of hanging it).
+SILENT_NIX = f"""
+import select, sys
+print({json.dumps("@nix " + json.dumps(START))}, file=sys.stderr, flush=True)
+select.select([sys.stdin], [], [], 60)
+"""
+
+
+class NoLogs:
+    def write(self, event) -> None:
+        pass
+
+
+def test_a_status_line_comes_while_nix_prints_nothing(tmp_path):
+    out, clock = io.StringIO(), Clock()
+    nix = subprocess.Popen([sys.executable, "-c", SILENT_NIX], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    class Silent(Display):
+        def tick(self) -> None:  # five minutes pass each time the reader finds Nix silent
+            clock.now += 301
+            super().tick()
+            if "elapsed" in out.getvalue():
+                nix.stdin.close()  # Nix may speak again: end the test run
+
+    display = Silent(plan_for(tmp_path), out, clock=clock)
+    reader = NixLog(clock=clock)
+    try:
+        with display.running(reader, clock.now):
+            follow(nix.stderr.fileno(), reader, NoLogs(), display, poll_s=0.01)
+    finally:
+        nix.kill()
+        nix.wait()
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "[0/?] building python3.12-torch-2.9.1 (sm90)"
+    assert lines[2] == "[0/?] 5m01s elapsed; running: python3.12-torch-2.9.1 (starting, 5m01s)"
+
+
 def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
     from rich.console import Console
 
@@ -82,3 +123,15 @@ def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
 def test_sizes_and_durations_read_like_nix():
     assert [format_bytes(n) for n in (None, 512, 46_000, 3 * 1024**3)] == ["-", "512 B", "44.9 KiB", "3.0 GiB"]
     assert [duration_text(s) for s in (0.04, 75, 7300)] == ["0.0s", "1m15s", "2h01m"]
+
+
+def test_the_report_names_a_link_that_was_not_updated(tmp_path):
+    from vllm_variants.build import Outcome
+
+    out = io.StringIO()
+    plan = plan_for(tmp_path)
+    Display(plan, out).report([Outcome(plan.variants[0].variant, "not linked", store_path="/nix/store/x-env",
+                                       link_error="cannot create symlink 'result-x'; already exists")])
+    assert ("not linked: vllm-python312-cuda12_9-sm90 was built (/nix/store/x-env), but its result link was not "
+            "updated: cannot create symlink 'result-x'; already exists") in out.getvalue().splitlines()
+    assert "not linked" in out.getvalue().split("build summary")[1]

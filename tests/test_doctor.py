@@ -18,6 +18,7 @@ import pytest
 import support
 
 from vllm_variants.doctor import DoctorFailed, diagnose, show
+from vllm_variants.errors import PreflightError
 from vllm_variants.nix import Nix
 from vllm_variants.project import Project
 from vllm_variants.resources import GIB, Host, nvcc_jobs
@@ -107,10 +108,26 @@ def test_flakes_off_and_no_big_parallel_block_building(tmp_path):
     report = run_doctor(tmp_path, config="experimental-features =\nsystem-features = kvm")
     assert report.nix["flakes"] is False and report.build["big_parallel"] is False
     texts = errors(report)
-    assert texts[0] == ("Nix experimental feature(s) flakes not enabled: add 'experimental-features = nix-command "
-                        "flakes' to ~/.config/nix/nix.conf (or /etc/nix/nix.conf, then restart nix-daemon)")
+    assert texts[0] == ("Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
+                        "nix-command flakes' to ~/.config/nix/nix.conf (or /etc/nix/nix.conf, then restart "
+                        "nix-daemon)")
     assert texts[1].startswith("this Nix lacks the big-parallel system feature")
     assert any(t.startswith("no machine can build x86_64-linux variants") for t in texts)
+
+
+def test_flakes_without_nix_command_in_nix_conf_is_fine(tmp_path):
+    """The tool turns nix-command on in each call; only flakes are the user's to enable."""
+    report = run_doctor(tmp_path, config="experimental-features = flakes")
+    assert report.nix["flakes"] is True and errors(report) == []
+
+
+def test_doctor_and_build_preflight_say_the_same(tmp_path):
+    env = support.nix_env("experimental-features =")
+    report = diagnose(PROJECT, nix=Nix(env=env), env=env, smi=str(tmp_path / "no-nvidia-smi"),
+                      host=Host(cores=16, mem_bytes=64 * GIB), system=X86)
+    with pytest.raises(PreflightError) as raised:
+        Nix(env=env).preflight()
+    assert errors(report)[0] == str(raised.value)
 
 
 def test_missing_nix_blocks(tmp_path):

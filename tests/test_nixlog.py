@@ -5,10 +5,11 @@ src/libmain/shared.cc). tests/test_build.py reads the real thing from Nix 2.26."
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from vllm_variants.nixlog import NixLog, package_name, parse_dry_run, store_name, version_of
+from vllm_variants.nixlog import NixLog, package_name, parse_dry_run, read_lines, store_name, version_of
 
 TORCH = "/nix/store/06z03bh4hk8iig6nb57yy6xff985p8fn-python3.12-torch-2.9.1.drv"
 VLLM = "/nix/store/7b3kxh171qylhzkdw704kp6dm183s5nq-python3.12-vllm-python312-cuda12_9-sm90-0.15.1.drv"
@@ -99,7 +100,8 @@ these 2 paths will be fetched (1234.56 MiB download, 4567.00 MiB unpacked):
 """
     plan = parse_dry_run(stderr)
     assert plan.will_build == (TORCH, VLLM, ENV)
-    assert len(plan.will_fetch) == 2 and (plan.download_mib, plan.unpacked_mib) == (1234.56, 4567.0)
+    assert len(plan.will_fetch) == 2
+    assert (plan.download_bytes, plan.unpacked_bytes) == (round(1234.56 * 1024**2), 4567 * 1024**2)
     assert plan.unknown == ()
 
 
@@ -107,10 +109,43 @@ def test_dry_run_plan_singular_and_old_forms():
     single = parse_dry_run(f"this derivation will be built:\n  {ENV}\n"
                            "this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):\n"
                            "  /nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux\n")
-    assert single.will_build == (ENV,) and single.unpacked_mib == 0.01
+    assert single.will_build == (ENV,) and single.unpacked_bytes == round(0.01 * 1024**2)
     old = parse_dry_run(f"these derivations will be built:\n  {ENV}\n")  # before the count was printed
     assert old.will_build == (ENV,)
     assert parse_dry_run("").will_build == ()
+
+
+STDENV = "/nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux"
+
+
+@pytest.mark.parametrize(("head", "download", "unpacked"), [
+    # Nix 2.18 .. 2.32: always MiB, two decimals ("%.2f MiB", printMissing)
+    ("these 75 paths will be fetched (116.25 MiB download, 554.76 MiB unpacked):",
+     round(116.25 * 1024**2), round(554.76 * 1024**2)),
+    ("this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):", 0, round(0.01 * 1024**2)),
+    # Nix before the count was printed
+    ("these paths will be fetched (0.16 MiB download, 0.53 MiB unpacked):",
+     round(0.16 * 1024**2), round(0.53 * 1024**2)),
+    # Nix 2.33+: renderSize(), "%.1f %ciB" in the unit that fits, never below KiB
+    ("this path will be fetched (0.1 KiB download, 0.5 KiB unpacked):", round(0.1 * 1024), 512),
+    ("these 75 paths will be fetched (116.3 MiB download, 554.8 MiB unpacked):",
+     round(116.3 * 1024**2), round(554.8 * 1024**2)),
+    ("these 412 paths will be fetched (1.9 GiB download, 7.4 GiB unpacked):",
+     round(1.9 * 1024**3), round(7.4 * 1024**3)),
+    ("these 3 paths will be fetched (980.0 MiB download, 1.2 TiB unpacked):",
+     980 * 1024**2, round(1.2 * 1024**4)),
+    # units Nix has not printed here, read the same way if it ever does
+    ("these 2 paths will be fetched (512 B download, 3.5 MB unpacked):", 512, round(3.5 * 1024**2)),
+])
+def test_fetch_sizes_in_every_unit_nix_prints_are_bytes(head, download, unpacked):
+    plan = parse_dry_run(f"{head}\n  {STDENV}\n")
+    assert plan.will_fetch == (STDENV,)
+    assert (plan.download_bytes, plan.unpacked_bytes) == (download, unpacked)
+
+
+def test_unreadable_fetch_sizes_keep_the_paths():
+    plan = parse_dry_run(f"these 2 paths will be fetched (a lot download, more unpacked):\n  {STDENV}\n")
+    assert plan.will_fetch == (STDENV,) and plan.download_bytes is None
 
 
 def test_names_follow_nix_drvname():
@@ -119,3 +154,24 @@ def test_names_follow_nix_drvname():
     assert package_name(VLLM) == "vllm-python312-cuda12_9-sm90" and version_of(VLLM) == "0.15.1"
     assert package_name("/nix/store/pdz918pnsfqybqr9q3lzflijs3y6m60l-nccl-2.27.3.drv") == "nccl"
     assert package_name("/nix/store/yni1xywfhvjsxq0h0zd8d4kc3wj98ibf-cuda12.9-cuda_nvcc-12.9.86.drv") == "cuda12.9-cuda_nvcc"
+
+
+def test_a_silent_pipe_yields_none_then_its_lines_as_they_come():
+    """The reader tells its caller when nothing arrived (to print a status line
+    on time), returns whole lines, and ends when the writer closes."""
+    r, w = os.pipe()
+    try:
+        lines = read_lines(r, poll_s=0.01)
+        assert next(lines) is None  # nothing written: the caller gets control back
+        os.write(w, b"@nix {}\nhalf a li")
+        assert next(lines) == "@nix {}\n"
+        assert next(lines) is None  # a partial line is held until its newline
+        os.write(w, "ne \u2713\n".encode() + b"\xff\xfe")
+        assert next(lines) == "half a line \u2713\n"
+        os.close(w)
+        w = -1
+        assert list(lines) == ["\ufffd\ufffd"]  # the unterminated rest at end of file, bytes replaced
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)

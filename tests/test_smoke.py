@@ -238,6 +238,26 @@ def test_a_check_process_that_dies_keeps_what_it_finished(checkout, hardware, re
     assert failure is not None
 
 
+def test_a_result_this_machine_cannot_run_is_its_own_failure(checkout, hardware, results, tmp_path):
+    """An aarch64 result's bin/python on x86_64 (here: an ELF no loader takes):
+    that result fails with one line, the others are still checked."""
+    hardware(gpus=H100, driver=DRIVER)
+    foreign = tmp_path / "aarch64-result"
+    (foreign / "bin").mkdir(parents=True)
+    (foreign / "share").symlink_to(results["sm90"] / "share")
+    python = foreign / "bin" / "python"
+    python.write_bytes(b"\x7fELF" + bytes(range(60)) + b"\xff" * 64)
+    python.chmod(0o755)
+    root = checkout("sm90")
+    report, _, failure = run_smoke(root, str(foreign), SM90.name)
+    first, second = report["results"]
+    assert first["error"] == (f"cannot run '{python}': not a program this machine can run "
+                              "(built for another system?)")
+    assert all(c["status"] == "fail" for c in first["checks"])
+    assert second["store_path"] == str(results["sm90"]) and second["error"] is None
+    assert failure is not None
+
+
 # -- selection ------------------------------------------------------------------
 
 

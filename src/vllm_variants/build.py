@@ -10,16 +10,16 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 3. `execute()`: ONE `nix build` of all planned derivations, so Nix itself
    schedules across variants (--max-jobs), builds a shared derivation once
    and sends work to remote builders; no scheduler of our own. Its
-   internal-json log feeds the display and one log file per variant. A
-   `result-<variant>` link is made, through Nix so it stays a GC root, only
-   for a variant whose output is valid afterwards, and only after Nix exited.
-4. A summary table (and `--json` for CI); any failure ends in BuildError.
+   internal-json log feeds the display and one log file per variant.
+4. `link_results()`: a `result-<variant>` link is made, through Nix so it
+   stays a GC root, only for a variant whose output is valid, and only after
+   Nix exited; then a summary table (and `--json` for CI). Signals wait for
+   these; any failure ends in BuildError.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -31,20 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .display import duration_text, make_display
-from .errors import BuildError, CommandError, PreflightError, SelectionError
+from .display import duration_text, make_display, relative
+from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant
 from .nix import Nix, error_message, flake_ref, input_ref
-from .nixlog import DryRun, Event, NixLog, package_name, store_name, version_of
+from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
-from .resources import Host
+from .resources import Host, format_bytes
 from .runner import format_argv, spawn
 
 # Derivations that compile CUDA kernels (hours each): named in the plan.
 HEAVY = ("torch", "vllm", "xformers", "flashinfer", "magma", "nccl", "bitsandbytes", "cupy", "triton")
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
 STOP_GRACE_S = (20.0, 10.0)
+# How often the display hears from us while Nix prints nothing.
+POLL_S = 5.0
 
 
 # -- the request ------------------------------------------------------------
@@ -251,7 +253,8 @@ def plan_concurrency(
     --max-jobs = min(variants, budget), --cores = budget / --max-jobs.
     An explicit --cores or --max-jobs wins (the other is derived from it),
     with a warning when the two exceed the budget. Remote builders clamp
-    their own builds; this is about this machine.
+    their own builds; this is about this machine, so max-jobs 0 (given or
+    Nix's setting: remote builders only) plans nothing.
     """
     budget = host.nvcc_jobs(ram_per_job_gib)
     machine = (f"this machine has {host.cores} cores and {host.mem_gib:.0f} GiB RAM = {budget} nvcc "
@@ -259,6 +262,11 @@ def plan_concurrency(
     settings = nix_settings or {}
     if max_jobs == 0:
         return Concurrency(0, cores, budget, "--max-jobs 0: nothing builds here, remote builders do it all")
+    if max_jobs is None and _setting(settings.get("max-jobs"), host.cores, 1) == 0:
+        # nix.conf (or --option) says build nothing here: planning a --max-jobs
+        # would override it and build locally what prepare() sent to a builder.
+        return Concurrency(None, cores, budget,
+                           "max-jobs 0 (Nix's setting): nothing builds here, remote builders do it all")
     if cores is None and max_jobs is None:
         if n_variants <= 1:
             return Concurrency(None, None, budget,
@@ -342,8 +350,8 @@ class VariantPlan:
 def _fetch_text(dry: DryRun) -> str:
     n = len(dry.will_fetch)
     text = f"{n} path{'s' * (n != 1)}"
-    if n:
-        text += f" ({dry.download_mib:.2f} MiB download, {dry.unpacked_mib:.2f} MiB unpacked)"
+    if n and dry.download_bytes is not None:
+        text += f" ({format_bytes(dry.download_bytes)} download, {format_bytes(dry.unpacked_bytes)} unpacked)"
     return text
 
 
@@ -457,12 +465,15 @@ def check_links(plan: BuildPlan) -> None:
 @dataclass
 class Outcome:
     variant: Variant
-    status: str  # built | fetched | up to date | failed | not built (another failure stopped Nix)
+    # built | fetched | up to date | failed | not built (another failure stopped Nix)
+    # | not linked (built, but its result link could not be made: link_error says why)
+    status: str
     store_path: str | None = None
     closure_size: int | None = None
     duration_s: float = 0.0
     log: Path | None = None
     failed: list[str] = field(default_factory=list)  # failing derivations
+    link_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -477,16 +488,10 @@ class Outcome:
             "store_path": self.store_path,
             "closure_size": self.closure_size,
             "duration_s": round(self.duration_s, 3),
-            "log": _relative(self.log, root) if self.log else None,
+            "log": relative(self.log, root) if self.log else None,
             "failed_derivations": self.failed,
+            "link_error": self.link_error,
         }
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 class VariantLogs:
@@ -552,7 +557,7 @@ def _unique(path: Path) -> Path:
 
 
 def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outcome]:
-    """Run the one `nix build`, then link what became valid.
+    """Run the one `nix build`; what became of each variant (nothing linked yet).
 
     Ctrl-C stops Nix (SIGINT to its process group, then SIGTERM, SIGKILL),
     touches no link and re-raises KeyboardInterrupt (exit 130 at the boundary).
@@ -567,10 +572,7 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     try:
         with _terminations_interrupt(), display.running(reader, started):
             assert proc.stderr is not None
-            for line in io.TextIOWrapper(proc.stderr, encoding="utf-8", errors="replace"):
-                for event in reader.feed(line):
-                    logs.write(event)
-                    display.event(event)
+            follow(proc.stderr.fileno(), reader, logs, display)
             returncode = proc.wait()
     except KeyboardInterrupt:
         _stop(proc)
@@ -583,6 +585,18 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
         raise
     logs.close(f"nix exited with status {returncode}")
     return _outcomes(plan, reader, logs.paths, started)
+
+
+def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POLL_S) -> None:
+    """Feed Nix's log, line by line, to the reader, the log files and the
+    display until Nix closes it; tick the display whenever Nix is silent."""
+    for line in read_lines(fd, poll_s):
+        if line is None:
+            display.tick()
+            continue
+        for event in reader.feed(line):
+            logs.write(event)
+            display.event(event)
 
 
 @contextlib.contextmanager
@@ -645,11 +659,44 @@ def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: f
             if not outcome.failed and failed:
                 outcome.status = "not built"  # another variant's failure stopped Nix
         outcomes.append(outcome)
-    # Links last, and only for valid outputs: a failed variant keeps its old link.
+    return outcomes
+
+
+def link_results(plan: BuildPlan, outcomes: list[Outcome]) -> None:
+    """result-<variant> -> its output, for each variant built (a failed one
+    keeps its old link), after Nix exited.
+
+    Nix swaps each link atomically. One it cannot make (something else took
+    its place) is recorded on that variant's outcome, and the others are still
+    made. Run it with signals held (main): all links or none of a Ctrl-C.
+    """
     for vplan, outcome in zip(plan.variants, outcomes):
         if outcome.ok and outcome.store_path:
-            nix.add_root(outcome.store_path, vplan.target.link)
-    return outcomes
+            try:
+                plan.nix.add_root(outcome.store_path, vplan.target.link)
+            except CommandError as exc:
+                outcome.status, outcome.link_error = "not linked", error_message(exc.stderr)
+            except VariantsError as exc:  # nix gone from PATH meanwhile
+                outcome.status, outcome.link_error = "not linked", str(exc)
+
+
+@contextlib.contextmanager
+def _held_signals() -> Iterator[list[int]]:
+    """SIGINT, SIGTERM and SIGHUP wait until the block is done (a second or
+    two: links, summary, JSON); yields the ones that came, for the caller to
+    honour afterwards."""
+    held: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield held
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # -- the whole command ------------------------------------------------------
@@ -675,15 +722,26 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
     check_links(plan)
     display = make_display(plan, out, interactive=interactive)
     outcomes = execute(plan, display)
-    display.report(outcomes, plan)
-    if request.json_path:
-        _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
-                                        "variants": [o.to_json(project.root) for o in outcomes]})
+    # Nix is done. A Ctrl-C from here waits for the links, the summary and the
+    # JSON (a second or two): never some links updated and others not, and no
+    # record of which.
+    with _held_signals() as held:
+        link_results(plan, outcomes)
+        display.report(outcomes)
+        if request.json_path:
+            _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
+                                            "variants": [o.to_json(project.root) for o in outcomes]})
+    if held:
+        raise KeyboardInterrupt
     failed = [o for o in outcomes if not o.ok]
     if failed:
         first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander
+        if first.link_error:
+            raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built or not linked: "
+                             f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
+                             f"was not updated: {first.link_error}")
         why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
-        log = f"; log: {_relative(first.log, project.root)}" if first.log else ""
+        log = f"; log: {relative(first.log, project.root)}" if first.log else ""
         raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built: {first.variant.name}{why}{log}")
     return outcomes
 

@@ -3,8 +3,9 @@
 On a terminal: a rich Live area (progress bar over Nix's derivation count,
 the builds running now with their phase, elapsed time and last log line),
 finished builds and Nix's errors printed above it. Elsewhere (CI, a pipe):
-one plain line per event, and a status line every few minutes so a CI job
-compiling torch for hours is not killed for silence. rich is imported only
+one plain line per event, and a status line every few minutes, even while
+Nix prints nothing, so a CI job compiling torch for hours is not killed for
+silence. rich is imported only
 here and only when used.
 """
 
@@ -62,7 +63,13 @@ class Display:
         line = self.line(event)
         if line is not None:
             self.say(line)
-        elif self.clock() - self._last_line >= HEARTBEAT_S:
+        else:
+            self.tick()
+
+    def tick(self) -> None:
+        """Called after quiet events and while Nix prints nothing at all: a
+        status line once HEARTBEAT_S passed without a line."""
+        if self.clock() - self._last_line >= HEARTBEAT_S:
             self.say(self.status())
 
     def line(self, event: Event) -> str | None:
@@ -96,19 +103,14 @@ class Display:
 
     def interrupted(self, logs: dict[str, Path]) -> None:
         self.say("interrupted: nix was stopped; no result link was changed; partial logs: "
-                 + ", ".join(self.rel(p) for p in logs.values()))
-
-    def rel(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.plan.project.root))
-        except ValueError:
-            return str(path)
+                 + ", ".join(relative(p, self.plan.project.root) for p in logs.values()))
 
     # -- afterwards -------------------------------------------------------
 
-    def report(self, outcomes: list[Outcome], plan: BuildPlan) -> None:
+    def report(self, outcomes: list[Outcome]) -> None:
+        root = self.plan.project.root
         for build in self.reader.failed_builds():
-            logs = [self.rel(o.log) for o in outcomes if o.log and build.drv in o.failed]
+            logs = [relative(o.log, root) for o in outcomes if o.log and build.drv in o.failed]
             self.say("")
             self.say(f"failed: {build.name}")
             self.say(f"  derivation: {build.drv}")
@@ -121,6 +123,11 @@ class Display:
         if not self.reader.failed_builds():
             for error in self.reader.errors:
                 self.say(error)
+        for o in outcomes:
+            if o.link_error:
+                self.say("")
+                self.say(f"not linked: {o.variant.name} was built ({o.store_path}), but its result link was "
+                         f"not updated: {o.link_error}")
         self.say("")
         self.summary(outcomes)
 
@@ -139,7 +146,7 @@ class Display:
         if not console.is_terminal:
             console.width = 200  # a log or a pipe: one row per line
         console.print(table)
-        logs = [self.rel(o.log) for o in outcomes if o.log]
+        logs = [relative(o.log, self.plan.project.root) for o in outcomes if o.log]
         if logs:
             self.say(f"logs: {', '.join(logs)}")
 
@@ -176,6 +183,9 @@ class LiveDisplay(Display):
         if line is not None and event.kind != "build-start":  # running builds are in the live area
             self.say(line)
 
+    def tick(self) -> None:
+        """Nothing to do: rich redraws the live area (elapsed times) by itself."""
+
     def render(self) -> Any:
         from rich.console import Group
         from rich.progress_bar import ProgressBar
@@ -202,6 +212,14 @@ class LiveDisplay(Display):
             lines.append(Text(f"fetching {', '.join(fetching[:4])}" + (" ..." if len(fetching) > 4 else ""),
                               "dim", no_wrap=True, overflow="ellipsis"))
         return Group(*lines)
+
+
+def relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` where it lies inside it (logs/...), else as it is."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def duration_text(seconds: float) -> str:

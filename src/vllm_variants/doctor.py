@@ -16,13 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .errors import CommandError, GpuError, PreflightError, ToolMissing, VariantsError
+from .errors import GpuError, PreflightError, ToolMissing, VariantsError
 from .gpus import GPU, detect, driver_cuda, list_names
 from .machines import REQUIRED_FEATURES, BuildCapabilities
 from .matrix import Matrix
-from .nix import ENABLE_FLAKES_HINT, MIN_VERSION, Nix
+from .nix import MIN_VERSION, Nix
 from .project import Project
 from .resources import Host
+from .runner import CannotRun
 from .which import host_system, match
 
 ERROR, WARNING = "error", "warning"
@@ -68,29 +69,16 @@ class Report:
 
 
 def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
-    """Nix version and flakes (the pieces of Nix.preflight), then what it can build."""
+    """Nix's own problems (those `invoke build` stops at), then what it can build."""
     report.nix = {"version": None, "flakes": None, "min_version": ".".join(map(str, MIN_VERSION))}
+    for problem in nix.problems():
+        report.add(ERROR, problem)
     try:
         report.nix["version"] = nix.version_text
-    except ToolMissing:
-        report.add(ERROR, "nix is not installed (not on PATH): install Nix >= 2.18 (https://nixos.org/download) "
-                          "and enable flakes")
-        return None
-    except (CommandError, PreflightError) as exc:
-        report.add(ERROR, f"cannot run 'nix --version': {exc}")
-        return None
-    if nix.version < MIN_VERSION:
-        report.add(ERROR, f"Nix {nix.version_text} is too old: nixpkgs needs Nix >= {report.nix['min_version']}; "
-                          "upgrade Nix")
-    try:
         settings = nix.config()
-    except VariantsError as exc:
-        report.add(ERROR, f"cannot read the Nix configuration: {exc}")
+    except VariantsError:  # a problem above already says why
         return None
-    missing = nix.missing_features()
-    report.nix["flakes"] = not missing
-    if missing:
-        report.add(ERROR, f"Nix experimental feature(s) {' and '.join(missing)} not enabled: {ENABLE_FLAKES_HINT}")
+    report.nix["flakes"] = nix.flakes_enabled()
     try:
         caps = BuildCapabilities.from_settings(settings)
     except PreflightError as exc:
@@ -148,6 +136,9 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
     """GPUs, their variants, driver minimums. Returns the systems the GPUs' variants need."""
     try:
         gpus: list[GPU] = detect(smi, env=env)
+    except CannotRun as exc:  # there, but not runnable: that is no "no GPU"
+        report.add(ERROR, str(exc))
+        return []
     except ToolMissing:
         report.add(WARNING, "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
                             "run them where a GPU is, or install the NVIDIA driver (>= 560)")

@@ -1,10 +1,13 @@
 """The nix CLI, across versions 2.18 through current.
 
-Nix changed interfaces at 2.19 (see ../shared/NIXPKGS-FACTS.md):
-- updating one input: `nix flake update <input>` (2.19+) versus
-  `nix flake lock --update-input <input>` (2.18; a deprecated alias later);
-- `nix path-info --json`: a list (2.18) versus an object keyed by path (2.19+);
-- `nix config show` (2.19+) versus `nix show-config` (2.18).
+Nix changed interfaces at (see ../shared/NIXPKGS-FACTS.md and Nix's release notes):
+- 2.19: updating one input is `nix flake update <input>`, before that
+  `nix flake lock --update-input <input>` (a deprecated alias later);
+  `nix path-info --json` prints an object keyed by path, before that a list;
+- 2.20: `nix show-config` became `nix config show` (NixOS/nix#9477; the old
+  name stays as a deprecated alias);
+- 2.33: `nix path-info --json` wants `--json-format 1` (the keyed-by-path
+  shape) and warns without it; older Nix rejects the flag (NixOS/nix#14704).
 Callers use this module and never branch on the version themselves.
 """
 
@@ -15,30 +18,38 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, SelectionError, ToolMissing, tail
+from .errors import CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, spawn
 
 MIN_VERSION = (2, 18)
-FLAKE_FEATURES = ("nix-command", "flakes")
+# The `nix` CLI is itself the experimental feature nix-command: this tool's own
+# need, so every call it makes turns it on (added to whatever nix.conf enables).
+# Flakes are what the user builds, so they must enable those; pre-flight says how.
+NIX_COMMAND = ("--extra-experimental-features", "nix-command")
 ENABLE_FLAKES_HINT = (
     "add 'experimental-features = nix-command flakes' to ~/.config/nix/nix.conf "
     "(or /etc/nix/nix.conf, then restart nix-daemon)"
 )
+NOT_INSTALLED = "nix is not installed (not on PATH): install Nix >= 2.18 (https://nixos.org/download) and enable flakes"
 _VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
-    """'nix (Nix) 2.26.3' -> (2, 26, 3)."""
-    match = _VERSION.search(text)
-    if not match:
+    """'nix (Nix) 2.26.3' -> (2, 26, 3).
+
+    The last version on the line is Nix's: a distribution names itself and its
+    own version first, as in 'nix (Determinate Nix 3.18.1) 2.33.4'.
+    """
+    matches = _VERSION.findall(text)
+    if not matches:
         raise PreflightError(f"cannot read the Nix version from {text.strip()!r}")
-    major, minor, patch = match.groups()
+    major, minor, patch = matches[-1]
     return int(major), int(minor), int(patch or 0)
 
 
@@ -49,8 +60,6 @@ class Nix:
     executable: str = "nix"
     options: Sequence[tuple[str, str]] = ()
     env: Mapping[str, str] | None = None
-    echo: bool = False
-    _config: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     # -- identity and pre-flight ------------------------------------------
 
@@ -68,51 +77,60 @@ class Nix:
         """True from Nix 2.19 on (flake update <input>, path-info object)."""
         return self.version >= (2, 19)
 
+    def config_argv(self) -> list[str]:
+        """`nix config show` from Nix 2.20 on, `nix show-config` before."""
+        return self.argv(*(["config", "show"] if self.version >= (2, 20) else ["show-config"]))
+
+    @cached_property
+    def _config(self) -> dict[str, str]:
+        parsed: dict[str, str] = {}
+        for line in run(self.config_argv(), env=self.env).stdout.splitlines():
+            key, sep, value = line.partition(" = ")
+            if sep:
+                parsed[key.strip()] = value.strip()
+        return parsed
+
     def config(self) -> dict[str, str]:
-        """Effective settings (`nix config show`), nix-command forced on."""
-        if self._config is None:
-            sub = ["config", "show"] if self.new_cli else ["show-config"]
-            proc = run(
-                [self.executable, "--extra-experimental-features", "nix-command", *sub,
-                 *self._option_args()],
-                env=self.env,
-            )
-            parsed: dict[str, str] = {}
-            for line in proc.stdout.splitlines():
-                key, sep, value = line.partition(" = ")
-                if sep:
-                    parsed[key.strip()] = value.strip()
-            self._config = parsed
+        """Effective settings (`nix config show`), as every call of ours sees them."""
         return self._config
 
     def setting(self, name: str) -> str:
         return self.config().get(name, "")
 
-    def missing_features(self) -> list[str]:
-        enabled = self.setting("experimental-features").split()
-        return [f for f in FLAKE_FEATURES if f not in enabled]
+    def flakes_enabled(self) -> bool:
+        return "flakes" in self.setting("experimental-features").split()
 
-    def preflight(self) -> None:
-        """Nix present, >= 2.18, flakes on; else one PreflightError line."""
+    def problems(self) -> list[str]:
+        """What keeps this Nix from building the flake, one line each with its fix.
+
+        Empty when nothing does. preflight() raises the first; `invoke doctor`
+        lists them all. Stops early where Nix cannot be asked any further.
+        """
         try:
             version = self.version
         except ToolMissing:
-            raise PreflightError(
-                "nix is not installed (not on PATH): install Nix >= 2.18 "
-                "(https://nixos.org/download) and enable flakes"
-            ) from None
+            return [NOT_INSTALLED]
         except CommandError as exc:
-            raise PreflightError(f"'nix --version' failed: {exc}") from None
+            return [f"'nix --version' failed: {exc}"]
+        except PreflightError as exc:  # a version it cannot read
+            return [str(exc)]
+        found = []
         if version < MIN_VERSION:
-            raise PreflightError(
-                f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
-                f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix"
-            )
-        missing = self.missing_features()
-        if missing:
-            raise PreflightError(
-                f"Nix experimental feature(s) {' and '.join(missing)} not enabled: {ENABLE_FLAKES_HINT}"
-            )
+            found.append(f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
+                         f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
+        try:
+            flakes = self.flakes_enabled()
+        except VariantsError as exc:
+            return [*found, f"cannot read the Nix configuration: {exc}"]
+        if not flakes:
+            found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
+        return found
+
+    def preflight(self) -> None:
+        """Nix present, >= 2.18, flakes on; else one PreflightError line."""
+        found = self.problems()
+        if found:
+            raise PreflightError(found[0])
 
     # -- argv building --------------------------------------------------
 
@@ -123,8 +141,12 @@ class Nix:
         return args
 
     def argv(self, *args: str | os.PathLike[str]) -> list[str]:
-        """[nix, *args, --option ...] for a command that takes options."""
-        return [self.executable, *map(os.fspath, args), *self._option_args()]
+        """[nix, *args, nix-command on, --option ...]: every nix call but `nix --version`.
+
+        Flags last: Nix reads them wherever they are and checks features only
+        after parsing, and error lines show `nix <command> ...` first.
+        """
+        return [self.executable, *map(os.fspath, args), *NIX_COMMAND, *self._option_args()]
 
     @staticmethod
     def override_args(overrides: Mapping[str, str]) -> list[str]:
@@ -133,20 +155,17 @@ class Nix:
             args += ["--override-input", name, ref]
         return args
 
-    def flake_update_argv(self, flake: str | os.PathLike[str], input_name: str) -> list[str]:
-        """Relock one input of `flake` (the command differs at 2.19)."""
-        if self.new_cli:
-            return self.argv("flake", "update", input_name, "--flake", flake)
-        return self.argv("flake", "lock", flake, "--update-input", input_name)
-
     def flake_update(self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None):
-        """Relock one input of `flake` (flake.lock is rewritten)."""
-        return run(self.flake_update_argv(flake, input_name), cwd=cwd, env=self.env, echo=self.echo)
+        """Relock one input of `flake` (flake.lock is rewritten; the command differs at 2.19)."""
+        if self.new_cli:
+            return self.run("flake", "update", input_name, "--flake", flake, cwd=cwd)
+        return self.run("flake", "lock", flake, "--update-input", input_name, cwd=cwd)
 
     # -- common calls -----------------------------------------------------
 
     def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
-        return run(self.argv(*args), cwd=cwd, env=self.env, echo=self.echo, **kwargs)
+        """runner.run of `nix *args` with this Nix's options and environment."""
+        return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
 
     def eval_json(
         self,
@@ -166,6 +185,11 @@ class Nix:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
         return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
 
+    def path_info_json(self) -> list[str]:
+        """`--json`, plus `--json-format 1` where Nix has it (2.33+): without it Nix
+        warns that the default will go; before 2.33 the flag is an error."""
+        return ["--json", "--json-format", "1"] if self.version >= (2, 33) else ["--json"]
+
     def path_info(
         self,
         paths: Sequence[str],
@@ -182,7 +206,7 @@ class Nix:
         """
         if not paths:
             return {}
-        args = ["path-info", "--json", *(["--closure-size"] if closure else []),
+        args = ["path-info", *self.path_info_json(), *(["--closure-size"] if closure else []),
                 *(["--recursive"] if recursive else []), *(["--store", store] if store else []), *paths]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
@@ -232,10 +256,10 @@ class Nix:
         """Point `link` at `store_path` as a GC root (what `nix build` leaves).
 
         Nix swaps the link atomically and refuses to replace anything but a
-        link into the store, so a user's own file of that name is safe.
+        link into the store, so a user's own file of that name is safe. It
+        runs in its own session: a Ctrl-C the caller holds does not stop it.
         """
-        self.run("build", "--out-link", link, store_path)
-
+        self.run("build", "--out-link", link, store_path, new_session=True)
 
     def copy(self, paths: Sequence[str], *, to: str, echo: bool = False) -> None:
         """`nix copy --to URI paths` (their closures).
@@ -244,9 +268,9 @@ class Nix:
         closure can take long to upload. On failure its error is there too.
         """
         argv = self.argv("copy", "--to", to, *paths)
-        if echo or self.echo:
+        if echo:
             print(f"$ {format_argv(argv)}", file=sys.stderr, flush=True)
-        proc = spawn(argv, env=self.env, stdout=None, stderr=None)
+        proc = spawn(argv, env=self.env, stdout=None, stderr=None)  # not run(): it would hold the progress back
         if proc.wait() != 0:
             raise CommandError(argv, proc.returncode, "see nix's error above")
 
@@ -255,7 +279,7 @@ class Nix:
         """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
         args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
                 *(["--store", store] if store else []), *paths]
-        return run(self.argv(*args), env=self.env, echo=echo or self.echo)
+        return self.run(*args, echo=echo)
 
 
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:

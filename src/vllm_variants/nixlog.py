@@ -16,16 +16,21 @@ resProgress [done, expected, running, failed]; a build gets resBuildLogLine
 
 `nix build --dry-run` prints its plan as text on stderr (printMissing in
 src/libmain/shared.cc): "these N derivations will be built:", "this path will
-be fetched (X MiB download, Y MiB unpacked):", each followed by indented paths.
+be fetched (X download, Y unpacked):", each followed by indented paths. The
+sizes were always MiB ("%.2f MiB") up to Nix 2.32; from 2.33 Nix renders them
+with renderSize() in the unit that fits ("%.1f KiB", "MiB", "GiB", ...;
+NixOS/nix#14364). Both are read as bytes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import PurePosixPath
@@ -108,30 +113,36 @@ def version_of(path: str) -> str:
 # -- the dry-run plan -------------------------------------------------------
 
 _BUILD_HEAD = re.compile(r"^(?:this derivation|these (?:\d+ )?derivations) will be built:$")
-_FETCH_HEAD = re.compile(
-    r"^(?:this path|these (?:\d+ )?paths) will be fetched "
-    r"\(([0-9.]+) MiB download, ([0-9.]+) MiB unpacked\):$"
-)
+_FETCH_HEAD = re.compile(r"^(?:this path|these (?:\d+ )?paths) will be fetched(?: \((?P<sizes>.*)\))?:$")
+_SIZE = r"([0-9]+(?:\.[0-9]+)?) ?((?:[KkMGTPEZY]i?)?B)"
+_SIZES = re.compile(rf"^{_SIZE} download, {_SIZE} unpacked$")
 _UNKNOWN_HEAD = re.compile(r"^don't know how to build these paths")
 _ITEM = re.compile(r"^\s+(/\S+)$")
 
 
+def size_bytes(number: str, unit: str) -> int:
+    """('1.5', 'KiB') -> 1536. Nix's sizes are binary; a plain 'KB'/'MB' is read
+    the same way (Nix has never meant 1000 by one)."""
+    power = 0 if unit == "B" else "KMGTPEZY".index(unit[0].upper()) + 1
+    return round(float(number) * 1024**power)
+
+
 @dataclass(frozen=True)
 class DryRun:
-    """What `nix build --dry-run` said it would do."""
+    """What `nix build --dry-run` said it would do (sizes in bytes; None: not readable)."""
 
     will_build: tuple[str, ...] = ()
     will_fetch: tuple[str, ...] = ()
-    download_mib: float = 0.0
-    unpacked_mib: float = 0.0
+    download_bytes: int | None = 0
+    unpacked_bytes: int | None = 0
     unknown: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return {
             "will_build": list(self.will_build),
             "will_fetch": list(self.will_fetch),
-            "download_mib": self.download_mib,
-            "unpacked_mib": self.unpacked_mib,
+            "download_bytes": self.download_bytes,
+            "unpacked_bytes": self.unpacked_bytes,
             "unknown": list(self.unknown),
         }
 
@@ -140,14 +151,17 @@ def parse_dry_run(stderr: str) -> DryRun:
     """The plan from `nix build --dry-run`'s stderr; other lines are ignored."""
     sections: dict[str, list[str]] = {"build": [], "fetch": [], "unknown": []}
     current: list[str] | None = None
-    download = unpacked = 0.0
+    download: int | None = 0
+    unpacked: int | None = 0
     for raw in stderr.splitlines():
         line = strip_ansi(raw).rstrip()
         if _BUILD_HEAD.match(line):
             current = sections["build"]
         elif match := _FETCH_HEAD.match(line):
             current = sections["fetch"]
-            download, unpacked = float(match.group(1)), float(match.group(2))
+            sizes = _SIZES.match(match.group("sizes") or "")
+            download, unpacked = (size_bytes(*sizes.group(1, 2)), size_bytes(*sizes.group(3, 4))) if sizes \
+                else (None, None)
         elif _UNKNOWN_HEAD.match(line):
             current = sections["unknown"]
         elif current is not None and (item := _ITEM.match(line)):
@@ -157,13 +171,36 @@ def parse_dry_run(stderr: str) -> DryRun:
     return DryRun(
         will_build=tuple(sections["build"]),
         will_fetch=tuple(sections["fetch"]),
-        download_mib=download,
-        unpacked_mib=unpacked,
+        download_bytes=download,
+        unpacked_bytes=unpacked,
         unknown=tuple(sections["unknown"]),
     )
 
 
 # -- the structured log -----------------------------------------------------
+
+
+def read_lines(fd: int, poll_s: float) -> Iterator[str | None]:
+    """The lines of a pipe as they come (UTF-8, undecodable bytes replaced),
+    and None each time `poll_s` seconds pass without any output, so the caller
+    can act on time while Nix is silent (a torch link step can print nothing
+    for many minutes). select() on the pipe: no thread to outlive the build.
+    Ends at end of file."""
+    pending = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], poll_s)
+        if not ready:
+            yield None
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        *lines, pending = (pending + chunk).split(b"\n")  # no UTF-8 sequence holds a newline byte
+        for line in lines:
+            yield line.decode("utf-8", "replace") + "\n"
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
 
 
 @dataclass

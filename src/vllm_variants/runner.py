@@ -2,22 +2,25 @@
 
 argv lists only, never a shell string: user input (SMs, revs, flake refs, store
 URIs) reaches programs as separate arguments and is never parsed by a shell.
-A missing executable is a ToolMissing, a non-zero exit a CommandError carrying
-the command, its exit code and the tail of its stderr (Mic92/nix-update's
-utils.run is the model).
+A missing executable is a ToolMissing, one the system will not start (not
+executable, another machine's binary) a CannotRun, a non-zero exit a
+CommandError carrying the command, its exit code and the tail of its stderr
+(Mic92/nix-update's utils.run is the model).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from .errors import CommandError, ToolMissing
+from .errors import CommandError, PreflightError, ToolMissing
 
 Argv = Sequence["str | os.PathLike[str]"]
 
@@ -28,6 +31,37 @@ HINTS = {
     "nvidia-smi": "it ships with the NVIDIA driver; no driver is installed or it is not on PATH",
     "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
 }
+
+
+class CannotRun(ToolMissing):
+    """The program is there but the system will not start it. A ToolMissing,
+    so callers that go on without a tool (smoke, doctor) go on without it."""
+
+    def __init__(self, tool: str, why: str) -> None:
+        self.tool = tool
+        PreflightError.__init__(self, f"cannot run '{tool}': {why}")
+
+
+_WHY = {
+    errno.ENOEXEC: "not a program this machine can run (built for another system?)",
+    errno.EACCES: "permission denied (not executable, or in a directory you cannot enter)",
+}
+
+
+def _not_started(exc: OSError, args: list[str], cwd: Path | str | None, env: Mapping[str, str] | None) -> ToolMissing:
+    """One line for an OSError from starting args[0]: the program, and why."""
+    program = args[0]
+    if cwd is not None and exc.filename is not None and os.fspath(exc.filename) == os.fspath(cwd):
+        return CannotRun(program, f"its working directory {cwd}: {exc.strerror}")
+    if isinstance(exc, FileNotFoundError):
+        if os.sep in program:  # a path: relative ones are run from cwd, not from here
+            there = os.path.lexists(Path(cwd or ".") / program)
+        else:
+            there = shutil.which(program, path=(env if env is not None else os.environ).get("PATH")) is not None
+        if not there:
+            return ToolMissing(program, HINTS.get(Path(program).name, ""))
+        return CannotRun(program, "its interpreter (#! line) or dynamic loader does not exist")
+    return CannotRun(program, _WHY.get(exc.errno or 0, exc.strerror or str(exc)))
 
 
 def _argv(argv: Argv) -> list[str]:
@@ -47,16 +81,18 @@ def run(
     echo: bool = False,
     input: str | None = None,
     timeout: float | None = None,
-    echo_to: IO[str] | None = None,
+    new_session: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv to completion, capturing text stdout and stderr.
 
     Fails by default (check=True) with a CommandError. With echo=True the
     command is printed (to stderr) before it runs, as `$ nix build ...`.
+    new_session: out of the terminal's process group, so a Ctrl-C reaches
+    only us (for a step that must finish once begun).
     """
     args = _argv(argv)
     if echo:
-        print(f"$ {format_argv(args)}", file=echo_to or sys.stderr, flush=True)
+        print(f"$ {format_argv(args)}", file=sys.stderr, flush=True)
     try:
         proc = subprocess.run(
             args,
@@ -67,11 +103,10 @@ def run(
             text=True,
             timeout=timeout,
             check=False,
+            start_new_session=new_session,
         )
-    except FileNotFoundError as exc:
-        if exc.filename in (args[0], None) or not Path(args[0]).exists():
-            raise ToolMissing(args[0], HINTS.get(Path(args[0]).name, "")) from None
-        raise
+    except OSError as exc:
+        raise _not_started(exc, args, cwd, env) from None
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, proc.stderr)
     return proc
@@ -98,5 +133,5 @@ def spawn(
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
         )
-    except FileNotFoundError:
-        raise ToolMissing(args[0], HINTS.get(Path(args[0]).name, "")) from None
+    except OSError as exc:
+        raise _not_started(exc, args, cwd, env) from None

@@ -19,6 +19,7 @@ from .errors import SelectionError, ToolMissing
 from .gpus import GPU, detect
 from .matrix import Matrix, Variant
 from .project import Project
+from .runner import CannotRun
 from .smoke.check import base_capability, sass_runs_on
 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -126,6 +127,8 @@ def _detect(smi: str, env: Mapping[str, str] | None = None) -> tuple[list[GPU], 
     """(GPUs, why there are none): a missing nvidia-smi means no driver, so no GPU."""
     try:
         return detect(smi, env=env), "nvidia-smi lists none"
+    except CannotRun:  # there, but not runnable: say that, not "no driver"
+        raise
     except ToolMissing:
         return [], "nvidia-smi is not on PATH: no NVIDIA driver here"
 
