@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from .errors import AuditError, NoCudaCode, SelectionError, ToolMissing
 from .fatbin import ELF_MAGIC, DeviceCode, Entry, InvalidBinary, Unsupported, mapped, read_device_code
-from .matrix import Matrix, Variant, normalise_sm
+from .matrix import Matrix, Variant, normalise_sm, sm_number
 from .resources import format_bytes
 from .runner import HINTS, run
 
@@ -429,7 +429,7 @@ def own_sms_for(
             normal = normalise_sm(token.strip())
             if normal is None:
                 raise SelectionError(f"'{token}' is not an SM; give a number like 90, sm_90, 9.0, or 'auto'")
-            sms.append(re.sub(r"[af]$", "", normal))
+            sms.append(sm_number(normal))
         return tuple(dict.fromkeys(sms)), None
     found = variant_in_path(matrix, target) if matrix else None
     return ((found.sm_number,) if found else ()), found

@@ -60,7 +60,7 @@ class Variant:
     @property
     def sm_number(self) -> str:
         """The SM without its arch-specific suffix ('90a' -> '90'): what a GPU reports."""
-        return self.sm.rstrip("af")
+        return sm_number(self.sm)
 
     @property
     def label(self) -> str:
@@ -367,6 +367,11 @@ def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MatrixError(f"{where}: {key} must be a positive whole number like {example}, not {_described(value)}")
     return value
+
+
+def sm_number(sm: str) -> str:
+    """'90a' -> '90', '100f' -> '100': the SM a GPU and a cubin report, without the arch-specific suffix."""
+    return sm.rstrip("af")
 
 
 def normalise_sm(text: str) -> str | None:
