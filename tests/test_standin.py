@@ -165,13 +165,25 @@ def test_declared_options_are_type_checked():
     assert "is not of type `list of string'" in proc.stderr
 
 
-def test_unsupported_capability_fails_when_a_package_is_instantiated():
+def test_unsupported_capability_fails_as_soon_as_flags_are_read():
+    """The capability assertions live with backendStdenv; nixpkgs derives flags
+    from it, so reading flags alone fails (NIXPKGS-FACTS.md)."""
     proc = standin_eval("""
-      let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
-        cudaCapabilities = [ "10.3" ]; }; };
-      in { flags = pkgs.cudaPackages.flags.cudaCapabilities; torch = pkgs.python312Packages.torch.drvPath; }
+      (import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "10.3" ]; }; }).cudaPackages.flags.cudaCapabilities
     """, check=False)
     assert proc.returncode != 0 and "Unsupported CUDA capabilities: [\"10.3\"]" in proc.stderr
+
+
+def test_torch_keeps_the_duplicate_in_its_capability_list():
+    """torch 2.9.1's list holds "10.0" twice (nixpkgs 6b516b42) and intersectLists
+    keeps duplicates: nixpkgs itself accepts ["10.0" "10.0"]."""
+    got = json.loads(standin_eval("""
+      let torchFor = cap: (import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true;
+        cudaSupport = true; cudaCapabilities = [ cap ]; }; }).python312Packages.torch;
+      in { b200 = (torchFor "10.0").cudaCapabilities; h100 = (torchFor "9.0").cudaCapabilities;
+           thor = builtins.tryEval (builtins.deepSeq (torchFor "10.1").cudaCapabilities true); }""").stdout)
+    assert got == {"b200": ["10.0", "10.0"], "h100": ["9.0"], "thor": {"success": False, "value": False}}
 
 
 def test_vllm_intersection_order_and_gpu_targets_priority():
