@@ -1,13 +1,19 @@
 # Clamp the parallelism of a heavy CUDA build to the builder's own RAM.
 #
 # Runs as the first phase (prePhases) of torch, xformers, flashinfer and vllm,
-# on the machine that builds them, before anything reads NIX_BUILD_CORES
-# (vllm's preConfigure exports MAX_JOBS="$NIX_BUILD_CORES"; ninja and make take
-# -j from it). One nvcc job per @ramPerJobGib@ GiB of RAM, at least 1, never
-# more than the cores Nix gave the build. The limit is read here, at build time,
-# so a derivation built on a 2 TB builder is the same derivation as one built
-# on a laptop: nothing machine-specific is baked into it (a NIX_BUILD_CORES
-# attribute would be). RAM is MemTotal, or the cgroup v2 limit when lower.
+# on the machine that builds them, before anything reads a job count. One nvcc
+# job per @ramPerJobGib@ GiB of RAM, at least 1, never more than the cores Nix
+# gave the build. It sets every knob those builds read (checked at the pin,
+# tests/fixtures/nixpkgs/README.md):
+# - NIX_BUILD_CORES: make/ninja -j in the cmake phases, and what torch
+#   (preBuild), vllm and flashinfer (preConfigure) copy into MAX_JOBS;
+# - MAX_JOBS: what torch's setup.py and its extension builder
+#   (torch.utils.cpp_extension) actually read. xformers never exports it, so
+#   without this export it would run ninja's default (nproc + 2) jobs.
+# The limit is read here, at build time, so a derivation built on a 2 TB
+# builder is the same derivation as one built on a laptop: nothing
+# machine-specific is baked into it (a NIX_BUILD_CORES attribute would be).
+# RAM is MemTotal, or the cgroup v2 limit when lower.
 vllmVariantsClampJobs() {
   local per_job_kib=$(( @ramPerJobGib@ * 1024 * 1024 ))
   local mem_kib="" key value _unit limit
@@ -30,6 +36,7 @@ vllmVariantsClampJobs() {
   fi
   echo "vllm-variants: $(( ${mem_kib:-0} / 1024 / 1024 )) GiB RAM, $cores cores -> $jobs build jobs (@ramPerJobGib@ GiB per nvcc job)"
   NIX_BUILD_CORES=$jobs
-  export NIX_BUILD_CORES
+  MAX_JOBS=$jobs
+  export NIX_BUILD_CORES MAX_JOBS
 }
 vllmVariantsClampJobs

@@ -1,17 +1,28 @@
 # The overlay that turns a CUDA-configured nixpkgs into one variant's package set.
 #
 # - cudaPackages = the variant's CUDA set (cudaPackages_12_9) for every package
-#   of this instance, not only vllm: torch, nccl, magma... all agree.
-# - bitsandbytes builds for the variant's SM only (COMPUTE_CAPABILITY). As
-#   packaged it builds every arch, which under CUDA 12.9 hits the CCCL 2.8.2
-#   _CCCL_PP_SPLICE_WITH_IMPL20 bug. It is replaced through
-#   pythonPackagesExtensions so every consumer in the closure gets the same one;
-#   swapping it in vllm's inputs alone would leave two copies, which
-#   pythonCatchConflictsHook rejects.
+#   of this instance, not only vllm: torch, nccl, magma... all agree. The alias
+#   of its major line (cudaPackages_12) follows it: nixpkgs defines that alias
+#   on its own (12.8 at the pin), so a package taking cudaPackages_12 directly
+#   would otherwise bring a second CUDA into the closure.
+# - bitsandbytes builds for the variant's SM only. As packaged it builds every
+#   arch, which under CUDA 12.9 hits the CCCL 2.8.2 _CCCL_PP_SPLICE_WITH_IMPL20
+#   bug. Its CMake runs twice: in the cmake phase (cmakeFlags) and again from
+#   setup.py through scikit-build-core, which gets cmakeFlags only through
+#   nixpkgs' scikit-build-core setup hook; one version of that hook passes
+#   them joined into ONE argument, so an added -DCOMPUTE_CAPABILITY flag would
+#   turn COMPUTE_BACKEND into "cuda -DCOMPUTE_CAPABILITY..." (the CPU branch)
+#   in the second run. So cmakeFlags stay as nixpkgs has them and postPatch
+#   changes the CMake default of COMPUTE_CAPABILITY, which both runs read.
+#   It is replaced through pythonPackagesExtensions so every consumer in the
+#   closure gets the same one; swapping it in vllm's inputs alone would leave
+#   two copies, which pythonCatchConflictsHook rejects.
 # - torch, xformers, flashinfer and vllm clamp their build jobs to the
 #   builder's RAM at build time (nix/build-jobs.sh).
-# - vllm is renamed to the variant, needs a big-parallel builder, is limited to
-#   the variant's system, and carries the variant's record.
+# - vllm keeps its own pname (nixpkgs' python metadata check hook, PR #532778,
+#   asks importlib.metadata.version("$pname")); it needs a big-parallel
+#   builder, is limited to the variant's system, and carries the variant's
+#   record. The variant's name goes on the environment (nix/variant.nix).
 {
   variant,
   ramPerJobGib,
@@ -21,6 +32,8 @@
 final: prev:
 let
   inherit (final) lib;
+
+  cudaMajor = builtins.head (builtins.splitVersion variant.cuda);
 
   clampJobsPhase =
     builtins.replaceStrings [ "@ramPerJobGib@" ] [ (toString ramPerJobGib) ]
@@ -32,14 +45,27 @@ let
       vllmVariantsClampJobsPhase = clampJobsPhase;
       prePhases = (old.prePhases or [ ]) ++ [ "vllmVariantsClampJobsPhase" ];
     });
+
+  # bitsandbytes' CMakeLists.txt: set(COMPUTE_CAPABILITY "<all>" CACHE STRING ...).
+  # The pattern matches the default whatever it is called at a pin; the check
+  # after it fails the build loudly when the line has moved.
+  bitsandbytesOneSm = ''
+    sed -i -E 's/^([[:space:]]*set\(COMPUTE_CAPABILITY[[:space:]]+)"[^"]*"([[:space:]]+CACHE)/\1"'"$vllmVariantsComputeCapability"'"\2/' CMakeLists.txt
+    if ! grep -qE '^[[:space:]]*set\(COMPUTE_CAPABILITY[[:space:]]+"'"$vllmVariantsComputeCapability"'"[[:space:]]+CACHE' CMakeLists.txt; then
+      echo "vllm-variants: could not set the COMPUTE_CAPABILITY default in bitsandbytes' CMakeLists.txt" >&2
+      exit 1
+    fi
+  '';
 in
 {
   cudaPackages = final.${variant.cuda_packages};
+  "cudaPackages_${cudaMajor}" = final.${variant.cuda_packages};
 
   pythonPackagesExtensions = prev.pythonPackagesExtensions ++ [
     (pyFinal: pyPrev: {
       bitsandbytes = pyPrev.bitsandbytes.overrideAttrs (old: {
-        cmakeFlags = (old.cmakeFlags or [ ]) ++ [ (lib.cmakeFeature "COMPUTE_CAPABILITY" variant.sm) ];
+        vllmVariantsComputeCapability = variant.sm;
+        postPatch = (old.postPatch or "") + bitsandbytesOneSm;
       });
 
       torch = clampJobs pyPrev.torch;
@@ -47,7 +73,6 @@ in
       flashinfer = clampJobs pyPrev.flashinfer;
 
       vllm = (clampJobs pyPrev.vllm).overrideAttrs (old: {
-        pname = variant.name;
         requiredSystemFeatures = lib.unique ((old.requiredSystemFeatures or [ ]) ++ [ "big-parallel" ]);
 
         # What `nox -s smoke` reads back from a result: <result>/share/vllm-variants/variant.json

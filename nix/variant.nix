@@ -30,7 +30,11 @@ let
       allowUnfree = true; # CUDA is unfree
       cudaSupport = true;
       cudaCapabilities = [ variant.capability ];
-      cudaForwardCompat = false; # SASS for this SM only, no PTX for newer GPUs
+      # No forward-compat PTX arch. At the pin only packages that build from
+      # cudaPackages.flags.gencode (nccl, magma) change with it; torch, vllm
+      # and the others take their arch lists from cudaCapabilities and never
+      # add PTX either way. Kept false as nixpkgs' pkgsForCudaArch does.
+      cudaForwardCompat = false;
     };
     overlays = [ (import ./overlay.nix { inherit variant ramPerJobGib pinText; }) ];
   };
@@ -40,6 +44,7 @@ let
   ps = python.pkgs;
   inherit (ps) vllm torch bitsandbytes;
   cuda = pkgs.cudaPackages;
+  cudaMajor = builtins.head (builtins.splitVersion variant.cuda);
 
   fail = what: got: want:
     throw (
@@ -47,6 +52,12 @@ let
       + "(${pinText}); the variant's configuration did not take effect"
     );
   expect = what: got: want: if got == want then true else fail what got want;
+  # Capability lists are compared as sets: nixpkgs' intersectLists keeps the
+  # duplicates of a package's own list (torch 2.9.1 lists "10.0" twice, so its
+  # cudaCapabilities for 10.0 is [ "10.0" "10.0" ], which nixpkgs accepts).
+  expectSet =
+    what: got: want:
+    if got != null && lib.unique got == want then true else fail what got want;
 
   cmakeValue =
     name: flags:
@@ -57,41 +68,92 @@ let
     in
     if found == [ ] then null else builtins.elemAt (builtins.head found) 1;
 
+  archListOf = drv: cmakeValue "TORCH_CUDA_ARCH_LIST" drv.cmakeFlags;
+
   # nixpkgs' vllm builds the intersection of cudaCapabilities with its own
   # supported list and throws "No supported GPU targets specified" when that
   # is empty (at some revisions Blackwell is commented out of the list). We do
   # not force gpuTargets past that: torch carries the same kind of list, and a
-  # capability nixpkgs left out is one it does not build. Name the SM and the pin
-  # instead of leaving the user with the bare throw.
+  # capability nixpkgs left out is one it does not build. Name the SM and the
+  # pin instead of leaving the user with the bare throw, but only for that
+  # decision: tryEval cannot tell one throw from another, so when it fails the
+  # same vllm is evaluated again with its documented `gpuTargets` argument
+  # (which bypasses the decision, nothing else) outside tryEval. Any other
+  # failure in its cmakeFlags (a source that does not fetch, an assertion)
+  # then surfaces with its own message.
   vllmArchList =
     let
       attempt = builtins.tryEval (
         let
-          value = cmakeValue "TORCH_CUDA_ARCH_LIST" vllm.cmakeFlags;
+          value = archListOf vllm;
         in
         builtins.deepSeq value value
       );
+      bypassed = archListOf (vllm.override { gpuTargets = [ variant.capability ]; });
     in
     if attempt.success then
       attempt.value
     else
-      throw (
-        "${variant.name}: vllm ${vllm.version} in ${pinText} cannot target CUDA capability "
-        + "${variant.capability} (SM ${variant.sm}): its derivation refuses the arch list "
-        + "(nixpkgs' vllm only builds the capabilities on its supported list). Use a nixpkgs pin "
-        + "whose vllm supports ${variant.capability}, or mark this variant "
-        + "`disabled = \"<reason>\"` in nix/variants.toml."
+      builtins.deepSeq bypassed (
+        throw (
+          "${variant.name}: vllm ${vllm.version} in ${pinText} cannot target CUDA capability "
+          + "${variant.capability} (SM ${variant.sm}): its derivation refuses the arch list "
+          + "(nixpkgs' vllm only builds the capabilities on its supported list). Use a nixpkgs pin "
+          + "whose vllm supports ${variant.capability}, or mark this variant "
+          + "`disabled = \"<reason>\"` in nix/variants.toml."
+        )
       );
+
+  splitList = value: if value == null then null else lib.splitString ";" value;
+
+  # Every CUDA package set a package of the closure names (nixpkgs passes it as
+  # passthru.cudaPackages); one version in all of them, and the major line's
+  # alias agrees (nix/overlay.nix).
+  cudaVersions = {
+    "cudaPackages_${cudaMajor}" = pkgs."cudaPackages_${cudaMajor}".cudaMajorMinorVersion;
+    torch = torch.cudaPackages.cudaMajorMinorVersion;
+    bitsandbytes = bitsandbytes.cudaPackages.cudaMajorMinorVersion or cuda.cudaMajorMinorVersion;
+  };
+
+  # What nixpkgs resolved for this variant: read back below, and printed by
+  # `invoke eval` (passthru.resolved).
+  resolved = {
+    inherit (variant) name;
+    pin = pinText;
+    versions = {
+      vllm = vllm.version;
+      torch = torch.version;
+      python = python.version;
+      cuda = cuda.cudaMajorMinorVersion;
+    };
+    arch = {
+      cudaCapabilities = cuda.flags.cudaCapabilities;
+      torch = torch.cudaCapabilities or null;
+      vllm = splitList vllmArchList;
+      # xformers and flashinfer build for torch.cudaCapabilities
+      xformers = torch.cudaCapabilities or null;
+      flashinfer = torch.cudaCapabilities or null;
+      bitsandbytes = bitsandbytes.vllmVariantsComputeCapability or null;
+    };
+    forwardCompat = cuda.flags.cudaForwardCompat;
+    cuda = cudaVersions;
+  };
 
   checks = [
     (expect "config.allowUnfree" (pkgs.config.allowUnfree or null) true)
     (expect "config.cudaSupport" (pkgs.config.cudaSupport or null) true)
     (expect "cudaPackages.cudaMajorMinorVersion" cuda.cudaMajorMinorVersion variant.cuda)
-    (expect "cudaPackages.flags.cudaCapabilities" cuda.flags.cudaCapabilities [ variant.capability ])
+    (expectSet "cudaPackages.flags.cudaCapabilities" cuda.flags.cudaCapabilities [ variant.capability ])
     (expect "cudaPackages.flags.cudaForwardCompat" cuda.flags.cudaForwardCompat false)
-    (expect "torch.cudaCapabilities" (torch.cudaCapabilities or null) [ variant.capability ])
-    (expect "vllm's TORCH_CUDA_ARCH_LIST" vllmArchList variant.capability)
-    (expect "bitsandbytes' COMPUTE_CAPABILITY" (cmakeValue "COMPUTE_CAPABILITY" bitsandbytes.cmakeFlags) variant.sm)
+    (expectSet "torch.cudaCapabilities" (torch.cudaCapabilities or null) [ variant.capability ])
+    (expectSet "vllm's TORCH_CUDA_ARCH_LIST" (splitList vllmArchList) [ variant.capability ])
+    # The CMake default both of bitsandbytes' CMake runs read (nix/overlay.nix);
+    # a -DCOMPUTE_CAPABILITY flag would reach the second run glued to another.
+    (expect "bitsandbytes' COMPUTE_CAPABILITY default" (
+      bitsandbytes.vllmVariantsComputeCapability or null
+    ) variant.sm)
+    (expect "bitsandbytes' COMPUTE_CAPABILITY cmake flag" (cmakeValue "COMPUTE_CAPABILITY" bitsandbytes.cmakeFlags) null)
+    (expect "the CUDA versions in the closure" (lib.unique (builtins.attrValues cudaVersions)) [ variant.cuda ])
   ];
 
   checked = builtins.deepSeq checks true;
@@ -100,14 +162,13 @@ let
 in
 assert checked;
 env.overrideAttrs (old: {
+  # The variant's name is where users see it: on the environment that is the
+  # flake output (result -> /nix/store/...-vllm-python312-cuda12_9-sm90-0.15.1),
+  # its meta and passthru. The Python package inside keeps pname "vllm".
+  name = "${variant.name}-${vllm.version}";
   passthru = (old.passthru or { }) // {
-    inherit variant vllm torch bitsandbytes pkgs;
-    versions = {
-      vllm = vllm.version;
-      torch = torch.version;
-      python = python.version;
-      cuda = cuda.cudaMajorMinorVersion;
-    };
+    inherit variant vllm torch bitsandbytes pkgs resolved;
+    versions = resolved.versions;
   };
   meta = (old.meta or { }) // {
     inherit (vllm.meta) description;

@@ -30,9 +30,11 @@ packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
     description = p.meta.description;
     platforms = p.meta.platforms;
     versions = p.versions;
+    envName = p.name;
     vllm = { inherit (p.vllm) pname name system cmakeFlags requiredSystemFeatures; platforms = p.vllm.meta.platforms; };
     torch = { inherit (p.torch) cudaCapabilities; cuda = p.torch.cudaPackages.cudaMajorMinorVersion; };
-    bitsandbytes = { inherit (p.bitsandbytes) cmakeFlags; };
+    bitsandbytes = { inherit (p.bitsandbytes) cmakeFlags vllmVariantsComputeCapability; };
+    resolved = p.resolved;
     xformers = { inherit (ps.xformers) TORCH_CUDA_ARCH_LIST prePhases; };
     flashinfer = { inherit (ps.flashinfer) FLASHINFER_CUDA_ARCH_LIST; };
     setVllmIsThisVllm = ps.vllm.drvPath == p.vllm.drvPath;
@@ -83,14 +85,19 @@ def test_variant_derivations_carry_its_one_capability(facts, variant):
     f = facts[variant.system][variant.name]
     cap, sm = variant.capability, variant.sm
     assert f["envSystem"] == variant.system and f["vllm"]["system"] == variant.system
-    assert f["vllm"]["pname"] == variant.name
-    assert f["vllm"]["name"] == f"python3.12-{variant.name}-{f['versions']['vllm']}"
+    # the Python package keeps its pname (nixpkgs' metadata check); the output carries the name
+    assert f["vllm"]["pname"] == "vllm"
+    assert f["vllm"]["name"] == f"python3.12-vllm-{f['versions']['vllm']}"
+    assert f["envName"] == f"{variant.name}-{f['versions']['vllm']}"
     assert cmake(f["vllm"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
     assert cmake(f["vllm"]["cmakeFlags"], "CUTLASS_NVCC_ARCHS_ENABLED") == sm
-    assert f["torch"]["cudaCapabilities"] == [cap]
-    assert cmake(f["bitsandbytes"]["cmakeFlags"], "COMPUTE_CAPABILITY") == sm
-    assert f["xformers"]["TORCH_CUDA_ARCH_LIST"] == cap
-    assert f["flashinfer"]["FLASHINFER_CUDA_ARCH_LIST"] == cap
+    assert set(f["torch"]["cudaCapabilities"]) == {cap}  # ["10.0", "10.0"] for B200, as nixpkgs has it
+    assert f["bitsandbytes"]["vllmVariantsComputeCapability"] == sm
+    assert cmake(f["bitsandbytes"]["cmakeFlags"], "COMPUTE_CAPABILITY") is None
+    assert f["resolved"]["arch"]["vllm"] == [cap] and f["resolved"]["cuda"]["torch"] == "12.9"
+    # xformers and flashinfer take torch.cudaCapabilities, duplicates and all
+    assert set(f["xformers"]["TORCH_CUDA_ARCH_LIST"].split(";")) == {cap}
+    assert set(f["flashinfer"]["FLASHINFER_CUDA_ARCH_LIST"].split(";")) == {cap}
     assert f["torch"]["cuda"] == "12.9" and f["versions"]["cuda"] == "12.9"
     assert "big-parallel" in f["vllm"]["requiredSystemFeatures"]
     assert f["vllm"]["platforms"] == [variant.system] == f["platforms"]
@@ -135,8 +142,8 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     # both of bitsandbytes' CMake runs (cmake phase, then scikit-build-core in the
     # wheel build) configure CUDA for this SM alone
     assert bnb_runs(report["bnb_build"]) == [("cmake-phase", "cuda", sm), ("scikit-build-core", "cuda", sm)]
-    assert report["xformers_build"]["TORCH_CUDA_ARCH_LIST"] == cap
-    assert report["flashinfer_build"]["FLASHINFER_CUDA_ARCH_LIST"] == cap
+    assert set(report["xformers_build"]["TORCH_CUDA_ARCH_LIST"].split(";")) == {cap}
+    assert set(report["flashinfer_build"]["FLASHINFER_CUDA_ARCH_LIST"].split(";")) == {cap}
     # the result's own metadata, as smoke reads it
     claimed = json.loads((out / "share" / "vllm-variants" / "variant.json").read_text())
     assert {k: claimed[k] for k in variant.to_json()} == variant.to_json()
@@ -242,8 +249,8 @@ def test_overlay_gives_another_flake_a_per_sm_vllm_from_its_own_nixpkgs(tmp_path
     )
     got = json.loads(support.nix(
         "eval", "--json", f"path:{consumer}#sm90", "--no-write-lock-file",
-        "--apply", "p: { inherit (p.vllm) pname version cmakeFlags; }").stdout)
-    assert got["pname"] == "vllm-python312-cuda12_9-sm90" and got["version"] == "0.15.2"
+        "--apply", "p: { inherit (p) name; inherit (p.vllm) version cmakeFlags; }").stdout)
+    assert got["name"] == "vllm-python312-cuda12_9-sm90-0.15.2" and got["version"] == "0.15.2"
     assert cmake(got["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == "9.0"
 
 

@@ -66,7 +66,8 @@ def test_typo_in_a_config_key_builds_every_default_arch(tmp_path):
 
 
 def test_without_the_cuda_overlay_the_build_uses_cuda_12_8(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [("cudaPackages = final.${variant.cuda_packages};", "")]})
+    flake = mutated(tmp_path, {"nix/overlay.nix": [("cudaPackages = final.${variant.cuda_packages};", ""),
+                                                   ('"cudaPackages_${cudaMajor}" = final.${variant.cuda_packages};', "")]})
     info = built_info(flake, "vllm")
     assert info["cuda"]["cuda"] == "12.8"
 
@@ -78,10 +79,25 @@ def test_forward_compat_left_on_is_visible_in_flags(tmp_path):
 
 
 def test_bitsandbytes_for_every_arch_hits_the_cccl_bug(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [('(lib.cmakeFeature "COMPUTE_CAPABILITY" variant.sm)', "")]})
+    flake = mutated(tmp_path, {"nix/overlay.nix": [("postPatch = (old.postPatch or \"\") + bitsandbytesOneSm;", "")]})
     proc = build(flake, check=False)
     assert proc.returncode != 0
     assert "_CCCL_PP_SPLICE_WITH_IMPL20" in proc.stderr
+
+
+def test_a_compute_capability_cmake_flag_reaches_the_second_cmake_run_glued_on(tmp_path):
+    """The first round's fix (a -DCOMPUTE_CAPABILITY cmakeFlag): the cmake phase
+    gets it, but nixpkgs' scikit-build-core hook hands cmakeFlags to the second
+    run as one argument, so COMPUTE_BACKEND swallows it and that run builds the
+    CPU library (or, per-arg, is fine): a flake that relied on it is wrong."""
+    flake = mutated(tmp_path, {"nix/overlay.nix": [(
+        "postPatch = (old.postPatch or \"\") + bitsandbytesOneSm;",
+        "cmakeFlags = (old.cmakeFlags or [ ]) ++ [ (lib.cmakeFeature \"COMPUTE_CAPABILITY\" variant.sm) ];")]})
+    runs = built_info(flake, "bitsandbytes")["cmakeRuns"]
+    assert [(r["run"], r["COMPUTE_BACKEND"], r["COMPUTE_CAPABILITY"]) for r in runs] == [
+        ("cmake-phase", "cuda", "90"),
+        ("scikit-build-core", "cuda -DCOMPUTE_CAPABILITY:STRING=90", "${POSSIBLE_CAPABILITIES}"),
+    ]
 
 
 def test_bitsandbytes_swapped_only_in_vllm_inputs_still_builds_the_stock_one(tmp_path):
@@ -108,12 +124,12 @@ def test_two_bitsandbytes_in_the_closure_fail_the_build(tmp_path):
 
 
 def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
-    flake = mutated(tmp_path, {"nix/variant.nix": [
-        ("env = python.withPackages (p: [ p.vllm ]);",
-         "env = python.withPackages (p: [ p.vllm ]);\n  unusedPerSm = vllm.overrideAttrs { pname = \"per-sm\"; };"),
-    ], "nix/overlay.nix": [("pname = variant.name;", "")]})
+    """ps.vllm stays the stock one when the per-SM vllm is an overrideAttrs beside the set."""
+    flake = mutated(tmp_path, {"nix/overlay.nix": [("vllm = (clampJobs pyPrev.vllm).overrideAttrs",
+                                                   "vllmPerSm = (clampJobs pyPrev.vllm).overrideAttrs")]})
     info = built_info(flake, "vllm")
-    assert info["pname"] == "vllm"
+    assert "big-parallel" not in info.get("requiredSystemFeatures", "")
+    assert "buildJobsFrom" in info and info["pname"] == "vllm"
 
 
 # -- nixpkgs semantics, directly -------------------------------------------------

@@ -326,6 +326,8 @@ class VariantPlan:
         heaviest first (HEAVY's order, not Nix's, which follows store hashes)."""
         found: list[tuple[int, str]] = []
         for drv in self.dry.will_build:
+            if drv == self.drv:  # the variant's environment, named after it: no compile
+                continue
             name = package_name(drv)
             for rank, heavy in enumerate(HEAVY):
                 if name == heavy or name.startswith(heavy + "-"):
