@@ -33,6 +33,38 @@
       lib = {
         # { <variant name> = { name sm capability arch gpus system python cuda ... }; }
         inherit (matrix) variants systems ramPerJobGib;
+
+        # The nixpkgs this evaluation uses (what nix/versions.json records).
+        pin = {
+          rev = nixpkgs.rev or null;
+          narHash = nixpkgs.narHash or null;
+        };
+
+        # What nixpkgs resolved for each named variant, for `invoke eval`:
+        #   resolve [ "vllm-python312-cuda12_9-sm90" ]
+        #   # => { vllm-python312-cuda12_9-sm90 = { ok = true; resolved = { versions arch ... }; }; }
+        # A variant whose evaluation throws gives { ok = false; } (tryEval keeps
+        # no message: invoke eval asks Nix for that variant alone to get it).
+        resolve =
+          names:
+          builtins.listToAttrs (
+            map (
+              name:
+              let
+                v = matrix.variants.${name};
+                attempt = builtins.tryEval (
+                  let
+                    r = self.packages.${v.system}.${name}.resolved;
+                  in
+                  builtins.deepSeq r r
+                );
+              in
+              {
+                inherit name;
+                value = if attempt.success then { ok = true; resolved = attempt.value; } else { ok = false; };
+              }
+            ) names
+          );
       };
 
       # packages.<system>.<variant name>: a Python 3.12 environment holding that

@@ -191,6 +191,25 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
 
 
 @task(
+    name="eval",
+    iterable=["sm", "system"],
+    help={
+        **_SELECT_HELP,
+        "all": "every enabled variant (the default when nothing is selected)",
+        "nixpkgs": "evaluate against this nixpkgs instead of the pin: a checkout's path or a flake reference "
+                   "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
+        "json": "print the result as JSON (for CI) instead of text",
+    },
+)
+def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False):
+    """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
+    from vllm_variants.evaluate import main
+
+    _call(main, _project(), sm=sm or (), arm64=arm64, systems=system or (), all=all, nixpkgs=nixpkgs,
+          as_json=json)
+
+
+@task(
     iterable=["sm", "system"],
     help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP},
 )
@@ -201,4 +220,4 @@ def matrix(c, format="github", sm=None, arm64=False, system=None):
     _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system)
 
 
-ns = Collection(variants, readme, build, bump_pin, smoke, doctor, which, audit, publish, matrix)
+ns = Collection(variants, readme, build, eval_, bump_pin, smoke, doctor, which, audit, publish, matrix)

@@ -1,0 +1,140 @@
+"""`invoke eval`: what nixpkgs resolves for each variant, evaluated, not built.
+
+The command to run after a bump on a machine that can fetch nixpkgs: every
+selected variant is evaluated at the pin (or at --nixpkgs) in ONE Nix process
+through the flake's `lib.resolve`, which wraps each variant in tryEval so one
+that does not evaluate does not stop the others. tryEval keeps no message, so
+each variant that failed there (and every variant, should the whole process
+fail on an error tryEval cannot catch) is asked for alone to get its reason.
+Nothing is built and flake.lock is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .errors import BuildError, CommandError
+from .matrix import Variant
+from .nix import Nix, error_message, flake_ref, input_ref
+from .project import Project
+from .runner import run
+
+# lib.resolve takes its list of names from here: the flake gets data, not
+# generated Nix source (the expression below is fixed).
+NAMES_ENV = "VLLM_VARIANTS_EVAL_NAMES"
+APPLY = f'resolve: resolve (builtins.fromJSON (builtins.getEnv "{NAMES_ENV}"))'
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """One variant: what nixpkgs resolved for it, or why it does not evaluate."""
+
+    variant: Variant
+    resolved: Mapping[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.resolved is not None
+
+    def lines(self) -> list[str]:
+        if not self.ok:
+            return [f"  {self.variant.name}: does not evaluate: {self.reason}"]
+        r = self.resolved or {}
+        versions, arch, cuda = r.get("versions", {}), r.get("arch", {}), r.get("cuda", {})
+
+        def caps(value: Any) -> str:
+            return ",".join(value) if isinstance(value, list) else str(value)
+
+        return [
+            f"  {self.variant.name}: vLLM {versions.get('vllm')}, torch {versions.get('torch')}, "
+            f"Python {versions.get('python')}, CUDA {versions.get('cuda')}",
+            "    arch: " + ", ".join(
+                f"{key} {caps(arch.get(key))}"
+                for key in ("cudaCapabilities", "torch", "vllm", "xformers", "flashinfer", "bitsandbytes")
+            ) + f"; forward compat {'on' if r.get('forwardCompat') else 'off'}",
+            "    CUDA in the closure: " + ", ".join(f"{k} {v}" for k, v in sorted(cuda.items())),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.variant.name, "ok": self.ok}
+        if self.ok:
+            data["resolved"] = self.resolved
+        else:
+            data["reason"] = self.reason
+        return data
+
+
+def one_line(stderr: str) -> str:
+    """Nix's error as one line: its message, whitespace folded."""
+    return " ".join(error_message(stderr).split())
+
+
+def resolve(
+    nix: Nix,
+    project: Project,
+    variants: Sequence[Variant],
+    overrides: Mapping[str, str] | None = None,
+) -> list[Resolution]:
+    flake = flake_ref(project.root)
+    common = ["--json", "--no-write-lock-file", *nix.override_args(overrides or {})]
+    env = {**(nix.env if nix.env is not None else os.environ), NAMES_ENV: json.dumps([v.name for v in variants])}
+    proc = run(nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
+               cwd=project.root, env=env, check=False)
+    together: dict[str, Any] = json.loads(proc.stdout) if proc.returncode == 0 else {}
+    results = []
+    for variant in variants:
+        entry = together.get(variant.name)
+        if entry and entry.get("ok"):
+            results.append(Resolution(variant, resolved=entry["resolved"]))
+            continue
+        alone = nix.run("eval", f"{flake}#{variant.attr_path()}.resolved", *common, cwd=project.root,
+                        check=False)
+        if alone.returncode == 0:  # failed only beside the others: report what it resolves to
+            results.append(Resolution(variant, resolved=json.loads(alone.stdout)))
+        else:
+            results.append(Resolution(variant, reason=one_line(alone.stderr)))
+    return results
+
+
+def main(
+    project: Project,
+    *,
+    sm: Sequence[str] = (),
+    arm64: bool = False,
+    systems: Sequence[str] = (),
+    all: bool = False,
+    nixpkgs: str | None = None,
+    as_json: bool = False,
+    nix: Nix | None = None,
+    out: TextIO | None = None,
+) -> list[Resolution]:
+    """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
+    out = out or sys.stdout
+    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True)
+    overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+    nix = nix or Nix()
+    nix.preflight()
+    try:
+        results = resolve(nix, project, picked, overrides)
+    except CommandError as error:  # nix could not start or died on a signal
+        raise BuildError(f"nix eval failed: {error}") from error
+    where = f"nixpkgs {nixpkgs}" if nixpkgs else "the pinned nixpkgs (flake.lock)"
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        json.dump({"nixpkgs": nixpkgs or "pin", "variants": [r.to_json() for r in results]}, out, indent=2)
+        out.write("\n")
+    else:
+        print(f"{len(results) - len(failed)} of {len(results)} variant(s) evaluate against {where}:", file=out)
+        for result in results:
+            for line in result.lines():
+                print(line, file=out)
+    out.flush()
+    if failed:
+        raise BuildError(f"{len(failed)} variant(s) do not evaluate: {', '.join(r.variant.name for r in failed)}")
+    return results

@@ -1,0 +1,106 @@
+"""`invoke eval`: every selected variant evaluated in one Nix process against
+the stand-in, what nixpkgs resolved printed per variant, failures one line each."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+import support
+
+from vllm_variants.errors import BuildError
+from vllm_variants.evaluate import main
+from vllm_variants.matrix import Matrix
+from vllm_variants.nix import Nix
+from vllm_variants.project import Project
+
+pytestmark = pytest.mark.nix
+
+MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
+B200 = MATRIX.resolve("100")
+NO_BLACKWELL = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "9.0a"]
+
+
+class Recording(Nix):
+    """The real nix, with every command it is asked to run recorded."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        object.__setattr__(self, "commands", [])
+
+    def argv(self, *args):
+        argv = super().argv(*args)
+        self.commands.append(argv[1:])
+        return argv
+
+
+def run_eval(project, *, standin=support.STANDIN, **kwargs):
+    nix = Recording(env=support.nix_env())
+    out = io.StringIO()
+    try:
+        results = main(Project(project), nixpkgs=str(standin), as_json=True, nix=nix, out=out, **kwargs)
+        error = None
+    except BuildError as caught:
+        results, error = None, caught
+    return json.loads(out.getvalue()), nix.commands, results, error
+
+
+def evaluating(commands):
+    return [c for c in commands if c[0] == "eval"]
+
+
+def test_all_ten_variants_evaluate_in_one_nix_process(project):
+    report, commands, results, error = run_eval(project)
+    assert error is None
+    assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.enabled]
+    assert len(evaluating(commands)) == 1
+    for entry, variant in zip(report["variants"], MATRIX.enabled):
+        resolved = entry["resolved"]
+        assert resolved["versions"] == {"vllm": "0.15.1", "torch": "2.9.1", "python": "3.12.12", "cuda": "12.9"}
+        arch = resolved["arch"]
+        assert arch["cudaCapabilities"] == arch["vllm"] == [variant.capability]
+        for reader in ("torch", "xformers", "flashinfer"):  # torch's list, duplicates kept
+            assert set(arch[reader]) == {variant.capability}, (variant.name, reader)
+        assert arch["bitsandbytes"] == variant.sm and resolved["forwardCompat"] is False
+        assert set(resolved["cuda"].values()) == {"12.9"}
+    # B200: torch 2.9.1 lists 10.0 twice, and the report shows it as nixpkgs has it
+    b200 = next(e for e in report["variants"] if e["name"] == B200.name)
+    assert b200["resolved"]["arch"]["torch"] == ["10.0", "10.0"]
+
+
+def test_a_variant_that_does_not_evaluate_is_one_line_and_the_others_go_on(project, standin):
+    report, commands, _, error = run_eval(project, standin=standin(vllmSupportedCapabilities=NO_BLACKWELL),
+                                          sm=["90", "100"])
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert by_name[MATRIX.resolve("90").name]["ok"] is True
+    failed = by_name[B200.name]
+    assert failed["ok"] is False
+    assert "cannot target CUDA capability 10.0 (SM 100)" in failed["reason"] and "\n" not in failed["reason"]
+    assert error is not None and B200.name in str(error)
+    # one process for all, one more for the failure's message
+    assert len(evaluating(commands)) == 2
+
+
+def test_eval_never_writes_flake_lock(project):
+    lock = project / "flake.lock"
+    before = lock.read_bytes()
+    run_eval(project, sm=["90"])
+    assert lock.read_bytes() == before
+
+
+def test_invoke_eval_text_and_exit_status(project, standin):
+    env = support.nix_env()
+    ok = subprocess.run([sys.executable, "-m", "invoke", "eval", "--sm", "90", "--nixpkgs", str(support.STANDIN)],
+                        cwd=project, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "1 of 1 variant(s) evaluate against nixpkgs" in ok.stdout
+    assert "vllm-python312-cuda12_9-sm90: vLLM 0.15.1, torch 2.9.1, Python 3.12.12, CUDA 12.9" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "invoke", "eval", "--sm", "100",
+                          "--nixpkgs", str(standin(vllmSupportedCapabilities=NO_BLACKWELL))],
+                         cwd=project, env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].endswith(f"1 variant(s) do not evaluate: {B200.name}")
