@@ -181,6 +181,9 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         # the recorded versions are what the committed flake evaluates to, and the README shows them
         recorded = versions.PinVersions.parse(at(repo, branch, versions.PATH))
         assert recorded.rev == nixpkgs.b and dict(recorded.variants) == evaluated(repo, branch)
+        # ... from the nixpkgs flake.lock now locks, said so, and not marked unverified
+        lock = json.loads(at(repo, branch, "flake.lock"))
+        assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
         table = readme.section_body(at(repo, branch, "README.md"), "versions")
         assert "| all 10 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
         assert nixpkgs.b in table

@@ -111,3 +111,26 @@ def test_a_broken_flake_lock_is_one_line(tmp_path, lock, message):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]]
     assert proc.stderr.startswith(message), proc.stderr
+
+
+def test_check_fails_when_the_evaluated_nixpkgs_is_not_the_locked_one(tmp_path):
+    """nix/versions.json names the narHash it was evaluated from; flake.lock must lock
+    that one, unless the file says the versions are unverified (the committed one does)."""
+    root = support.make_project(tmp_path / "p", git_init=False)
+    data_file = root / versions.PATH
+    data = json.loads(data_file.read_text())
+    assert data["nixpkgs"]["unverified"] and data["nixpkgs"]["narHash"] is None  # the committed file says so
+    assert "**Unverified:** these versions were evaluated against the test stand-in" in README
+
+    locked = json.loads((root / "flake.lock").read_text())["nodes"]["nixpkgs"]["locked"]["narHash"]
+    del data["nixpkgs"]["unverified"]
+    data["nixpkgs"]["narHash"] = "sha256-" + "A" * 43 + "="
+    data_file.write_text(json.dumps(data))
+    with pytest.raises(VariantsError, match=f"evaluated from nixpkgs narHash sha256-A+=, but flake.lock locks {locked}"):
+        readme.update(Project(root), check=True)
+
+    data["nixpkgs"]["narHash"] = locked
+    data_file.write_text(json.dumps(data))
+    readme.update(Project(root))
+    body = readme.section_body((root / "README.md").read_text(), "versions")
+    assert f"Evaluated from that commit (narHash `{locked}`" in body and "Unverified" not in body

@@ -324,7 +324,8 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
                 raise PinError(f"flake.lock locked {locked}, not {plan.rev}")
             stage = "to evaluate"
             packages = nix.eval_json(f"{flake_ref(tree)}#packages", apply=versions.EVAL, cwd=tree)
-            after = PinVersions.from_eval(plan.rev, plan.url, packages)
+            evaluated = nix.eval_json(f"{flake_ref(tree)}#{versions.PIN_ATTR}", cwd=tree)
+            after = PinVersions.from_eval(plan.rev, plan.url, packages, nar_hash=evaluated.get("narHash"))
             stage = "to regenerate README.md"
             (tree / versions.PATH).write_text(after.dumps(), encoding="utf-8")
             readme.update(Project(tree))

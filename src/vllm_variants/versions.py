@@ -26,6 +26,8 @@ LABELS = {"vllm": "vLLM", "torch": "PyTorch", "python": "Python", "cuda": "CUDA"
 
 # `nix eval --json <flake>#packages --apply EVAL` -> {system: {variant: versions}}
 EVAL = "builtins.mapAttrs (system: builtins.mapAttrs (name: package: package.versions))"
+# `nix eval --json <flake>#lib.pin` -> {rev, narHash}: the nixpkgs that evaluation used
+PIN_ATTR = "lib.pin"
 
 _VERSION_PART = re.compile(r"\d+|[a-z]+")
 
@@ -37,9 +39,14 @@ class PinVersions:
     rev: str
     url: str
     variants: Mapping[str, Mapping[str, str]]  # variant name -> {vllm, torch, python, cuda}
+    # The narHash of the nixpkgs the versions were evaluated from (flake.lock
+    # must lock the same), or None with `unverified` saying why there is none.
+    nar_hash: str | None = None
+    unverified: str | None = None
 
     @classmethod
-    def from_eval(cls, rev: str, url: str, packages: Mapping[str, Mapping[str, Any]]) -> PinVersions:
+    def from_eval(cls, rev: str, url: str, packages: Mapping[str, Mapping[str, Any]],
+                  nar_hash: str | None = None) -> PinVersions:
         """From EVAL's output; every package must report every key of KEYS."""
         variants: dict[str, dict[str, str]] = {}
         for by_name in packages.values():
@@ -50,21 +57,24 @@ class PinVersions:
                 variants[name] = {k: versions[k] for k in KEYS}
         if not variants:
             raise VariantsError("the flake exports no packages to read versions from")
-        return cls(rev=rev, url=url, variants=dict(sorted(variants.items())))
+        return cls(rev=rev, url=url, variants=dict(sorted(variants.items())), nar_hash=nar_hash)
 
     @classmethod
     def parse(cls, text: str) -> PinVersions:
         try:
             data = json.loads(text)
-            return cls(rev=data["nixpkgs"]["rev"], url=data["nixpkgs"]["url"],
-                       variants={n: {k: v[k] for k in KEYS} for n, v in data["variants"].items()})
+            pin = data["nixpkgs"]
+            return cls(rev=pin["rev"], url=pin["url"],
+                       variants={n: {k: v[k] for k in KEYS} for n, v in data["variants"].items()},
+                       nar_hash=pin.get("narHash"), unverified=pin.get("unverified"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise VariantsError(f"{PATH} is malformed ({exc!r}); regenerate it with `invoke bump-pin <rev>`") from None
 
     def dumps(self) -> str:
         data = {
             "generated_by": "invoke bump-pin: nix eval of packages.<system>.<variant>.versions",
-            "nixpkgs": {"rev": self.rev, "url": self.url},
+            "nixpkgs": {"rev": self.rev, "url": self.url, "narHash": self.nar_hash,
+                        **({"unverified": self.unverified} if self.unverified else {})},
             "variants": self.variants,
         }
         return json.dumps(data, indent=2) + "\n"
@@ -136,6 +146,14 @@ def locked(project: Project) -> str | None:
     return lock_rev(text)
 
 
+def locked_nar_hash(project: Project) -> str | None:
+    """The narHash flake.lock records for the nixpkgs input."""
+    lock = json.loads(project.flake_lock.read_text(encoding="utf-8"))
+    node = lock.get("nodes", {}).get(lock.get("nodes", {}).get("root", {}).get("inputs", {}).get(INPUT, INPUT), {})
+    value = node.get("locked", {}).get("narHash") if isinstance(node, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def readme_section(project: Project) -> str:
     """The README's version matrix; refuses data that describes another pin than flake.lock."""
     pin = load(project)
@@ -149,11 +167,23 @@ def readme_section(project: Project) -> str:
             f"{PATH} describes nixpkgs {pin.rev} but flake.lock locks {locked_now}; "
             f"run `invoke bump-pin {locked_now}` to re-evaluate the versions"
         )
+    lock_hash = locked_nar_hash(project)
+    if pin.unverified:
+        provenance = f"**Unverified:** {pin.unverified}"
+    elif pin.nar_hash != lock_hash:
+        raise VariantsError(
+            f"{PATH} was evaluated from nixpkgs narHash {pin.nar_hash}, but flake.lock locks {lock_hash}; "
+            f"run `invoke bump-pin {locked_now}` to re-evaluate the versions"
+        )
+    else:
+        provenance = f"Evaluated from that commit (narHash `{pin.nar_hash}`, as flake.lock locks it)."
     groups: dict[tuple[str, ...], list[str]] = {}
     for name, versions in pin.variants.items():
         groups.setdefault(tuple(versions[k] for k in KEYS), []).append(name)
     lines = [
         f"Pinned nixpkgs: `{pin.rev}` (`{pin.url}`).",
+        "",
+        provenance,
         "",
         "| Variants | " + " | ".join(LABELS[k] for k in KEYS) + " |",
         "|---" * (len(KEYS) + 1) + "|",
