@@ -25,7 +25,11 @@ let
     throw
     ;
 
-  defaultKeys = [ "python" "cuda" "min_driver" ];
+  defaultKeys = [ "python" "cuda" "min_driver" "torch" ];
+  # torch = "source" (nixpkgs' torch for this SM) or "wheel" (torch-bin); the
+  # wheel is a CUDA one on x86_64-linux only (torch/bin/binary-hashes.nix).
+  torchSuffix = { source = ""; wheel = "-torchbin"; };
+  torchWheelSystems = [ "x86_64-linux" ];
   requiredKeys = [ "sm" "capability" "arch" "gpus" "system" ];
   variantKeys = requiredKeys ++ defaultKeys ++ [ "disabled" ];
   topLevelKeys = [ "defaults" "build" "systems" "variant" ];
@@ -46,9 +50,9 @@ let
       sm = v.sm;
       cudaTag = "cuda" + replaceStrings [ "." ] [ "_" ] v.cuda;
       record = {
-        name = "vllm-${v.python}-${cudaTag}-sm${sm}${systems.${v.system}}";
+        name = "vllm-${v.python}-${cudaTag}-sm${sm}${torchSuffix.${v.torch} or ""}${systems.${v.system}}";
         inherit sm;
-        inherit (v) capability arch gpus system python cuda min_driver;
+        inherit (v) capability arch gpus system python cuda min_driver torch;
         cuda_tag = cudaTag;
         cuda_packages = "cudaPackages_" + replaceStrings [ "." ] [ "_" ] v.cuda;
         disabled = v.disabled or null;
@@ -71,11 +75,15 @@ let
                     check (systems ? ${v.system})
                       "${where}: system '${v.system}' is not one of ${concatStringsSep ", " (attrNames systems)}"
                       (
+                        check (torchSuffix ? ${v.torch}) "${where}: torch '${v.torch}' is not one of source, wheel" (
+                        check (v.torch != "wheel" || elem v.system torchWheelSystems)
+                          "${where}: torch = \"wheel\" needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on ${v.system}" (
                         check (isList v.gpus && v.gpus != [ ]) "${where}: gpus must be a non-empty list" (
                           check (record.disabled == null || (isString record.disabled && record.disabled != ""))
                             "${where}: disabled must be a reason (a non-empty string)"
                             record
                         )
+                        ))
                       )
                   )
               )

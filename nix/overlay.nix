@@ -19,6 +19,14 @@
 #   two copies, which pythonCatchConflictsHook rejects.
 # - torch, xformers, flashinfer and vllm clamp their build jobs to the
 #   builder's RAM at build time (nix/build-jobs.sh).
+# - A `torch = "wheel"` row puts nixpkgs' torch-bin (the upstream wheel, every
+#   SM, linked against this instance's cudaPackages) in place of torch for the
+#   whole Python set, so every package links the one torch. torch-bin carries
+#   no passthru (no cudaSupport, cudaPackages, cudaCapabilities), which
+#   xformers, flashinfer, bitsandbytes and vllm read from torch; they get the
+#   variant's here, so they still build for its SM alone. vllm pins the torch
+#   it was packaged with; when torch-bin's version differs, that pin is
+#   relaxed here, by name, and the mismatch recorded (variant.json, eval).
 # - vllm keeps its own pname (nixpkgs' python metadata check hook, PR #532778,
 #   asks importlib.metadata.version("$pname")); it needs a big-parallel
 #   builder, is limited to the variant's system, and carries the variant's
@@ -34,6 +42,7 @@ let
   inherit (final) lib;
 
   cudaMajor = builtins.head (builtins.splitVersion variant.cuda);
+  torchIsWheel = variant.torch == "wheel";
 
   clampJobsPhase =
     builtins.replaceStrings [ "@ramPerJobGib@" ] [ (toString ramPerJobGib) ]
@@ -68,16 +77,38 @@ in
         postPatch = (old.postPatch or "") + bitsandbytesOneSm;
       });
 
-      torch = clampJobs pyPrev.torch;
+      torch =
+        if torchIsWheel then
+          pyPrev.torch-bin.overrideAttrs (old: {
+            passthru = (old.passthru or { }) // {
+              cudaSupport = true;
+              rocmSupport = false;
+              inherit (final) cudaPackages;
+              # what packages built against this torch target: the variant's SM
+              cudaCapabilities = [ variant.capability ];
+              vllmVariantsSourceTorchVersion = pyPrev.torch.version;
+            };
+          })
+        else
+          clampJobs pyPrev.torch;
       xformers = clampJobs pyPrev.xformers;
       flashinfer = clampJobs pyPrev.flashinfer;
 
       vllm = (clampJobs pyPrev.vllm).overrideAttrs (old: {
         requiredSystemFeatures = lib.unique ((old.requiredSystemFeatures or [ ]) ++ [ "big-parallel" ]);
+      } // lib.optionalAttrs (torchIsWheel && pyFinal.torch.version != pyPrev.torch.version) {
+        # vllm was packaged against the source torch; torch-bin lags it. Relax
+        # exactly that pin (true already relaxes every one).
+        pythonRelaxDeps =
+          if (old.pythonRelaxDeps or [ ]) == true then true else lib.unique ((old.pythonRelaxDeps or [ ]) ++ [ "torch" ]);
+      } // {
 
         # What `nox -s smoke` reads back from a result: <result>/share/vllm-variants/variant.json
         vllmVariantsInfo = builtins.toJSON (
           variant
+          // lib.optionalAttrs torchIsWheel {
+            torchWheel = { version = pyFinal.torch.version; vllmPackagedWith = pyPrev.torch.version; };
+          }
           // {
             pin = pinText;
             versions = {
@@ -101,7 +132,9 @@ in
           platforms = [ variant.system ];
           description =
             "vLLM ${old.version} for ${lib.concatStringsSep ", " variant.gpus} "
-            + "(${variant.arch}, SM ${variant.sm}, CUDA ${final.cudaPackages.cudaMajorMinorVersion})";
+            + "(${variant.arch}, SM ${variant.sm}, CUDA ${final.cudaPackages.cudaMajorMinorVersion}"
+            + lib.optionalString torchIsWheel ", torch ${pyFinal.torch.version} wheel"
+            + ")";
         };
       });
     })

@@ -43,6 +43,7 @@ let
   python = pkgs.${variant.python};
   ps = python.pkgs;
   inherit (ps) vllm torch bitsandbytes;
+  torchIsWheel = variant.torch == "wheel";
   cuda = pkgs.cudaPackages;
   cudaMajor = builtins.head (builtins.splitVersion variant.cuda);
 
@@ -128,7 +129,8 @@ let
     };
     arch = {
       cudaCapabilities = cuda.flags.cudaCapabilities;
-      torch = torch.cudaCapabilities or null;
+      # a torch-bin row: the wheel's own kernels, for every SM it ships
+      torch = if torchIsWheel then "every SM of the wheel" else torch.cudaCapabilities or null;
       vllm = splitList vllmArchList;
       # xformers and flashinfer build for torch.cudaCapabilities
       xformers = torch.cudaCapabilities or null;
@@ -137,6 +139,11 @@ let
     };
     forwardCompat = cuda.flags.cudaForwardCompat;
     cuda = cudaVersions;
+    torch = {
+      kind = variant.torch;
+      # torch-bin lags the source torch vllm was packaged with: shown, not hidden
+      sourceVersion = torch.vllmVariantsSourceTorchVersion or torch.version;
+    };
   };
 
   checks = [
@@ -154,6 +161,9 @@ let
     ) variant.sm)
     (expect "bitsandbytes' COMPUTE_CAPABILITY cmake flag" (cmakeValue "COMPUTE_CAPABILITY" bitsandbytes.cmakeFlags) null)
     (expect "the CUDA versions in the closure" (lib.unique (builtins.attrValues cudaVersions)) [ variant.cuda ])
+    # One torch for the whole set: torch-bin on a wheel row (the same derivation,
+    # passthru aside), the source torch otherwise.
+    (expect "torch is torch-bin" (torch.drvPath == ps.torch-bin.drvPath) torchIsWheel)
   ];
 
   checked = builtins.deepSeq checks true;

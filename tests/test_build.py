@@ -524,3 +524,18 @@ def test_nixpkgs_git_checkout_is_used_as_git_not_copied_with_its_history(project
     support.commit_all(repo, "mirror")
     proc = ok(invoke(project, "build", "--sm", "90", "--dry-run", "--nixpkgs", str(repo)))
     assert f"nixpkgs git+file://{repo}" in proc.stdout
+
+
+def test_dry_run_plan_of_a_torch_wheel_row_compiles_no_torch(project, standin, tmp_path, standin_base):
+    """Issue #14: the same SM, two torches. The wheel row plans torch-bin (unpacked and
+    patched, not compiled); its SM-specific compiles are the same as the source row's."""
+    nixpkgs = standin(salt=unique("torch-rows"))
+    wheel = MATRIX.by_name("vllm-python312-cuda12_9-sm90-torchbin")
+    ok(invoke(project, "build", "--sm", f"90,{wheel.name}", "--dry-run", "--nixpkgs", str(nixpkgs),
+              "--json", "plan.json"))
+    rows = {v["variant"]: v["plan"] for v in json.loads((project / "plan.json").read_text())["variants"]}
+    source, binary = rows[SM90.name], rows[wheel.name]
+    assert "torch 2.9.1" in source["heavy"]
+    assert not any(h.startswith("torch") for h in binary["heavy"]), binary["heavy"]
+    assert {h for h in source["heavy"] if not h.startswith("torch")} == set(binary["heavy"])
+    assert any(d.endswith("-python3.12-torch-2.9.0.drv") for d in binary["will_build"])

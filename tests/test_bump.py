@@ -176,7 +176,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         subject, body = subject_and_body(repo, branch)
         assert subject == "vllm: update to 0.16.0"
         assert f"nixpkgs: {nixpkgs.a[:12]} -> {nixpkgs.b[:12]}" in body
-        assert "vllm: 0.15.1 -> 0.16.0" in body and "torch: 2.9.1 -> 2.10.0" in body
+        assert "vllm: 0.15.1 -> 0.16.0" in body and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in body
         assert "python: 3.12.12 (unchanged)" in body and "cuda: 12.9 (unchanged)" in body
         # the recorded versions are what the committed flake evaluates to, and the README shows them
         recorded = versions.PinVersions.parse(at(repo, branch, versions.PATH))
@@ -185,9 +185,10 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         lock = json.loads(at(repo, branch, "flake.lock"))
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
         table = readme.section_body(at(repo, branch, "README.md"), "versions")
-        assert "| all 10 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
+        assert "| the other 10 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
+        assert "| `vllm-python312-cuda12_9-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.9 |" in table
         assert nixpkgs.b in table
-    assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.1 -> 2.10.0" in run_bump.out
+    assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in run_bump.out
 
     # The checkout was on main, which moved: it shows main's new files, as a
     # pull would, with nothing staged or modified and the untracked file kept.

@@ -42,6 +42,9 @@ packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
 """
 
 
+TORCH_BIN = "2.9.0"  # the stand-in's torch-bin, lagging the source torch 2.9.1 as stored near the pin
+
+
 def bnb_runs(record: dict) -> list[tuple[str, str, str]]:
     return [(r["run"], r["COMPUTE_BACKEND"], r["COMPUTE_CAPABILITY"]) for r in record["cmakeRuns"]]
 
@@ -110,7 +113,8 @@ def test_description_is_built_from_the_pinned_versions(facts, variant):
     f = facts[variant.system][variant.name]
     assert f["versions"]["vllm"] == "0.15.1"  # the stand-in's (= the pin's) vllm
     assert f["description"] == (
-        f"vLLM 0.15.1 for {', '.join(variant.gpus)} ({variant.arch}, SM {variant.sm}, CUDA 12.9)"
+        f"vLLM 0.15.1 for {', '.join(variant.gpus)} ({variant.arch}, SM {variant.sm}, CUDA 12.9"
+        + (f", torch {TORCH_BIN} wheel)" if variant.torch_wheel else ")")
     )
 
 
@@ -134,9 +138,14 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     report = json.loads(subprocess.run([out / "bin" / "python", "-c", PROBE], check=True,
                                        capture_output=True, text=True).stdout)
     cap, sm = variant.capability, variant.sm
-    assert report["vllm"] == "0.15.1" and report["torch"] == "2.9.1"
-    assert report["torch_cuda"] == "12.9"
-    assert report["torch_arch"] == f"sm_{sm}"
+    torch = TORCH_BIN if variant.torch_wheel else "2.9.1"
+    assert report["vllm"] == "0.15.1" and report["torch"] == torch
+    if variant.torch_wheel:  # the upstream cu128 wheel: every SM, built with CUDA 12.8, linked to 12.9
+        assert report["torch_cuda"] == "12.8" and report["torch_build"]["cuda"]["cuda"] == "12.9"
+        assert report["torch_arch"] == "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"
+    else:
+        assert report["torch_cuda"] == "12.9"
+        assert report["torch_arch"] == f"sm_{sm}"
     assert cmake(report["vllm_build"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
     assert report["vllm_build"]["cuda"]["cuda_nvcc"].startswith("12.9.")
     # both of bitsandbytes' CMake runs (cmake phase, then scikit-build-core in the
@@ -147,16 +156,20 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     # the result's own metadata, as smoke reads it
     claimed = json.loads((out / "share" / "vllm-variants" / "variant.json").read_text())
     assert {k: claimed[k] for k in variant.to_json()} == variant.to_json()
-    assert claimed["versions"] == {"vllm": "0.15.1", "torch": "2.9.1", "python": "3.12.12", "cuda": "12.9"}
+    assert claimed["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": "12.9"}
+    assert claimed.get("torchWheel") == ({"version": TORCH_BIN, "vllmPackagedWith": "2.9.1"}
+                                         if variant.torch_wheel else None)
     version = subprocess.run([out / "bin" / "vllm", "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == "0.15.1"
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
-def test_closure_holds_one_bitsandbytes(built, variant):
+def test_closure_holds_one_bitsandbytes_and_one_torch(built, variant):
     closure = support.nix("path-info", "--recursive", built[variant.name]).stdout.split()
     bnb = [p for p in closure if "-bitsandbytes-" in p]
     assert len(bnb) == 1, bnb
+    torch = [p for p in closure if "-python3.12-torch-" in p]
+    assert len(torch) == 1 and torch[0].endswith(f"-torch-{TORCH_BIN if variant.torch_wheel else '2.9.1'}"), torch
 
 
 def test_description_follows_the_pinned_vllm_version(flake, standin):

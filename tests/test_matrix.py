@@ -14,7 +14,8 @@ from vllm_variants.matrix import Matrix, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
-# The ten variants DEVELOPERS.md and issue #7 name: the spec, not a derivation.
+# The ten variants DEVELOPERS.md and issue #7 name (torch built for the SM), plus
+# the torch-bin row of issue #14: the spec, not a derivation.
 EXPECTED = {
     "vllm-python312-cuda12_9-sm70": ("70", "7.0", "Volta", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm75": ("75", "7.5", "Turing", "x86_64-linux"),
@@ -26,6 +27,7 @@ EXPECTED = {
     "vllm-python312-cuda12_9-sm120": ("120", "12.0", "Blackwell", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm90-arm64": ("90", "9.0", "Grace Hopper", "aarch64-linux"),
     "vllm-python312-cuda12_9-sm100-arm64": ("100", "10.0", "Grace Blackwell", "aarch64-linux"),
+    "vllm-python312-cuda12_9-sm90-torchbin": ("90", "9.0", "Hopper", "x86_64-linux"),
 }
 
 
@@ -34,9 +36,10 @@ def matrix() -> Matrix:
     return Matrix.load(MATRIX)
 
 
-def test_matrix_holds_the_ten_variants(matrix):
+def test_matrix_holds_the_ten_variants_and_the_torch_wheel_row(matrix):
     got = {v.name: (v.sm, v.capability, v.arch, v.system) for v in matrix.variants}
     assert got == EXPECTED
+    assert [v.name for v in matrix.variants if v.torch == "wheel"] == ["vllm-python312-cuda12_9-sm90-torchbin"]
     for v in matrix.variants:
         assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", "12.9", "cudaPackages_12_9", 560)
         assert v.gpus, v.name
@@ -129,11 +132,16 @@ BAD_TABLES = [
     ("gpu = [\"X\"]\n", "unknown key"),
     ("capability = \"9.1\"\n", "does not match sm"),
     ("system = \"riscv64-linux\"\n", "is not one of"),
+    ("torch = \"conda\"\n", "torch 'conda' is not one of source, wheel"),
+    # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
+    ("system = \"aarch64-linux\"\ntorch = \"wheel\"\n",
+     "needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on aarch64-linux"),
 ]
 
 
 @pytest.mark.nix
-@pytest.mark.parametrize("replacement, message", BAD_TABLES, ids=["typo", "capability", "system"])
+@pytest.mark.parametrize("replacement, message", BAD_TABLES,
+                         ids=["typo", "capability", "system", "torch-kind", "torch-wheel-arm64"])
 def test_malformed_matrix_fails_on_both_sides(tmp_path, replacement, message):
     root = support.make_project(tmp_path / "p", git_init=False)
     matrix_file = root / "nix" / "variants.toml"
@@ -176,7 +184,7 @@ WRONG_TYPES = {
         "not true"),
     "defaults not a table": (
         lambda d: d.update(defaults="python312"),
-        '{where}: [defaults] must be a table (holding python, cuda, min_driver), not "python312"'),
+        '{where}: [defaults] must be a table (holding python, cuda, min_driver, torch), not "python312"'),
     "sm a number": (
         lambda d: _first(d).update(sm=70),
         '{where}: variant #1: sm must be a string like "90", not the number 70'),
@@ -198,7 +206,7 @@ WRONG_TYPES = {
     "variant not a table": (
         lambda d: d["variant"].insert(0, "sm90"),
         "{where}: variant #1 must be a table (holding arch, capability, cuda, disabled, gpus, min_driver, python, "
-        'sm, system), not "sm90"'),
+        'sm, system, torch), not "sm90"'),
     "variant a string": (
         lambda d: d.update(variant="sm90"),
         '{where}: variant must be [[variant]] tables, not "sm90"'),
@@ -277,7 +285,10 @@ def test_select_combines_lists_systems_and_all(matrix):
     names = lambda vs: [v.name.removeprefix("vllm-python312-cuda12_9-") for v in vs]  # noqa: E731
     assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
     assert names(matrix.select(systems=["aarch64-linux"])) == ["sm90-arm64", "sm100-arm64"]
-    assert len(matrix.select(all=True)) == 10
+    assert len(matrix.select(all=True)) == 11
+    # --sm 90 is the SM's own torch; the torch-bin row goes by name
+    assert names(matrix.select(["9.0"])) == ["sm90"]
+    assert names(matrix.select(["vllm-python312-cuda12_9-sm90-torchbin"])) == ["sm90-torchbin"]
     with pytest.raises(SelectionError, match="no variant selected"):
         matrix.select()
     # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
@@ -303,5 +314,6 @@ def test_to_json_is_the_nix_shape(matrix):
         "cuda_tag": "cuda12_9",
         "cuda_packages": "cudaPackages_12_9",
         "min_driver": 560,
+        "torch": "source",
         "disabled": None,
     }

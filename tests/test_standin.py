@@ -19,6 +19,7 @@ import support
 pytestmark = pytest.mark.nix
 
 SM90 = "packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
+SM90_WHEEL = "packages.x86_64-linux.vllm-python312-cuda12_9-sm90-torchbin"
 
 
 def mutated(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> str:
@@ -34,12 +35,12 @@ def mutated(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> str:
     return support.flake_ref(root)
 
 
-def build(flake: str, attr: str = SM90, check: bool = True):
-    return support.nix("build", "--json", "--no-link", f"{flake}#{attr}", *support.override(), check=check)
+def build(flake: str, attr: str = SM90, check: bool = True, standin: Path = support.STANDIN):
+    return support.nix("build", "--json", "--no-link", f"{flake}#{attr}", *support.override(standin), check=check)
 
 
-def built_info(flake: str, module: str) -> dict:
-    out = json.loads(build(flake).stdout)[0]["outputs"]["out"]
+def built_info(flake: str, module: str, attr: str = SM90) -> dict:
+    out = json.loads(build(flake, attr).stdout)[0]["outputs"]["out"]
     probe = f"import json, {module}, pathlib; print((pathlib.Path({module}.__file__).parent / '_nix_build.json').read_text())"
     return json.loads(subprocess.run([f"{out}/bin/python", "-c", probe], capture_output=True, text=True,
                                      check=True).stdout)
@@ -130,6 +131,57 @@ def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
     info = built_info(flake, "vllm")
     assert "big-parallel" not in info.get("requiredSystemFeatures", "")
     assert "buildJobsFrom" in info and info["pname"] == "vllm"
+
+
+# -- the torch-bin row (issue #14): what a flake that forgets a step meets -------
+
+WHEEL_PASSTHRU = """passthru = (old.passthru or { }) // {
+              cudaSupport = true;
+              rocmSupport = false;
+              inherit (final) cudaPackages;
+              # what packages built against this torch target: the variant's SM
+              cudaCapabilities = [ variant.capability ];
+              vllmVariantsSourceTorchVersion = pyPrev.torch.version;
+            };"""
+
+
+def test_torch_bin_as_is_does_not_evaluate_under_xformers(tmp_path):
+    """torch-bin has no passthru.cudaCapabilities (nor cudaSupport): swapping it in bare fails."""
+    flake = mutated(tmp_path, {"nix/overlay.nix": [(WHEEL_PASSTHRU, "")]})
+    proc = support.nix("eval", f"{flake}#{SM90_WHEEL}.drvPath", *support.override(), check=False)
+    assert proc.returncode != 0
+    assert "attribute 'cudaCapabilities' missing" in proc.stderr or "attribute 'cudaSupport' missing" in proc.stderr
+
+
+def test_torch_bin_swapped_in_vllm_alone_gives_two_torches(tmp_path):
+    flake = mutated(tmp_path, {"nix/overlay.nix": [
+        ("        if torchIsWheel then\n          pyPrev.torch-bin.overrideAttrs",
+         "        if false then\n          pyPrev.torch-bin.overrideAttrs"),
+        ("vllm = (clampJobs pyPrev.vllm)",
+         "vllm = (clampJobs (pyPrev.vllm.override { torch = pyPrev.torch-bin.overrideAttrs (old: { "
+         + WHEEL_PASSTHRU + " }); }))"),
+    ]})
+    proc = build(flake, SM90_WHEEL, check=False)
+    assert proc.returncode != 0
+    assert "Found duplicated packages in closure for dependency 'torch'" in proc.stderr
+
+
+def test_torch_bin_lagging_vllm_pin_fails_unless_relaxed(tmp_path, standin):
+    """A pin whose vllm does not relax its torch pin: the flake relaxes exactly that one."""
+    strict = standin(vllmRelaxDeps=[])
+    info = built_info_with(support.flake_ref(support.make_project(tmp_path / "p", git_init=False)), strict)
+    assert info["version"] == "0.15.1"
+    flake = mutated(tmp_path, {"nix/overlay.nix": [
+        ("lib.optionalAttrs (torchIsWheel && pyFinal.torch.version != pyPrev.torch.version)", "lib.optionalAttrs false")]})
+    proc = build(flake, SM90_WHEEL, check=False, standin=strict)
+    assert proc.returncode != 0
+    assert "torch==2.9.1 not satisfied by version 2.9.0" in proc.stderr
+
+
+def built_info_with(flake: str, standin: Path) -> dict:
+    out = json.loads(build(flake, SM90_WHEEL, standin=standin).stdout)[0]["outputs"]["out"]
+    site = Path(out) / "lib" / "python3.12" / "site-packages"
+    return json.loads((site / "vllm" / "_nix_build.json").read_text())
 
 
 # -- nixpkgs semantics, directly -------------------------------------------------
@@ -227,3 +279,15 @@ def test_system_is_required_in_pure_evaluation(tmp_path):
         % support.STANDIN)
     proc = support.nix("eval", f"path:{flake}#x", "--no-write-lock-file", check=False)
     assert proc.returncode != 0 and "currentSystem" in proc.stderr
+
+
+def test_torch_bin_is_the_wheel_with_no_passthru():
+    got = json.loads(standin_eval("""
+      let pkgsFor = system: import nixpkgs { inherit system; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "9.0" ]; }; };
+          bin = (pkgsFor "x86_64-linux").python312Packages.torch-bin;
+          arm = (pkgsFor "aarch64-linux").python312Packages.torch-bin;
+      in { inherit (bin) pname version; caps = bin ? cudaCapabilities; support = bin ? cudaSupport;
+           x86Cuda = bin ? CUDA_HOME; armCuda = arm ? CUDA_HOME; }""").stdout)
+    assert got == {"pname": "torch", "version": "2.9.0", "caps": False, "support": False,
+                   "x86Cuda": True, "armCuda": False}

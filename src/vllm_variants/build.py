@@ -329,6 +329,8 @@ class VariantPlan:
             if drv == self.drv:  # the variant's environment, named after it: no compile
                 continue
             name = package_name(drv)
+            if name == "torch" and self.variant.torch_wheel:  # torch-bin: a wheel unpacked and patched
+                continue
             for rank, heavy in enumerate(HEAVY):
                 if name == heavy or name.startswith(heavy + "-"):
                     found.append((rank, f"{heavy} {version_of(drv)}".strip()))

@@ -59,7 +59,16 @@ class Resolution:
                 for key in ("cudaCapabilities", "torch", "vllm", "xformers", "flashinfer", "bitsandbytes")
             ) + f"; forward compat {'on' if r.get('forwardCompat') else 'off'}",
             "    CUDA in the closure: " + ", ".join(f"{k} {v}" for k, v in sorted(cuda.items())),
+            *self._torch_lines(r.get("torch", {}), versions.get("torch")),
         ]
+
+    @staticmethod
+    def _torch_lines(torch: Mapping[str, Any], version: str | None) -> list[str]:
+        if torch.get("kind") != "wheel":
+            return []
+        source = torch.get("sourceVersion")
+        lag = f"; vllm was packaged with torch {source}, its pin relaxed" if source != version else ""
+        return [f"    torch: nixpkgs' torch-bin {version} (the upstream wheel, every SM){lag}"]
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.variant.name, "ok": self.ok}

@@ -22,7 +22,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10
     import tomli as tomllib
 
-DEFAULT_KEYS = ("python", "cuda", "min_driver")
+DEFAULT_KEYS = ("python", "cuda", "min_driver", "torch")
+# torch = "source": nixpkgs' torch built for the variant's SM (the default);
+# "wheel": nixpkgs' torch-bin (the upstream wheel, every SM) in its place.
+TORCH_KINDS = ("source", "wheel")
+TORCH_SUFFIX = {"source": "", "wheel": "-torchbin"}
+# nixpkgs' torch-bin fetches the CUDA wheel on x86_64-linux only; on
+# aarch64-linux it is the CPU wheel (torch/bin/binary-hashes.nix).
+TORCH_WHEEL_SYSTEMS = ("x86_64-linux",)
 REQUIRED_VARIANT_KEYS = ("sm", "capability", "arch", "gpus", "system")
 VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled",))
 TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant"))
@@ -48,6 +55,12 @@ class Variant:
     cuda_packages: str
     min_driver: int
     disabled: str | None = None
+    torch: str = "source"
+
+    @property
+    def torch_wheel(self) -> bool:
+        """torch is nixpkgs' torch-bin (the upstream wheel, every SM), not built for this SM."""
+        return self.torch == "wheel"
 
     @property
     def arm64(self) -> bool:
@@ -69,7 +82,9 @@ class Variant:
 
     @property
     def selector(self) -> str:
-        """The task options that select this variant: '--sm 90' or '--sm 90 --arm64'."""
+        """The task options that select this variant: '--sm 90', '--sm 90 --arm64', or its name."""
+        if self.torch_wheel:
+            return f"--sm {self.name}"
         return f"--sm {self.sm}" + (" --arm64" if self.arm64 else "")
 
     @property
@@ -95,6 +110,7 @@ class Variant:
             "cuda_tag": self.cuda_tag,
             "cuda_packages": self.cuda_packages,
             "min_driver": self.min_driver,
+            "torch": self.torch,
             "disabled": self.disabled,
         }
 
@@ -223,6 +239,8 @@ class Matrix:
                 f"SM {sm} exists only for arm64; add --arm64 "
                 f"(x86_64 SMs: {', '.join(_unique(v.sm for v in self.enabled if not v.arm64))})"
             )
+        if len(wanted) > 1:  # an SM's own torch is the default line; a torch-bin row goes by name
+            wanted = [v for v in wanted if not v.torch_wheel] or wanted
         if len(wanted) > 1:
             raise SelectionError(
                 f"SM {sm} matches several variants ({', '.join(v.name for v in wanted)}); "
@@ -299,6 +317,9 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     python = _string(merged, "python", at("python"), '"python312"')
     arch = _string(merged, "arch", at("arch"), '"Hopper"')
     min_driver = _integer(merged, "min_driver", at("min_driver"), "560 (the driver's major version)")
+    torch = _string(merged, "torch", at("torch"), '"source" or "wheel"')
+    if torch not in TORCH_KINDS:
+        raise MatrixError(f"{at('torch')}: torch '{torch}' is not one of {', '.join(TORCH_KINDS)}")
     if not _SM.match(sm):
         raise MatrixError(f"{where}: sm '{sm}' is not like \"90\" or \"100\"")
     if not _CAPABILITY.match(capability) or capability.replace(".", "") != sm:
@@ -307,6 +328,9 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
         raise MatrixError(f"{at('cuda')}: cuda '{cuda}' is not like \"12.9\"")
     if system not in systems:
         raise MatrixError(f"{where}: system '{system}' is not one of {', '.join(systems)}")
+    if torch == "wheel" and system not in TORCH_WHEEL_SYSTEMS:
+        raise MatrixError(f"{where}: torch = \"wheel\" needs {', '.join(TORCH_WHEEL_SYSTEMS)}: nixpkgs' "
+                          f"torch-bin is the CPU wheel on {system}")
     gpus = merged["gpus"]
     if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) for g in gpus):
         raise MatrixError(f"{where}: gpus must be a non-empty list of strings")
@@ -316,7 +340,7 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
 
     cuda_tag = "cuda" + cuda.replace(".", "_")
     return Variant(
-        name=f"vllm-{python}-{cuda_tag}-sm{sm}{systems[system]}",
+        name=f"vllm-{python}-{cuda_tag}-sm{sm}{TORCH_SUFFIX[torch]}{systems[system]}",
         sm=sm,
         capability=capability,
         arch=arch,
@@ -328,6 +352,7 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
         cuda_packages="cudaPackages_" + cuda.replace(".", "_"),
         min_driver=min_driver,
         disabled=disabled,
+        torch=torch,
     )
 
 

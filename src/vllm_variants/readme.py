@@ -35,8 +35,8 @@ def _cell(text: str) -> str:
 def variants_table(matrix: Matrix) -> str:
     """The variant table and selection guide, one row per variant."""
     lines = [
-        "| Your GPU (examples) | Architecture | SM | System | Variant | Build it with |",
-        "|---|---|---|---|---|---|",
+        "| Your GPU (examples) | Architecture | SM | System | torch | Variant | Build it with |",
+        "|---|---|---|---|---|---|---|",
     ]
     for v in matrix.variants:
         command = f"`{v.build_command}`"
@@ -44,7 +44,7 @@ def variants_table(matrix: Matrix) -> str:
             command = f"disabled: {_cell(v.disabled or '')}"
         lines.append(
             f"| {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.sm} | {v.system} | "
-            f"`{v.name}` | {command} |"
+            f"{'wheel (every SM)' if v.torch_wheel else 'built for the SM'} | `{v.name}` | {command} |"
         )
     cudas = sorted({(v.cuda, v.min_driver) for v in matrix.variants})
     drivers = "; ".join(f"CUDA {cuda} needs NVIDIA driver >= {driver}" for cuda, driver in cudas)

@@ -188,7 +188,14 @@ def readme_section(project: Project) -> str:
         "| Variants | " + " | ".join(LABELS[k] for k in KEYS) + " |",
         "|---" * (len(KEYS) + 1) + "|",
     ]
-    for row, names in groups.items():
-        who = f"all {len(names)} variants" if len(groups) == 1 else ", ".join(f"`{n}`" for n in names)
+    # The largest group is named by count ("the other 10 variants"), the rest by name.
+    largest = max(groups.values(), key=len)
+    for row, names in sorted(groups.items(), key=lambda item: len(item[1])):
+        if len(groups) == 1:
+            who = f"all {len(names)} variants"
+        elif names is largest and len(names) > 1:
+            who = f"the other {len(names)} variants"
+        else:
+            who = ", ".join(f"`{n}`" for n in names)
         lines.append(f"| {who} | " + " | ".join(row) + " |")
     return "\n".join(lines)
