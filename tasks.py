@@ -114,7 +114,7 @@ def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=
         "report_dir": "where smoke-report.json and smoke-junit.xml go (default: the checkout)",
     }
 )
-def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=0, report_dir=""):
+def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=None, report_dir=""):
     """Smoke-check built results in their own Python: vllm, torch and GPU, variant vs GPU, driver."""
     from vllm_variants.smoke.session import smoke as run_smoke
 

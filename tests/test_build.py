@@ -415,7 +415,7 @@ PREFLIGHT = {
     "no-arm64-variant": (["--sm", "80", "--arm64"], {},
                          "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
     "nothing-selected": ([], {}, "error: no variant selected; use --sm SM"),
-    "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number >= 0"),
+    "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number from 0 to 100000"),
     "bad-option": (["--sm", "90", "--option", "sandbox"], {}, "error: --option takes NAME=VALUE"),
     "no-nixpkgs-dir": (["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], {},
                        "error: --nixpkgs ./no-such-nixpkgs: no such directory"),

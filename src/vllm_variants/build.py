@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli import whole_number
 from .display import duration_text, make_display, relative
 from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError
 from .machines import BuildCapabilities
-from .matrix import Matrix, Variant
+from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
 from .nix import Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
@@ -94,26 +95,14 @@ class Request:
             all=all,
             systems=tuple(system or ()),
             dry_run=dry_run,
-            cores=_count("--cores", cores, "0 means all cores"),
-            max_jobs=_count("--max-jobs", max_jobs, "0 means remote builders only"),
+            cores=whole_number("--cores", cores, "0 means all cores"),
+            max_jobs=whole_number("--max-jobs", max_jobs, "0 means remote builders only"),
             builders=_builders_spec(builders, cwd),
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
             nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs else None,
             json_path=(cwd / json) if json else None,
         )
-
-
-def _count(flag: str, value: str | int | None, zero: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = -1
-    if number < 0:
-        raise SelectionError(f"{flag} takes a whole number >= 0 ({zero}), not '{value}'")
-    return number
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -160,7 +149,8 @@ class Prepared:
 
 def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list[Variant]:
     """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
-    tokens = [t.strip() for item in request.sms for t in item.split(",") if t.strip()]
+    tokens = sm_tokens(request.sms)
+    refuse_conflicts(tokens, systems=request.systems, all=request.all, arm64=request.arm64)
     named = [t for t in tokens if t.lower() != "auto"]
     chosen: set[str] = set()
     if len(named) < len(tokens):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..cli import whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..project import Project
 from ..runner import run
@@ -312,7 +313,7 @@ def smoke(
     *,
     generate: bool = False,
     allow_no_gpu: bool = False,
-    jobs: int = 0,
+    jobs: int | str | None = 0,
     report_dir: Path | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     out: TextIO | None = None,
@@ -326,8 +327,7 @@ def smoke(
     """
     from . import report as reporting
 
-    if jobs < 0:
-        raise UsageError(f"--jobs must be 0 (automatic) or more, not {jobs}")
+    jobs = whole_number("--jobs", jobs, "0: automatic") or 0
     paths = select_results(project, results, cwd)
     options = Options(generate=generate, allow_no_gpu=allow_no_gpu, timeout=timeout)
     workers = jobs or (1 if generate else min(len(paths), os.cpu_count() or 1))
@@ -370,7 +370,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
                         help="also run a tiny dummy model on the GPU and generate a few tokens")
     parser.add_argument("--allow-no-gpu", action="store_true",
                         help="without a GPU, skip the GPU checks instead of failing (build hosts)")
-    parser.add_argument("--jobs", type=int, default=0, help="results checked at once (0: automatic)")
+    parser.add_argument("--jobs", default=0, help="results checked at once (0: automatic)")
     parser.add_argument("--report-dir", help="where smoke-report.json and smoke-junit.xml go (default: the checkout)")
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
     args = parser.parse_args(list(argv))
