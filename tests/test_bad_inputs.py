@@ -106,7 +106,7 @@ BUILD = [
     Row("json-under-a-file", ["--sm", "90", "--json", "README.md/summary.json"], 1,
         "--json README.md/summary.json: README.md is not a directory"),
     Row("json-dir-dry-run", ["--sm", "90", "--dry-run", "--json", "nix"], 1, "--json nix: is a directory"),
-    Row("logs-a-file", ["--sm", "90"], 1, "cannot write logs/: it is a file, not a directory", logs_is_a_file),
+    Row("logs-a-file", ["--sm", "90"], 1, "logs/ (the build logs): is a file, not a directory (ENOTDIR)", logs_is_a_file),
     Row("result-link-a-dir", ["--sm", "90"], 1,
         f"result-{SM90} exists and is not a Nix result link", dir_result_link),
 ]

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .cli import whole_number
+from .outputs import check_dir, check_file, make_dir, write_text
 from .display import duration_text, make_display, relative
-from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError
+from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError, WriteError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
 from .nix import Nix, error_message, flake_ref, input_ref
@@ -100,8 +101,8 @@ class Request:
             builders=_builders_spec(builders, cwd),
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
-            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs else None,
-            json_path=(cwd / json) if json else None,
+            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
+            json_path=check_file("--json", json, cwd),
         )
 
 
@@ -490,18 +491,28 @@ class VariantLogs:
 
     def __init__(self, plan: BuildPlan, stamp: str) -> None:
         self.owners = plan.owners()
-        plan.project.logs.mkdir(exist_ok=True)
+        make_dir(plan.project.logs)
         self.paths: dict[str, Path] = {}
         self.files: dict[str, TextIO] = {}
         for vplan in plan.variants:
             name = vplan.variant.name
             path = _unique(plan.project.logs / f"{name}-{stamp}.log")
             self.paths[name] = path
-            handle = path.open("w", encoding="utf-8", buffering=1)
-            self.files[name] = handle
-            handle.write(f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-                         f"# $ {format_argv(plan.build_argv())}\n"
-                         f"# plan: {vplan.summary()}\n")
+            try:
+                self.files[name] = path.open("w", encoding="utf-8", buffering=1)
+            except OSError as exc:
+                self.close(quiet=True)
+                raise WriteError(path, exc) from None
+            self._write(name, f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+                              f"# $ {format_argv(plan.build_argv())}\n"
+                              f"# plan: {vplan.summary()}\n")
+
+    def _write(self, name: str, text: str) -> None:
+        """A full disk or a vanished folder is a WriteError naming the log (issue #11)."""
+        try:
+            self.files[name].write(text)
+        except OSError as exc:
+            raise WriteError(self.paths[name], exc) from None
 
     def write(self, event: Event) -> None:
         line = self._line(event)
@@ -512,7 +523,7 @@ class VariantLogs:
         else:
             names = list(self.files)
         for name in names:
-            self.files[name].write(line + "\n")
+            self._write(name, line + "\n")
 
     @staticmethod
     def _line(event: Event) -> str | None:
@@ -531,11 +542,22 @@ class VariantLogs:
             return event.text
         return None
 
-    def close(self, note: str | None = None) -> None:
-        for handle in self.files.values():
-            if note:
-                handle.write(f"# {note}\n")
-            handle.close()
+    def close(self, note: str | None = None, *, quiet: bool = False) -> None:
+        """Close every log (with `note`); the first write that fails is raised
+        after all are closed, unless `quiet` (an error is on its way already)."""
+        failed: WriteError | None = None
+        for name, handle in self.files.items():
+            try:
+                if note:
+                    handle.write(f"# {note}\n")
+                handle.close()
+            except OSError as exc:
+                failed = failed or WriteError(self.paths[name], exc)
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self.files = {}
+        if failed and not quiet:
+            raise failed
 
 
 def _unique(path: Path) -> Path:
@@ -566,12 +588,12 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
             returncode = proc.wait()
     except KeyboardInterrupt:
         _stop(proc)
-        logs.close("interrupted: nix was stopped; no result link was changed")
+        logs.close("interrupted: nix was stopped; no result link was changed", quiet=True)
         display.interrupted(logs.paths)
         raise
     except BaseException:
         _stop(proc)
-        logs.close()
+        logs.close(quiet=True)
         raise
     logs.close(f"nix exited with status {returncode}")
     return _outcomes(plan, reader, logs.paths, started)
@@ -697,6 +719,7 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
     """`invoke build`: see the module docstring. Raises BuildError on failure."""
     out = out or sys.stdout
     request = Request.from_cli(**cli)
+    check_outputs(project, request)
     prepared = prepare(project, request, nix=nix)
     plan = make_plan(prepared, host=host)
     for line in plan.lines():
@@ -737,7 +760,13 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_outputs(project: Project, request: Request) -> None:
+    """What a build writes in the checkout (its result links, logs/), checked
+    before anything starts; --json was checked with the command line."""
+    if request.dry_run:
+        return  # writes nothing but --json
+    check_dir(f"the checkout {project.root} (for the result links)", project.root, project.root)
+    check_dir("logs/ (the build logs)", project.logs, project.root)

@@ -339,7 +339,15 @@ def input_ref(value: str, cwd: Path | None = None) -> str:
     store) and `path:/abs` otherwise; anything else is taken as a flake
     reference (github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs, ...).
     """
+    if not value.strip():
+        raise SelectionError(
+            f"--nixpkgs '{value}' is empty; give a nixpkgs checkout or a flake reference such as "
+            "github:NixOS/nixpkgs/<rev> (leave --nixpkgs out to build against the pin)"
+        )
     candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
+    if candidate.is_file():
+        raise SelectionError(f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
+                             "directory or a flake reference such as github:NixOS/nixpkgs/<rev>")
     if candidate.is_dir():
         if not (candidate / "flake.nix").is_file():
             raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")

@@ -339,7 +339,7 @@ def main(
     # --check with no selection looks at every variant; copying needs a choice
     picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=check_only)
     if check_only:
-        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
         check(project, picked, to=to, overrides=overrides)
         return
     publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
