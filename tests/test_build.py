@@ -7,6 +7,7 @@ stand-in, so it really builds, offline, in about a second.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,9 +32,13 @@ from vllm_variants.build import (
     Target,
     VariantPlan,
     _held_signals,
+    act,
     link_results,
+    make_plan,
     plan_concurrency,
+    prepare,
 )
+from vllm_variants.errors import BuildError
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun
@@ -154,6 +159,24 @@ def test_explicit_cores_and_max_jobs_win_over_the_plan(project, standin, tmp_pat
         assert int(site(out, "bitsandbytes")["NIX_BUILD_CORES"]) == 3
     log = next((project / "logs").glob(f"{SM80.name}-*.log")).read_text()
     assert "--keep-going --max-jobs 1 --cores 3" in log and "--option max-silent-time 600" in log
+
+
+def test_an_option_nix_rejects_at_build_time_is_the_error_even_when_up_to_date(project, standin, tmp_path):
+    """Nix refuses `--cores` past what it parses and exits 1; the variant is
+    in the store already, yet the command must fail with Nix's reason (#11)."""
+    nixpkgs = standin(salt=unique("rejected"))
+    ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs)))
+    link = project / f"result-{SM90.name}"
+    before = os.readlink(link)
+    request = Request(sms=("90",), nixpkgs=f"path:{nixpkgs}")
+    plan = make_plan(prepare(Project(project), request, nix=Nix(env=support.nix_env())))
+    plan.concurrency = Concurrency(None, 10**23, 1, "")  # past the command line's bound: Nix's own check
+    out = io.StringIO()
+    with pytest.raises(BuildError, match=r"^nix build exited with status 1: setting 'cores' has invalid value "
+                                         rf"'{10**23}'; log: logs/{SM90.name}-"):
+        act(plan, out, interactive=False)
+    assert f"error: setting 'cores' has invalid value '{10**23}'" in out.getvalue()
+    assert os.readlink(link) == before
 
 
 # -- --dry-run ------------------------------------------------------------------

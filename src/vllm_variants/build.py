@@ -465,6 +465,7 @@ class Outcome:
     log: Path | None = None
     failed: list[str] = field(default_factory=list)  # failing derivations
     link_error: str | None = None
+    nix_error: str | None = None  # Nix exited non-zero: its status and last error (an option it rejected...)
 
     @property
     def ok(self) -> bool:
@@ -482,6 +483,7 @@ class Outcome:
             "log": relative(self.log, root) if self.log else None,
             "failed_derivations": self.failed,
             "link_error": self.link_error,
+            "nix_error": self.nix_error,
         }
 
 
@@ -596,7 +598,7 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
         logs.close(quiet=True)
         raise
     logs.close(f"nix exited with status {returncode}")
-    return _outcomes(plan, reader, logs.paths, started)
+    return _outcomes(plan, reader, logs.paths, started, returncode)
 
 
 def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POLL_S) -> None:
@@ -649,8 +651,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float) -> list[Outcome]:
+def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float,
+              returncode: int = 0) -> list[Outcome]:
     nix = plan.nix
+    nix_error = None
+    if returncode != 0:
+        last = reader.errors[-1].removeprefix("error:").strip() if reader.errors else "it gave no reason"
+        nix_error = f"nix build exited with status {returncode}: {last}"
     ended = reader.clock()
     valid = nix.realised([p.out for p in plan.variants])
     failed = reader.failed_builds()
@@ -658,7 +665,8 @@ def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: f
     for vplan in plan.variants:
         name = vplan.variant.name
         mine = set(vplan.dry.will_build)
-        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name))
+        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name),
+                          nix_error=nix_error)
         info = valid.get(vplan.out)
         if info is not None:
             outcome.store_path = vplan.out
@@ -732,6 +740,12 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
             _write_json(request.json_path, report)
         print("dry run: nothing was built, no link or log was written", file=out, flush=True)
         return plan
+    return act(plan, out, interactive=interactive)
+
+
+def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> list[Outcome]:
+    """Build the plan, link what was built, report; BuildError on any failure."""
+    project, request = plan.project, plan.prepared.request
     check_links(plan)
     display = make_display(plan, out, interactive=interactive)
     outcomes = execute(plan, display)
@@ -754,8 +768,13 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
                              f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
                              f"was not updated: {first.link_error}")
         why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
+        why = why or (f" ({first.nix_error})" if first.nix_error else "")
         log = f"; log: {relative(first.log, project.root)}" if first.log else ""
         raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built: {first.variant.name}{why}{log}")
+    refused = next((o for o in outcomes if o.nix_error), None)
+    if refused:  # every output is in the store, yet Nix failed: an option it rejected, a broken store
+        log = f"; log: {relative(refused.log, project.root)}" if refused.log else ""
+        raise BuildError(f"{refused.nix_error}{log}")
     return outcomes
 
 
