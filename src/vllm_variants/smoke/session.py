@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..cli import whole_number
+from ..outputs import check_dir, make_dir
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..project import Project
 from ..runner import run
@@ -328,6 +329,11 @@ def smoke(
     from . import report as reporting
 
     jobs = whole_number("--jobs", jobs, "0: automatic") or 0
+    here = Path(cwd or Path.cwd())
+    if report_dir:  # checked before any check runs: a typo must not cost the run (issue #11)
+        folder = check_dir(f"--report-dir {report_dir}", here / Path(report_dir).expanduser(), here)
+    else:
+        folder = check_dir(f"the checkout {project.root} (for the smoke reports)", project.root, here)
     paths = select_results(project, results, cwd)
     options = Options(generate=generate, allow_no_gpu=allow_no_gpu, timeout=timeout)
     workers = jobs or (1 if generate else min(len(paths), os.cpu_count() or 1))
@@ -341,8 +347,7 @@ def smoke(
             r.name = f"{r.name} [{r.result}]"
         seen.add(r.name)
     session = SmokeReport(results_done, options, seconds=time.perf_counter() - start)
-    folder = Path(report_dir).absolute() if report_dir else project.root
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     session.files = [folder / REPORT_JSON, folder / JUNIT_XML]
     reporting.write_json(session, session.files[0])
     reporting.write_junit(session, session.files[1])
