@@ -163,11 +163,18 @@ def resolve_target(project: Project, token: str, cwd: Path) -> Path:
     return link
 
 
-def validate_result(path: Path) -> None:
+def dangling(path: Path) -> str | None:
+    """Why a result link leads nowhere (its store path was collected), or None."""
     if path.is_symlink() and not path.exists():
-        raise SelectionError(
-            f"{path} points to {os.readlink(path)}, which no longer exists (garbage-collected?); rebuild it"
-        )
+        return f"{path} points to {os.readlink(path)}, which no longer exists (garbage-collected?); rebuild it"
+    return None
+
+
+def validate_result(path: Path) -> None:
+    """A path that is no result at all is a bad selection; a dangling link is a
+    result that failed (check_result says so) and the others are still checked."""
+    if dangling(path):
+        return
     if not os.access(path / "bin" / "python", os.X_OK):
         raise SelectionError(f"{path} is not a built result: it has no bin/python")
 
@@ -252,6 +259,18 @@ def check_argv(result: Path, progress: Path, options: Options = Options()) -> li
             result / VARIANT_JSON, "--progress", progress, *options.check_args()]
 
 
+def _run_checks(path: Path, progress: Path, tmp: str, options: Options
+                ) -> tuple[int | None, str, dict[str, Any], str | None]:
+    """check.py's exit status, stderr, report and why it gave none (timeout, cannot start)."""
+    try:
+        proc = run(check_argv(path, progress, options), cwd=tmp, check=False, timeout=options.timeout)
+    except subprocess.TimeoutExpired as exc:
+        return None, _text(exc.stderr), {}, f"timed out after {options.timeout:g} s"
+    except ToolMissing as exc:
+        return None, "", {}, str(exc)
+    return proc.returncode, proc.stderr, _parse_report(proc.stdout) if proc.returncode in (0, 1) else {}, None
+
+
 def check_result(path: Path, options: Options) -> ResultReport:
     """Run check.py in the result's own Python; every check accounted for."""
     metadata = _read_json(path / VARIANT_JSON) or None
@@ -261,17 +280,13 @@ def check_result(path: Path, options: Options) -> ResultReport:
     stderr = ""
     start = time.perf_counter()
     data: dict[str, Any] = {}
+    gone = dangling(path)
     with tempfile.TemporaryDirectory(prefix="vllm-variants-smoke-") as tmp:
         progress = Path(tmp) / "progress.jsonl"
-        try:
-            proc = run(check_argv(path, progress, options), cwd=tmp, check=False, timeout=options.timeout)
-            exit_code, stderr = proc.returncode, proc.stderr
-            data = _parse_report(proc.stdout) if exit_code in (0, 1) else {}
-        except subprocess.TimeoutExpired as exc:
-            stderr = _text(exc.stderr)
-            error = f"timed out after {options.timeout:g} s"
-        except ToolMissing as exc:
-            error = str(exc)
+        if gone:  # nothing to run: this result fails, the others are still checked
+            error = gone
+        else:
+            exit_code, stderr, data, error = _run_checks(path, progress, tmp, options)
         if not data:  # it died, or hung: keep what it finished
             data = {"checks": _read_lines(progress)}
     seconds = time.perf_counter() - start
