@@ -1,7 +1,8 @@
 """The one place where library errors become exit codes (tasks.py, noxfile.py).
 
 Expected failures (VariantsError) print one line and exit 1 (or their own
-code); Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+code); Ctrl-C exits 130, SIGTERM 143 (128 + the signal, errors.Interrupted).
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import VariantsError
+from .errors import Interrupted, VariantsError
 
 T = TypeVar("T")
 INTERRUPTED = 130
+
+
+def _interrupted_code(exc: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C; 128 + the signal for SIGTERM (143) and SIGHUP (129)."""
+    return 128 + exc.signum if isinstance(exc, Interrupted) else INTERRUPTED
 
 
 def call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -23,8 +29,8 @@ def call(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     try:
         return func(*args, **kwargs)
-    except KeyboardInterrupt:
-        raise Exit("interrupted", code=INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        raise Exit("interrupted", code=_interrupted_code(exc)) from None
     except BrokenPipeError:
         # The reader went away (`invoke variants | head`): stop quietly.
         # https://docs.python.org/3/library/signal.html#note-on-sigpipe
@@ -52,9 +58,9 @@ def main(func: Callable[[], Any]) -> int:
     """
     try:
         func()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+        return _interrupted_code(exc)
     except VariantsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -34,14 +34,14 @@ from typing import Any, TextIO
 from .cli import whole_number
 from .outputs import check_dir, check_file, make_dir, write_text
 from .display import duration_text, make_display, relative
-from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError, WriteError
+from .errors import BuildError, CommandError, Interrupted, PreflightError, SelectionError, VariantsError, WriteError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
 from .nix import Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
 from .resources import Host, format_bytes
-from .runner import format_argv, spawn
+from .runner import format_argv, spawn, terminations_interrupt
 
 # Derivations that compile CUDA kernels (hours each): named in the plan.
 HEAVY = ("torch", "vllm", "xformers", "flashinfer", "magma", "nccl", "bitsandbytes", "cupy", "triton")
@@ -584,7 +584,7 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     proc = spawn(plan.build_argv(), cwd=plan.project.root, env=nix.env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
     try:
-        with _terminations_interrupt(), display.running(reader, started):
+        with terminations_interrupt(), display.running(reader, started):
             assert proc.stderr is not None
             follow(proc.stderr.fileno(), reader, logs, display)
             returncode = proc.wait()
@@ -611,27 +611,6 @@ def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POL
         for event in reader.feed(line):
             logs.write(event)
             display.event(event)
-
-
-@contextlib.contextmanager
-def _terminations_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) stop Nix as
-    Ctrl-C does: it runs in its own session, so they would not reach it."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -759,7 +738,7 @@ def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> lis
             _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
                                             "variants": [o.to_json(project.root) for o in outcomes]})
     if held:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
     failed = [o for o in outcomes if not o.ok]
     if failed:
         first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander

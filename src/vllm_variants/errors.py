@@ -10,6 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a cancelled CI job, a closed terminal), handled as
+    Ctrl-C is; the boundary exits 128 + the signal's number (143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"signal {signum}")
+
+
 class VariantsError(Exception):
     """An expected failure with a one-line explanation (exit status 1)."""
 

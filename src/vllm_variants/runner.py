@@ -10,17 +10,19 @@ CommandError carrying the command, its exit code and the tail of its stderr
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from .errors import CommandError, PreflightError, ToolMissing
+from .errors import CommandError, Interrupted, PreflightError, ToolMissing
 
 Argv = Sequence["str | os.PathLike[str]"]
 
@@ -135,3 +137,26 @@ def spawn(
         )
     except OSError as exc:
         raise _not_started(exc, args, cwd, env) from None
+
+
+@contextlib.contextmanager
+def terminations_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) raise
+    Interrupted in the main thread, as Ctrl-C raises KeyboardInterrupt: the
+    caller stops its children the same way for all three. Children started in
+    their own session (new_session=True) would not get the signal themselves."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -11,12 +11,14 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from ..cli import whole_number
 from ..outputs import check_dir, make_dir
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..project import Project
-from ..runner import run
+from ..runner import spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
@@ -259,19 +261,66 @@ def check_argv(result: Path, progress: Path, options: Options = Options()) -> li
             result / VARIANT_JSON, "--progress", progress, *options.check_args()]
 
 
-def _run_checks(path: Path, progress: Path, tmp: str, options: Options
+class Running:
+    """The check processes running now, so that a signal stops them all.
+
+    Each runs in its own session (a vllm engine starts processes of its own):
+    a Ctrl-C at the terminal or a SIGTERM sent to us alone reaches the main
+    thread, which stops every group here at once and exits 130 or 143
+    (issue #11), instead of waiting for checks that may take 900 s.
+    """
+
+    def __init__(self) -> None:
+        self.procs: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def run(self, argv: Sequence[str | Path], cwd: str, timeout: float) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of argv; TimeoutExpired after `timeout` s (it is killed)."""
+        with self.lock:
+            if self.stopped:
+                raise ToolMissing(str(argv[0]), "the smoke run was interrupted")
+            proc = spawn(argv, cwd=cwd, new_session=True)
+            self.procs.add(proc)
+        try:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                out, err = proc.communicate()
+                raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+        finally:
+            with self.lock:
+                self.procs.discard(proc)
+        return proc.returncode, _text(out), _text(err)
+
+    def stop(self) -> None:
+        """Kill every check process group; start no more."""
+        with self.lock:
+            self.stopped = True
+            procs = list(self.procs)
+        for proc in procs:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run_checks(path: Path, progress: Path, tmp: str, options: Options, running: Running
                 ) -> tuple[int | None, str, dict[str, Any], str | None]:
     """check.py's exit status, stderr, report and why it gave none (timeout, cannot start)."""
     try:
-        proc = run(check_argv(path, progress, options), cwd=tmp, check=False, timeout=options.timeout)
+        code, stdout, stderr = running.run(check_argv(path, progress, options), cwd=tmp, timeout=options.timeout)
     except subprocess.TimeoutExpired as exc:
         return None, _text(exc.stderr), {}, f"timed out after {options.timeout:g} s"
     except ToolMissing as exc:
         return None, "", {}, str(exc)
-    return proc.returncode, proc.stderr, _parse_report(proc.stdout) if proc.returncode in (0, 1) else {}, None
+    return code, stderr, _parse_report(stdout) if code in (0, 1) else {}, None
 
 
-def check_result(path: Path, options: Options) -> ResultReport:
+def check_result(path: Path, options: Options, running: Running | None = None) -> ResultReport:
     """Run check.py in the result's own Python; every check accounted for."""
     metadata = _read_json(path / VARIANT_JSON) or None
     name = str((metadata or {}).get("name") or path.name)
@@ -286,7 +335,7 @@ def check_result(path: Path, options: Options) -> ResultReport:
         if gone:  # nothing to run: this result fails, the others are still checked
             error = gone
         else:
-            exit_code, stderr, data, error = _run_checks(path, progress, tmp, options)
+            exit_code, stderr, data, error = _run_checks(path, progress, tmp, options, running or Running())
         if not data:  # it died, or hung: keep what it finished
             data = {"checks": _read_lines(progress)}
     seconds = time.perf_counter() - start
@@ -354,8 +403,17 @@ def smoke(
     workers = jobs or (1 if generate else min(len(paths), os.cpu_count() or 1))
     print(f"smoke: checking {len(paths)} result(s), {min(workers, len(paths))} at a time", file=sys.stderr)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results_done = list(pool.map(lambda p: check_result(p, options), paths))
+    running = Running()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with terminations_interrupt():
+            futures = [pool.submit(check_result, p, options, running) for p in paths]
+            results_done = [future.result() for future in futures]
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: stop the checks now, write no report
+        running.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     seen: set[str] = set()
     for r in results_done:  # two results of one variant: tell them apart
         if r.name in seen:
