@@ -384,6 +384,38 @@ def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum)
     assert log.read_text().endswith("# interrupted: nix was stopped; no result link was changed\n")
 
 
+def test_sigkill_of_build_takes_nix_and_its_builder_with_it(project, standin):
+    """A CI runner escalates to SIGKILL, which no handler sees: Nix learns of
+    our death from the kernel (PR_SET_PDEATHSIG) and stops its builder (#11)."""
+    nixpkgs = standin(salt=unique("sigkill"), slowBuild={"torch": 300})
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=support.nix_env())
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "building python3.12-torch-2.9.1" in line:
+                break
+        deadline = time.monotonic() + 30
+        while True:  # wait for the builder's sleep to run under nix
+            tree = support.descendants(proc.pid)
+            sleeping = [p for p in tree if support.cmdline(p).startswith(b"sleep\x00300")]
+            if sleeping or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sleeping, "the slow torch build never started"
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60  # generous: Nix gets SIGTERM and stops its builder in about a second
+        while [p for p in tree if support.alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [support.cmdline(p) for p in tree if support.alive(p)] == [], "nix or its builder outlived SIGKILL"
+    assert list(project.glob("result*")) == []
+
+
 # -- pre-flight -----------------------------------------------------------------
 
 
