@@ -130,8 +130,12 @@ class Nix:
                          f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
         try:
             flakes = self.flakes_enabled()
+            system = self.setting("system")
         except VariantsError as exc:
             return [*found, f"cannot read the Nix configuration: {exc}"]
+        if not system:  # every Nix names its system: this one is broken (or not Nix)
+            return [*found, f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
+                            "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)"]
         if not flakes:
             found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
         return [*found, *self.rejected()]
