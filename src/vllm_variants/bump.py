@@ -376,7 +376,10 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
 
     failed = [r for r in outcome.results if r.failure]
     if failed:
-        reasons = "; ".join(f"{r.plan.name} failed {r.failure}" for r in failed)
+        by_cause: dict[str, list[str]] = {}  # one new pin often breaks every branch the same way
+        for r in failed:
+            by_cause.setdefault(r.failure or "", []).append(r.plan.name)
+        reasons = "; ".join(f"{', '.join(names)} failed {cause}" for cause, names in by_cause.items())
         raise BumpError(f"no branch moved: {reasons}")
 
     moving: dict[str, tuple[str, str]] = {}  # branch -> (old, new)
