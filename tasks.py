@@ -35,10 +35,9 @@ def variants(c, json=False):
 @task(help={"check": "only check: fail if README.md is out of date, change nothing"})
 def readme(c, check=False):
     """Regenerate README.md's generated sections (variant table, versions)."""
-    from vllm_variants.readme import update
+    from vllm_variants.readme import show
 
-    changed = _call(update, _project(), check=check)
-    print("README.md updated" if changed else "README.md is up to date")
+    _call(show, _project(), check=check)
 
 
 # -- bump-pin (issue #4) --------------------------------------------------------

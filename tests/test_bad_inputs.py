@@ -6,13 +6,15 @@ the one line that explains it. Every row also checks that no traceback is
 printed, that the error is one line, and that the checkout is as it was
 (files, links, flake.lock, git).
 
-A row: (id, argv, exit status, fragment[, setup]). `setup(root, tmp_path)`
-prepares the checkout (a result link in the way, a stale README) and may
-return changes to the environment.
+A row: (id, argv, exit status, fragment[, setup][, stdout]). `setup(root,
+tmp_path)` prepares the checkout (a result link in the way, a stale README)
+and may return changes to the environment; `stdout` names a file standard
+output goes to (/dev/full: a full disk).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -28,6 +30,7 @@ import support
 STANDIN = str(support.STANDIN)
 SM90 = "vllm-python312-cuda12_9-sm90"
 REV = "0182a361324364ae3f436a63005877674cf45efb"
+STDOUT_FULL = "cannot write standard output: No space left on device (ENOSPC)"
 
 
 class Row(NamedTuple):
@@ -36,6 +39,7 @@ class Row(NamedTuple):
     code: int
     fragment: str
     setup: Callable[[Path, Path], dict[str, str] | None] | None = None
+    stdout: str | None = None  # a file to send standard output to (/dev/full) instead of a pipe
 
 
 # -- setups ---------------------------------------------------------------------
@@ -109,6 +113,7 @@ BUILD = [
     Row("logs-a-file", ["--sm", "90"], 1, "logs/ (the build logs): is a file, not a directory (ENOTDIR)", logs_is_a_file),
     Row("result-link-a-dir", ["--sm", "90"], 1,
         f"result-{SM90} exists and is not a Nix result link", dir_result_link),
+    Row("stdout-full", ["--sm", "90", "--dry-run"], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
 SMOKE = [
@@ -163,6 +168,7 @@ AUDIT = [
 DOCTOR = [
     Row("unknown-flag", ["--bogus"], 1, "No idea what '--bogus' is!"),
     Row("nix-prints-no-config", [], 1, "1 problem(s) block building", nix_without_config),
+    Row("stdout-full", ["--json"], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
 WHICH = [
@@ -174,6 +180,7 @@ WHICH = [
 README = [
     Row("check-stale", ["--check"], 1, "README.md is out of date", stale_readme),
     Row("unknown-flag", ["--bogus"], 1, "No idea what '--bogus' is!"),
+    Row("stdout-full", ["--check"], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
 MATRIX = [
@@ -182,11 +189,14 @@ MATRIX = [
     Row("system-unknown", ["--system", "foo"], 1, "unknown system 'foo'; valid: x86_64-linux, aarch64-linux"),
     Row("sm-with-system", ["--sm", "90", "--system", "x86_64-linux"], 1, "--sm and --system conflict"),
     Row("arm64-without-sm", ["--arm64"], 1, "--arm64 applies to --sm only"),
+    Row("stdout-full", [], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
 VARIANTS = [
     Row("unknown-flag", ["--bogus"], 1, "No idea what '--bogus' is!"),
     Row("positional", ["extra"], 1, "No idea what 'extra' is!"),
+    Row("stdout-full", [], 1, STDOUT_FULL, stdout="/dev/full"),
+    Row("stdout-full-json", ["--json"], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
 TABLE = {"build": BUILD, "smoke": SMOKE, "bump-pin": BUMP_PIN, "publish": PUBLISH, "audit": AUDIT,
@@ -223,9 +233,10 @@ def run_row(command: str, row: Row, tmp_path: Path) -> subprocess.CompletedProce
     if command == "build" and "--nixpkgs" not in argv:
         argv += ["--nixpkgs", STANDIN]
     before = snapshot(root)
-    proc = subprocess.run([sys.executable, "-m", "invoke", command, *argv], cwd=root, env=env,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    output = proc.stdout + proc.stderr
+    with open(row.stdout, "w") if row.stdout else contextlib.nullcontext(subprocess.PIPE) as stdout:
+        proc = subprocess.run([sys.executable, "-m", "invoke", command, *argv], cwd=root, env=env, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, timeout=300)
+    output = (proc.stdout or "") + proc.stderr
     assert "Traceback" not in output, output
     assert proc.returncode == row.code, output
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -243,7 +254,7 @@ def _params(command: str) -> Any:
 @_params("build")
 def test_build(row, tmp_path):
     proc = run_row("build", row, tmp_path)
-    if row.id != "result-link-a-dir":  # refused before Nix evaluated anything: no plan printed
+    if row.stdout is None and row.id != "result-link-a-dir":  # refused before Nix evaluated anything: no plan
         assert proc.stdout == "", proc.stdout
 
 
@@ -274,7 +285,7 @@ def test_audit(row, tmp_path):
 @_params("doctor")
 def test_doctor(row, tmp_path):
     proc = run_row("doctor", row, tmp_path)
-    assert "this is ," not in proc.stdout  # a system Nix did not name is never printed as empty
+    assert "this is ," not in (proc.stdout or "")  # a system Nix did not name is never printed as empty
 
 
 @_params("which")
