@@ -48,6 +48,26 @@ def test_build_json_dash_is_standard_output(project):
     assert json.loads(proc.stdout[start:end])["dry_run"] is True
 
 
+@pytest.mark.nix
+@pytest.mark.parametrize("target", ["/dev/stdout", "/proc/self/fd/1"])
+def test_build_json_to_dev_stdout_redirected_to_a_file_lands_in_order(project, tmp_path, target):
+    """`> out.txt` makes /dev/stdout a regular file: never replaced, and the JSON
+    comes between the plan and the last line, overwriting neither."""
+    out = tmp_path / "out.txt"
+    out.write_text("")
+    inode = out.stat().st_ino
+    with out.open("a") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--sm", "90", "--dry-run", "--nixpkgs",
+                               str(support.STANDIN), "--json", target], cwd=project, stdout=stdout,
+                              stderr=subprocess.PIPE, text=True, env=support.nix_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    assert out.stat().st_ino == inode
+    assert lines[0].startswith("plan: 1 variant") and lines[-1].startswith("dry run: nothing was built")
+    start, end = lines.index("{"), lines.index("}")
+    assert json.loads("\n".join(lines[start:end + 1]))["dry_run"] is True
+
+
 def test_a_fifo_is_written_to_not_replaced(tmp_path):
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)

@@ -64,8 +64,8 @@ def check_file(flag: str, value: str | None, cwd: Path) -> Path | None:
         return None
     if not value.strip():
         raise UsageError(f"{flag} '{value}' is empty; give a file path (or - for standard output)")
-    if value == STDOUT:
-        return Path(STDOUT)
+    if _our_fd(Path(value)) is not None:
+        return Path(value)
     path = cwd / Path(value).expanduser()
     label = f"{flag} {value}"
     if path.is_dir():
@@ -113,19 +113,55 @@ def _new_file_mode(target: Path) -> int:
         return 0o666 & ~umask
 
 
+_FD_NAMES = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _our_fd(path: Path) -> int | None:
+    """The descriptor `-`, /dev/stdout, /dev/stderr, /dev/fd/N or /proc/self/fd/N names.
+
+    Opening them again would make a second file position: the JSON and the
+    lines printed around it would overwrite each other in a redirected file.
+    """
+    text = str(path)
+    if text == STDOUT:
+        return 1
+    if text in _FD_NAMES:
+        return _FD_NAMES[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix):].isdigit():
+            return int(text[len(prefix):])
+    return None
+
+
+def _write_through(path: Path, target: Path) -> bool:
+    """Whether `path` is to be written to rather than replaced: a device, a FIFO,
+    a socket, or a name under /dev or /proc (/dev/stdout, /proc/self/fd/1), which
+    stand for an open file of ours even when that is a regular file."""
+    if target.parts[1:2] in (("dev",), ("proc",)):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False  # a new file (or a link to one not made yet)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write `text` to what the user named; see the module docstring."""
-    if str(path) == STDOUT:
+    fd = _our_fd(path)
+    if fd is not None:  # our own stream: written where it is, after what we printed
         try:
-            sys.stdout.write(text)
             sys.stdout.flush()
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data):]
         except OSError as exc:
-            raise WriteError("standard output", exc) from None
+            raise WriteError("standard output" if fd == 1 else path, exc) from None
         return
     target = Path(os.path.realpath(path))
     try:
-        if target.exists() and not target.is_file():  # a device, a FIFO, /dev/stdout: write to it
-            with open(target, "w", encoding="utf-8") as handle:
+        if _write_through(path, target):
+            # Appended, not truncated: /dev/stdout may be the file a shell redirected to.
+            with open(path, "a", encoding="utf-8") as handle:
                 handle.write(text)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
