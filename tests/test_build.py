@@ -351,26 +351,34 @@ def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
 # -- Ctrl-C ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum):
-    """SIGTERM (a cancelled CI job) must stop Nix too: it runs in its own session; it exits 143."""
-    nixpkgs = standin(salt=unique("sigint"), slowBuild={"torch": 300})
+def _slow_build(project: Path, nixpkgs: Path) -> tuple[subprocess.Popen[str], set[int]]:
+    """`invoke build --sm 90` started with torch's build sleeping 300 s under nix:
+    the process and its descendants once that sleep runs."""
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=support.nix_env())
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "building python3.12-torch-2.9.1" in line:
+            break
+    deadline = time.monotonic() + 30
+    while True:  # wait for the builder's sleep to run under nix
+        tree = support.descendants(proc.pid)
+        sleeping = [p for p in tree if support.cmdline(p).startswith(b"sleep\x00300")]
+        if sleeping or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not sleeping:
+        proc.kill()
+    assert sleeping, "the slow torch build never started"
+    return proc, tree
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum):
+    """SIGTERM (a cancelled CI job) must stop Nix too: it runs in its own session; it exits 143."""
+    proc, tree = _slow_build(project, standin(salt=unique("sigint"), slowBuild={"torch": 300}))
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "building python3.12-torch-2.9.1" in line:
-                break
-        deadline = time.monotonic() + 30
-        while True:  # wait for the builder's sleep to run under nix
-            tree = support.descendants(proc.pid)
-            sleeping = [p for p in tree if support.cmdline(p).startswith(b"sleep\x00300")]
-            if sleeping or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert sleeping, "the slow torch build never started"
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -387,23 +395,8 @@ def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum)
 def test_sigkill_of_build_takes_nix_and_its_builder_with_it(project, standin):
     """A CI runner escalates to SIGKILL, which no handler sees: Nix learns of
     our death from the kernel (PR_SET_PDEATHSIG) and stops its builder (#11)."""
-    nixpkgs = standin(salt=unique("sigkill"), slowBuild={"torch": 300})
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=support.nix_env())
+    proc, tree = _slow_build(project, standin(salt=unique("sigkill"), slowBuild={"torch": 300}))
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "building python3.12-torch-2.9.1" in line:
-                break
-        deadline = time.monotonic() + 30
-        while True:  # wait for the builder's sleep to run under nix
-            tree = support.descendants(proc.pid)
-            sleeping = [p for p in tree if support.cmdline(p).startswith(b"sleep\x00300")]
-            if sleeping or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert sleeping, "the slow torch build never started"
         proc.kill()
         proc.wait(timeout=60)
         deadline = time.monotonic() + 60  # generous: Nix gets SIGTERM and stops its builder in about a second

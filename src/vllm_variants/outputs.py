@@ -76,10 +76,7 @@ def check_file(flag: str, value: str | None, cwd: Path) -> Path | None:
         if stat.S_ISREG(os.stat(path).st_mode) and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
             raise UsageError(f"{label}: its directory is not writable: {_not_writable(path.resolve().parent)}")
         return path
-    ancestor = _existing_ancestor(path, cwd, label)
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{label}: cannot create it in {_shown(ancestor, cwd)}: {_not_writable(ancestor)}")
-    return path
+    return _creatable(path, cwd, label)
 
 
 def check_dir(label: str, path: Path, cwd: Path) -> Path:
@@ -90,6 +87,11 @@ def check_dir(label: str, path: Path, cwd: Path) -> Path:
         if not os.access(path, os.W_OK | os.X_OK):
             raise UsageError(f"{label}: {_not_writable(path)}")
         return path
+    return _creatable(path, cwd, label)
+
+
+def _creatable(path: Path, cwd: Path, label: str) -> Path:
+    """A path that does not exist yet, where it can be made (its folders with it)."""
     ancestor = _existing_ancestor(path, cwd, label)
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"{label}: cannot create it in {_shown(ancestor, cwd)}: {_not_writable(ancestor)}")
