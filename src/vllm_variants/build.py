@@ -20,6 +20,7 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -435,15 +436,16 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     return BuildPlan(prepared, plans, total, concurrency)
 
 
-def check_links(plan: BuildPlan) -> None:
+def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) -> None:
     """A result-<variant> that is not a link into the store is the user's:
-    Nix refuses to replace it, so say so before hours of building."""
-    for vplan in plan.variants:
-        link = vplan.target.link
+    Nix refuses to replace it, so say so before hours of building. Before
+    the evaluation (no `outs` yet) only what is no link at all is known."""
+    for target, out in zip(targets, outs or itertools.repeat(None)):
+        link = target.link
         if not (link.exists() or link.is_symlink()):
             continue
-        store_dir = str(Path(vplan.out).parent)
-        if not (link.is_symlink() and os.readlink(link).startswith(store_dir + "/")):
+        store_dir = str(Path(out).parent) if out else "/nix/store"
+        if not link.is_symlink() or (out and not os.readlink(link).startswith(store_dir + "/")):
             raise PreflightError(
                 f"{link.name} exists and is not a Nix result link (into {store_dir}); "
                 "move it away, then run the build again"
@@ -708,6 +710,8 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
     request = Request.from_cli(**cli)
     check_outputs(project, request)
     prepared = prepare(project, request, nix=nix)
+    if not request.dry_run:
+        check_links(prepared.targets)  # before the evaluation, which takes minutes on real nixpkgs
     plan = make_plan(prepared, host=host)
     for line in plan.lines():
         print(line, file=out, flush=True)
@@ -725,7 +729,7 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
 def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> list[Outcome]:
     """Build the plan, link what was built, report; BuildError on any failure."""
     project, request = plan.project, plan.prepared.request
-    check_links(plan)
+    check_links(plan.prepared.targets, [p.out for p in plan.variants])
     display = make_display(plan, out, interactive=interactive)
     outcomes = execute(plan, display)
     # Nix is done. A Ctrl-C from here waits for the links, the summary and the
