@@ -7,6 +7,7 @@ and what is valid (pre-commit's error_handler is the model).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 
 
@@ -110,8 +111,6 @@ class SmokeFailed(VariantsError):
 
 def errno_name(exc: OSError) -> str:
     """'ENOSPC' for an OSError of errno 28 ('' when it carries none)."""
-    import errno
-
     return errno.errorcode.get(exc.errno or 0, "")
 
 

@@ -30,7 +30,7 @@ from ..cli import whole_number
 from ..outputs import check_dir, make_dir
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..project import Project
-from ..runner import spawn, terminations_interrupt
+from ..runner import CannotRun, spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
@@ -279,7 +279,7 @@ class Running:
         """(exit status, stdout, stderr) of argv; TimeoutExpired after `timeout` s (it is killed)."""
         with self.lock:
             if self.stopped:
-                raise ToolMissing(str(argv[0]), "the smoke run was interrupted")
+                raise CannotRun(str(argv[0]), "the smoke run was interrupted")
             proc = spawn(argv, cwd=cwd, new_session=True)
             self.procs.add(proc)
         try:
