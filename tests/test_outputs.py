@@ -72,7 +72,7 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     fifo = tmp_path / "report.fifo"
     os.mkfifo(fifo)
     got: list[str] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
     reader.start()
     write_text(fifo, '{"ok": true}\n')
     reader.join(timeout=60)
