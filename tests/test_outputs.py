@@ -81,10 +81,21 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.fifo"]
 
 
-def test_a_full_device_is_one_line_and_stays_a_device():
-    with pytest.raises(WriteError, match=r"^cannot write /dev/full: No space left on device \(ENOSPC\)$"):
-        write_text(Path("/dev/full"), "x" * 100_000)
-    assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
+@pytest.fixture
+def full_device(tmp_path) -> Path:
+    """A full device (1, 7) of this test's own when root may make one: a write_text
+    that broke would replace it, not the machine's /dev/full (which root could)."""
+    if os.geteuid() != 0:
+        return Path("/dev/full")  # anyone else cannot replace it
+    device = tmp_path / "full"
+    os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    return device
+
+
+def test_a_full_device_is_one_line_and_stays_a_device(full_device):
+    with pytest.raises(WriteError, match=rf"^cannot write {full_device}: No space left on device \(ENOSPC\)$"):
+        write_text(full_device, "x" * 100_000)
+    assert stat.S_ISCHR(os.lstat(full_device).st_mode)
 
 
 def test_a_regular_file_is_replaced_whole_with_its_mode(tmp_path):
