@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -122,6 +123,7 @@ SMOKE = [
     Row("jobs-huge", ["--jobs", "99999999999999999999"], 1, "--jobs takes a whole number from 0 to 100000"),
     Row("no-results", [], 1, "no result-* links in"),
     Row("result-missing-path", ["--results", "./nowhere"], 1, "no result at ./nowhere"),
+    Row("results-only-commas", ["--results", ","], 1, "--results ',' names no result; give a variant name"),
     Row("result-unknown-sm", ["--results", "91"], 1, "unknown SM '91'"),
     Row("result-not-built", ["--results", "90"], 1, f"{SM90} is not built here"),
     Row("result-a-dir", ["--results", "90"], 1, f"result-{SM90} is not a built result: it has no bin/python",
@@ -138,6 +140,8 @@ BUMP_PIN = [
     Row("glob-matches-none", [REV, "--branches", "zz*"], 1, "no local branch matches 'zz*'"),
     Row("template-without-rev", [REV, "--url-template", "github:x/y"], 1, "must contain {rev} once"),
     Row("template-with-space", [REV, "--url-template", "github:x/{rev} y"], 1, "holds whitespace"),
+    Row("template-empty", [REV, "--url-template", ""], 1, "--url-template '' must contain {rev} once"),
+    Row("branch-empty", [REV, "--branch", ""], 1, "unknown branch(es) ''; local branches: main"),
 ]
 
 PUBLISH = [
@@ -153,6 +157,9 @@ PUBLISH = [
         f"not built: {SM90} (result-{SM90} is a directory, not a result link)", dir_result_link),
     Row("sign-key-missing", ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", "no-such-key"], 1,
         "cannot read the signing key"),
+    Row("sign-key-empty", ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", ""], 1,
+        "--sign-key '' is empty; give the secret key file"),
+    Row("check-nixpkgs-empty", ["--to", "file:///tmp/c", "--check", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),
     Row("check-unknown-sm", ["--to", "file:///tmp/c", "--check", "--sm", "91"], 1, "unknown SM '91'"),
 ]
 
@@ -163,6 +170,9 @@ AUDIT = [
     Row("sm-not-an-sm", ["nix", "--sm", "abc"], 1, "'abc' is not an SM"),
     Row("variant-unknown", ["nix", "--variant", "bogus"], 1, "'bogus' is not an SM"),
     Row("path-missing-arg", [], 1, "'audit' did not receive required positional arguments: 'path'"),
+    Row("path-empty", [""], 1, "PATH '' is empty; give a result link"),
+    Row("sm-empty", ["nix", "--sm", ""], 1, "--sm '' is empty; give an SM"),
+    Row("variant-empty", ["nix", "--variant", ""], 1, "--variant '' is empty; give a variant name"),
 ]
 
 DOCTOR = [
@@ -233,6 +243,8 @@ def run_row(command: str, row: Row, tmp_path: Path) -> subprocess.CompletedProce
     if command == "build" and "--nixpkgs" not in argv:
         argv += ["--nixpkgs", STANDIN]
     before = snapshot(root)
+    if row.stdout:
+        assert stat.S_ISCHR(os.stat(row.stdout).st_mode), f"{row.stdout} is no device on this machine"
     with open(row.stdout, "w") if row.stdout else contextlib.nullcontext(subprocess.PIPE) as stdout:
         proc = subprocess.run([sys.executable, "-m", "invoke", command, *argv], cwd=root, env=env, stdout=stdout,
                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, timeout=300)

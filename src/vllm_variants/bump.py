@@ -472,7 +472,8 @@ def bump_pin(
     """Plan, then (unless dry_run) bump every branch and move them all at once."""
     out = out or sys.stdout
     git = Git(Path(root), env=env)
-    plan = make_plan(git, rev, url_template=url_template or DEFAULT_URL_TEMPLATE, branches=branches,
+    template = DEFAULT_URL_TEMPLATE if url_template is None else url_template  # '' is a mistake, not the default
+    plan = make_plan(git, rev, url_template=template, branches=branches,
                      globs=globs, release_branch=release_branch)
     if dry_run:
         print("\n".join([*plan.lines(), "dry run: nothing changed"]), file=out)

@@ -319,7 +319,10 @@ def publish(
     out = out or sys.stdout
     nix = nix or Nix()
     nix.preflight()
-    key = SigningKey.read(sign_key) if sign_key else None
+    if sign_key is not None and not str(sign_key).strip():  # an unset variable: never publish unsigned for it
+        raise PublishError(f"--sign-key '{sign_key}' is empty; give the secret key file "
+                           "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out")
+    key = SigningKey.read(sign_key) if sign_key is not None else None
     plan = make_plan(project, variants, to, key, nix)
     print("\n".join(plan.lines()), file=out, flush=True)
     if dry_run:

@@ -184,6 +184,9 @@ def validate_result(path: Path) -> None:
 def select_results(project: Project, tokens: Iterable[str] = (), cwd: Path | None = None) -> list[Path]:
     """The results to check, in order: the given ones, or every result-* link."""
     words = [t.strip() for item in tokens for t in str(item).split(",") if t.strip()]
+    blank = next((str(item) for item in tokens if str(item).strip(" ,") == "" and str(item)), None)
+    if blank is not None:  # ',' is a mistake (an unset list), never "every result"
+        raise SelectionError(f"--results '{blank}' names no result; give a variant name, an SM or a result path")
     if words:
         paths = [resolve_target(project, word, Path(cwd or Path.cwd())) for word in words]
     else:
