@@ -76,7 +76,9 @@ def _die_with_us() -> Any:
     SIGKILL (a CI runner escalating): Nix then stops its builders itself
     instead of building on, orphaned, for hours (issue #11). Linux only;
     elsewhere None. libc is looked up here, before the fork: the child only
-    makes the call, it imports nothing."""
+    makes the call, it imports nothing. The kernel sends the signal when the
+    thread that started the child ends: the main thread, or a smoke worker
+    that waits for its child anyway."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

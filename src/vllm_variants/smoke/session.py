@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..cli import whole_number
-from ..outputs import check_dir, make_dir
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
+from ..outputs import check_dir, make_dir
 from ..project import Project
 from ..runner import CannotRun, spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
