@@ -35,10 +35,9 @@ def variants(c, json=False):
 @task(help={"check": "only check: fail if README.md is out of date, change nothing"})
 def readme(c, check=False):
     """Regenerate README.md's generated sections (variant table, versions)."""
-    from vllm_variants.readme import update
+    from vllm_variants.readme import show
 
-    changed = _call(update, _project(), check=check)
-    print("README.md updated" if changed else "README.md is up to date")
+    _call(show, _project(), check=check)
 
 
 # -- bump-pin (issue #4) --------------------------------------------------------
@@ -114,7 +113,7 @@ def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=
         "report_dir": "where smoke-report.json and smoke-junit.xml go (default: the checkout)",
     }
 )
-def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=0, report_dir=""):
+def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=None, report_dir=""):
     """Smoke-check built results in their own Python: vllm, torch and GPU, variant vs GPU, driver."""
     from vllm_variants.smoke.session import smoke as run_smoke
 

@@ -7,6 +7,7 @@ stand-in, so it really builds, offline, in about a second.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -31,9 +32,13 @@ from vllm_variants.build import (
     Target,
     VariantPlan,
     _held_signals,
+    act,
     link_results,
+    make_plan,
     plan_concurrency,
+    prepare,
 )
+from vllm_variants.errors import BuildError
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun
@@ -154,6 +159,24 @@ def test_explicit_cores_and_max_jobs_win_over_the_plan(project, standin, tmp_pat
         assert int(site(out, "bitsandbytes")["NIX_BUILD_CORES"]) == 3
     log = next((project / "logs").glob(f"{SM80.name}-*.log")).read_text()
     assert "--keep-going --max-jobs 1 --cores 3" in log and "--option max-silent-time 600" in log
+
+
+def test_an_option_nix_rejects_at_build_time_is_the_error_even_when_up_to_date(project, standin, tmp_path):
+    """Nix refuses `--cores` past what it parses and exits 1; the variant is
+    in the store already, yet the command must fail with Nix's reason (#11)."""
+    nixpkgs = standin(salt=unique("rejected"))
+    ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs)))
+    link = project / f"result-{SM90.name}"
+    before = os.readlink(link)
+    request = Request(sms=("90",), nixpkgs=f"path:{nixpkgs}")
+    plan = make_plan(prepare(Project(project), request, nix=Nix(env=support.nix_env())))
+    plan.concurrency = Concurrency(None, 10**23, 1, "")  # past the command line's bound: Nix's own check
+    out = io.StringIO()
+    with pytest.raises(BuildError, match=r"^nix build exited with status 1: setting 'cores' has invalid value "
+                                         rf"'{10**23}'; log: logs/{SM90.name}-"):
+        act(plan, out, interactive=False)
+    assert f"error: setting 'cores' has invalid value '{10**23}'" in out.getvalue()
+    assert os.readlink(link) == before
 
 
 # -- --dry-run ------------------------------------------------------------------
@@ -328,71 +351,62 @@ def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
 # -- Ctrl-C ---------------------------------------------------------------------
 
 
-def _children(pid: int) -> set[int]:
-    """Every live descendant of pid, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+def _slow_build(project: Path, nixpkgs: Path) -> tuple[subprocess.Popen[str], set[int]]:
+    """`invoke build --sm 90` started with torch's build sleeping 300 s under nix:
+    the process and its descendants once that sleep runs."""
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=support.nix_env())
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "building python3.12-torch-2.9.1" in line:
+            break
+    deadline = time.monotonic() + 30
+    while True:  # wait for the builder's sleep to run under nix
+        tree = support.descendants(proc.pid)
+        sleeping = [p for p in tree if support.cmdline(p).startswith(b"sleep\x00300")]
+        if sleeping or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not sleeping:
+        proc.kill()
+    assert sleeping, "the slow torch build never started"
+    return proc, tree
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_nix_leaves_no_link_and_exits_130(project, standin, signum):
-    """SIGTERM (a cancelled CI job) must stop Nix too: it runs in its own session."""
-    nixpkgs = standin(salt=unique("sigint"), slowBuild={"torch": 300})
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=support.nix_env())
+    """SIGTERM (a cancelled CI job) must stop Nix too: it runs in its own session; it exits 143."""
+    proc, tree = _slow_build(project, standin(salt=unique("sigint"), slowBuild={"torch": 300}))
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "building python3.12-torch-2.9.1" in line:
-                break
-        deadline = time.monotonic() + 30
-        while True:  # wait for the builder's sleep to run under nix
-            tree = _children(proc.pid)
-            sleeping = [p for p in tree if _cmdline(p).startswith(b"sleep\x00300")]
-            if sleeping or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert sleeping, "the slow torch build never started"
         proc.send_signal(signum)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == 128 + signum, stderr
     assert "interrupted: nix was stopped; no result link was changed" in stdout
-    assert [p for p in tree if _alive(p)] == [], "nix or its builder outlived Ctrl-C"
+    assert [p for p in tree if support.alive(p)] == [], "nix or its builder outlived Ctrl-C"
     assert list(project.glob("result*")) == []
     (log,) = (project / "logs").glob("*.log")
     assert log.read_text().endswith("# interrupted: nix was stopped; no result link was changed\n")
+
+
+def test_sigkill_of_build_takes_nix_and_its_builder_with_it(project, standin):
+    """A CI runner escalates to SIGKILL, which no handler sees: Nix learns of
+    our death from the kernel (PR_SET_PDEATHSIG) and stops its builder (#11)."""
+    proc, tree = _slow_build(project, standin(salt=unique("sigkill"), slowBuild={"torch": 300}))
+    try:
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60  # generous: Nix gets SIGTERM and stops its builder in about a second
+        while [p for p in tree if support.alive(p)] and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [support.cmdline(p) for p in tree if support.alive(p)] == [], "nix or its builder outlived SIGKILL"
+    assert list(project.glob("result*")) == []
 
 
 # -- pre-flight -----------------------------------------------------------------
@@ -415,7 +429,7 @@ PREFLIGHT = {
     "no-arm64-variant": (["--sm", "80", "--arm64"], {},
                          "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
     "nothing-selected": ([], {}, "error: no variant selected; use --sm SM"),
-    "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number >= 0"),
+    "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number from 0 to 100000"),
     "bad-option": (["--sm", "90", "--option", "sandbox"], {}, "error: --option takes NAME=VALUE"),
     "no-nixpkgs-dir": (["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], {},
                        "error: --nixpkgs ./no-such-nixpkgs: no such directory"),

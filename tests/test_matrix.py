@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -293,11 +294,33 @@ def test_select_combines_lists_systems_and_all(matrix):
         matrix.select()
     # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
     assert matrix.select(none_means_all=True) == list(matrix.enabled)
-    assert matrix.select([""], none_means_all=True) == list(matrix.enabled)  # an empty --sm asks for nothing
+    # an empty --sm is a mistake (an unset CI variable), never widened to every variant (issue #11)
+    for given in ([""], [","], ["90", " "]):
+        with pytest.raises(SelectionError, match=r"^--sm '.*' names no SM; give one like --sm 90"):
+            matrix.select(given, none_means_all=True)
     assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
     assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == ["sm90-arm64", "sm100-arm64"]
     with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
         matrix.select(systems=["x86_64-darwin"])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sms": ["90"], "all": True}, "--sm and --all conflict"),
+    ({"sms": ["90"], "systems": ["x86_64-linux"]}, "--sm and --system conflict"),
+    ({"all": True, "systems": ["aarch64-linux"]}, "--all and --system conflict"),
+    ({"arm64": True, "systems": ["aarch64-linux"]}, "--arm64 applies to --sm only"),
+    ({"arm64": True}, "--arm64 applies to --sm only"),
+])
+@pytest.mark.parametrize("none_means_all", [False, True])
+def test_conflicting_selections_are_refused_not_joined(matrix, kwargs, message, none_means_all):
+    with pytest.raises(SelectionError, match=rf"^{re.escape(message)}"):
+        matrix.select(**kwargs, none_means_all=none_means_all)
+
+
+def test_an_sm_with_a_leading_zero_is_not_an_sm(matrix):
+    for token in ("09.0", "090", "sm09"):
+        with pytest.raises(SelectionError, match=rf"^'{token}' is not an SM"):
+            matrix.resolve(token)
 
 
 def test_to_json_is_the_nix_shape(matrix):

@@ -70,3 +70,14 @@ def test_path_info_reads_this_nix_and_an_absent_path(tmp_path):
     assert is_valid_info(infos[path]) and infos[path]["closureSize"] > 0
     assert not is_valid_info(infos.get(absent))
     assert nix.realised([path, absent]).keys() == {path}
+
+
+@pytest.mark.nix
+def test_options_nix_rejects_are_problems_but_nix_conf_s_own_warnings_are_not():
+    env = support.nix_env("no-such-conf-setting = 1")
+    nix = Nix(options=[("cores", "abc"), ("no-such-setting", "1"), ("sandbox", "false")], env=env)
+    assert nix.problems() == [
+        "Nix rejects --option cores=abc: setting 'cores' has invalid value 'abc'",
+        "Nix rejects --option no-such-setting=1: unknown setting 'no-such-setting'",
+    ]
+    assert Nix(options=[("sandbox", "false")], env=env).problems() == []

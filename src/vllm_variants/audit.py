@@ -515,6 +515,16 @@ def render(report: Report, out: TextIO) -> None:
         console.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
 
 
+def _refuse_empty(target: str, *, sm: str | None, variant: str | None) -> None:
+    """An empty PATH, --sm or --variant (an unset variable) is refused, not read as
+    the working directory or as no SM given (issue #11: the CLI's edge only)."""
+    if not str(target).strip():
+        raise AuditError(f"PATH '{target}' is empty; give a result link, store path, directory, .so or .whl")
+    for flag, value, what in (("--sm", sm, "an SM such as 90"), ("--variant", variant, "a variant name")):
+        if value is not None and not value.strip():
+            raise SelectionError(f"{flag} '{value}' is empty; give {what}, or leave {flag} out")
+
+
 def show(
     target: str,
     *,
@@ -529,6 +539,7 @@ def show(
 ) -> Report:
     """`invoke audit`: print the report; NoCudaCode without device code; with check, fail on foreign code."""
     out = out or sys.stdout
+    _refuse_empty(target, sm=sm, variant=variant)
     sms, chosen = own_sms_for(matrix, target, sm=sm, variant=variant)
     report = require_cuda(audit(target, variant=chosen, own_sms=sms, reader=reader, cuobjdump=cuobjdump))
     if as_json:

@@ -20,6 +20,7 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -31,15 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli import whole_number
+from .outputs import check_dir, check_file, make_dir, write_text
 from .display import duration_text, make_display, relative
-from .errors import BuildError, CommandError, PreflightError, SelectionError, VariantsError
+from .errors import BuildError, CommandError, Interrupted, PreflightError, SelectionError, VariantsError, WriteError
 from .machines import BuildCapabilities
-from .matrix import Matrix, Variant
+from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
 from .nix import Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
 from .resources import Host, format_bytes
-from .runner import format_argv, spawn
+from .runner import format_argv, spawn, terminations_interrupt
 
 # Derivations that compile CUDA kernels (hours each): named in the plan.
 HEAVY = ("torch", "vllm", "xformers", "flashinfer", "magma", "nccl", "bitsandbytes", "cupy", "triton")
@@ -94,26 +97,14 @@ class Request:
             all=all,
             systems=tuple(system or ()),
             dry_run=dry_run,
-            cores=_count("--cores", cores, "0 means all cores"),
-            max_jobs=_count("--max-jobs", max_jobs, "0 means remote builders only"),
+            cores=whole_number("--cores", cores, "0 means all cores"),
+            max_jobs=whole_number("--max-jobs", max_jobs, "0 means remote builders only"),
             builders=_builders_spec(builders, cwd),
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
-            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs else None,
-            json_path=(cwd / json) if json else None,
+            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
+            json_path=check_file("--json", json, cwd),
         )
-
-
-def _count(flag: str, value: str | int | None, zero: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = -1
-    if number < 0:
-        raise SelectionError(f"{flag} takes a whole number >= 0 ({zero}), not '{value}'")
-    return number
 
 
 def _option(text: str) -> tuple[str, str]:
@@ -160,7 +151,8 @@ class Prepared:
 
 def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list[Variant]:
     """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
-    tokens = [t.strip() for item in request.sms for t in item.split(",") if t.strip()]
+    tokens = sm_tokens(request.sms)
+    refuse_conflicts(tokens, systems=request.systems, all=request.all, arm64=request.arm64)
     named = [t for t in tokens if t.lower() != "auto"]
     chosen: set[str] = set()
     if len(named) < len(tokens):
@@ -448,15 +440,16 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     return BuildPlan(prepared, plans, total, concurrency)
 
 
-def check_links(plan: BuildPlan) -> None:
+def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) -> None:
     """A result-<variant> that is not a link into the store is the user's:
-    Nix refuses to replace it, so say so before hours of building."""
-    for vplan in plan.variants:
-        link = vplan.target.link
+    Nix refuses to replace it, so say so before hours of building. Before
+    the evaluation (no `outs` yet) only what is no link at all is known."""
+    for target, out in zip(targets, outs or itertools.repeat(None)):
+        link = target.link
         if not (link.exists() or link.is_symlink()):
             continue
-        store_dir = str(Path(vplan.out).parent)
-        if not (link.is_symlink() and os.readlink(link).startswith(store_dir + "/")):
+        store_dir = str(Path(out).parent) if out else "/nix/store"
+        if not link.is_symlink() or (out and not os.readlink(link).startswith(store_dir + "/")):
             raise PreflightError(
                 f"{link.name} exists and is not a Nix result link (into {store_dir}); "
                 "move it away, then run the build again"
@@ -478,6 +471,7 @@ class Outcome:
     log: Path | None = None
     failed: list[str] = field(default_factory=list)  # failing derivations
     link_error: str | None = None
+    nix_error: str | None = None  # Nix exited non-zero: its status and last error (an option it rejected...)
 
     @property
     def ok(self) -> bool:
@@ -495,6 +489,7 @@ class Outcome:
             "log": relative(self.log, root) if self.log else None,
             "failed_derivations": self.failed,
             "link_error": self.link_error,
+            "nix_error": self.nix_error,
         }
 
 
@@ -504,18 +499,28 @@ class VariantLogs:
 
     def __init__(self, plan: BuildPlan, stamp: str) -> None:
         self.owners = plan.owners()
-        plan.project.logs.mkdir(exist_ok=True)
+        make_dir(plan.project.logs)
         self.paths: dict[str, Path] = {}
         self.files: dict[str, TextIO] = {}
         for vplan in plan.variants:
             name = vplan.variant.name
             path = _unique(plan.project.logs / f"{name}-{stamp}.log")
             self.paths[name] = path
-            handle = path.open("w", encoding="utf-8", buffering=1)
-            self.files[name] = handle
-            handle.write(f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-                         f"# $ {format_argv(plan.build_argv())}\n"
-                         f"# plan: {vplan.summary()}\n")
+            try:
+                self.files[name] = path.open("w", encoding="utf-8", buffering=1)
+            except OSError as exc:
+                self.close(quiet=True)
+                raise WriteError(path, exc) from None
+            self._write(name, f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+                              f"# $ {format_argv(plan.build_argv())}\n"
+                              f"# plan: {vplan.summary()}\n")
+
+    def _write(self, name: str, text: str) -> None:
+        """A full disk or a vanished folder is a WriteError naming the log (issue #11)."""
+        try:
+            self.files[name].write(text)
+        except OSError as exc:
+            raise WriteError(self.paths[name], exc) from None
 
     def write(self, event: Event) -> None:
         line = self._line(event)
@@ -526,7 +531,7 @@ class VariantLogs:
         else:
             names = list(self.files)
         for name in names:
-            self.files[name].write(line + "\n")
+            self._write(name, line + "\n")
 
     @staticmethod
     def _line(event: Event) -> str | None:
@@ -545,11 +550,22 @@ class VariantLogs:
             return event.text
         return None
 
-    def close(self, note: str | None = None) -> None:
-        for handle in self.files.values():
-            if note:
-                handle.write(f"# {note}\n")
-            handle.close()
+    def close(self, note: str | None = None, *, quiet: bool = False) -> None:
+        """Close every log (with `note`); the first write that fails is raised
+        after all are closed, unless `quiet` (an error is on its way already)."""
+        failed: WriteError | None = None
+        for name, handle in self.files.items():
+            try:
+                if note:
+                    handle.write(f"# {note}\n")
+                handle.close()
+            except OSError as exc:
+                failed = failed or WriteError(self.paths[name], exc)
+                with contextlib.suppress(OSError):
+                    handle.close()
+        self.files = {}
+        if failed and not quiet:
+            raise failed
 
 
 def _unique(path: Path) -> Path:
@@ -574,21 +590,21 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     proc = spawn(plan.build_argv(), cwd=plan.project.root, env=nix.env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
     try:
-        with _terminations_interrupt(), display.running(reader, started):
+        with terminations_interrupt(), display.running(reader, started):
             assert proc.stderr is not None
             follow(proc.stderr.fileno(), reader, logs, display)
             returncode = proc.wait()
     except KeyboardInterrupt:
         _stop(proc)
-        logs.close("interrupted: nix was stopped; no result link was changed")
+        logs.close("interrupted: nix was stopped; no result link was changed", quiet=True)
         display.interrupted(logs.paths)
         raise
     except BaseException:
         _stop(proc)
-        logs.close()
+        logs.close(quiet=True)
         raise
     logs.close(f"nix exited with status {returncode}")
-    return _outcomes(plan, reader, logs.paths, started)
+    return _outcomes(plan, reader, logs.paths, started, returncode)
 
 
 def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POLL_S) -> None:
@@ -601,27 +617,6 @@ def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POL
         for event in reader.feed(line):
             logs.write(event)
             display.event(event)
-
-
-@contextlib.contextmanager
-def _terminations_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) stop Nix as
-    Ctrl-C does: it runs in its own session, so they would not reach it."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -641,8 +636,13 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float) -> list[Outcome]:
+def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float,
+              returncode: int = 0) -> list[Outcome]:
     nix = plan.nix
+    nix_error = None
+    if returncode != 0:
+        last = reader.errors[-1].removeprefix("error:").strip() if reader.errors else "it gave no reason"
+        nix_error = f"nix build exited with status {returncode}: {last}"
     ended = reader.clock()
     valid = nix.realised([p.out for p in plan.variants])
     failed = reader.failed_builds()
@@ -650,7 +650,8 @@ def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: f
     for vplan in plan.variants:
         name = vplan.variant.name
         mine = set(vplan.dry.will_build)
-        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name))
+        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name),
+                          nix_error=nix_error)
         info = valid.get(vplan.out)
         if info is not None:
             outcome.store_path = vplan.out
@@ -711,7 +712,10 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
     """`invoke build`: see the module docstring. Raises BuildError on failure."""
     out = out or sys.stdout
     request = Request.from_cli(**cli)
+    check_outputs(project, request)
     prepared = prepare(project, request, nix=nix)
+    if not request.dry_run:
+        check_links(prepared.targets)  # before the evaluation, which takes minutes on real nixpkgs
     plan = make_plan(prepared, host=host)
     for line in plan.lines():
         print(line, file=out, flush=True)
@@ -723,7 +727,13 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
             _write_json(request.json_path, report)
         print("dry run: nothing was built, no link or log was written", file=out, flush=True)
         return plan
-    check_links(plan)
+    return act(plan, out, interactive=interactive)
+
+
+def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> list[Outcome]:
+    """Build the plan, link what was built, report; BuildError on any failure."""
+    project, request = plan.project, plan.prepared.request
+    check_links(plan.prepared.targets, [p.out for p in plan.variants])
     display = make_display(plan, out, interactive=interactive)
     outcomes = execute(plan, display)
     # Nix is done. A Ctrl-C from here waits for the links, the summary and the
@@ -736,7 +746,7 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
             _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
                                             "variants": [o.to_json(project.root) for o in outcomes]})
     if held:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
     failed = [o for o in outcomes if not o.ok]
     if failed:
         first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander
@@ -745,13 +755,24 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
                              f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
                              f"was not updated: {first.link_error}")
         why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
+        why = why or (f" ({first.nix_error})" if first.nix_error else "")
         log = f"; log: {relative(first.log, project.root)}" if first.log else ""
         raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built: {first.variant.name}{why}{log}")
+    refused = next((o for o in outcomes if o.nix_error), None)
+    if refused:  # every output is in the store, yet Nix failed: an option it rejected, a broken store
+        log = f"; log: {relative(refused.log, project.root)}" if refused.log else ""
+        raise BuildError(f"{refused.nix_error}{log}")
     return outcomes
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def check_outputs(project: Project, request: Request) -> None:
+    """What a build writes in the checkout (its result links, logs/), checked
+    before anything starts; --json was checked with the command line."""
+    if request.dry_run:
+        return  # writes nothing but --json
+    check_dir(f"the checkout {project.root} (for the result links)", project.root, project.root)
+    check_dir("logs/ (the build logs)", project.logs, project.root)

@@ -377,7 +377,10 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
 
     failed = [r for r in outcome.results if r.failure]
     if failed:
-        reasons = "; ".join(f"{r.plan.name} failed {r.failure}" for r in failed)
+        by_cause: dict[str, list[str]] = {}  # one new pin often breaks every branch the same way
+        for r in failed:
+            by_cause.setdefault(r.failure or "", []).append(r.plan.name)
+        reasons = "; ".join(f"{', '.join(names)} failed {cause}" for cause, names in by_cause.items())
         raise BumpError(f"no branch moved: {reasons}")
 
     moving: dict[str, tuple[str, str]] = {}  # branch -> (old, new)
@@ -470,7 +473,8 @@ def bump_pin(
     """Plan, then (unless dry_run) bump every branch and move them all at once."""
     out = out or sys.stdout
     git = Git(Path(root), env=env)
-    plan = make_plan(git, rev, url_template=url_template or DEFAULT_URL_TEMPLATE, branches=branches,
+    template = DEFAULT_URL_TEMPLATE if url_template is None else url_template  # '' is a mistake, not the default
+    plan = make_plan(git, rev, url_template=template, branches=branches,
                      globs=globs, release_branch=release_branch)
     if dry_run:
         print("\n".join([*plan.lines(), "dry run: nothing changed"]), file=out)

@@ -78,6 +78,8 @@ def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
         settings = nix.config()
     except VariantsError:  # a problem above already says why
         return None
+    if not settings.get("system"):  # nix.problems() says so; nothing below can be read
+        return None
     report.nix["flakes"] = nix.flakes_enabled()
     try:
         caps = BuildCapabilities.from_settings(settings)

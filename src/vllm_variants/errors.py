@@ -7,7 +7,17 @@ and what is valid (pre-commit's error_handler is the model).
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a cancelled CI job, a closed terminal), handled as
+    Ctrl-C is; the boundary exits 128 + the signal's number (143 for SIGTERM)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"signal {signum}")
 
 
 class VariantsError(Exception):
@@ -97,3 +107,20 @@ class UsageError(VariantsError):
 
 class SmokeFailed(VariantsError):
     """`nox -s smoke` / `invoke smoke`: a check failed in at least one result."""
+
+
+def errno_name(exc: OSError) -> str:
+    """'ENOSPC' for an OSError of errno 28 ('' when it carries none)."""
+    return errno.errorcode.get(exc.errno or 0, "")
+
+
+class WriteError(VariantsError):
+    """A file or folder this tool writes for the user cannot be written (a
+    read-only checkout, a full disk, a file where a folder belongs): one line
+    naming the path and the errno."""
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        self.path = path
+        self.errno = exc.errno
+        name = errno_name(exc)
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}" + (f" ({name})" if name else ""))

@@ -97,7 +97,8 @@ class Git:
         unknown = [n for n in names if n not in local]
         if unknown:
             raise GitError(
-                f"unknown branch(es) {', '.join(unknown)}; local branches: {', '.join(local) or '(none)'}"
+                f"unknown branch(es) {', '.join(n.strip() and n or repr(n) for n in unknown)}; "
+                f"local branches: {', '.join(local) or '(none)'}"
             )
         chosen = list(names)
         for glob in globs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ REQUIRED_VARIANT_KEYS = ("sm", "capability", "arch", "gpus", "system")
 VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled",))
 TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant"))
 
-_SM = re.compile(r"^[0-9]{2,3}[af]?$")
-_CAPABILITY = re.compile(r"^[0-9]{1,2}\.[0-9][af]?$")
+# No leading zero: '09.0' is a typo, not SM 90 (nor an unknown SM '090').
+_SM = re.compile(r"^[1-9][0-9]{1,2}[af]?$")
+_CAPABILITY = re.compile(r"^[1-9][0-9]?\.[0-9][af]?$")
 _CUDA = re.compile(r"^[0-9]+\.[0-9]+$")
 
 
@@ -265,8 +266,9 @@ class Matrix:
         instead of being refused (commands that only look: the CI matrix,
         `publish --check`).
         """
-        tokens = [t for item in sms for t in str(item).split(",") if t.strip()]
+        tokens = sm_tokens(sms)
         systems = list(systems)
+        refuse_conflicts(tokens, systems=systems, all=all, arm64=arm64)
         all = all or (none_means_all and not (tokens or systems))
         if not (tokens or systems or all):
             raise SelectionError(
@@ -392,6 +394,29 @@ def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MatrixError(f"{where}: {key} must be a positive whole number like {example}, not {_described(value)}")
     return value
+
+
+def sm_tokens(sms: Iterable[str]) -> list[str]:
+    """The SMs of --sm values ('80,89' counts two); a value naming none is refused, not ignored."""
+    tokens = []
+    for item in sms:
+        words = [t.strip() for t in str(item).split(",") if t.strip()]
+        if not words:
+            raise SelectionError(f"--sm '{item}' names no SM; give one like --sm 90 (or 80,89,90)")
+        tokens += words
+    return tokens
+
+
+def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool, arm64: bool) -> None:
+    """--sm, --system and --all each select on their own: together they would
+    silently build (or list) their union, hours nobody asked for (issue #11)."""
+    given = [flag for flag, used in (("--sm", tokens), ("--all", all), ("--system", systems)) if used]
+    if len(given) > 1:
+        raise SelectionError(f"{given[0]} and {given[1]} conflict: each selects variants on its own; give one of "
+                             "--sm SM, --system SYSTEM or --all")
+    if arm64 and not tokens:
+        raise SelectionError("--arm64 applies to --sm only (--sm 90 --arm64 is the GH200 variant); "
+                             "for every arm64 variant use --system aarch64-linux")
 
 
 def sm_number(sm: str) -> str:

@@ -84,11 +84,21 @@ class Nix:
     @cached_property
     def _config(self) -> dict[str, str]:
         parsed: dict[str, str] = {}
-        for line in run(self.config_argv(), env=self.env).stdout.splitlines():
+        proc = run(self.config_argv(), env=self.env)
+        for line in proc.stdout.splitlines():
             key, sep, value = line.partition(" = ")
             if sep:
                 parsed[key.strip()] = value.strip()
+        self._rejected = rejected_options(proc.stderr, self.options)
         return parsed
+
+    def rejected(self) -> list[str]:
+        """Our --option pairs Nix refuses, one line each. Nix only warns
+        (`warning: error: setting 'cores' has invalid value 'abc'`, `warning:
+        unknown setting ...`) and goes on without them: a build the user did
+        not ask for (issue #11)."""
+        self.config()
+        return self._rejected
 
     def config(self) -> dict[str, str]:
         """Effective settings (`nix config show`), as every call of ours sees them."""
@@ -120,11 +130,15 @@ class Nix:
                          f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
         try:
             flakes = self.flakes_enabled()
+            system = self.setting("system")
         except VariantsError as exc:
             return [*found, f"cannot read the Nix configuration: {exc}"]
+        if not system:  # every Nix names its system: this one is broken (or not Nix)
+            return [*found, f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
+                            "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)"]
         if not flakes:
             found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
-        return found
+        return [*found, *self.rejected()]
 
     def preflight(self) -> None:
         """Nix present, >= 2.18, flakes on; else one PreflightError line."""
@@ -282,6 +296,21 @@ class Nix:
         return self.run(*args, echo=echo)
 
 
+_REJECTED = re.compile(r"^warning: (?:error: )?(setting '([^']+)' has invalid value .*|unknown setting '([^']+)')$")
+
+
+def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[str]:
+    """'Nix rejects --option NAME=VALUE: why' for each of `options` Nix warned about."""
+    given = {name: value for name, value in options}
+    found = []
+    for line in stderr.splitlines():
+        match = _REJECTED.match(line.strip())
+        name = match and (match.group(2) or match.group(3))
+        if name and name in given:
+            found.append(f"Nix rejects --option {name}={given[name]}: {match.group(1)}")
+    return list(dict.fromkeys(found))
+
+
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
     """Nix < 2.19 prints [{"path": p, ...}]; 2.19+ prints {p: {...}}."""
     if isinstance(data, list):
@@ -339,7 +368,15 @@ def input_ref(value: str, cwd: Path | None = None) -> str:
     store) and `path:/abs` otherwise; anything else is taken as a flake
     reference (github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs, ...).
     """
+    if not value.strip():
+        raise SelectionError(
+            f"--nixpkgs '{value}' is empty; give a nixpkgs checkout or a flake reference such as "
+            "github:NixOS/nixpkgs/<rev> (leave --nixpkgs out to build against the pin)"
+        )
     candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
+    if candidate.is_file():
+        raise SelectionError(f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
+                             "directory or a flake reference such as github:NixOS/nixpkgs/<rev>")
     if candidate.is_dir():
         if not (candidate / "flake.nix").is_file():
             raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")

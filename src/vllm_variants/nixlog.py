@@ -262,7 +262,10 @@ class NixLog:
     def feed(self, line: str) -> list[Event]:
         line = line.rstrip("\n")
         if not line.startswith(PREFIX):
-            return [Event("text", strip_ansi(line))] if line.strip() else []
+            text = strip_ansi(line)
+            if text.startswith("error:"):  # Nix failed before its JSON log began (an option it rejected)
+                self.errors.append(text)
+            return [Event("text", text)] if line.strip() else []
         try:
             data = json.loads(line[len(PREFIX):])
         except ValueError:

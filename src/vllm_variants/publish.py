@@ -121,6 +121,12 @@ def signers(info: Mapping) -> list[str]:
 def require_uri(to: str) -> None:
     if not to.strip():
         raise PublishError("--to needs a store URI, e.g. file:///srv/nix-cache, s3://bucket or ssh-ng://host")
+    if to.startswith(("/", "./", "../", "~")):
+        # Nix reads a bare path as a local chroot store (a whole /nix/store
+        # under it), which nobody means by "publish to /srv/cache" (issue #11).
+        where = Path(to).expanduser().absolute()
+        raise PublishError(f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
+                           f"local?root={where} for a chroot store")
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
@@ -160,7 +166,8 @@ def built_paths(project: Project, variants: Iterable[Variant]) -> dict[str, str]
     for variant in variants:
         link = project.result_link(variant)
         if not link.is_symlink():
-            missing.append((variant, f"no {link.name}"))
+            kind = "a directory" if link.is_dir() else "a file" if link.exists() else None
+            missing.append((variant, f"{link.name} is {kind}, not a result link" if kind else f"no {link.name}"))
         elif not link.exists():
             missing.append((variant, f"{link.name} points to {os.readlink(link)}, which is gone"))
         else:
@@ -312,7 +319,10 @@ def publish(
     out = out or sys.stdout
     nix = nix or Nix()
     nix.preflight()
-    key = SigningKey.read(sign_key) if sign_key else None
+    if sign_key is not None and not str(sign_key).strip():  # an unset variable: never publish unsigned for it
+        raise PublishError(f"--sign-key '{sign_key}' is empty; give the secret key file "
+                           "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out")
+    key = SigningKey.read(sign_key) if sign_key is not None else None
     plan = make_plan(project, variants, to, key, nix)
     print("\n".join(plan.lines()), file=out, flush=True)
     if dry_run:
@@ -339,7 +349,7 @@ def main(
     # --check with no selection looks at every variant; copying needs a choice
     picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=check_only)
     if check_only:
-        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+        overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
         check(project, picked, to=to, overrides=overrides)
         return
     publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)

@@ -12,11 +12,14 @@ tests/test_readme.py fails when a section differs from what the sources say.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Mapping
+from typing import TextIO
 
 from . import versions
 from .errors import VariantsError
 from .matrix import Matrix
+from .outputs import write_text
 from .project import Project
 
 
@@ -102,5 +105,12 @@ def update(project: Project, *, check: bool = False) -> bool:
     if check:
         sources = ", ".join(source for source, _ in SECTIONS.values())
         raise VariantsError(f"README.md is out of date with {sources}; run `invoke readme`")
-    project.readme.write_text(wanted, encoding="utf-8")
+    write_text(project.readme, wanted)  # a read-only checkout or a full disk: one line (issue #11)
     return True
+
+
+def show(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
+    """`invoke readme`: update (or check) README.md and say which."""
+    changed = update(project, check=check)
+    print("README.md updated" if changed else "README.md is up to date", file=out or sys.stdout)
+    return changed

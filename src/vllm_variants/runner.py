@@ -5,22 +5,25 @@ URIs) reaches programs as separate arguments and is never parsed by a shell.
 A missing executable is a ToolMissing, one the system will not start (not
 executable, another machine's binary) a CannotRun, a non-zero exit a
 CommandError carrying the command, its exit code and the tail of its stderr
-(Mic92/nix-update's utils.run is the model).
+(Mic92/nix-update's utils.run is the model). Every child gets SIGTERM when
+this process dies, however it dies (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from .errors import CommandError, PreflightError, ToolMissing
+from .errors import CommandError, Interrupted, PreflightError, ToolMissing
 
 Argv = Sequence["str | os.PathLike[str]"]
 
@@ -64,6 +67,36 @@ def _not_started(exc: OSError, args: list[str], cwd: Path | str | None, env: Map
     return CannotRun(program, _WHY.get(exc.errno or 0, exc.strerror or str(exc)))
 
 
+# prctl(2): the signal a child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_us() -> Any:
+    """A preexec_fn that makes the child get SIGTERM when we die, even by
+    SIGKILL (a CI runner escalating): Nix then stops its builders itself
+    instead of building on, orphaned, for hours (issue #11). Linux only;
+    elsewhere None. libc is looked up here, before the fork: the child only
+    makes the call, it imports nothing. The kernel sends the signal when the
+    thread that started the child ends: the main thread, or a smoke worker
+    that waits for its child anyway."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # we died between the fork and the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 def _argv(argv: Argv) -> list[str]:
     return [os.fspath(a) for a in argv]
 
@@ -104,6 +137,7 @@ def run(
             timeout=timeout,
             check=False,
             start_new_session=new_session,
+            preexec_fn=_die_with_us(),
         )
     except OSError as exc:
         raise _not_started(exc, args, cwd, env) from None
@@ -132,6 +166,30 @@ def spawn(
             stderr=stderr,
             stdin=subprocess.DEVNULL,
             start_new_session=new_session,
+            preexec_fn=_die_with_us(),
         )
     except OSError as exc:
         raise _not_started(exc, args, cwd, env) from None
+
+
+@contextlib.contextmanager
+def terminations_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) raise
+    Interrupted in the main thread, as Ctrl-C raises KeyboardInterrupt: the
+    caller stops its children the same way for all three. Children started in
+    their own session (new_session=True) would not get the signal themselves."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

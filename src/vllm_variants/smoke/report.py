@@ -6,12 +6,14 @@ All three are rendered from the same SmokeReport.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..outputs import write_text
 from .check import FAIL, PASS, SKIP
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ def status_text(check: dict[str, Any]) -> str:
 
 
 def write_json(report: SmokeReport, path: Path) -> None:
-    path.write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(report.to_json(), indent=2, default=str) + "\n")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -97,7 +99,9 @@ def junit_tree(report: SmokeReport) -> ET.ElementTree:
 
 
 def write_junit(report: SmokeReport, path: Path) -> None:
-    junit_tree(report).write(path, encoding="utf-8", xml_declaration=True)
+    data = io.BytesIO()
+    junit_tree(report).write(data, encoding="utf-8", xml_declaration=True)
+    write_text(path, data.getvalue().decode("utf-8") + "\n")
 
 
 def print_tables(report: SmokeReport, out: TextIO) -> None:

@@ -11,12 +11,14 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..cli import whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
+from ..outputs import check_dir, make_dir
 from ..project import Project
-from ..runner import run
+from ..runner import CannotRun, spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
@@ -161,11 +165,18 @@ def resolve_target(project: Project, token: str, cwd: Path) -> Path:
     return link
 
 
-def validate_result(path: Path) -> None:
+def dangling(path: Path) -> str | None:
+    """Why a result link leads nowhere (its store path was collected), or None."""
     if path.is_symlink() and not path.exists():
-        raise SelectionError(
-            f"{path} points to {os.readlink(path)}, which no longer exists (garbage-collected?); rebuild it"
-        )
+        return f"{path} points to {os.readlink(path)}, which no longer exists (garbage-collected?); rebuild it"
+    return None
+
+
+def validate_result(path: Path) -> None:
+    """A path that is no result at all is a bad selection; a dangling link is a
+    result that failed (check_result says so) and the others are still checked."""
+    if dangling(path):
+        return
     if not os.access(path / "bin" / "python", os.X_OK):
         raise SelectionError(f"{path} is not a built result: it has no bin/python")
 
@@ -173,6 +184,9 @@ def validate_result(path: Path) -> None:
 def select_results(project: Project, tokens: Iterable[str] = (), cwd: Path | None = None) -> list[Path]:
     """The results to check, in order: the given ones, or every result-* link."""
     words = [t.strip() for item in tokens for t in str(item).split(",") if t.strip()]
+    blank = next((str(item) for item in tokens if str(item).strip(" ,") == "" and str(item)), None)
+    if blank is not None:  # ',' is a mistake (an unset list), never "every result"
+        raise SelectionError(f"--results '{blank}' names no result; give a variant name, an SM or a result path")
     if words:
         paths = [resolve_target(project, word, Path(cwd or Path.cwd())) for word in words]
     else:
@@ -250,7 +264,66 @@ def check_argv(result: Path, progress: Path, options: Options = Options()) -> li
             result / VARIANT_JSON, "--progress", progress, *options.check_args()]
 
 
-def check_result(path: Path, options: Options) -> ResultReport:
+class Running:
+    """The check processes running now, so that a signal stops them all.
+
+    Each runs in its own session (a vllm engine starts processes of its own):
+    a Ctrl-C at the terminal or a SIGTERM sent to us alone reaches the main
+    thread, which stops every group here at once and exits 130 or 143
+    (issue #11), instead of waiting for checks that may take 900 s.
+    """
+
+    def __init__(self) -> None:
+        self.procs: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def run(self, argv: Sequence[str | Path], cwd: str, timeout: float) -> tuple[int, str, str]:
+        """(exit status, stdout, stderr) of argv; TimeoutExpired after `timeout` s (it is killed)."""
+        with self.lock:
+            if self.stopped:
+                raise CannotRun(str(argv[0]), "the smoke run was interrupted")
+            proc = spawn(argv, cwd=cwd, new_session=True)
+            self.procs.add(proc)
+        try:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                out, err = proc.communicate()
+                raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+        finally:
+            with self.lock:
+                self.procs.discard(proc)
+        return proc.returncode, _text(out), _text(err)
+
+    def stop(self) -> None:
+        """Kill every check process group; start no more."""
+        with self.lock:
+            self.stopped = True
+            procs = list(self.procs)
+        for proc in procs:
+            _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _run_checks(path: Path, progress: Path, tmp: str, options: Options, running: Running
+                ) -> tuple[int | None, str, dict[str, Any], str | None]:
+    """check.py's exit status, stderr, report and why it gave none (timeout, cannot start)."""
+    try:
+        code, stdout, stderr = running.run(check_argv(path, progress, options), cwd=tmp, timeout=options.timeout)
+    except subprocess.TimeoutExpired as exc:
+        return None, _text(exc.stderr), {}, f"timed out after {options.timeout:g} s"
+    except ToolMissing as exc:
+        return None, "", {}, str(exc)
+    return code, stderr, _parse_report(stdout) if code in (0, 1) else {}, None
+
+
+def check_result(path: Path, options: Options, running: Running | None = None) -> ResultReport:
     """Run check.py in the result's own Python; every check accounted for."""
     metadata = _read_json(path / VARIANT_JSON) or None
     name = str((metadata or {}).get("name") or path.name)
@@ -259,17 +332,13 @@ def check_result(path: Path, options: Options) -> ResultReport:
     stderr = ""
     start = time.perf_counter()
     data: dict[str, Any] = {}
+    gone = dangling(path)
     with tempfile.TemporaryDirectory(prefix="vllm-variants-smoke-") as tmp:
         progress = Path(tmp) / "progress.jsonl"
-        try:
-            proc = run(check_argv(path, progress, options), cwd=tmp, check=False, timeout=options.timeout)
-            exit_code, stderr = proc.returncode, proc.stderr
-            data = _parse_report(proc.stdout) if exit_code in (0, 1) else {}
-        except subprocess.TimeoutExpired as exc:
-            stderr = _text(exc.stderr)
-            error = f"timed out after {options.timeout:g} s"
-        except ToolMissing as exc:
-            error = str(exc)
+        if gone:  # nothing to run: this result fails, the others are still checked
+            error = gone
+        else:
+            exit_code, stderr, data, error = _run_checks(path, progress, tmp, options, running or Running())
         if not data:  # it died, or hung: keep what it finished
             data = {"checks": _read_lines(progress)}
     seconds = time.perf_counter() - start
@@ -312,7 +381,7 @@ def smoke(
     *,
     generate: bool = False,
     allow_no_gpu: bool = False,
-    jobs: int = 0,
+    jobs: int | str | None = 0,
     report_dir: Path | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     out: TextIO | None = None,
@@ -326,23 +395,35 @@ def smoke(
     """
     from . import report as reporting
 
-    if jobs < 0:
-        raise UsageError(f"--jobs must be 0 (automatic) or more, not {jobs}")
+    jobs = whole_number("--jobs", jobs, "0: automatic") or 0
+    here = Path(cwd or Path.cwd())
+    if report_dir:  # checked before any check runs: a typo must not cost the run (issue #11)
+        folder = check_dir(f"--report-dir {report_dir}", here / Path(report_dir).expanduser(), here)
+    else:
+        folder = check_dir(f"the checkout {project.root} (for the smoke reports)", project.root, here)
     paths = select_results(project, results, cwd)
     options = Options(generate=generate, allow_no_gpu=allow_no_gpu, timeout=timeout)
     workers = jobs or (1 if generate else min(len(paths), os.cpu_count() or 1))
     print(f"smoke: checking {len(paths)} result(s), {min(workers, len(paths))} at a time", file=sys.stderr)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results_done = list(pool.map(lambda p: check_result(p, options), paths))
+    running = Running()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with terminations_interrupt():
+            futures = [pool.submit(check_result, p, options, running) for p in paths]
+            results_done = [future.result() for future in futures]
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: stop the checks now, write no report
+        running.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     seen: set[str] = set()
     for r in results_done:  # two results of one variant: tell them apart
         if r.name in seen:
             r.name = f"{r.name} [{r.result}]"
         seen.add(r.name)
     session = SmokeReport(results_done, options, seconds=time.perf_counter() - start)
-    folder = Path(report_dir).absolute() if report_dir else project.root
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dir(folder)
     session.files = [folder / REPORT_JSON, folder / JUNIT_XML]
     reporting.write_json(session, session.files[0])
     reporting.write_junit(session, session.files[1])
@@ -370,7 +451,7 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
                         help="also run a tiny dummy model on the GPU and generate a few tokens")
     parser.add_argument("--allow-no-gpu", action="store_true",
                         help="without a GPU, skip the GPU checks instead of failing (build hosts)")
-    parser.add_argument("--jobs", type=int, default=0, help="results checked at once (0: automatic)")
+    parser.add_argument("--jobs", default=0, help="results checked at once (0: automatic)")
     parser.add_argument("--report-dir", help="where smoke-report.json and smoke-junit.xml go (default: the checkout)")
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
     args = parser.parse_args(list(argv))
