@@ -202,6 +202,16 @@ MATRIX = [
     Row("stdout-full", [], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
+EVAL = [
+    Row("sm-empty", ["--sm", ""], 1, "--sm '' names no SM; give one like --sm 90"),
+    Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 70, 75"),
+    Row("sm-with-all", ["--sm", "90", "--all"], 1, "--sm and --all conflict"),
+    Row("arm64-without-sm", ["--arm64"], 1, "--arm64 applies to --sm only"),
+    Row("nixpkgs-empty", ["--sm", "90", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),
+    Row("nixpkgs-missing-dir", ["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], 1, "no such directory"),
+    Row("does-not-evaluate", ["--sm", "90", "--nixpkgs", "/"], 1, "has no flake.nix"),
+]
+
 VARIANTS = [
     Row("unknown-flag", ["--bogus"], 1, "No idea what '--bogus' is!"),
     Row("positional", ["extra"], 1, "No idea what 'extra' is!"),
@@ -210,7 +220,8 @@ VARIANTS = [
 ]
 
 TABLE = {"build": BUILD, "smoke": SMOKE, "bump-pin": BUMP_PIN, "publish": PUBLISH, "audit": AUDIT,
-         "doctor": DOCTOR, "which": WHICH, "readme": README, "matrix": MATRIX, "variants": VARIANTS}
+         "doctor": DOCTOR, "which": WHICH, "readme": README, "matrix": MATRIX, "variants": VARIANTS,
+         "eval": EVAL}
 
 
 # -- running a row -------------------------------------------------------------------
@@ -318,6 +329,12 @@ def test_matrix(row, tmp_path):
 @_params("variants")
 def test_variants(row, tmp_path):
     run_row("variants", row, tmp_path)
+
+
+@pytest.mark.nix
+@_params("eval")
+def test_eval(row, tmp_path):
+    run_row("eval", row, tmp_path)
 
 
 def test_the_table_covers_every_command():

@@ -126,7 +126,7 @@ def main(
     """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
     out = out or sys.stdout
     picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True)
-    overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else None
+    overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
     nix = nix or Nix()
     nix.preflight()
     try:
