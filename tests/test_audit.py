@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from cuda_libs import CUDA_LIBS
 
 from vllm_variants.audit import audit, own_sms_for, render, require_cuda, show, variant_in_path
 from vllm_variants.errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
-from vllm_variants.fatbin import read_path
+from vllm_variants.fatbin import InvalidBinary, read_path
 from vllm_variants.matrix import Matrix
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
@@ -396,3 +397,108 @@ def test_screen_prints_names_as_text_not_markup(cuda_libs, tmp_path):
     show(str(tmp_path), sm="80", reader="fatbin", out=out)
     text = out.getvalue()
     assert "[bold]/lib[red].so" in text and "sm_90" in text and "never used by SM 80" in text
+
+
+# -- damaged and oversized input: one line each, memory bounded ---------------------
+
+
+def corrupt_crc(wheel: Path, name: str) -> None:
+    """Give the member `name` a wrong CRC-32, in its local header and in the central directory."""
+    data = bytearray(wheel.read_bytes())
+    with zipfile.ZipFile(wheel) as archive:
+        info, start = archive.getinfo(name), archive.start_dir
+    wrong = (info.CRC ^ 0x5A5A5A5A).to_bytes(4, "little")
+    data[info.header_offset + 14 : info.header_offset + 18] = wrong
+    at = start
+    while data[at : at + 4] == b"PK\x01\x02":
+        size_n, size_x, size_c = (int.from_bytes(data[at + o : at + o + 2], "little") for o in (28, 30, 32))
+        if data[at + 46 : at + 46 + size_n].decode() == name:
+            data[at + 16 : at + 20] = wrong
+        at += 46 + size_n + size_x + size_c
+    wheel.write_bytes(bytes(data))
+
+
+def test_a_corrupted_member_is_one_line_and_the_others_are_audited(cuda_libs, tmp_path):
+    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
+                       {"fatpkg/_bad.so": cuda_libs["libmulti"], "fatpkg/_good.so": cuda_libs["libone_sm90"]})
+    corrupt_crc(wheel, "fatpkg/_bad.so")
+    with zipfile.ZipFile(wheel, "a", compression=zipfile.ZIP_STORED) as archive:  # an uncompressed member too
+        archive.write(cuda_libs["libmixed"], "fatpkg/_stored.so")
+    data = bytearray(wheel.read_bytes())
+    with zipfile.ZipFile(wheel) as archive:
+        info = archive.getinfo("fatpkg/_stored.so")
+    middle = info.header_offset + 30 + len(info.filename) + info.file_size // 2
+    data[middle] ^= 0xFF  # a flipped byte in the stored member's bytes
+    wheel.write_bytes(bytes(data))
+    for target, prefix in ((wheel, ""), (tmp_path, f"{wheel.name}!")):  # alone, and inside a directory walk
+        report = audit(target, reader="fatbin", own_sms=["90"])
+        assert [lib.path for lib in report.libraries] == [f"{prefix}fatpkg/_good.so"]
+        assert report.skipped == [(f"{prefix}fatpkg/_bad.so", "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_bad.so'"),
+                                  (f"{prefix}fatpkg/_stored.so",
+                                   "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_stored.so'")]
+    proc = invoke_audit(str(wheel), "--sm", "90")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert "skipped fatpkg/_bad.so: damaged in the wheel: Bad CRC-32 for file 'fatpkg/_bad.so'" in proc.stdout
+
+
+def test_wheel_members_are_read_in_place_stored_or_deflated(cuda_libs, tmp_path, monkeypatch):
+    """No temporary copy: the fatbin reader reads a stored member from the wheel and streams a deflated one."""
+    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl", {"fatpkg/_deflated.so": cuda_libs["libmulti"]})
+    with zipfile.ZipFile(wheel, "a", compression=zipfile.ZIP_STORED) as archive:
+        archive.write(cuda_libs["libmixed"], "fatpkg/_stored.so")
+
+    def no_temporary_files(*args, **kwargs):
+        raise AssertionError("the fatbin reader made a temporary copy")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", no_temporary_files)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", no_temporary_files)
+    report = audit(wheel, reader="fatbin")
+    assert [lib.path for lib in report.libraries] == ["fatpkg/_deflated.so", "fatpkg/_stored.so"]
+    for library, name in zip(report.libraries, ("libmulti", "libmixed")):
+        assert [e.to_json() for e in library.entries] == [e.to_json() for e in read_path(cuda_libs[name]).entries]
+
+
+def grow_fatbin_section(source: Path, dest: Path, claim: int, *, sparse: bool) -> Path:
+    """source with its .nv_fatbin section header claiming `claim` bytes; sparse: the file grows to hold them."""
+    data = bytearray(source.read_bytes())
+    shoff = int.from_bytes(data[0x28:0x30], "little")
+    shentsize, shnum = (int.from_bytes(data[o : o + 2], "little") for o in (0x3A, 0x3C))
+    section = read_path(source)
+    fatbin = next(i for i in range(shnum) if int.from_bytes(data[shoff + i * shentsize + 32 : shoff + i * shentsize + 40],
+                                                                  "little") == section.section_bytes
+                  and int.from_bytes(data[shoff + i * shentsize + 4 : shoff + i * shentsize + 8], "little") == 1)
+    at = shoff + fatbin * shentsize + 32  # sh_size
+    offset = int.from_bytes(data[at - 8 : at], "little")
+    data[at : at + 8] = claim.to_bytes(8, "little")
+    dest.write_bytes(bytes(data))
+    if sparse:
+        os.truncate(dest, offset + claim)
+    return dest
+
+
+def test_a_section_claiming_gigabytes_is_read_in_bounded_memory(cuda_libs, tmp_path):
+    """The crafted ELF of issue #12, 1 GiB here (40 GB takes only longer): under a 128 MiB data limit.
+
+    The file is sparse, so the claim is in bounds and every byte of it is read;
+    copying it into memory (what the padding check did) fails the limit.
+    """
+    crafted = grow_fatbin_section(cuda_libs["libone_sm90"], tmp_path / "libhuge.so", 1 << 30, sparse=True)
+    script = ("import json, resource, sys; resource.setrlimit(resource.RLIMIT_DATA, (128 << 20, 128 << 20)); "
+              "from vllm_variants.audit import audit; r = audit(sys.argv[1], reader='fatbin', own_sms=['90']); "
+              "print(json.dumps([r.libraries[0].note, r.total_bytes, len(r.libraries[0].entries)]))")
+    proc = subprocess.run([sys.executable, "-c", script, str(crafted)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    note, total, entries = json.loads(proc.stdout)
+    assert entries == 2 and total == audit(cuda_libs["libone_sm90"], reader="fatbin").total_bytes
+    assert note.endswith("bytes of .nv_fatbin were not understood")
+
+
+def test_a_section_past_the_end_of_the_file_is_one_line(cuda_libs, tmp_path):
+    crafted = grow_fatbin_section(cuda_libs["libone_sm90"], tmp_path / "libpast.so", 40 * 10**9, sparse=False)
+    with pytest.raises(InvalidBinary) as exc:
+        audit(crafted, reader="fatbin")
+    assert str(exc.value).startswith(f"{crafted} is not a valid ELF library: its .nv_fatbin section claims "
+                                     "40000000000 bytes at offset ")
+    assert str(exc.value).endswith(f"past the end of the {crafted.stat().st_size}-byte file (truncated?)")
+    proc = invoke_audit(str(crafted))
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr

@@ -279,7 +279,9 @@ def _skip_to_container(source: Source, pos: int, end: int) -> tuple[int, bool]:
     while at < end:
         stop = min(end, at + WINDOW)
         window = source.read(at, stop - at + min(overlap, end - stop))
-        found = window.find(_FATBIN_MAGIC_BYTES, 1 if at == pos else 0)
+        first = 1 if at == pos else 0
+        # One byte first: memchr, some 10x faster than the four-byte search over zeros.
+        found = window.find(_FATBIN_MAGIC_BYTES, first) if window.find(_FATBIN_MAGIC_BYTES[:1], first) >= 0 else -1
         if 0 <= found:
             return at + found, data_seen or bool(window[:found].strip(b"\0"))
         data_seen = data_seen or bool(window[: stop - at].strip(b"\0"))
