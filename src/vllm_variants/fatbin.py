@@ -209,7 +209,17 @@ class StreamSource:
             return self.head[offset : offset + n]
         if offset >= self.tail_start:
             return self.tail[offset - self.tail_start : offset - self.tail_start + n]
-        self.stream.seek(offset)
+        # Forward by reading WINDOW at a time: zipfile's own seek reads 16 MiB
+        # chunks; backward means decompressing again from the start.
+        at = self.stream.tell()
+        if offset < at:
+            self.stream.seek(0)
+            at = 0
+        while at < offset:
+            skipped = len(self.stream.read(min(offset - at, WINDOW)))
+            if not skipped:
+                break
+            at += skipped
         data = self.stream.read(n)
         if len(data) < n:
             raise InvalidBinary(f"it ends before byte {offset + n} (truncated?)")
