@@ -502,3 +502,16 @@ def test_a_section_past_the_end_of_the_file_is_one_line(cuda_libs, tmp_path):
     assert str(exc.value).endswith(f"past the end of the {crafted.stat().st_size}-byte file (truncated?)")
     proc = invoke_audit(str(crafted))
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_reconcile_names_each_way_the_readers_can_differ():
+    from vllm_variants.audit import reconcile
+    from vllm_variants.fatbin import Entry
+
+    headers = [Entry("sass", "sm_80", 10), Entry("sass", "sm_100f", 20), Entry("ptx", "sm_120f", 30)]
+    assert reconcile(headers, ["sm_80", "sm_100"], ["sm_120f"]) == (headers, None)  # cuobjdump's family spelling
+    assert reconcile(headers, ["sm_100", "sm_80"], ["sm_120f"])[1] == (
+        "cuobjdump lists 2 cubins and 1 PTX, the fatbin headers 2 and 1; the same targets in another order")
+    entries, why = reconcile(headers, ["sm_80", "sm_100", "sm_90a"], ["sm_120f"])
+    assert entries == [*headers, Entry("sass", "sm_90a")] and why.endswith("1 listed only by cuobjdump (size unknown)")
+    assert reconcile(headers, [], [])[1] == "cuobjdump lists 0 cubins and 0 PTX, the fatbin headers 2 and 1"

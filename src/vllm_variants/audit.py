@@ -354,7 +354,8 @@ def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str])
     counts = (f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
               f"{len(ours['sass'])} and {len(ours['ptx'])}")
     if not extra:
-        return list(entries), counts
+        same = len(sass) == len(ours["sass"]) and len(ptx) == len(ours["ptx"])
+        return list(entries), counts + ("; the same targets in another order" if same else "")
     return list(entries) + extra, f"{counts}; {len(extra)} listed only by cuobjdump (size unknown)"
 
 
@@ -799,7 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--reader", choices=READERS, default="auto", help="how to read the device code")
     parser.add_argument("--cuobjdump", help="the cuobjdump to use (default: the one on PATH)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when code for another SM is found")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when some code is never used by the SM(s), or the two readers disagree")
     args = parser.parse_args(argv)
 
     def go() -> None:
