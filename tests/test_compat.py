@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_variants.compat import parse, ptx_jits_on, runs_on, sass_runs_on
+from vllm_variants.compat import base_capability, parse, ptx_jits_on, runs_on, sass_runs_on, sm_of
 
 
 @pytest.mark.parametrize(("text", "parsed"), [
@@ -38,3 +38,9 @@ def test_nvidia_rules(target, gpu, sass, ptx):
     assert ptx_jits_on(target, gpu) is ptx
     assert runs_on("sass", target, gpu) is sass and runs_on("ptx", target, gpu) is ptx
     assert runs_on("other", target, gpu) is False
+
+
+@pytest.mark.parametrize(("capability", "base", "sm"), [("9.0a", "9.0", "90"), ("12.1", "12.1", "121"),
+                                                        ("10.0f", "10.0", "100"), ("8.6", "8.6", "86")])
+def test_the_gpu_a_capability_names(capability, base, sm):
+    assert base_capability(capability) == base and sm_of(capability) == sm
