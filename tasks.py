@@ -148,7 +148,7 @@ def which(c, json=False):
         "json": "print the report as JSON",
         "reader": "auto (cuobjdump if found, else the fatbin headers), fatbin or cuobjdump",
         "cuobjdump": "the cuobjdump to run (default: the one on PATH)",
-        "check": "exit 1 when code for any other SM is found",
+        "check": "exit 1 when some code is never used by the SM(s), or the two readers disagree",
     }
 )
 def audit(c, path, sm=None, variant=None, json=False, reader="auto", cuobjdump=None, check=False):

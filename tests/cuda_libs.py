@@ -36,8 +36,15 @@ CUDA_LIBS = {
     "libmixed": _gencode("arch=compute_80,code=sm_80", "arch=compute_90,code=compute_90"),
     "libsm90a": _gencode("arch=compute_90a,code=sm_90a"),
 }
+# Family targets (CUDA 12.9+), as vllm 0.33.0 ships them: cuobjdump lists the
+# sm_100f cubin as sm_100 and the compute_120f PTX as sm_120f. Its listings
+# come from cuobjdump 13.5 (tests/fixtures/gpu/cuobjdump-13.5), not the H100 run.
+FAMILY_LIBS = {
+    "libfamily": _gencode("arch=compute_100f,code=sm_100f", "arch=compute_120f,code=sm_120f",
+                          "arch=compute_120f,code=compute_120f"),
+}
 PLAIN = "libplain"  # gcc, no CUDA code
-ALL = (*CUDA_LIBS, PLAIN)
+ALL = (*CUDA_LIBS, *FAMILY_LIBS, PLAIN)
 
 
 class NvccMissing(AssertionError):
@@ -47,7 +54,8 @@ class NvccMissing(AssertionError):
 def commands(dest: Path) -> dict[str, list[str]]:
     """name -> the argv that builds dest/<name>.so."""
     kernels = str(SOURCES / "kernels.cu")
-    argv = {name: [*NVCC, *gencode, "-o", str(dest / f"{name}.so"), kernels] for name, gencode in CUDA_LIBS.items()}
+    argv = {name: [*NVCC, *gencode, "-o", str(dest / f"{name}.so"), kernels]
+            for name, gencode in {**CUDA_LIBS, **FAMILY_LIBS}.items()}
     argv[PLAIN] = ["gcc", "-shared", "-fPIC", "-o", str(dest / f"{PLAIN}.so"), str(SOURCES / "plain.c")]
     return argv
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 H100 = Path(__file__).resolve().parent / "fixtures" / "gpu" / "h100"
+CUOBJDUMP_13_5 = H100.parent / "cuobjdump-13.5"  # listings made here by cuobjdump 13.5 (no GPU needed)
 QUERY = ("--query-gpu=index,name,compute_cap,driver_version,memory.total", "--format=csv,noheader,nounits")
 UNKNOWN_ARGV = 97
 
@@ -31,9 +32,9 @@ class Capture:
     exit: int
 
 
-def capture(name: str) -> Capture:
-    """tests/fixtures/gpu/h100/<name> (.gz read transparently)."""
-    path = H100 / name
+def capture(name: str, folder: Path = H100) -> Capture:
+    """tests/fixtures/gpu/h100/<name>, or folder/<name> (.gz read transparently)."""
+    path = folder / name
     raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
     if not raw.startswith(b"$ "):  # the torch listings hold the output alone
         return Capture((), raw, 0)
@@ -83,12 +84,12 @@ def smi(bin_dir: Path, query: bytes | None = None, *, status: int = 0, header: b
     return fake_tool(bin_dir, "nvidia-smi", answers)
 
 
-def cuobjdump(bin_dir: Path, libs: Mapping[str, Path]) -> Path:
-    """A replayed cuobjdump: the H100's captured listings, answered for the same libraries built here."""
+def cuobjdump(bin_dir: Path, libs: Mapping[str, Path], folder: Path = H100) -> Path:
+    """A replayed cuobjdump: the captured listings (the H100's by default), answered for the same libraries built here."""
     answers = {}
     for name, path in libs.items():
         for flag, kind in (("--list-elf", "elf"), ("--list-ptx", "ptx")):
-            listed = capture(f"cuobjdump-{kind}-{name}.txt")
+            listed = capture(f"cuobjdump-{kind}-{name}.txt", folder)
             assert listed.argv[:2] == ("cuobjdump", flag)
             answers[(flag, str(path))] = (listed.output, listed.exit)
     return fake_tool(bin_dir, "cuobjdump", answers)

@@ -117,8 +117,9 @@ def test_arguments(args, code, text):
     assert text in proc.stdout + proc.stderr
 
 
-def test_check_script_on_a_real_h100():
-    """What the GPU machine's run recorded (python3 3.12, its own CUDA PyTorch, no vllm, --generate)."""
+def test_the_h100_capture_holds_a_real_gpu_run():
+    """A capture check only: what the GPU machine's run recorded (python3 3.12, its own CUDA PyTorch, no vllm,
+    --generate). test_todays_checks_on_the_h100s_torch runs today's checks on the same facts."""
     if not GPU_CAPTURE.exists():
         message = (f"{GPU_CAPTURE.relative_to(support.REPO)} is not captured yet: run the device command "
                    "from issue #3's report")
@@ -153,13 +154,59 @@ def test_check_script_on_a_real_h100():
     assert [case.get("name") for case in suite.iter("testcase")] == [f"{i} {n}" for i, n in CHECKS]
 
 
+# A torch that answers what the H100's torch 2.11.0+cu130 answered (tests/fixtures/gpu/h100/torch.txt).
+H100_TORCH = """\
+import json, os
+_facts = json.load(open(os.environ["H100_TORCH_FACTS"]))
+__version__ = _facts["torch"]
+class version:
+    cuda = _facts["cuda"]
+class cuda:
+    is_available = staticmethod(lambda: _facts["available"])
+    device_count = staticmethod(lambda: _facts["device_count"])
+    get_device_capability = staticmethod(lambda index: tuple(_facts["capability"]))
+    get_device_name = staticmethod(lambda index: _facts["name"])
+class _C:
+    _cuda_getArchFlags = staticmethod(lambda: _facts["arch_flags"])
+"""
+
+
+def test_todays_checks_on_the_h100s_torch(tmp_path):
+    """check.py as it is today, given a torch that replays the H100's answers: checks 3 and 4 say what the real run said."""
+    if not GPU_CAPTURE.exists():
+        pytest.fail(f"{GPU_CAPTURE.relative_to(support.REPO)} is missing")
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(H100_TORCH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "H100_TORCH_FACTS": str(H100 / "torch.txt")}
+    _, today = run_check("--variant-json", str(VARIANT_SM90), env=env)
+    captured = by_id(json.loads(GPU_CAPTURE.read_text()))
+    for check_id in (3, 4):
+        ours = by_id(today)[check_id]
+        assert (ours["status"], ours["reason"]) == (captured[check_id]["status"], captured[check_id]["reason"])
+        assert ours["details"] == captured[check_id]["details"]
+
+
 @pytest.mark.parametrize(("built", "gpu", "runs"), [
     ("8.0", "8.6", True), ("8.0", "8.9", True), ("8.6", "8.0", False), ("9.0", "8.0", False),
     ("8.0", "9.0", False), ("9.0a", "9.0", True), ("9.0a", "9.0a", True), ("10.0a", "10.3", False),
-    ("10.0", "10.3", True), ("12.0", "12.1", True),
+    ("10.0", "10.3", True), ("12.0", "12.1", True), ("10.0f", "10.3", True), ("10.3f", "10.0", False),
+    ("12.0f", "12.1", True), ("12.0f", "10.0", False), ("sm_90a", "9.0", True), ("sm_80", "sm_86", True),
 ])
 def test_sass_compatibility_rule(built, gpu, runs):
     assert sass_runs_on(built, gpu) is runs
+
+
+def test_check_py_and_the_package_share_one_rule():
+    """check.py run as a top-level module (as inside a result) loads vllm_variants/compat.py by path."""
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import check; "
+                           "print(check.sass_runs_on.__module__, check.sass_runs_on('8.0', '8.6'))", str(CHECK.parent)],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                          cwd="/")
+    assert proc.stdout.split() == ["vllm_variants_compat", "True"], proc.stderr
+    from vllm_variants import compat
+    from vllm_variants.smoke import check
+
+    assert check.sass_runs_on is compat.sass_runs_on
 
 
 def test_junit_carries_any_text_the_checked_packages_printed():

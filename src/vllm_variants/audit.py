@@ -3,13 +3,24 @@
 For every CUDA-carrying library in the target (a result link, a store path,
 a directory, an ELF library or a wheel) it lists the SASS architectures and
 PTX versions the library holds and their sizes. With a variant (or SMs) it
-flags every architecture that is not the variant's own and shows the bytes
-spent on the requested SM against the total: the check behind "a variant
-carries only its SM", and what a fat wheel spends on SMs the user does not own.
+says, per SM, three figures (issue #12): SASS built for exactly that SM, SASS
+that GPU runs (vllm_variants.compat: sm_80 runs on 8.6, sm_90a only on 9.0,
+sm_100f on 10.0 and 10.3), and PTX it can JIT-compile; and it flags the code
+no own SM ever uses: the check behind "a variant carries only its SM", and
+what a fat wheel spends on GPUs the user does not own.
 
 Readers: cuobjdump (`--list-elf`/`--list-ptx`) where one is found, else this
-package's own fatbin reader (vllm_variants.fatbin); sizes always come from the
-fatbin headers, and with cuobjdump its listing must agree with them.
+package's own fatbin reader (vllm_variants.fatbin). Sizes and exact targets
+always come from the fatbin headers (cuobjdump spells sm_100f as sm_100).
+Where cuobjdump fails on a library, that library is read from the headers and
+the report says so; where the two disagree, the report keeps what either
+lists and `--check` fails: a disagreement never reads as "nothing there".
+
+Wheels are read in place: a stored member straight from the wheel file, a
+compressed one streamed (once whole, which checks its CRC, then up to the end
+of its .nv_fatbin), so no temporary copy and no extra disk. Only the
+cuobjdump reader needs a member on disk: it extracts each ELF member to a
+temporary file in turn (disk: the largest member, 308 MB for vllm 0.33.0).
 
 Library API (smoke calls it): audit(target, variant=..., reader=...) -> Report.
 """
@@ -24,13 +35,16 @@ import stat
 import sys
 import tempfile
 import zipfile
+import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import AuditError, NoCudaCode, SelectionError, ToolMissing
-from .fatbin import ELF_MAGIC, DeviceCode, Entry, InvalidBinary, Unsupported, mapped, read_device_code
+from . import compat
+from .errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
+from .fatbin import ELF_MAGIC, DeviceCode, Entry, FileSource, InvalidBinary, Source, StreamSource, Unsupported, read_device_code
 from .matrix import Matrix, Variant, normalise_sm, sm_number
 from .resources import format_bytes
 from .runner import HINTS, run
@@ -68,28 +82,96 @@ def parse_cuobjdump(text: str) -> list[str]:
     return archs
 
 
-def cuobjdump_listing(cuobjdump: str, path: Path) -> tuple[list[str], list[str]]:
-    """(cubin architectures, PTX architectures) as cuobjdump lists them."""
+class CuobjdumpFailed(AuditError):
+    """cuobjdump could not list one library (the audit goes on with the fatbin headers for it)."""
+
+
+def cuobjdump_listing(cuobjdump: str, path: Path, shown: str | None = None) -> tuple[list[str], list[str]]:
+    """(cubin architectures, PTX architectures) as cuobjdump lists them; errors name `shown` (the user's file)."""
     found = []
     for flag in ("--list-elf", "--list-ptx"):
         proc = run([cuobjdump, flag, path], check=False)
         text = proc.stdout + proc.stderr
         if proc.returncode != 0 and "does not contain device code" not in text:
-            said = next((line.strip() for line in text.splitlines() if line.strip()), "")
-            raise AuditError(f"cuobjdump {flag} {path} failed (exit {proc.returncode}): {said}")
-        found.append(parse_cuobjdump(text))
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            said = next((line for line in lines if "fatal" in line.lower()), lines[-1] if lines else "")
+            raise CuobjdumpFailed(f"cuobjdump {flag} {shown or path} failed (exit {proc.returncode}): "
+                                  + said.replace(str(path), shown or str(path)))
+        try:
+            found.append(parse_cuobjdump(text))
+        except AuditError as exc:
+            raise CuobjdumpFailed(f"cuobjdump {flag} {shown or path}: {exc}") from None
     return found[0], found[1]
 
 
 def find_cuobjdump(explicit: str | None = None) -> str | None:
-    if explicit:
-        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+    """The cuobjdump to use: `explicit` (a path, or a name looked up on PATH), else the one on PATH, else None."""
+    if not explicit:
+        return shutil.which("cuobjdump")
+    if os.sep not in explicit:
+        found = shutil.which(explicit)
+        if found is None:
             raise ToolMissing(explicit, HINTS["cuobjdump"])
-        return explicit
-    return shutil.which("cuobjdump")
+        return found
+    if not os.path.lexists(explicit):
+        raise PreflightError(f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
+                             f"({HINTS['cuobjdump']}), or --reader fatbin")
+    if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+        raise PreflightError(f"--cuobjdump {explicit}: not an executable file; give the path of cuobjdump, "
+                             "or --reader fatbin")
+    return explicit
 
 
 # -- the report -----------------------------------------------------------------
+
+# How the own SMs use one entry, best first: SASS built for exactly one of
+# them; SASS that runs on one (compat.sass_runs_on); PTX one can JIT-compile
+# where no SASS of the same container runs there; PTX beside SASS that runs
+# (the driver loads the SASS, so the PTX is never used); code none can use.
+EXACT, RUNS, JIT, SHADOWED, NEVER = "exact", "runs", "jit", "shadowed", "never"
+_RANK = (EXACT, RUNS, JIT, SHADOWED, NEVER)
+UNUSED = (SHADOWED, NEVER)
+
+
+def _runs(entry: Entry, sm: str) -> bool:
+    try:
+        return compat.runs_on(entry.kind, entry.arch, sm)
+    except ValueError:  # an SM spelling no rule covers: nothing runs it
+        return False
+
+
+def _same_target(entry: Entry, sm: str) -> bool:
+    try:
+        return compat.parse(entry.arch)[:2] == compat.parse(sm)[:2]
+    except ValueError:
+        return False
+
+
+def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
+    """For each entry, how the own SMs use it (EXACT ... NEVER); None for each when no own SM is known.
+
+    A fatbin container is one translation unit built for several targets;
+    the driver loads a SASS entry of it that runs on the GPU and JIT-compiles
+    its PTX only when there is none (CUDA C Programming Guide, "Application
+    Compatibility": https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#application-compatibility).
+    """
+    if not own_sms:
+        return [None] * len(entries)
+    runnable = {(e.container, sm) for e in entries if e.kind == "sass" and e.container is not None
+                for sm in own_sms if _runs(e, sm)}
+    verdicts = []
+    for entry in entries:
+        best = NEVER
+        for sm in own_sms:
+            if not _runs(entry, sm):
+                verdict = NEVER
+            elif entry.kind == "sass":
+                verdict = EXACT if _same_target(entry, sm) else RUNS
+            else:
+                verdict = SHADOWED if (entry.container, sm) in runnable else JIT
+            best = min(best, verdict, key=_RANK.index)
+        verdicts.append(best)
+    return verdicts
 
 
 @dataclass
@@ -100,16 +182,19 @@ class Library:
     entries: list[Entry]
     reader: str  # "fatbin" or "cuobjdump"
     note: str | None = None
+    disagreement: str | None = None  # how cuobjdump and the headers differ, when they do
 
     def to_json(self, own_sms: Sequence[str]) -> dict[str, Any]:
+        uses = usage(self.entries, own_sms)
         return {
             "path": self.path,
             "file_bytes": self.file_bytes,
             "fatbin_bytes": self.fatbin_bytes,
             "reader": self.reader,
             "note": self.note,
+            "disagreement": self.disagreement,
             "archs": summarise(self.entries, own_sms),
-            "entries": [e.to_json() for e in self.entries],
+            "entries": [{**e.to_json(), "use": use} for e, use in zip(self.entries, uses)],
         }
 
 
@@ -118,20 +203,46 @@ def _arch_key(arch: str) -> tuple[int, str]:
     return (int(match.group(1)), match.group(2)) if match else (10**6, arch)
 
 
-def is_foreign(entry: Entry, own_sms: Sequence[str]) -> bool:
-    """Code for an SM other than the own ones (never, when no own SM is known)."""
-    return bool(own_sms) and entry.sm not in own_sms
+def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tuple[Entry, str | None]]:
+    for library in libraries:
+        yield from zip(library.entries, usage(library.entries, own_sms))
 
 
-def summarise(entries: Iterable[Entry], own_sms: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """{arch: {sass, ptx, bytes, foreign}} in SM order; foreign only when own SMs are known."""
+def summarise(entries: Sequence[Entry], own_sms: Sequence[str],
+              uses: Sequence[str | None] | None = None) -> dict[str, dict[str, Any]]:
+    """{arch: {sass, ptx, other, bytes, unused_bytes, foreign}} in SM order.
+
+    foreign: some of the row's code is used by no own SM (never without own SMs).
+    """
+    uses = usage(entries, own_sms) if uses is None else uses
     summary: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        row = summary.setdefault(entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0,
-                                              "foreign": is_foreign(entry, own_sms)})
+    for entry, use in zip(entries, uses):
+        row = summary.setdefault(entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0, "unused_bytes": 0,
+                                              "foreign": False})
         row[entry.kind] += 1
-        row["bytes"] = None if row["bytes"] is None or entry.stored_bytes is None else row["bytes"] + entry.stored_bytes
+        row["bytes"] = _add(row["bytes"], entry.stored_bytes)
+        if use in UNUSED:
+            row["foreign"] = True
+            row["unused_bytes"] = _add(row["unused_bytes"], entry.stored_bytes)
     return {arch: summary[arch] for arch in sorted(summary, key=_arch_key)}
+
+
+def _add(total: int | None, more: int | None) -> int | None:
+    return None if total is None or more is None else total + more
+
+
+@dataclass(frozen=True)
+class SmFigures:
+    """What one GPU of this SM gets from the target's device code, in bytes."""
+
+    sm: str
+    exact: int  # SASS built for exactly this SM (sm_90 and sm_90a on 9.0)
+    runs: int  # SASS this GPU runs: exact, and older minors of its major (sm_80 on 8.6)
+    jit_ptx: int  # PTX this GPU can JIT-compile (compute_80 on 9.0)
+    total: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exact": self.exact, "runs": self.runs, "jit_ptx": self.jit_ptx, "total": self.total}
 
 
 @dataclass
@@ -151,13 +262,29 @@ class Report:
             yield from library.entries
 
     def archs(self) -> dict[str, dict[str, Any]]:
-        return summarise(self.entries(), self.own_sms)
+        pairs = list(_used(self.libraries, self.own_sms))
+        return summarise([e for e, _ in pairs], self.own_sms, [u for _, u in pairs])
 
+    def figures(self, sm: str) -> SmFigures:
+        """The three figures of issue #12 for one SM (any SM, not only the own ones)."""
+        exact = runs = jit = 0
+        for entry in self.entries():
+            size = entry.stored_bytes or 0
+            if entry.kind == "sass" and _runs(entry, sm):
+                runs += size
+                exact += size if _same_target(entry, sm) else 0
+            elif entry.kind == "ptx" and _runs(entry, sm):
+                jit += size
+        return SmFigures(sm, exact, runs, jit, self.total_bytes)
 
     @property
     def foreign(self) -> list[str]:
-        """Architectures present that are not the variant's (empty when none was given)."""
+        """Architectures with code no own SM uses (empty when none was given)."""
         return [arch for arch, row in self.archs().items() if row["foreign"]]
+
+    @property
+    def disagreements(self) -> list[Library]:
+        return [lib for lib in self.libraries if lib.disagreement]
 
     @property
     def total_bytes(self) -> int:
@@ -165,9 +292,10 @@ class Report:
 
     @property
     def own_bytes(self) -> int | None:
+        """Bytes the own SMs use (SASS that runs, PTX they would JIT); None without own SMs."""
         if not self.own_sms:
             return None
-        return sum(e.stored_bytes or 0 for e in self.entries() if not is_foreign(e, self.own_sms))
+        return sum(e.stored_bytes or 0 for e, use in _used(self.libraries, self.own_sms) if use not in UNUSED)
 
     @property
     def sizes_complete(self) -> bool:
@@ -184,16 +312,51 @@ class Report:
             "examined_elf_files": self.examined,
             "libraries": [lib.to_json(self.own_sms) for lib in self.libraries],
             "archs": self.archs(),
+            "per_sm": {sm: self.figures(sm).to_json() for sm in self.own_sms},
             "total_bytes": self.total_bytes,
             "own_bytes": self.own_bytes,
             "foreign_bytes": None if self.own_bytes is None else self.total_bytes - self.own_bytes,
             "foreign": self.foreign,
+            "disagreements": [{"path": lib.path, "disagreement": lib.disagreement} for lib in self.disagreements],
             "sizes_complete": self.sizes_complete,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
 
 
-# -- walking the target ------------------------------------------------------------
+# -- reading one library ------------------------------------------------------------
+
+
+def _family_blind(arch: str) -> str:
+    """'sm_100f' -> 'sm_100': cuobjdump 13 lists a family cubin (header: sm_100f) as sm_100, its PTX as sm_100f."""
+    return arch[:-1] if arch.endswith("f") else arch
+
+
+def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str]) -> tuple[list[Entry], str | None]:
+    """The headers' entries against cuobjdump's listing: (entries, None) when they agree.
+
+    They agree when cuobjdump lists the same targets in the same order, the
+    family suffix aside; the headers' exact targets and sizes are kept. Else
+    the disagreement, and the entries either reader lists (cuobjdump's extra
+    ones with unknown size): fail closed, so an empty or short listing never
+    hides code the headers show, nor the reverse.
+    """
+    ours = {kind: [e.arch for e in entries if e.kind == kind] for kind in ("sass", "ptx")}
+    theirs = {"sass": list(sass), "ptx": list(ptx)}
+    if all(list(map(_family_blind, ours[k])) == list(map(_family_blind, theirs[k])) for k in ours):
+        return list(entries), None
+    extra = []
+    for kind, listed in theirs.items():
+        missing = Counter(map(_family_blind, listed)) - Counter(map(_family_blind, ours[kind]))
+        for arch in listed:
+            if missing[_family_blind(arch)] > 0:
+                missing[_family_blind(arch)] -= 1
+                extra.append(Entry(kind, arch))
+    counts = (f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
+              f"{len(ours['sass'])} and {len(ours['ptx'])}")
+    if not extra:
+        same = len(sass) == len(ours["sass"]) and len(ptx) == len(ours["ptx"])
+        return list(entries), counts + ("; the same targets in another order" if same else "")
+    return list(entries) + extra, f"{counts}; {len(extra)} listed only by cuobjdump (size unknown)"
 
 
 class _Auditor:
@@ -210,64 +373,94 @@ class _Auditor:
             raise error
         self.skipped.append((shown, reason))
 
-    def elf(self, path: Path, shown: str, *, strict: bool) -> None:
-        """Audit one ELF file; in a walk (strict=False) a bad file is skipped with its reason."""
+    def _read(self, source: Source, shown: str, *, strict: bool) -> DeviceCode | None:
+        """The device code of one ELF file, or None (no code, or a bad file skipped in a walk)."""
         self.examined += 1
         try:
-            with mapped(path) as data:
-                code = read_device_code(data)
-                file_bytes = len(data)
+            return read_device_code(source)
         except Unsupported as exc:
             error = Unsupported(f"{shown} is {exc}; only 64-bit little-endian libraries are read")
-            return self._bad(shown, str(exc), error, strict=strict)
+            self._bad(shown, str(exc), error, strict=strict)
         except InvalidBinary as exc:
-            return self._bad(shown, str(exc), InvalidBinary(f"{shown} is not a valid ELF library: {exc}"), strict=strict)
+            self._bad(shown, str(exc), InvalidBinary(f"{shown} is not a valid ELF library: {exc}"), strict=strict)
+        except OSError as exc:
+            error = AuditError(f"cannot read {shown}: {exc.strerror}")
+            self._bad(shown, f"cannot read it: {exc.strerror}", error, strict=strict)
+        return None
+
+    def elf(self, path: Path, shown: str, *, strict: bool) -> None:
+        """Audit one ELF file on disk; in a walk (strict=False) a bad file is skipped with its reason."""
+        try:
+            handle = open(path, "rb")
         except OSError as exc:
             error = AuditError(f"cannot read {shown}: {exc.strerror}")
             return self._bad(shown, f"cannot read it: {exc.strerror}", error, strict=strict)
-        if code is None:
-            return
-        if code.entries or code.unread_bytes:
-            self.libraries.append(self._library(path, shown, file_bytes, code))
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            code = self._read(FileSource(handle, size), shown, strict=strict)
+        self._add(code, shown, size, path)
 
-    def _library(self, path: Path, shown: str, file_bytes: int, code: DeviceCode) -> Library:
-        entries, note = list(code.entries), None
+    def _add(self, code: DeviceCode | None, shown: str, file_bytes: int, path: Path | None) -> None:
+        if code is None or not (code.entries or code.unread_bytes):
+            return
+        entries, note, disagreement, reader = list(code.entries), None, None, "fatbin"
         if code.unread_bytes:
             note = f"{code.unread_bytes} bytes of .nv_fatbin were not understood"
-        if self.cuobjdump is None:
-            return Library(shown, file_bytes, code.section_bytes, entries, "fatbin", note)
-        sass, ptx = cuobjdump_listing(self.cuobjdump, path)
-        own_sass = [e.arch for e in entries if e.kind == "sass"]
-        own_ptx = [e.arch for e in entries if e.kind == "ptx"]
-        if (sass, ptx) != (own_sass, own_ptx):
-            # cuobjdump is the authority on what is there; the sizes came from
-            # headers it does not agree with, so they are unknown.
-            entries = [Entry("sass", a) for a in sass] + [Entry("ptx", a) for a in ptx]
-            note = (
-                f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
-                f"{len(own_sass)} and {len(own_ptx)}: sizes unknown"
-            )
-        return Library(shown, file_bytes, code.section_bytes, entries, "cuobjdump", note)
+        if self.cuobjdump is not None and path is not None:
+            try:
+                sass, ptx = cuobjdump_listing(self.cuobjdump, path, shown)
+            except CuobjdumpFailed as exc:
+                # bitsandbytes' libbitsandbytes_cuda121.so: "fatal: Invalid ELF"
+                # from cuobjdump on a library the headers read whole.
+                note = f"{exc}; read from the fatbin headers instead"
+            else:
+                reader = "cuobjdump"
+                entries, disagreement = reconcile(entries, sass, ptx)
+        self.libraries.append(Library(shown, file_bytes, code.section_bytes, entries, reader, note, disagreement))
 
     def wheel(self, path: Path, prefix: str, *, strict: bool) -> None:
-        """Audit the ELF members of a wheel (a zip file), each extracted to a temporary file."""
+        """Audit the ELF members of a wheel (a zip file) in place; a corrupted member is skipped with its reason."""
         try:
             archive = zipfile.ZipFile(path)
+            raw = open(path, "rb")
         except (zipfile.BadZipFile, OSError) as exc:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a valid zip file"
             return self._bad(prefix.rstrip("!"), why, AuditError(f"cannot open the wheel {path}: {why}"), strict=strict)
-        with archive, tempfile.TemporaryDirectory(prefix="vllm-variants-audit-") as scratch:
+        with archive, raw:
             for info in archive.infolist():
                 if info.is_dir() or _skip_name(info.filename) or info.file_size < 64:
                     continue
-                with archive.open(info) as member:
-                    if member.read(4) != ELF_MAGIC:
-                        continue
-                extracted = Path(archive.extract(info, scratch))
+                shown = f"{prefix}{info.filename}"
                 try:
-                    self.elf(extracted, f"{prefix}{info.filename}", strict=False)
-                finally:
-                    extracted.unlink()
+                    self._member(archive, raw, info, shown)
+                except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+                    # a bad CRC, a damaged deflate stream, an unknown compression
+                    self.skipped.append((shown, f"damaged in the wheel: {exc}"))
+
+    def _member(self, archive: zipfile.ZipFile, raw: Any, info: zipfile.ZipInfo, shown: str) -> None:
+        with archive.open(info) as member:
+            if member.read(4) != ELF_MAGIC:
+                return
+        if self.cuobjdump is not None:  # cuobjdump reads files: this member goes to disk, alone
+            with tempfile.TemporaryDirectory(prefix="vllm-variants-audit-") as scratch:
+                extracted = Path(archive.extract(info, scratch))
+                with open(extracted, "rb") as handle:
+                    code = self._read(FileSource(handle, info.file_size), shown, strict=False)
+                return self._add(code, shown, info.file_size, extracted)
+        if info.compress_type == zipfile.ZIP_STORED:
+            with archive.open(info) as member:  # the CRC, before trusting its bytes
+                while member.read(1 << 20):
+                    pass
+            code = self._read(FileSource(raw, info.file_size, _data_offset(raw, info)), shown, strict=False)
+        else:
+            with archive.open(info) as member:
+                try:
+                    source = StreamSource(member, info.file_size)
+                except InvalidBinary as exc:
+                    self.skipped.append((shown, str(exc)))
+                    return
+                code = self._read(source, shown, strict=False)
+        self._add(code, shown, info.file_size, None)
 
     def tree(self, root: Path) -> None:
         """Walk a directory, following symlinks (a Nix result is a tree of links), each file once."""
@@ -316,6 +509,15 @@ class _Auditor:
             raise AuditError(f"{shown} is neither an ELF library (.so) nor a wheel (.whl), nor a directory")
 
 
+def _data_offset(raw: Any, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes start in the wheel: after its local header (APPNOTE.TXT 4.3.7)."""
+    header = os.pread(raw.fileno(), 30, info.header_offset)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"no local file header at offset {info.header_offset}")
+    name_size, extra_size = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_size + extra_size
+
+
 def _skip_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in _TEXT_SUFFIXES
 
@@ -359,6 +561,9 @@ def audit(
     note = None
     if tool is None and reader == "auto":
         note = "cuobjdump not found: read from the fatbin headers"
+    fell_back = sum(1 for lib in auditor.libraries if lib.reader != auditor.reader)
+    if fell_back:
+        note = f"cuobjdump failed on {fell_back} of {len(auditor.libraries)} libraries, read from the fatbin headers"
     return Report(
         target=shown,
         resolved=str(resolved),
@@ -452,16 +657,27 @@ def _cell(archs: dict[str, dict[str, Any]], kind: str) -> str:
     return ", ".join(parts) or "-"
 
 
+def _share(part: int, total: int) -> str:
+    return f"{100 * part / total:.1f} %" if total else "-"
+
+
+def sm_line(report: Report, sm: str) -> str:
+    """'SM 86: runs 290.9 MiB of 510.9 MiB of CUDA code (56.9 %); built for exactly SM 86: 3.1 MiB; JIT-able PTX: ...'."""
+    f = report.figures(sm)
+    return (f"SM {sm}: runs {human(f.runs)} of {human(f.total)} of {_code(report)} ({_share(f.runs, f.total)}); "
+            f"built for exactly SM {sm}: {human(f.exact)}; JIT-able PTX: {human(f.jit_ptx)}")
+
+
 def requested_line(report: Report) -> str | None:
-    """'SM 90: 7.0 KiB of 33.4 KiB of CUDA code (21%); 26.4 KiB for other architectures (...)'."""
+    """One line per own SM (sm_line), then what none of them uses; None without own SMs."""
     if not report.own_sms:
         return None
-    total, own = report.total_bytes, report.own_bytes or 0
-    share = f" ({100 * own / total:.0f}%)" if total else ""
-    line = f"SM {', '.join(report.own_sms)}: {human(own)} of {human(total)} of {_code(report)}{share}"
+    lines = [sm_line(report, sm) for sm in report.own_sms]
+    total, used = report.total_bytes, report.own_bytes or 0
     if report.foreign:
-        line += f"; {human(total - own)} for other architectures ({', '.join(report.foreign)})"
-    return line
+        lines.append(f"not used by SM {', '.join(report.own_sms)}: {human(total - used)} ({_share(total - used, total)}"
+                     f"; {', '.join(report.foreign)})")
+    return "\n".join(lines)
 
 
 def _code(report: Report) -> str:
@@ -470,6 +686,20 @@ def _code(report: Report) -> str:
         return "CUDA code"
     unknown = sum(1 for lib in report.libraries if any(e.stored_bytes is None for e in lib.entries))
     return f"the CUDA code of known size (unknown in {unknown} of {len(report.libraries)} libraries)"
+
+
+def unused_text(report: Report) -> str:
+    """'sm_80 SASS (1.2 KiB), sm_90 PTX (3.4 KiB, beside SASS that runs)': what --check fails on."""
+    groups: dict[tuple[str, str, str], int | None] = {}
+    for entry, use in _used(report.libraries, report.own_sms):
+        if use in UNUSED:
+            key = (entry.arch, entry.kind, use)
+            groups[key] = _add(groups.get(key, 0), entry.stored_bytes)
+    parts = []
+    for (arch, kind, use), size in sorted(groups.items(), key=lambda item: _arch_key(item[0][0])):
+        why = ", beside SASS that runs" if use == SHADOWED else ""
+        parts.append(f"{arch} {kind.upper() if kind != 'other' else 'other code'} ({human(size)}{why})")
+    return ", ".join(parts)
 
 
 def render(report: Report, out: TextIO) -> None:
@@ -497,18 +727,24 @@ def render(report: Report, out: TextIO) -> None:
         sizes = [e.stored_bytes for e in library.entries]
         size = None if None in sizes else sum(sizes)  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
+        if library.disagreement:
+            name += f"\n[bold red]readers disagree: {escape(library.disagreement)}[/]"
         table.add_row(name, _cell(archs, "sass"), _cell(archs, "ptx"), human(size))
     console.print(table)
     summary = Table()
     for column in ("Architecture", "SASS", "PTX", "Bytes", ""):
         summary.add_column(column, justify="right" if column in ("SASS", "PTX", "Bytes") else "left")
-    foreign = "not this variant's SM" if report.variant else f"not SM {', '.join(report.own_sms)}"
+    gpu = "this variant's GPU" if report.variant else f"SM {', '.join(report.own_sms)}"
     for arch, row in report.archs().items():
-        mark = f"[bold red]{foreign}[/]" if row["foreign"] else ""
+        whole = row["unused_bytes"] == row["bytes"]
+        mark = f"[bold red]{'never' if whole else 'partly'} used by {gpu}[/]" if row["foreign"] else ""
         summary.add_row(arch, str(row["sass"]), str(row["ptx"]), human(row["bytes"]), mark)
     console.print(summary)
     line = requested_line(report)
-    console.print(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries")
+    console.print(escape(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries"))
+    if report.disagreements:
+        console.print(f"[bold red]cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+                      f"of {len(report.libraries)} libraries[/] (both listings kept; --check fails)")
     reader = f"reader: {report.reader}" + (f" ({report.reader_note})" if report.reader_note else "")
     console.print(f"[dim]{escape(reader)}; {report.examined} ELF file(s) examined[/]")
     for path, reason in report.skipped:
@@ -550,11 +786,13 @@ def show(
     if check:
         if not report.own_sms:
             raise SelectionError("--check needs the variant's SM: give --variant or --sm")
+        if report.disagreements:
+            first = report.disagreements[0]
+            raise AuditError(f"{target}: cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+                             f"libraries (first: {first.path}: {first.disagreement}); nothing is checked on a "
+                             "disagreement, see --reader fatbin/cuobjdump")
         if report.foreign:
-            raise AuditError(
-                f"{target} carries code for architectures other than SM {', '.join(report.own_sms)}: "
-                + ", ".join(f"{arch} ({human(row['bytes'])})" for arch, row in report.archs().items() if row["foreign"])
-            )
+            raise AuditError(f"{target} carries code SM {', '.join(report.own_sms)} never uses: {unused_text(report)}")
     return report
 
 
@@ -573,7 +811,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--reader", choices=READERS, default="auto", help="how to read the device code")
     parser.add_argument("--cuobjdump", help="the cuobjdump to use (default: the one on PATH)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when code for another SM is found")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when some code is never used by the SM(s), or the two readers disagree")
     args = parser.parse_args(argv)
 
     def go() -> None:

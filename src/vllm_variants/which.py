@@ -20,7 +20,7 @@ from .gpus import GPU, detect
 from .matrix import Matrix, Variant
 from .project import Project
 from .runner import CannotRun
-from .smoke.check import base_capability, sass_runs_on
+from .compat import base_capability, sass_runs_on
 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 

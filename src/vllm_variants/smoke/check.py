@@ -90,28 +90,31 @@ def public_version(version):
     return str(version).split("+", 1)[0]
 
 
-def base_capability(capability):
-    """'9.0a' -> '9.0': the family suffix does not change the GPU it runs on."""
-    return str(capability).rstrip("af")
+def _load_compat():
+    """vllm_variants/compat.py: the one rule of which GPU runs which code (audit and `invoke which` use it too).
 
-
-def sm_of(capability):
-    return base_capability(capability).replace(".", "")
-
-
-def sass_runs_on(built, gpu):
-    """Whether SASS built for capability `built` runs on a GPU of capability `gpu`.
-
-    X.y runs on X.z for z >= y (CUDA C Programming Guide, "Binary
-    Compatibility"); arch-specific code ('9.0a') only on its own capability.
-    The variants carry no PTX, so nothing else runs.
+    Imported through the package where this file is vllm_variants.smoke.check;
+    loaded by its path where the launcher imported this file as a top-level
+    module inside a result's Python (vllm_variants is not installed there, and
+    putting vllm_variants/ on sys.path would shadow modules such as `git`).
     """
-    built, gpu = str(built), str(gpu)
-    if built[-1:].isalpha():
-        return base_capability(built) == base_capability(gpu)
-    b_major, b_minor = built.split(".")
-    g_major, g_minor = base_capability(gpu).split(".")
-    return b_major == g_major and int(b_minor) <= int(g_minor)
+    if __package__:
+        from .. import compat
+
+        return compat
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat.py")
+    spec = importlib.util.spec_from_file_location("vllm_variants_compat", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_compat = _load_compat()
+base_capability = _compat.base_capability
+sm_of = _compat.sm_of
+sass_runs_on = _compat.sass_runs_on
 
 
 class Outcome:
