@@ -515,3 +515,23 @@ def test_reconcile_names_each_way_the_readers_can_differ():
     entries, why = reconcile(headers, ["sm_80", "sm_100", "sm_90a"], ["sm_120f"])
     assert entries == [*headers, Entry("sass", "sm_90a")] and why.endswith("1 listed only by cuobjdump (size unknown)")
     assert reconcile(headers, [], [])[1] == "cuobjdump lists 0 cubins and 0 PTX, the fatbin headers 2 and 1"
+
+
+def test_check_exempts_torch_of_a_torch_wheel_row_and_nothing_else(cuda_libs, tmp_path):
+    """Issue #14: a torch = "wheel" variant's torch is torch-bin, every SM's kernels: the
+    one exception --check makes. Its other packages, and a source row's torch, are held to the SM."""
+    tree = tmp_path / "result"
+    site = tree / "lib" / "python3.12" / "site-packages"
+    (site / "torch" / "lib").mkdir(parents=True)
+    (site / "vllm").mkdir()
+    shutil.copy(cuda_libs["libmulti"], site / "torch" / "lib" / "libtorch_cuda.so")
+    shutil.copy(cuda_libs["libone_sm90"], site / "vllm" / "_C.so")
+    wheel = "vllm-python312-cuda12_9-sm90-torchbin"
+    report = show(str(tree), variant=wheel, reader="fatbin", check=True, matrix=MATRIX, out=io.StringIO())
+    assert report.torch_exempt and report.foreign == []
+    assert set(report.archs()) == {"sm_80", "sm_90", "sm_100", "sm_120"}  # still counted, only not refused
+    with pytest.raises(AuditError, match="carries code SM 90 never uses: sm_80 SASS"):
+        show(str(tree), variant="90", reader="fatbin", check=True, matrix=MATRIX, out=io.StringIO())
+    shutil.copy(cuda_libs["libmulti"], site / "vllm" / "_C.so")  # foreign code outside torch
+    with pytest.raises(AuditError, match="carries code SM 90 never uses"):
+        show(str(tree), variant=wheel, reader="fatbin", check=True, matrix=MATRIX, out=io.StringIO())

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.nix
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 SM90 = MATRIX.by_name("vllm-python312-cuda12_9-sm90")
 SM80 = MATRIX.by_name("vllm-python312-cuda12_9-sm80")
+SM90_WHEEL = MATRIX.by_name("vllm-python312-cuda12_9-sm90-torchbin")
 H100 = "NVIDIA H100 80GB HBM3:9.0"
 A100 = "NVIDIA A100-SXM4-80GB:8.0"
 A10 = "NVIDIA A10:8.6"
@@ -49,13 +50,13 @@ def build(flake: str, variants, standin: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, Path]:
-    """sm90 and sm80 results, and an sm90 result whose `import vllm` is broken."""
+    """sm90, sm80 and sm90 torch-bin results, and an sm90 result whose `import vllm` is broken."""
     tmp = tmp_path_factory.mktemp("smoke")
     flake = support.flake_ref(support.make_project(tmp / "flake", git_init=False))
-    sm90, sm80 = build(flake, [SM90, SM80], support.STANDIN)
+    sm90, sm80, wheel = build(flake, [SM90, SM80, SM90_WHEEL], support.STANDIN)
     broken_standin = support.copy_standin(tmp / "nixpkgs-broken", vllmImportError=IMPORT_ERROR)
     (broken,) = build(flake, [SM90], broken_standin)
-    return {"sm90": sm90, "sm80": sm80, "broken": broken}
+    return {"sm90": sm90, "sm80": sm80, "broken": broken, "wheel": wheel}
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def checkout(tmp_path, results):
 
     def make(*keys: str, **links: Path) -> Path:
         root = support.make_project(tmp_path / "checkout", git_init=False)
-        names = {"sm90": SM90.name, "sm80": SM80.name, "broken": f"{SM90.name}-broken"}
+        names = {"sm90": SM90.name, "sm80": SM80.name, "broken": f"{SM90.name}-broken", "wheel": SM90_WHEEL.name}
         for key in keys:
             (root / f"result-{names[key]}").symlink_to(results[key])
         for name, target in links.items():
@@ -128,6 +129,23 @@ def test_every_check_passes_with_a_gpu_and_a_driver(checkout, hardware):
     assert "not requested" in checks[7]["reason"]
     assert report["results"][0]["variant"]["name"] == SM90.name
     assert "NVIDIA H100 80GB HBM3" in tables
+
+
+def test_a_torch_wheel_row_passes_with_torch_as_the_one_exception(checkout, hardware):
+    """Issue #14: torch-bin carries every SM and says CUDA 12.8 (its wheel's build); the
+    checks accept exactly that for a torch = "wheel" row, and nothing more."""
+    root = checkout("wheel")
+    hardware(gpus=H100, driver=DRIVER)
+    report, _, failure = run_smoke(root)
+    assert failure is None and report["ok"], report
+    checks = checks_of(report)
+    assert checks[3]["details"]["torch"] == "2.9.0" and checks[3]["details"]["wheel_built_with_cuda"] == "12.8"
+    flags = checks[4]["details"]["torch_arch_flags"]
+    assert "sm_90" in flags and len(flags) > 1
+    # the same wheel on a GPU it carries no SASS for (a P40, 6.1) still fails check 4
+    hardware(gpus="Tesla P40:6.1", driver=DRIVER)
+    report, _, failure = run_smoke(root)
+    assert failure is not None and checks_of(report)[4]["status"] == "fail"
 
 
 @pytest.mark.parametrize("generate", [False, True], ids=["checks", "generate"])

@@ -39,7 +39,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from . import compat
@@ -198,6 +198,13 @@ class Library:
         }
 
 
+def is_torch_library(path: str) -> bool:
+    """A library of the Python package torch ('.../site-packages/torch/lib/libtorch_cuda.so')."""
+    parts = PurePosixPath(path.replace("!", "/")).parts
+    return any(a == "site-packages" and b == "torch" for a, b in zip(parts, parts[1:])) or (
+        bool(parts) and parts[0] == "torch")
+
+
 def _arch_key(arch: str) -> tuple[int, str]:
     match = re.match(r"sm_(\d+)(.*)", arch)
     return (int(match.group(1)), match.group(2)) if match else (10**6, arch)
@@ -256,6 +263,13 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     examined: int = 0  # ELF files looked into
     reader_note: str | None = None
+    # A torch = "wheel" variant (issue #14): its torch is nixpkgs' torch-bin, the
+    # upstream wheel with every SM's kernels, the one package --check exempts.
+    torch_exempt: bool = False
+
+    def checked_libraries(self) -> list[Library]:
+        """The libraries --check holds to the own SMs: all but an exempt torch's."""
+        return [lib for lib in self.libraries if not (self.torch_exempt and is_torch_library(lib.path))]
 
     def entries(self) -> Iterator[Entry]:
         for library in self.libraries:
@@ -279,8 +293,10 @@ class Report:
 
     @property
     def foreign(self) -> list[str]:
-        """Architectures with code no own SM uses (empty when none was given)."""
-        return [arch for arch, row in self.archs().items() if row["foreign"]]
+        """Architectures with code no own SM uses (empty when none was given), torch-bin's aside."""
+        pairs = list(_used(self.checked_libraries(), self.own_sms))
+        archs = summarise([e for e, _ in pairs], self.own_sms, [u for _, u in pairs])
+        return [arch for arch, row in archs.items() if row["foreign"]]
 
     @property
     def disagreements(self) -> list[Library]:
@@ -317,6 +333,7 @@ class Report:
             "own_bytes": self.own_bytes,
             "foreign_bytes": None if self.own_bytes is None else self.total_bytes - self.own_bytes,
             "foreign": self.foreign,
+            "torch_exempt": self.torch_exempt,
             "disagreements": [{"path": lib.path, "disagreement": lib.disagreement} for lib in self.disagreements],
             "sizes_complete": self.sizes_complete,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
@@ -574,6 +591,7 @@ def audit(
         skipped=auditor.skipped,
         examined=auditor.examined,
         reader_note=note,
+        torch_exempt=bool(variant and variant.torch_wheel),
     )
 
 
@@ -691,7 +709,7 @@ def _code(report: Report) -> str:
 def unused_text(report: Report) -> str:
     """'sm_80 SASS (1.2 KiB), sm_90 PTX (3.4 KiB, beside SASS that runs)': what --check fails on."""
     groups: dict[tuple[str, str, str], int | None] = {}
-    for entry, use in _used(report.libraries, report.own_sms):
+    for entry, use in _used(report.checked_libraries(), report.own_sms):
         if use in UNUSED:
             key = (entry.arch, entry.kind, use)
             groups[key] = _add(groups.get(key, 0), entry.stored_bytes)
@@ -727,6 +745,8 @@ def render(report: Report, out: TextIO) -> None:
         sizes = [e.stored_bytes for e in library.entries]
         size = None if None in sizes else sum(sizes)  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
+        if report.torch_exempt and is_torch_library(library.path):
+            name += "\n[dim]torch-bin, the upstream wheel: every SM; the one library --check exempts[/]"
         if library.disagreement:
             name += f"\n[bold red]readers disagree: {escape(library.disagreement)}[/]"
         table.add_row(name, _cell(archs, "sass"), _cell(archs, "ptx"), human(size))

@@ -215,7 +215,13 @@ def check_torch(ctx):
     version = str(torch.__version__)
     cuda = getattr(getattr(torch, "version", None), "cuda", None)
     details = {"torch": version, "cuda": cuda}
-    problems = [p for p in (mismatch(ctx, "torch", version), mismatch(ctx, "cuda", cuda)) if p]
+    cuda_problem = mismatch(ctx, "cuda", cuda)
+    if cuda_problem and torch_is_wheel(ctx) and same_major(cuda, ctx.claimed("cuda")):
+        # torch-bin reports the CUDA its wheel was built with; it runs on the
+        # variant's libraries of the same major line (issue #14)
+        cuda_problem = None
+        details["wheel_built_with_cuda"] = cuda
+    problems = [p for p in (mismatch(ctx, "torch", version), cuda_problem) if p]
     if cuda is None:
         return failed("torch %s is a CPU build (torch.version.cuda is None)" % version, **details)
     if problems:
@@ -247,8 +253,18 @@ def check_torch(ctx):
     )
 
 
+def torch_is_wheel(ctx):
+    """The variant's torch is nixpkgs' torch-bin, the upstream wheel (every SM): the one exception."""
+    return bool(ctx.variant) and ctx.variant.get("torch") == "wheel"
+
+
+def same_major(found, claimed):
+    return bool(found and claimed) and str(found).split(".")[0] == str(claimed).split(".")[0]
+
+
 def torch_arch_problem(ctx, sm):
-    """Why torch's compiled arch list is not exactly this variant's SM, or None."""
+    """Why torch's compiled arch list is not exactly this variant's SM (a torch-bin wheel:
+    does not hold SASS that runs on it), or None."""
     if ctx.torch is None:
         return None, "torch did not import (check 3): " + ctx.torch_error
     try:
@@ -257,6 +273,11 @@ def torch_arch_problem(ctx, sm):
         return None, "cannot read torch's CUDA arch flags: " + one_line(exc)
     found = str(flags or "").split()
     wanted = "sm_" + sm
+    if torch_is_wheel(ctx):
+        if not any(sass_runs_on(arch[len("sm_"):], sm) for arch in found if arch.startswith("sm_")):
+            return found, "the torch wheel carries no SASS that runs on %s (it has %s)" % (
+                wanted, " ".join(found) or "no CUDA arch")
+        return found, None
     if found != [wanted]:
         return found, "torch was compiled for %s, not %s alone: not this variant's torch" % (
             " ".join(found) or "no CUDA arch",
