@@ -182,7 +182,7 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     tag = conf["repo_tag"].rpartition(":")[2]
     assert conf["repo_tag"] == f"{SM90.name}:{tag}" and tag.startswith("0.15.1-")
 
-    config = skopeo("inspect", "--config", f"oci-archive:{archive}:{tag}")
+    config = skopeo("inspect", "--config", f"oci-archive:{archive}:{conf['repo_tag']}")
     cfg = config["config"]
     assert cfg["Entrypoint"] == [f"{env_path}/bin/vllm"] and cfg["Cmd"] == ["serve"]
     env = dict(item.split("=", 1) for item in cfg["Env"])
@@ -203,7 +203,7 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     # One layer per store layer of the conf, plus the customisation layer, in order.
     layers = config["rootfs"]["diff_ids"]
     assert len(layers) == len(conf["store_layers"]) + 1
-    assert len(skopeo("inspect", f"oci-archive:{archive}:{tag}")["Layers"]) == len(layers)
+    assert len(skopeo("inspect", f"oci-archive:{archive}:{conf['repo_tag']}")["Layers"]) == len(layers)
     # What the task printed is the same image.
     assert f"{len(layers)} layers" in proc.stdout and f"layer {len(layers)}" in proc.stdout
 
@@ -387,10 +387,11 @@ def test_stand_in_layers_by_popularity_within_max_layers(built, tmp_path):
 
 
 def test_destination_references():
-    assert Destination.parse("docker://reg.example:5000/a/b").reference("1-x") == "docker://reg.example:5000/a/b:1-x"
-    assert Destination.parse("docker://localhost/a:t").reference("1-x") == "docker://localhost/a:t"
-    assert Destination.parse("docker://vllm").reference("1") == "docker://vllm:1"
-    assert Destination.parse("oci-archive:/tmp/a.tar:v1").reference("1") == "oci-archive:/tmp/a.tar:v1"
+    assert Destination.parse("docker://reg.example:5000/a/b").reference("n:1-x") == "docker://reg.example:5000/a/b:1-x"
+    assert Destination.parse("docker://localhost/a:t").reference("n:1-x") == "docker://localhost/a:t"
+    assert Destination.parse("docker://vllm").reference("n:1") == "docker://vllm:1"
+    assert Destination.parse("oci-archive:/tmp/a.tar:v1").reference("n:1") == "oci-archive:/tmp/a.tar:v1"
+    assert Destination.parse("oci-archive:/tmp/a.tar").reference("n:1") == "oci-archive:/tmp/a.tar:n:1"
     assert Destination.parse(None) is None and Destination.parse(None, load=True).kind == "load"
 
 
@@ -399,3 +400,49 @@ def test_ci_installs_skopeo_and_docker_registry():
     ci = (support.REPO / ".ci" / "run").read_text()
     assert "skopeo" in ci and "docker-registry" in ci
     assert ci.index("docker-registry") < ci.index("pytest -n auto")
+
+
+# -- a container runtime, where one can run ----------------------------------------------
+
+
+def test_podman_runs_the_image_and_its_python_imports_vllm(built, tmp_path, request):
+    """`python -c "import vllm"` in a container of the image, under podman as root.
+
+    Skipped where podman cannot run containers (no podman or runc, or a sandbox
+    that refuses them). What it takes in a container like the test bed's:
+    runc with cgroupfs (crun refuses hybrid cgroups), no default ulimits (no
+    CAP_SYS_RESOURCE to raise them), storage of its own (vfs, under tmp_path).
+    The stand-in's interpreter is the host's python3 behind a bash script, not
+    a store path, so the host's /usr, /bin and /lib are mounted read-only;
+    against real nixpkgs the closure holds both and nothing is mounted.
+    """
+    podman, runc = shutil.which("podman"), shutil.which("runc")
+    if not podman or not runc or os.geteuid() != 0:
+        pytest.skip("needs podman and runc, as root (apt-get install podman runc)")
+    archive = tmp_path / "image.tar"
+    built.image("--sm", "90", "--to", f"oci-archive:{archive}")
+    conf = tmp_path / "containers.conf"
+    conf.write_text("[containers]\ndefault_ulimits = []\n")
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    import tempfile
+
+    runroot = tempfile.mkdtemp(prefix="vv-podman-", dir="/tmp")  # podman wants it under 50 characters
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    base = [podman, "--root", tmp_path / "storage", "--runroot", runroot, "--storage-driver", "vfs",
+            "--runtime", runc, "--cgroup-manager", "cgroupfs"]
+    loaded = support.run([*base, "load", "-i", archive], env=env).stdout
+    (image,) = re.findall(r"^Loaded image(?:\(s\))?: (\S+)$", loaded, re.M)
+    assert image == f"localhost/{built.conf(SM90)['repo_tag']}"  # the archive names it NAME:TAG
+    python = f"{built.paths[SM90.name]}/bin/python"
+    mounts = [arg for d in ("/usr", "/bin", "/lib", "/lib64") if Path(d).is_dir() for arg in ("-v", f"{d}:{d}:ro")]
+    proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, "--entrypoint", python,
+                        image, "-c",
+                        "import os, vllm; print(vllm.__version__, os.environ['LD_LIBRARY_PATH'])"],
+                       env=env, check=False)
+    if proc.returncode != 0 and re.search(r"OCI runtime|crun:|runc:|cgroup|not permitted", proc.stderr):
+        pytest.skip(f"podman cannot run containers here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0.15.1", "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu"]
+    # The default entrypoint is vllm's CLI.
+    proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, image, "--help"], env=env, check=False)
+    assert "usage: vllm [--version] {serve," in proc.stdout + proc.stderr

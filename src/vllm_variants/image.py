@@ -106,13 +106,15 @@ class Destination:
             return cls("oci-archive", str(file), tag)
         raise ImageError(f"--to {to}: unknown destination; give {DESTINATIONS}")
 
-    def reference(self, image_tag: str) -> str:
-        """skopeo's destination reference, with the image's tag when none was given."""
-        tag = self.tag or image_tag
+    def reference(self, repo_tag: str) -> str:
+        """skopeo's destination reference for the image `repo_tag` (NAME:TAG): the
+        image's tag when none was given; an OCI archive names the image NAME:TAG
+        (what `podman load` and `skopeo` show) unless a TAG was given."""
+        image_tag = repo_tag.rpartition(":")[2]
         if self.kind == "docker":
-            return f"docker://{self.name}:{tag}"
+            return f"docker://{self.name}:{self.tag or image_tag}"
         if self.kind == "oci-archive":
-            return f"oci-archive:{self.name}:{tag}"
+            return f"oci-archive:{self.name}:{self.tag or repo_tag}"
         return "docker-daemon (docker image load)"
 
 
@@ -225,7 +227,7 @@ def copy(image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: st
         load(image)
         print(f"loaded {image.repo_tag} into Docker", file=out, flush=True)
         return None
-    reference = dest.reference(image.tag)
+    reference = dest.reference(image.repo_tag)
     with tempfile.TemporaryDirectory(prefix="vllm-variants-image-", dir=tmpdir) as work:
         archive = Path(work) / "image.tar"
         stream_to(image.script, archive)
