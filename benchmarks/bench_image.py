@@ -38,12 +38,26 @@ from vllm_variants.project import Project  # noqa: E402
 from vllm_variants.resources import format_bytes  # noqa: E402
 
 
-def measure_stream(script: str) -> tuple[dict[str, int], int]:
-    """{layer digest: tar bytes} and the archive's total bytes, read from the stream."""
+class Hashing:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.digest.update(data)
+        return data
+
+
+def measure_stream(script: str) -> tuple[dict[str, int], int, int]:
+    """{layer digest: tar bytes}, the archive's total bytes and the number of
+    entries in all layers, read from the stream."""
     proc = subprocess.Popen([script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     layers: dict[str, int] = {}
-    total = 0
+    total = entries = 0
 
     class Counting:
         def __init__(self, raw):
@@ -58,13 +72,14 @@ def measure_stream(script: str) -> tuple[dict[str, int], int]:
     with tarfile.open(fileobj=Counting(proc.stdout), mode="r|") as archive:
         for member in archive:
             if member.name.endswith("/layer.tar"):
-                digest = hashlib.sha256()
-                handle = archive.extractfile(member)
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-                layers[digest.hexdigest()] = member.size
+                handle = Hashing(archive.extractfile(member))
+                with tarfile.open(fileobj=handle, mode="r|") as layer:
+                    entries += sum(1 for _ in layer)
+                while handle.read(1 << 20):  # the end-of-archive padding
+                    pass
+                layers[handle.digest.hexdigest()] = member.size
     proc.wait()
-    return layers, total
+    return layers, total, entries
 
 
 def main() -> int:
@@ -86,7 +101,7 @@ def main() -> int:
         conf = conf_of(nix, script)
         held = [p for layer in conf["store_layers"] for p in layer]
         held_info = nix.path_info(held, closure=False)
-        layers, total = measure_stream(script)
+        layers, total, entries = measure_stream(script)
         measured[variant.name] = layers
         closure_bytes = sum(i["narSize"] for i in closure.values())
         held_bytes = sum(i["narSize"] for i in held_info.values())
@@ -96,7 +111,8 @@ def main() -> int:
         print(f"  in image  {len(held):4d} paths  {format_bytes(held_bytes):>10}  ({held_bytes} B; closure + CA bundle)")
         print(f"  image     {len(layers):4d} layers {format_bytes(layer_bytes):>10}  ({layer_bytes} B of layer tarballs; "
               f"archive {total} B, metadata {total - layer_bytes} B)")
-        print(f"  layers / NAR bytes held: {layer_bytes / held_bytes:.3f}")
+        print(f"  layer tarballs - NAR bytes: {layer_bytes - held_bytes} B = {entries} tar entries x "
+              f"{(layer_bytes - held_bytes) / max(1, entries):.0f} B (headers, padding; ratio {layer_bytes / held_bytes:.3f})")
     names = list(measured)
     if len(names) >= 2:
         a, b = measured[names[0]], measured[names[1]]
