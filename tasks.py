@@ -197,7 +197,7 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
         "arm64": "the aarch64-linux (Grace) variant of that SM",
         "to": "where the image goes: docker://REGISTRY/NAME[:TAG] or oci-archive:PATH[:TAG] "
               "(TAG defaults to <vllm version>-<pin>)",
-        "load": "load the image into the local Docker daemon instead (docker image load, streamed)",
+        "load": "load the image into the local Docker (docker image load, streamed) or, without docker, podman",
         "dry-run": "build the image script and list its layers and sizes; copy nothing",
         "insecure": "with docker://: plain HTTP or no TLS verification (skopeo --dest-tls-verify=false)",
         "tmpdir": "where the uncompressed archive skopeo reads is written, then removed (default $TMPDIR)",

@@ -214,6 +214,16 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     extra = {Path(p).name.split("-", 1)[1] for p in set(stored) - built.closure(env_path)}
     assert extra == {"nss-cacert-3.117", "ca-certificates"}
 
+    # The last layer: the CA bundle where other distributions look, a writable /tmp, a home.
+    import tarfile
+
+    with tarfile.open(Path(conf["customisation_layer"]) / "layer.tar") as layer:
+        members = {m.name.removeprefix("./"): m for m in layer.getmembers()}
+    for bundle in ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt"):
+        assert members[bundle].issym() and os.path.realpath(members[bundle].linkname) == env["SSL_CERT_FILE"]
+    assert members["tmp"].isdir() and members["tmp"].mode & 0o7777 == 0o1777
+    assert members["root"].isdir() and env["HOME"] == "/root"
+
 
 def test_dry_run_lists_layers_and_sizes_and_copies_nothing(built, tmp_path):
     proc = built.image("--sm", "90", "--dry-run")
@@ -307,7 +317,9 @@ def test_missing_skopeo_and_docker_are_refused_saying_how_to_get_them(built, tmp
                                     "(Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)")
     assert proc.stdout == "" and not (tmp_path / "x.tar").exists()
     proc = built.image("--sm", "90", "--load", env=env, check=False)
-    assert one_line_error(proc).startswith("error: 'docker' was not found on PATH")
+    assert one_line_error(proc) == ("error: 'docker' was not found on PATH: --load needs docker or podman "
+                                    "(apt-get install docker.io, or podman); or give --to docker://REGISTRY/NAME "
+                                    "or --to oci-archive:PATH instead")
     # Listing the layers needs neither.
     assert built.image("--sm", "90", "--dry-run", env=env).returncode == 0
 
@@ -338,7 +350,10 @@ def test_a_registry_that_refuses_the_push_is_one_line_and_leaves_no_archive(buil
     assert line.startswith(f"error: {readonly.host}/fleet/vllm refused {SM90.name}:0.15.1-"), line
     assert list(work.iterdir()) == []  # the temporary archive is gone
     proc = built.image("--sm", "90", "--to", "docker://127.0.0.1:1/fleet/vllm", "--insecure", check=False)
-    assert "connection refused" in one_line_error(proc)
+    line = one_line_error(proc)
+    # skopeo's own reason, without its log wrapper (time="..." level=fatal msg="...")
+    assert line.endswith('Get "http://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused'), line
+    assert "level=fatal" not in line and 'msg="' not in line
 
 
 # -- the stand-in's dockerTools follows the real interface ------------------------------
@@ -446,3 +461,25 @@ def test_podman_runs_the_image_and_its_python_imports_vllm(built, tmp_path, requ
     # The default entrypoint is vllm's CLI.
     proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, image, "--help"], env=env, check=False)
     assert "usage: vllm [--version] {serve," in proc.stdout + proc.stderr
+
+
+def test_load_streams_the_image_into_podman_without_docker(built, tmp_path, request):
+    """--load with no docker on PATH: the script piped into `podman load`
+    (storage of its own under tmp_path). Skipped where podman cannot run."""
+    podman = shutil.which("podman")
+    if not podman or os.geteuid() != 0:
+        pytest.skip("needs podman, as root")
+    import tempfile
+
+    runroot = tempfile.mkdtemp(prefix="vv-load-", dir="/tmp")
+    request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
+    storage = tmp_path / "storage.conf"
+    storage.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path / "graph"}"\nrunroot = "{runroot}"\n')
+    bin_dir = Path(_path_without(tmp_path, "docker").split(":")[0])
+    (bin_dir / "podman").symlink_to(podman)
+    env = support.nix_env(PATH=f"{bin_dir}:{Path(sys.executable).parent}", CONTAINERS_STORAGE_CONF=str(storage))
+    proc = built.image("--sm", "90", "--load", env=env)
+    repo_tag = built.conf(SM90)["repo_tag"]
+    assert f"loaded {repo_tag} with podman" in proc.stdout
+    images = support.run([podman, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env).stdout.split()
+    assert f"localhost/{repo_tag}" in images

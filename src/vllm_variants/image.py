@@ -5,7 +5,7 @@ dockerTools.streamLayeredImage, a script that writes the image to stdout as
 an uncompressed docker-archive. Plan first, then act:
 
 1. The destination is checked (one line naming the valid forms), then the
-   tools it needs (skopeo, or docker for --load), then that the variant
+   tools it needs (skopeo, or docker or podman for --load), then that the variant
    itself is built at this revision: its store path, as the flake evaluates
    it now, is in the Nix store. An image never starts an hours-long build.
 2. The image script is built by `invoke build`'s machinery (build.main:
@@ -15,8 +15,9 @@ an uncompressed docker-archive. Plan first, then act:
    streamLayeredImage writes: `store_layers`, `customisation_layer`,
    `repo_tag`), sized from `nix path-info`. `--dry-run` stops here.
 4. The image goes to its destination:
-   - `--load`: the script's output is piped into `docker image load`, which
-     reads a stream; nothing is written to disk but Docker's own store.
+   - `--load`: the script's output is piped into `docker image load` (or,
+     without docker, `podman load`); docker reads the stream as it comes,
+     podman buffers it in a temporary file of its own first.
    - `docker://...` and `oci-archive:...`: skopeo 1.9's docker-archive
      transport seeks in its archive (it opens the file again for each member,
      containers/image docker/internal/tarfile), so a pipe or /dev/stdin fails
@@ -115,7 +116,7 @@ class Destination:
             return f"docker://{self.name}:{self.tag or image_tag}"
         if self.kind == "oci-archive":
             return f"oci-archive:{self.name}:{self.tag or repo_tag}"
-        return "docker-daemon (docker image load)"
+        return "the local container engine (docker image load, or podman load)"
 
 
 # -- the image --------------------------------------------------------------------
@@ -225,7 +226,7 @@ def copy(image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: st
     """Send the image to `dest`; the manifest digest skopeo wrote, or None for --load."""
     if dest.kind == "load":
         load(image)
-        print(f"loaded {image.repo_tag} into Docker", file=out, flush=True)
+        print(f"loaded {image.repo_tag} with {Path(loader()[0]).name}", file=out, flush=True)
         return None
     reference = dest.reference(image.repo_tag)
     with tempfile.TemporaryDirectory(prefix="vllm-variants-image-", dir=tmpdir) as work:
@@ -264,21 +265,33 @@ def stream_to(script: str, archive: Path) -> None:
                          f"{tail(err.decode(errors='replace'), 1)}")
 
 
+def loader() -> list[str]:
+    """`docker image load`, or `podman load` where there is no docker; else ToolMissing."""
+    from .errors import ToolMissing
+    from .runner import HINTS
+
+    for argv in (["docker", "image", "load"], ["podman", "load"]):
+        found = shutil.which(argv[0])
+        if found:
+            return [found, *argv[1:]]
+    raise ToolMissing("docker", HINTS["docker"])
+
+
 def load(image: Image) -> None:
-    """script | docker image load: a stream end to end."""
-    docker = require_tool("docker")
+    """script | docker image load (or podman load): no archive of ours on disk."""
+    argv = loader()
     producer = spawn([image.script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert producer.stdout is not None
-    consumer = spawn([docker, "image", "load"], stdin=producer.stdout, stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE)
-    producer.stdout.close()  # docker holds the read end; the script sees EPIPE if docker dies
+    consumer = spawn(argv, stdin=producer.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    producer.stdout.close()  # the loader holds the read end; the script sees EPIPE if it dies
     _, load_err = consumer.communicate()
     _, stream_err = producer.communicate()
     if producer.returncode != 0:
         raise ImageError(f"{image.script} failed (exit {producer.returncode}): "
                          f"{tail(stream_err.decode(errors='replace'), 1)}")
     if consumer.returncode != 0:
-        raise ImageError(f"docker image load refused {image.repo_tag}: {tail(load_err.decode(errors='replace'), 1)}")
+        raise ImageError(f"{Path(argv[0]).name} refused {image.repo_tag}: "
+                         f"{skopeo_message(load_err.decode(errors='replace'))}")
 
 
 # -- the command ---------------------------------------------------------------------
@@ -313,7 +326,10 @@ def main(
     if tmpdir is not None and not Path(tmpdir).is_dir():
         raise ImageError(f"--tmpdir {tmpdir}: no such directory")
     if dest is not None and not dry_run:
-        require_tool("docker" if dest.kind == "load" else "skopeo")
+        if dest.kind == "load":
+            loader()
+        else:
+            require_tool("skopeo")
 
     nix = Nix()
     nix.preflight()

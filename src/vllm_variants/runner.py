@@ -31,7 +31,8 @@ HINTS = {
     "nvidia-smi": "it ships with the NVIDIA driver; no driver is installed or it is not on PATH",
     "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
     "skopeo": "install it: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)",
-    "docker": "install Docker, or copy the image with --to docker://... or --to oci-archive:PATH instead",
+    "docker": "--load needs docker or podman (apt-get install docker.io, or podman); or give --to "
+              "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
 }
 
 
