@@ -483,3 +483,46 @@ def test_load_streams_the_image_into_podman_without_docker(built, tmp_path, requ
     assert f"loaded {repo_tag} with podman" in proc.stdout
     images = support.run([podman, "images", "--format", "{{.Repository}}:{{.Tag}}"], env=env).stdout.split()
     assert f"localhost/{repo_tag}" in images
+
+
+# -- the stand-in catches an image expression that real nixpkgs would reject ---------------
+
+
+def test_labels_given_as_an_argument_fail_evaluation(tmp_path):
+    from test_standin import mutated
+
+    flake = mutated(tmp_path, {"nix/image.nix": [("    Labels = labels;\n", ""),
+                                                 ("  name = variant.name;\n", "  name = variant.name;\n  labels = labels;\n")]})
+    proc = support.nix("eval", f"{flake}#images.x86_64-linux.{SM90.name}.drvPath", *support.override(), check=False)
+    assert proc.returncode != 0 and "unexpected argument 'labels'" in proc.stderr
+
+
+def test_an_entrypoint_without_string_context_leaves_vllm_out_of_the_image(tmp_path):
+    """streamLayeredImage finds the image's store paths through the string
+    context of its config: a path written as a plain string is not in the image."""
+    from test_standin import mutated
+
+    flake = mutated(tmp_path, {"nix/image.nix": [
+        ('Entrypoint = [ "${env}/bin/vllm" ];', 'Entrypoint = [ "${builtins.unsafeDiscardStringContext env.outPath}/bin/vllm" ];'),
+        ('"PATH=${env}/bin"', '"PATH=${builtins.unsafeDiscardStringContext env.outPath}/bin"'),
+    ]})
+    script = support.nix("build", "--no-link", "--print-out-paths", f"{flake}#images.x86_64-linux.{SM90.name}",
+                         *support.override()).stdout.strip()
+    env_path = support.nix("eval", "--raw", f"{flake}#{SM90.attr_path()}.outPath", *support.override()).stdout
+    stored = [p for layer in conf_of(Nix(env=support.nix_env()), script)["store_layers"] for p in layer]
+    assert stored and env_path not in stored and not any("-vllm-" in p for p in stored)
+
+
+def test_arm64_images_are_arm64_with_the_aarch64_driver_path(tmp_path):
+    """Evaluated only (building needs an aarch64-linux builder): the config that
+    the arm64 image's base JSON holds."""
+    arm = MATRIX.resolve("90", arm64=True)
+    root = support.make_project(tmp_path / "p", git_init=False)
+    drv = support.nix("eval", "--raw", f"{support.flake_ref(root)}#images.aarch64-linux.{arm.name}.drvPath",
+                      *support.override()).stdout
+    shown = json.loads(support.nix("derivation", "show", "--recursive", drv).stdout)
+    (base,) = [d for d in shown.values() if d["env"].get("name", "").endswith("-base.json")]
+    data = json.loads(base["env"]["text"])
+    assert data["architecture"] == "arm64" and data["config"]["Labels"]["io.vllm-variants.system"] == "aarch64-linux"
+    env = dict(item.split("=", 1) for item in data["config"]["Env"])
+    assert env["LD_LIBRARY_PATH"] == "/run/opengl-driver/lib:/usr/lib64:/usr/lib/aarch64-linux-gnu"
