@@ -129,12 +129,7 @@ class Built:
     def __init__(self, root: Path) -> None:
         self.standin = support.copy_standin(root / "nixpkgs", salt="image-tests")
         self.project = support.make_project(root / "project")
-        self.paths = {}
-        for variant in (SM90, SM80):
-            link = self.project / f"result-{variant.name}"
-            support.nix("build", "--out-link", link, f"{support.flake_ref(self.project)}#{variant.attr_path()}",
-                        *support.override(self.standin))
-            self.paths[variant.name] = os.readlink(link)
+        self.paths = support.build_results(self.project, self.standin, (SM90, SM80))
 
     def image(self, *args: str, env=None, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([sys.executable, "-m", "invoke", "image", *args, "--nixpkgs", str(self.standin)],
