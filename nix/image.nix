@@ -25,8 +25,11 @@
 #   container instead: libnvidia-container picks /usr/lib/<arch>-linux-gnu
 #   when the image has /etc/debian_version and /usr/lib64 otherwise (ours has
 #   none), and CDI specs mount them at the host's own paths (often
-#   /usr/lib/<arch>-linux-gnu). nixpkgs' glibc does not read the
-#   /etc/ld.so.cache the toolkit writes, so LD_LIBRARY_PATH names all three.
+#   /usr/lib/<arch>-linux-gnu); GKE and the nvidia/cuda images use
+#   /usr/local/nvidia/lib64, and one GPU container platform we ran on mounts
+#   libcuda.so.1 in /usr/lib. nixpkgs' glibc does not read the
+#   /etc/ld.so.cache the toolkit writes, so LD_LIBRARY_PATH names them all
+#   (the dynamic loader skips a library of the wrong architecture).
 #   NVIDIA_* variables ask the toolkit for the compute libraries and refuse a
 #   driver older than the variant's CUDA needs.
 {
@@ -44,9 +47,11 @@ let
     aarch64-linux = "aarch64-linux-gnu";
   }.${variant.system};
   driverDirs = [
-    "/run/opengl-driver/lib"
-    "/usr/lib64"
-    "/usr/lib/${multiarch}"
+    "/run/opengl-driver/lib" # NixOS hosts that bind-mount it
+    "/usr/lib64" # libnvidia-container, image without /etc/debian_version (ours)
+    "/usr/lib/${multiarch}" # libnvidia-container on Debian layouts; CDI on Debian/Ubuntu hosts
+    "/usr/local/nvidia/lib64" # GKE's device plugin, the nvidia/cuda images' convention
+    "/usr/lib" # seen holding libcuda.so.1 in a GPU container platform
   ];
 
   labels = {

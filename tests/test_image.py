@@ -183,7 +183,8 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     env = dict(item.split("=", 1) for item in cfg["Env"])
     # libcuda.so where nixpkgs looks (NixOS) and where the NVIDIA toolkit mounts it
     # (/usr/lib64 in an image without /etc/debian_version, /usr/lib/<triplet> under CDI)
-    assert env["LD_LIBRARY_PATH"].split(":") == ["/run/opengl-driver/lib", "/usr/lib64", "/usr/lib/x86_64-linux-gnu"]
+    assert env["LD_LIBRARY_PATH"].split(":") == ["/run/opengl-driver/lib", "/usr/lib64", "/usr/lib/x86_64-linux-gnu",
+                                                 "/usr/local/nvidia/lib64", "/usr/lib"]
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility" and env["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.9"
     assert env["SSL_CERT_FILE"].endswith("/etc/ssl/certs/ca-bundle.crt") and Path(env["SSL_CERT_FILE"]).is_file()
     assert env["PATH"] == f"{env_path}/bin"
@@ -452,7 +453,8 @@ def test_podman_runs_the_image_and_its_python_imports_vllm(built, tmp_path, requ
     if proc.returncode != 0 and re.search(r"OCI runtime|crun:|runc:|cgroup|not permitted", proc.stderr):
         pytest.skip(f"podman cannot run containers here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["0.15.1", "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu"]
+    assert proc.stdout.split() == ["0.15.1", "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu"
+                                   ":/usr/local/nvidia/lib64:/usr/lib"]
     # The default entrypoint is vllm's CLI.
     proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, image, "--help"], env=env, check=False)
     assert "usage: vllm [--version] {serve," in proc.stdout + proc.stderr
@@ -520,4 +522,5 @@ def test_arm64_images_are_arm64_with_the_aarch64_driver_path(tmp_path):
     data = json.loads(base["env"]["text"])
     assert data["architecture"] == "arm64" and data["config"]["Labels"]["io.vllm-variants.system"] == "aarch64-linux"
     env = dict(item.split("=", 1) for item in data["config"]["Env"])
-    assert env["LD_LIBRARY_PATH"] == "/run/opengl-driver/lib:/usr/lib64:/usr/lib/aarch64-linux-gnu"
+    assert env["LD_LIBRARY_PATH"] == ("/run/opengl-driver/lib:/usr/lib64:/usr/lib/aarch64-linux-gnu"
+                                      ":/usr/local/nvidia/lib64:/usr/lib")
