@@ -304,6 +304,10 @@ def test_bad_destinations_are_refused_before_anything_is_built(built):
     assert "exclusive" in line
     line = one_line_error(built.image("--sm", "90", check=False))
     assert line.startswith("error: say where the image goes: --to docker://")
+    line = one_line_error(built.image("--dry-run", check=False))
+    assert line == "error: give the variant: --sm SM, e.g. --sm 90 (H100) or --sm 90 --arm64 (GH200)"
+    line = one_line_error(built.image("--sm", "90,80", "--dry-run", check=False))
+    assert line.startswith("error: one variant per image: --sm selected 2 (")
 
 
 def test_missing_skopeo_and_docker_are_refused_saying_how_to_get_them(built, tmp_path):

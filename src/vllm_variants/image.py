@@ -318,6 +318,8 @@ def main(
     dest = Destination.parse(to, load=load)
     if dest is None and not dry_run:
         raise ImageError(f"say where the image goes: --to {DESTINATIONS}; or --dry-run to list its layers")
+    if not any(token.strip() for item in sm for token in item.split(",")):
+        raise ImageError("give the variant: --sm SM, e.g. --sm 90 (H100) or --sm 90 --arm64 (GH200)")
     picked = project.matrix.select(sm, arm64=arm64)
     if len(picked) != 1:
         raise ImageError(f"one variant per image: --sm selected {len(picked)} "
