@@ -24,9 +24,10 @@
           inherit (matrix) ramPerJobGib;
         };
 
+      pinnedText = "nixpkgs " + (nixpkgs.rev or "path ${nixpkgs.narHash or "(unlocked)"}");
       pinned = mkVariant {
         inherit nixpkgs;
-        pinText = "nixpkgs " + (nixpkgs.rev or "path ${nixpkgs.narHash or "(unlocked)"}");
+        pinText = pinnedText;
       };
     in
     {
@@ -71,6 +72,25 @@
       # variant's vllm (result/bin/python, result/bin/vllm). passthru: vllm,
       # torch, bitsandbytes, variant, versions, pkgs.
       packages = forSystems (system: byName pinned (matrix.enabledFor system));
+
+      # images.<system>.<variant name>: the variant as an OCI image, a script
+      # that streams it (nixpkgs' dockerTools.streamLayeredImage; nix/image.nix).
+      # `invoke image` builds it and copies it to a registry with skopeo. Not
+      # under packages: those are the variants (invoke, bump-pin and checks
+      # read every package as one); `nix flake check` accepts the extra output.
+      images = forSystems (
+        system:
+        builtins.mapAttrs (
+          name: env:
+          import ./nix/image.nix {
+            inherit env;
+            pinText = pinnedText;
+            pinTag =
+              nixpkgs.shortRev or (builtins.substring 0 12 (builtins.hashString "sha256" (nixpkgs.narHash or "unlocked")));
+            revision = self.rev or self.dirtyRev or "unknown";
+          }
+        ) self.packages.${system}
+      );
 
       # Per-SM vllm for another flake, built from *its* nixpkgs:
       #   pkgs = import nixpkgs { system = "x86_64-linux"; overlays = [ vllm-variants.overlays.default ]; };

@@ -190,6 +190,29 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
 
 
 @task(
+    iterable=["sm"],
+    help={
+        "sm": "the SM of the variant: 90, sm90 or a full variant name (one variant per image)",
+        "arm64": "the aarch64-linux (Grace) variant of that SM",
+        "to": "where the image goes: docker://REGISTRY/NAME[:TAG] or oci-archive:PATH[:TAG] "
+              "(TAG defaults to <vllm version>-<pin>)",
+        "load": "load the image into the local Docker (docker image load, streamed) or, without docker, podman",
+        "dry-run": "build the image script and list its layers and sizes; copy nothing",
+        "insecure": "with docker://: plain HTTP or no TLS verification (skopeo --dest-tls-verify=false)",
+        "tmpdir": "where the uncompressed archive skopeo reads is written, then removed (default $TMPDIR)",
+        "nixpkgs": "the nixpkgs the variant was built with (path or flake ref), as for build",
+    },
+)
+def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=False, tmpdir=None,
+          nixpkgs=None):
+    """Build a built variant's OCI image (dockerTools) and copy it to a registry or archive with skopeo."""
+    from vllm_variants.image import main
+
+    _call(main, _project(), sm=sm or (), arm64=arm64, to=to, load=load, dry_run=dry_run, insecure=insecure,
+          tmpdir=tmpdir, nixpkgs=nixpkgs)
+
+
+@task(
     name="eval",
     iterable=["sm", "system"],
     help={
@@ -219,4 +242,4 @@ def matrix(c, format="github", sm=None, arm64=False, system=None):
     _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system)
 
 
-ns = Collection(variants, readme, build, eval_, bump_pin, smoke, doctor, which, audit, publish, matrix)
+ns = Collection(variants, readme, build, eval_, bump_pin, smoke, doctor, which, audit, publish, image, matrix)

@@ -164,6 +164,17 @@ def make_project(dest: Path, *, git_init: bool = True) -> Path:
     return dest
 
 
+def build_results(project: Path, standin: Path, variants) -> dict[str, str]:
+    """`nix build` each variant against `standin`, linked as result-<variant> in
+    `project` as `invoke build` leaves it; {variant name: store path}."""
+    paths = {}
+    for variant in variants:
+        link = project / f"result-{variant.name}"
+        nix("build", "--out-link", link, f"{flake_ref(project)}#{variant.attr_path()}", *override(standin))
+        paths[variant.name] = os.readlink(link)
+    return paths
+
+
 def commit_all(root: Path, message: str) -> None:
     git(root, "add", "-A")
     git(root, "commit", "-q", "--allow-empty", "-m", message)

@@ -36,12 +36,7 @@ class Built:
     def __init__(self, root: Path) -> None:
         self.standin = support.copy_standin(root / "nixpkgs", salt="publish-tests")
         self.project = support.make_project(root / "project")
-        self.paths = {}
-        for variant in (SM90, SM80):
-            link = self.project / f"result-{variant.name}"
-            support.nix("build", "--out-link", link, f"{support.flake_ref(self.project)}#{variant.attr_path()}",
-                        *support.override(self.standin))
-            self.paths[variant.name] = os.readlink(link)
+        self.paths = support.build_results(self.project, self.standin, (SM90, SM80))
 
     def closure(self, variant) -> dict[str, int]:
         info = json.loads(support.nix("path-info", "--json", "--recursive", self.paths[variant.name]).stdout)

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -139,6 +139,13 @@ class Target:
     variant: Variant
     where: str  # "this machine" or "remote builder(s) ..."
     link: Path
+    # The flake attribute to build: the variant's package unless a caller
+    # builds another output of the variant (`invoke image`: images.<system>.<name>).
+    attr: str | None = None
+
+    @property
+    def installable_attr(self) -> str:
+        return self.attr or self.variant.attr_path()
 
 
 @dataclass
@@ -414,7 +421,7 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     """Evaluate the selected variants and ask Nix what building them takes."""
     nix, project, request = prepared.nix, prepared.project, prepared.request
     flake = flake_ref(project.root)
-    installables = [f"{flake}#{t.variant.attr_path()}" for t in prepared.targets]
+    installables = [f"{flake}#{t.installable_attr}" for t in prepared.targets]
     eval_args = ["--no-write-lock-file"]  # --override-input must never relock flake.lock
     if request.nixpkgs:
         eval_args += nix.override_args({"nixpkgs": request.nixpkgs})
@@ -708,12 +715,19 @@ def _held_signals() -> Iterator[list[int]]:
 
 
 def main(project: Project, *, out: TextIO | None = None, interactive: bool | None = None,
-         nix: Nix | None = None, host: Host | None = None, **cli: Any) -> list[Outcome] | BuildPlan:
-    """`invoke build`: see the module docstring. Raises BuildError on failure."""
+         nix: Nix | None = None, host: Host | None = None,
+         retarget: Callable[[Target], Target] | None = None, **cli: Any) -> list[Outcome] | BuildPlan:
+    """`invoke build`: see the module docstring. Raises BuildError on failure.
+
+    retarget: what to build for each selected variant instead of its package
+    (another flake attribute and link; `invoke image` builds its image).
+    """
     out = out or sys.stdout
     request = Request.from_cli(**cli)
     check_outputs(project, request)
     prepared = prepare(project, request, nix=nix)
+    if retarget is not None:
+        prepared.targets = [retarget(t) for t in prepared.targets]
     if not request.dry_run:
         check_links(prepared.targets)  # before the evaluation, which takes minutes on real nixpkgs
     plan = make_plan(prepared, host=host)

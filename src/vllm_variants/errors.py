@@ -59,6 +59,11 @@ class PublishError(VariantsError):
     or (with --check) the cache lacks a variant."""
 
 
+class ImageError(VariantsError):
+    """`invoke image` cannot go ahead: a bad destination, an unbuilt variant, or a
+    registry (or archive) that refused the image."""
+
+
 class ToolMissing(PreflightError):
     """An external executable is not on PATH."""
 

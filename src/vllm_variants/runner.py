@@ -33,6 +33,9 @@ HINTS = {
     "git": "install git",
     "nvidia-smi": "it ships with the NVIDIA driver; no driver is installed or it is not on PATH",
     "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
+    "skopeo": "install it: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)",
+    "docker": "--load needs docker or podman (apt-get install docker.io, or podman); or give --to "
+              "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
 }
 
 
@@ -153,9 +156,11 @@ def spawn(
     env: Mapping[str, str] | None = None,
     stdout: int | IO[bytes] | None = subprocess.PIPE,
     stderr: int | IO[bytes] | None = subprocess.PIPE,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
     new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start argv without waiting (for streaming Nix's log); same errors as run()."""
+    """Start argv without waiting (for streaming Nix's log, or one program's
+    output into another's stdin); same errors as run()."""
     args = _argv(argv)
     try:
         return subprocess.Popen(
@@ -164,7 +169,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             stdout=stdout,
             stderr=stderr,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             start_new_session=new_session,
             preexec_fn=_die_with_us(),
         )
