@@ -202,6 +202,20 @@ MATRIX = [
     Row("stdout-full", [], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
+IMAGE = [
+    Row("no-destination", ["--sm", "90"], 1, "say where the image goes: --to"),
+    Row("no-variant", ["--to", "oci-archive:x.tar"], 1, "give the variant: --sm SM"),
+    Row("two-variants", ["--sm", "80,90", "--to", "oci-archive:x.tar"], 1, "one variant per image"),
+    Row("load-and-to", ["--sm", "90", "--load", "--to", "oci-archive:x.tar"], 1, "are exclusive"),
+    Row("unknown-destination", ["--sm", "90", "--to", "ftp://host/x"], 1, "unknown destination"),
+    Row("archive-no-path", ["--sm", "90", "--to", "oci-archive:"], 1, "no archive path"),
+    Row("archive-in-missing-dir", ["--sm", "90", "--to", "oci-archive:/no/such/dir/x.tar"], 1,
+        "no such directory"),
+    Row("bad-reference", ["--sm", "90", "--to", "docker://127.0.0.1:5000/vllm:b@d"], 1, "not a registry reference"),
+    Row("tmpdir-missing", ["--sm", "90", "--to", "oci-archive:x.tar", "--tmpdir", "/no/such/dir"], 1,
+        "--tmpdir /no/such/dir: no such directory"),
+]
+
 EVAL = [
     Row("sm-empty", ["--sm", ""], 1, "--sm '' names no SM; give one like --sm 90"),
     Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 70, 75"),
@@ -221,7 +235,7 @@ VARIANTS = [
 
 TABLE = {"build": BUILD, "smoke": SMOKE, "bump-pin": BUMP_PIN, "publish": PUBLISH, "audit": AUDIT,
          "doctor": DOCTOR, "which": WHICH, "readme": README, "matrix": MATRIX, "variants": VARIANTS,
-         "eval": EVAL}
+         "eval": EVAL, "image": IMAGE}
 
 
 # -- running a row -------------------------------------------------------------------
@@ -329,6 +343,12 @@ def test_matrix(row, tmp_path):
 @_params("variants")
 def test_variants(row, tmp_path):
     run_row("variants", row, tmp_path)
+
+
+@pytest.mark.nix
+@_params("image")
+def test_image(row, tmp_path):
+    run_row("image", row, tmp_path)
 
 
 @pytest.mark.nix
