@@ -102,23 +102,32 @@
         }) (matrix.enabledFor final.stdenv.hostPlatform.system);
       };
 
-      # Hydra: one job per variant and system, e.g. hydraJobs.<name>.x86_64-linux.
+      # Hydra: one job per variant of the default set and its system, e.g.
+      # hydraJobs.<name>.x86_64-linux (every other valid variant builds by name).
       hydraJobs = builtins.mapAttrs (name: v: { ${v.system} = self.packages.${v.system}.${name}; }) (
         builtins.listToAttrs (
-          builtins.concatMap (system: map (v: { name = v.name; value = v; }) (matrix.enabledFor system)) matrix.systems
+          builtins.concatMap (system: map (v: { name = v.name; value = v; }) (matrix.defaultFor system)) matrix.systems
         )
       );
 
-      # Eval-only: each check forces the variant's derivation (and every
-      # read-back assertion in nix/variant.nix) without building it.
+      # Eval-only: each check forces a default-set variant's derivation (and
+      # every read-back assertion in nix/variant.nix) without building it.
       checks = forSystems (
         system:
-        builtins.mapAttrs (
-          name: pkg:
-          pkg.pkgs.runCommandLocal "check-${name}" {
-            variantDrv = builtins.unsafeDiscardStringContext pkg.drvPath;
-          } ''echo "$variantDrv" > "$out"''
-        ) self.packages.${system}
+        builtins.listToAttrs (
+          map (
+            v:
+            let
+              pkg = self.packages.${system}.${v.name};
+            in
+            {
+              inherit (v) name;
+              value = pkg.pkgs.runCommandLocal "check-${v.name}" {
+                variantDrv = builtins.unsafeDiscardStringContext pkg.drvPath;
+              } ''echo "$variantDrv" > "$out"'';
+            }
+          ) (matrix.defaultFor system)
+        )
       );
 
       devShells = forSystems (

@@ -11,6 +11,13 @@ from invoke import Collection, task
 
 ROOT = Path(__file__).resolve().parent
 
+# --python / --cuda: which line of the matrix' axes (variants.toml [axes])
+_LINE_HELP = {
+    "python": "the Python line, e.g. 313 (default: the matrix's default line, python312)",
+    "cuda": "the CUDA line, e.g. 12.8 (default: the matrix's default line, 12.9)",
+}
+
+
 
 def _project():
     from vllm_variants.project import Project
@@ -24,12 +31,13 @@ def _call(func, *args, **kwargs):
     return call(func, *args, **kwargs)
 
 
-@task(help={"json": "print the matrix as JSON (what `nix eval .#lib.variants` prints)"})
-def variants(c, json=False):
+@task(help={"json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
+            "all": "every combination of the axes, the disabled ones with the reason (default: the default set)"})
+def variants(c, json=False, all=False):
     """Show the variant matrix (from nix/variants.toml; no Nix needed)."""
     from vllm_variants.variants_cmd import show
 
-    _call(show, _project(), as_json=json)
+    _call(show, _project(), as_json=json, everything=all)
 
 
 @task(help={"check": "only check: fail if README.md is out of date, change nothing"})
@@ -88,14 +96,16 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
         "nixpkgs": "build against this nixpkgs instead of the pin: a checkout's path or a flake reference "
                    "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
         "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
+        **_LINE_HELP,
     },
 )
 def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=None, max_jobs=None,
-          builders=None, keep_going=False, option=None, nixpkgs=None, json=None):
+          builders=None, keep_going=False, option=None, nixpkgs=None, json=None, python=None, cuda=None):
     """Build variants with Nix: plan, progress, logs, result-<variant> links."""
     from vllm_variants.build import main
 
     _call(main, _project(), sm=sm, arm64=arm64, all=all, system=system, dry_run=dry_run, cores=cores,
+          python=python, cuda=cuda,
           max_jobs=max_jobs, builders=builders, keep_going=keep_going, option=option, nixpkgs=nixpkgs,
           json=json)
 
@@ -221,25 +231,27 @@ def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=
         "nixpkgs": "evaluate against this nixpkgs instead of the pin: a checkout's path or a flake reference "
                    "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
         "json": "print the result as JSON (for CI) instead of text",
+        **_LINE_HELP,
     },
 )
-def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False):
+def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False, python=None, cuda=None):
     """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
     from vllm_variants.evaluate import main
 
     _call(main, _project(), sm=sm or (), arm64=arm64, systems=system or (), all=all, nixpkgs=nixpkgs,
-          as_json=json)
+          as_json=json, python=python, cuda=cuda)
 
 
 @task(
     iterable=["sm", "system"],
-    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP},
+    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP,
+          **_LINE_HELP},
 )
-def matrix(c, format="github", sm=None, arm64=False, system=None):
-    """Print the CI build matrix (GitHub Actions JSON) for the enabled variants."""
+def matrix(c, format="github", sm=None, arm64=False, system=None, python=None, cuda=None):
+    """Print the CI build matrix (GitHub Actions JSON) for the default set (or a --python/--cuda line)."""
     from vllm_variants.ci_matrix import show
 
-    _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system)
+    _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system, python=python, cuda=cuda)
 
 
 ns = Collection(variants, readme, build, eval_, bump_pin, smoke, doctor, which, audit, publish, image, matrix)

@@ -26,13 +26,15 @@ let
     ;
 
   defaultKeys = [ "python" "cuda" "min_driver" "torch" ];
+  smKeys = [ "sm" "capability" "arch" "gpus" "system" "disabled" "default" ];
+  excludeKeys = [ "sm" "system" "python" "cuda" ];
   # torch = "source" (nixpkgs' torch for this SM) or "wheel" (torch-bin); the
   # wheel is a CUDA one on x86_64-linux only (torch/bin/binary-hashes.nix).
   torchSuffix = { source = ""; wheel = "-torchbin"; };
   torchWheelSystems = [ "x86_64-linux" ];
   requiredKeys = [ "sm" "capability" "arch" "gpus" "system" ];
-  variantKeys = requiredKeys ++ defaultKeys ++ [ "disabled" ];
-  topLevelKeys = [ "defaults" "build" "systems" "variant" ];
+  variantKeys = requiredKeys ++ defaultKeys ++ [ "disabled" "default" ];
+  topLevelKeys = [ "defaults" "build" "systems" "variant" "axes" "sm" "cuda" "exclude" "pin" ];
 
   dropDots = replaceStrings [ "." ] [ "" ];
   unknownIn = valid: attrs: filter (k: !(elem k valid)) (attrNames attrs);
@@ -40,12 +42,91 @@ let
 
   defaults = toml.defaults or { };
   systems = builtins.mapAttrs (_: spec: spec.suffix) (toml.systems or { });
-  rows = toml.variant or [ ];
+  explicitRows = toml.variant or [ ];
+  lines = toml.cuda or { };
+  # a row's min_driver comes from its CUDA line unless it or [defaults] sets one
+  withLine =
+    row:
+    let
+      cuda = row.cuda or defaults.cuda or null;
+    in
+    if row ? min_driver || defaults ? min_driver || !(lines ? ${cuda}) then
+      row
+    else
+      row // { inherit (lines.${cuda}) min_driver; };
+
+  # The product: every [[sm]] x [axes] python x [axes] cuda; [[exclude]]
+  # disables with its reason; the default line is the default set.
+  axes = toml.axes or { };
+  pythonLine = axes.python or [ defaults.python ];
+  cudaLine = axes.cuda or [ defaults.cuda ];
+  excludes = toml.exclude or [ ];
+  excluded =
+    row:
+    let
+      hits = filter (rule: builtins.all (k: !(rule ? ${k}) || rule.${k} == (row.${k} or null)) excludeKeys) excludes;
+    in
+    if hits == [ ] then null else (builtins.head hits).reason;
+  smTables = toml.sm or [ ];
+  productRows = builtins.concatMap (
+    i:
+    let
+      sm = builtins.elemAt smTables i;
+    in
+    check (unknownIn smKeys sm == [ ]) "sm #${toString (i + 1)}: unknown key(s) ${concatStringsSep ", " (unknownIn smKeys sm)}" (
+      builtins.concatMap (
+        python:
+        map (
+          cuda:
+          let
+            row = sm // {
+              inherit python cuda;
+              default = python == (defaults.python or null) && cuda == (defaults.cuda or null) && (sm.default or true) == true;
+            };
+            reason = if sm ? disabled then null else excluded row;
+          in
+          {
+            where = "sm #${toString (i + 1)} (${python}, CUDA ${cuda})";
+            row = if reason == null then row else row // { disabled = reason; };
+          }
+        ) cudaLine
+      ) pythonLine
+    )
+  ) (genList (i: i) (length smTables));
+  rows =
+    map (r: r // { row = withLine r.row; }) productRows
+    ++ genList (i: { where = "variant #${toString (i + 1)}"; row = withLine (builtins.elemAt explicitRows i); }) (length explicitRows);
+
+  # What the pin can target ([pin], read from its files): a combination it
+  # cannot build is listed, disabled with the fact that rules it out.
+  pin = toml.pin or { };
+  older = a: b: builtins.compareVersions a b < 0;
+  whyNot =
+    v:
+    let
+      cap = v.capability;
+      bounds = pin.cuda_capabilities or null;
+      pair = if bounds == null then null else bounds.${cap} or null;
+      listed = key: !(pin ? ${key}) || elem cap pin.${key};
+      named = key: if pin ? ${key} then "${pin.${key}} " else "";
+    in
+    if bounds != null && pair == null then
+      "nixpkgs at the pin knows no CUDA capability ${cap}"
+    else if pair != null && older v.cuda (builtins.elemAt pair 0) then
+      "capability ${cap} needs CUDA ${builtins.elemAt pair 0} or newer (nixpkgs' CUDA capability table)"
+    else if pair != null && builtins.elemAt pair 1 != "" && older (builtins.elemAt pair 1) v.cuda then
+      "CUDA ${v.cuda} no longer supports capability ${cap} (last: CUDA ${builtins.elemAt pair 1})"
+    else if v.torch != "wheel" && !(listed "torch_capabilities") then
+      "torch ${named "torch_version"}at the pin cannot target ${cap} (not on its list)"
+    else if !(listed "vllm_capabilities") then
+      "vllm ${named "vllm_version"}at the pin cannot target ${cap} (not on its list)"
+    else
+      null;
+  checked = v: if v.disabled != null then v else v // { disabled = whyNot v; };
 
   mkVariant =
-    index: row:
+    { where, row }:
     let
-      where = "variant #${toString (index + 1)}";
       v = defaults // row;
       sm = v.sm;
       cudaTag = "cuda" + replaceStrings [ "." ] [ "_" ] v.cuda;
@@ -56,6 +137,7 @@ let
         cuda_tag = cudaTag;
         cuda_packages = "cudaPackages_" + replaceStrings [ "." ] [ "_" ] v.cuda;
         disabled = v.disabled or null;
+        default = v.default or true;
       };
       unknown = unknownIn variantKeys row;
       missing = filter (k: !(row ? ${k})) requiredKeys;
@@ -91,20 +173,23 @@ let
       )
     );
 
-  list = genList (i: mkVariant i (builtins.elemAt rows i)) (length rows);
-  names = map (v: v.name) list;
-  duplicates = filter (n: length (filter (m: m == n) names) > 1) names;
+  list = map (r: checked (mkVariant r)) rows;
+  # linear: group by name, keep the groups of more than one
+  byName = builtins.groupBy (v: v.name) list;
+  duplicates = filter (n: length byName.${n} > 1) (attrNames byName);
 
   variants =
     check (unknownIn topLevelKeys toml == [ ]) "unknown top-level key(s) ${concatStringsSep ", " (unknownIn topLevelKeys toml)}" (
       check (unknownIn defaultKeys defaults == [ ]) "unknown key(s) in [defaults]" (
-        check (rows != [ ]) "no [[variant]] tables" (
+        check (rows != [ ]) "no [[variant]] or [[sm]] tables" (
           check (duplicates == [ ]) "duplicate variant name(s): ${concatStringsSep ", " duplicates}" (
             listToAttrs (map (v: { name = v.name; value = v; }) list)
           )
         )
       )
     );
+  enabledFor =
+    system: builtins.filter (v: v.system == system && v.disabled == null) (builtins.attrValues variants);
 in
 {
   # { <name> = record; } for every variant, disabled ones included.
@@ -113,9 +198,11 @@ in
   # The systems the matrix covers, e.g. [ "aarch64-linux" "x86_64-linux" ].
   systems = attrNames systems;
 
-  # Variants that get a package: enabled ones of `system`.
-  enabledFor =
-    system: builtins.filter (v: v.system == system && v.disabled == null) (builtins.attrValues variants);
+  # Variants that get a package: the valid ones of `system`.
+  inherit enabledFor;
+
+  # The default set of `system`: what hydraJobs and `nix flake check` cover.
+  defaultFor = system: builtins.filter (v: v.default) (enabledFor system);
 
   # One nvcc job per this many GiB of builder RAM (nix/build-jobs.sh).
   ramPerJobGib = check (toml ? build.ram_per_job_gib) "[build] needs ram_per_job_gib" toml.build.ram_per_job_gib;

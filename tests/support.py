@@ -192,7 +192,7 @@ def sm90a_matrix():
     from vllm_variants.matrix import Matrix
 
     data = tomllib.loads((REPO / "nix" / "variants.toml").read_text())
-    for row in data["variant"]:
+    for row in data["sm"]:
         if row["sm"] == "90" and row["system"] == "x86_64-linux":
             row.update(sm="90a", capability="9.0a")
     return Matrix.from_toml(data)

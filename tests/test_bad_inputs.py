@@ -81,7 +81,7 @@ BUILD = [
     Row("sm-empty", ["--sm", ""], 1, "--sm '' names no SM; give one like --sm 90"),
     Row("sm-only-commas", ["--sm", ","], 1, "--sm ',' names no SM; give one like --sm 90"),
     Row("sm-leading-zero", ["--sm", "09.0"], 1, "'09.0' is not an SM"),
-    Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 70, 75"),
+    Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 61, 70, 75"),
     Row("sm-with-all", ["--sm", "90", "--all"], 1, "--sm and --all conflict"),
     Row("sm-with-system", ["--sm", "90", "--system", "x86_64-linux"], 1, "--sm and --system conflict"),
     Row("auto-with-all", ["--sm", "auto", "--all"], 1, "--sm and --all conflict"),
@@ -218,7 +218,7 @@ IMAGE = [
 
 EVAL = [
     Row("sm-empty", ["--sm", ""], 1, "--sm '' names no SM; give one like --sm 90"),
-    Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 70, 75"),
+    Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 61, 70, 75"),
     Row("sm-with-all", ["--sm", "90", "--all"], 1, "--sm and --all conflict"),
     Row("arm64-without-sm", ["--arm64"], 1, "--arm64 applies to --sm only"),
     Row("nixpkgs-empty", ["--sm", "90", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),

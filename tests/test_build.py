@@ -424,10 +424,10 @@ def _old_nix(bin_dir: Path) -> Path:
 
 
 PREFLIGHT = {
-    "unknown-sm": (["--sm", "91"], {}, "error: unknown SM '91'; valid SMs: 70, 75, 80, 86, 89, 90, 100, 120 "
-                                        "(x86_64-linux); 90, 100 (aarch64-linux, with --arm64)"),
+    "unknown-sm": (["--sm", "91"], {}, "error: unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, "
+                                        "120 (x86_64-linux); 90, 100, 103, 121 (aarch64-linux, with --arm64)"),
     "no-arm64-variant": (["--sm", "80", "--arm64"], {},
-                         "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
+                         "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100, 103, 121"),
     "nothing-selected": ([], {}, "error: no variant selected; use --sm SM"),
     "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number from 0 to 100000"),
     "bad-option": (["--sm", "90", "--option", "sandbox"], {}, "error: --option takes NAME=VALUE"),

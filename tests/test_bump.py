@@ -145,9 +145,9 @@ def subject_and_body(root: Path, branch: str) -> tuple[str, str]:
 def evaluated(root: Path, branch: str) -> dict:
     """What the branch's committed flake ships, evaluated independently of bump-pin."""
     commit = support.git(root, "rev-parse", branch).stdout.strip()
-    data = json.loads(support.nix("eval", "--json", f"git+file://{root}?rev={commit}#packages",
+    data = json.loads(support.nix("eval", "--json", f"git+file://{root}?rev={commit}#{versions.EVAL_ATTR}",
                                   "--apply", versions.EVAL).stdout)
-    return {name: v for by_name in data.values() for name, v in by_name.items()}
+    return {name: v for name, by_system in data.items() for v in by_system.values()}
 
 
 # -- bumping -------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         lock = json.loads(at(repo, branch, "flake.lock"))
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
         table = readme.section_body(at(repo, branch, "README.md"), "versions")
-        assert "| the other 10 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
+        assert "| the other 14 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
         assert "| `vllm-python312-cuda12_9-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.9 |" in table
         assert nixpkgs.b in table
     assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in run_bump.out
@@ -263,7 +263,7 @@ def test_a_failing_branch_moves_no_branch(repo, nixpkgs, run_bump, tmp_path):
 
     message = str(caught.value)
     assert message.startswith("no branch moved: vllm-0.13.0 failed to evaluate: ")
-    assert "nix/variants.toml: variant #1: unknown key(s) arhc" in message
+    assert "nix/variants.toml: sm #2: unknown key(s) arhc" in message
     assert "\n" not in message
     assert "main: nixpkgs 0182a3613243" in run_bump.out  # main did get as far as its commit
     assert refs(repo) == before
@@ -497,8 +497,8 @@ def test_version_order():
 def test_recorded_versions_are_what_the_pin_evaluates_to(tmp_path):
     """The committed nix/versions.json against the stand-in, which ships what the pin ships."""
     flake = support.flake_ref(support.make_project(tmp_path / "p"))
-    data = support.nix_eval(flake, "packages", apply=versions.EVAL)
-    shipped = {name: v for by_name in data.values() for name, v in by_name.items()}
+    data = support.nix_eval(flake, versions.EVAL_ATTR, apply=versions.EVAL)
+    shipped = {name: v for name, by_system in data.items() for v in by_system.values()}
     recorded = versions.load(Project(support.REPO))
     assert recorded.variants == {name: shipped[name] for name in recorded.variants}
     assert recorded.url == bump.flake_url((support.REPO / "flake.nix").read_text())

@@ -33,8 +33,8 @@ def test_github_matrix_is_exactly_the_enabled_variants():
     assert out.count("\n") == 1, "one line, for $GITHUB_OUTPUT"
     data = json.loads(out)
     assert list(data) == ["include"]
-    assert [e["variant"] for e in data["include"]] == [v.name for v in MATRIX.enabled]
-    for entry, variant in zip(data["include"], MATRIX.enabled):
+    assert [e["variant"] for e in data["include"]] == [v.name for v in MATRIX.default_set]
+    for entry, variant in zip(data["include"], MATRIX.default_set):
         assert entry["sm"] == variant.sm and entry["system"] == variant.system
         assert entry["attr"] == f"packages.{variant.system}.{variant.name}"
         arch = {"x86_64-linux": "x64", "aarch64-linux": "ARM64"}[variant.system]
@@ -48,19 +48,19 @@ def test_disabled_variants_get_no_job(tmp_path):
     data = json.loads(invoke("matrix", cwd=root).stdout)
     names = [e["variant"] for e in data["include"]]
     assert "vllm-python312-cuda12_9-sm70" not in names
-    assert names == [v.name for v in Matrix.load(toml).enabled] and len(names) == len(MATRIX.enabled) - 1
+    assert names == [v.name for v in Matrix.load(toml).default_set] and len(names) == len(MATRIX.default_set) - 1
 
 
 def test_filters_select_like_build():
     by_system = json.loads(invoke("matrix", "--system", "aarch64-linux").stdout)["include"]
-    assert {e["variant"] for e in by_system} == {v.name for v in MATRIX.enabled if v.arm64}
+    assert {e["variant"] for e in by_system} == {v.name for v in MATRIX.default_set if v.arm64}
     by_sm = json.loads(invoke("matrix", "--sm", "90", "--sm", "100", "--arm64").stdout)["include"]
     assert [e["variant"] for e in by_sm] == ["vllm-python312-cuda12_9-sm90-arm64", "vllm-python312-cuda12_9-sm100-arm64"]
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--format", "yaml"], "unknown format 'yaml'; valid: github"),
-    (["--sm", "61"], "unknown SM '61'; valid SMs:"),
+    (["--sm", "62"], "unknown SM '62'; valid SMs:"),
     (["--system", "riscv64-linux"], "unknown system 'riscv64-linux'; valid:"),
 ])
 def test_bad_requests_are_one_line(args, message):
@@ -108,7 +108,7 @@ def test_build_job_takes_its_matrix_from_the_matrix_task(workflow):
     assert build["runs-on"] == "${{ matrix.runner }}"
     # every matrix.<key> the job reads is a key of the entries
     used = set(re.findall(r"(?<![\w.])matrix\.(\w+)", yaml.safe_dump(build)))
-    assert {"variant", "runner", "attr"} <= used <= set(github_matrix(MATRIX.enabled)["include"][0]), used
+    assert {"variant", "runner", "attr"} <= used <= set(github_matrix(MATRIX.default_set)["include"][0]), used
     runs = "\n".join(s.get("run", "") for s in build["steps"])
     assert 'invoke build --sm "$VARIANT"' in runs and build["env"]["VARIANT"] == "${{ matrix.variant }}"
     assert 'nox -s smoke -- "result-$VARIANT"' in runs
@@ -125,17 +125,17 @@ def test_matrix_step_runs_and_writes_what_fromjson_reads(workflow, tmp_path, sm)
                    cwd=support.REPO, env=env, check=True)
     key, _, value = output.read_text().rstrip("\n").partition("=")
     assert key == "matrix"
-    wanted = MATRIX.select([sm], all=False) if sm else MATRIX.enabled
+    wanted = MATRIX.select([sm], all=False) if sm else MATRIX.default_set
     assert json.loads(value) == github_matrix(wanted)
 
 
 def test_matrix_step_fails_the_job_on_a_bad_selection(workflow, tmp_path):
     _, _, step = _matrix_job(workflow)
-    env = {**os.environ, "GITHUB_OUTPUT": str(tmp_path / "out"), "SM": "61",
+    env = {**os.environ, "GITHUB_OUTPUT": str(tmp_path / "out"), "SM": "62",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
                           cwd=support.REPO, env=env, capture_output=True, text=True)
-    assert proc.returncode != 0 and "unknown SM '61'" in proc.stderr
+    assert proc.returncode != 0 and "unknown SM '62'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -150,11 +150,11 @@ def test_entry_attrs_are_the_hydra_jobs(tmp_path):
     drv_paths = "builtins.mapAttrs (n: s: builtins.mapAttrs (_: d: d.drvPath) s)"
     hydra = support.nix_eval(flake, "hydraJobs", apply=drv_paths)
     packages = support.nix_eval(flake, "packages", apply=drv_paths)
-    for entry in github_matrix(MATRIX.enabled)["include"]:
+    for entry in github_matrix(MATRIX.default_set)["include"]:
         kind, system, name = entry["attr"].split(".")
         assert kind == "packages"
         assert packages[system][name] == hydra[entry["variant"]][entry["system"]]
-    assert set(hydra) == {e["variant"] for e in github_matrix(MATRIX.enabled)["include"]}
+    assert set(hydra) == {e["variant"] for e in github_matrix(MATRIX.default_set)["include"]}
 
 
 def test_readme_hydra_spec_is_a_flake_jobset():

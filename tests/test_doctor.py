@@ -52,7 +52,7 @@ def test_this_machine_without_a_gpu_builds_and_warns(tmp_path):
     assert data["gpus"] == []
     assert [p["text"] for p in data["problems"]] == [
         "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; run them where a GPU "
-        "is, or install the NVIDIA driver (>= 560)"
+        "is, or install the NVIDIA driver (>= 575)"
     ]
 
 
@@ -61,7 +61,7 @@ def test_replayed_h100_gets_the_sm90_variant_and_its_driver_is_fine(tmp_path):
     assert report.ok
     (gpu,) = report.gpus
     assert gpu["variant"] == "vllm-python312-cuda12_9-sm90" and gpu["driver"] == "580.159.04"
-    assert (gpu["min_driver"], gpu["driver_ok"], gpu["driver_cuda"]) == (560, True, "13.0")
+    assert (gpu["min_driver"], gpu["driver_ok"], gpu["driver_cuda"]) == (575, True, "13.0")
     assert report.problems == []
 
 
@@ -72,8 +72,8 @@ def test_old_driver_blocks_running(tmp_path):
         b"CUDA Version: 13.0", b"CUDA Version: 12.4")
     report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path, old, header=header))
     assert not report.ok
-    assert errors(report) == ["GPU 0 (NVIDIA H100 80GB HBM3) has driver 550.54.15, older than the 560 that CUDA "
-                              "12.9 needs: install NVIDIA driver >= 560"]
+    assert errors(report) == ["GPU 0 (NVIDIA H100 80GB HBM3) has driver 550.54.15, older than the 575 that CUDA "
+                              "12.9 needs: install NVIDIA driver >= 575"]
     assert report.gpus[0]["driver_ok"] is False and report.gpus[0]["driver_cuda"] == "12.4"
 
 
@@ -90,9 +90,9 @@ def test_driver_not_loaded_blocks_and_old_query_fields_still_name_the_gpus(tmp_p
 
 
 def test_gpu_without_variant_blocks(tmp_path):
-    b300 = b"0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n"  # the captured format, another GPU
-    report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path, b300))
-    assert not report.ok and "has no x86_64-linux variant; nearest: vllm-python312-cuda12_9-sm100" in errors(report)[0]
+    p100 = b"0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n"  # the captured format, another GPU
+    report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path, p100))
+    assert not report.ok and "has no x86_64-linux variant; nearest: vllm-python312-cuda12_9-sm61" in errors(report)[0]
 
 
 def test_arm64_gpu_needs_an_aarch64_builder(tmp_path):
@@ -147,12 +147,12 @@ def test_screen_shows_each_section_and_fails_on_errors(tmp_path):
     for label in ("Nix", "This system", "Builds for", "big-parallel", "Cores / RAM", "GPUs"):
         assert f"\n{label} " in text
     assert "GPU 0: NVIDIA H100 80GB HBM3, capability 9.0, driver 580.159.04 (CUDA 13.0) -> " \
-           "vllm-python312-cuda12_9-sm90 (driver >= 560: ok)" in text
+           "vllm-python312-cuda12_9-sm90 (driver >= 575: ok)" in text
     out = io.StringIO()
     with pytest.raises(DoctorFailed, match="^1 problem\\(s\\) block building or running"):
         show(PROJECT, out=out, nix=Nix(env=env), env=env, system=X86,
              smi=str(gpu_replay.smi(tmp_path / "b", b"0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")))
-    assert "append one [[variant]] table" in out.getvalue()  # printed as text, not read as markup
+    assert "append one [[sm]] table" in out.getvalue()  # printed as text, not read as markup
 
 
 def invoke_doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

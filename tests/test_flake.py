@@ -21,7 +21,7 @@ from vllm_variants.resources import Host, nvcc_jobs
 pytestmark = pytest.mark.nix
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
-VARIANTS = MATRIX.enabled
+VARIANTS = MATRIX.default_set
 
 FACTS = """
 packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
@@ -80,7 +80,8 @@ def built(flake) -> dict[str, Path]:
 
 def test_each_system_exports_exactly_its_variants(facts):
     for system in MATRIX.systems:
-        assert set(facts[system]) == {v.name for v in VARIANTS if v.system == system}
+        # every valid combination is a package (the default set is what hydraJobs builds)
+        assert set(facts[system]) == {v.name for v in MATRIX.enabled if v.system == system}
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)

@@ -83,7 +83,7 @@ def test_captured_bad_field_says_the_driver_is_too_old(tmp_path):
     with pytest.raises(GpuError) as exc:
         detect(str(smi))
     assert one_line(exc) == ("nvidia-smi does not know the query field 'not_a_field' (exit 2): this driver is too "
-                             "old; install NVIDIA driver >= 560 (CUDA 12.9)")
+                             "old; install a current NVIDIA driver (CUDA 12.9 needs >= 575)")
 
 
 DRIVER_NOT_LOADED = (b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "

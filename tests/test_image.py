@@ -192,7 +192,7 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     assert labels["org.opencontainers.image.version"] == "0.15.1"
     assert labels["org.opencontainers.image.source"] == "https://github.com/vllm-project/vllm"
     assert {k: labels[f"io.vllm-variants.{k}"] for k in ("sm", "capability", "min-driver", "cuda", "variant")} == {
-        "sm": "90", "capability": "9.0", "min-driver": "560", "cuda": "12.9", "variant": SM90.name}
+        "sm": "90", "capability": "9.0", "min-driver": "575", "cuda": "12.9", "variant": SM90.name}
     assert labels["io.vllm-variants.pin"].startswith("nixpkgs ")
     assert config["architecture"] == "amd64" and config["os"] == "linux"
 

@@ -15,8 +15,9 @@ from vllm_variants.matrix import Matrix, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
-# The ten variants DEVELOPERS.md and issue #7 name (torch built for the SM), plus
-# the torch-bin row of issue #14: the spec, not a derivation.
+# The default set: the ten variants DEVELOPERS.md and issue #7 name (torch built
+# for the SM), the torch-bin row of issue #14, and the SMs issue #15 adds where
+# the pin supports them on python312 / CUDA 12.9: the spec, not a derivation.
 EXPECTED = {
     "vllm-python312-cuda12_9-sm70": ("70", "7.0", "Volta", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm75": ("75", "7.5", "Turing", "x86_64-linux"),
@@ -29,6 +30,16 @@ EXPECTED = {
     "vllm-python312-cuda12_9-sm90-arm64": ("90", "9.0", "Grace Hopper", "aarch64-linux"),
     "vllm-python312-cuda12_9-sm100-arm64": ("100", "10.0", "Grace Blackwell", "aarch64-linux"),
     "vllm-python312-cuda12_9-sm90-torchbin": ("90", "9.0", "Hopper", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm61": ("61", "6.1", "Pascal", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm103": ("103", "10.3", "Blackwell Ultra", "x86_64-linux"),
+    "vllm-python312-cuda12_9-sm103-arm64": ("103", "10.3", "Grace Blackwell Ultra", "aarch64-linux"),
+    "vllm-python312-cuda12_9-sm121-arm64": ("121", "12.1", "Blackwell (DGX Spark)", "aarch64-linux"),
+}
+# Valid beyond the default set, and why the rest are not (the pin's facts).
+DISABLED = {
+    "vllm-python312-cuda12_9-sm110-arm64": "capability 11.0 needs CUDA 13.0 or newer",
+    "vllm-python313-cuda12_8-sm121-arm64": "capability 12.1 needs CUDA 12.9 or newer",
+    "vllm-python312-cuda12_8-sm103": "capability 10.3 needs CUDA 12.9 or newer",
 }
 
 
@@ -37,12 +48,18 @@ def matrix() -> Matrix:
     return Matrix.load(MATRIX)
 
 
-def test_matrix_holds_the_ten_variants_and_the_torch_wheel_row(matrix):
-    got = {v.name: (v.sm, v.capability, v.arch, v.system) for v in matrix.variants}
+def test_the_default_set_is_the_ten_the_torch_wheel_row_and_the_new_sms(matrix):
+    got = {v.name: (v.sm, v.capability, v.arch, v.system) for v in matrix.default_set}
     assert got == EXPECTED
     assert [v.name for v in matrix.variants if v.torch == "wheel"] == ["vllm-python312-cuda12_9-sm90-torchbin"]
-    for v in matrix.variants:
-        assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", "12.9", "cudaPackages_12_9", 560)
+    for name, reason in DISABLED.items():
+        assert matrix.by_name(name).disabled.startswith(reason), name
+    # every combination of [[sm]] x python x CUDA is listed; each invalid one says why
+    assert len(matrix.variants) == 15 * 2 * 2 + 1 and all(v.disabled for v in matrix.variants if not v.enabled)
+    assert {v.python for v in matrix.enabled} == {"python312", "python313"}
+    assert {v.cuda for v in matrix.enabled} == {"12.8", "12.9"}
+    for v in matrix.default_set:
+        assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", "12.9", "cudaPackages_12_9", 575)
         assert v.gpus, v.name
 
 
@@ -77,17 +94,19 @@ def _with_extra_tables(root: Path, text: str) -> None:
 
 
 @pytest.mark.nix
-def test_adding_a_variant_is_one_table(tmp_path):
+def test_adding_an_sm_is_one_table_and_an_explicit_row_still_works(tmp_path):
+    """One [[sm]] gives that SM on every Python and CUDA line of [axes]; a [[variant]]
+    table adds one row beside the product (here a CUDA 12.8 torch-bin twin)."""
     root = support.make_project(tmp_path / "p", git_init=False)
     _with_extra_tables(
         root,
         """
-        [[variant]]
-        sm = "103"
-        capability = "10.3"
-        arch = "Blackwell Ultra"
-        gpus = ["B300"]
-        system = "x86_64-linux"
+        [[sm]]
+        sm = "89"
+        capability = "8.9"
+        arch = "Ada Lovelace"
+        gpus = ["L40S"]
+        system = "aarch64-linux"
 
         [[variant]]
         sm = "90"
@@ -96,19 +115,24 @@ def test_adding_a_variant_is_one_table(tmp_path):
         gpus = ["H100"]
         system = "x86_64-linux"
         cuda = "12.8"
+        torch = "wheel"
+        default = false
         """,
     )
     python_view = Matrix.load(root / "nix" / "variants.toml")
-    new = {"vllm-python312-cuda12_9-sm103", "vllm-python312-cuda12_8-sm90"}
-    assert new <= {v.name for v in python_view.variants}
+    orin = {f"vllm-{py}-{cuda}-sm89-arm64" for py in ("python312", "python313") for cuda in ("cuda12_8", "cuda12_9")}
+    twin = "vllm-python312-cuda12_8-sm90-torchbin"
+    names = {v.name for v in python_view.variants}
+    assert orin | {twin} <= names
+    assert [v.name for v in python_view.default_set if "sm89-arm64" in v.name] == ["vllm-python312-cuda12_9-sm89-arm64"]
+    assert not python_view.by_name(twin).default and python_view.by_name(twin).min_driver == 570
     ref = support.flake_ref(root)
     assert support.nix_eval(ref, "lib.variants") == python_view.to_json()
     packages = support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
-    assert new <= set(packages)
+    assert twin in set(packages)
     versions = support.nix_eval(ref, "packages.x86_64-linux", apply=(
-        'p: { a = p."vllm-python312-cuda12_9-sm103".passthru.versions.cuda;'
-        ' b = p."vllm-python312-cuda12_8-sm90".passthru.versions.cuda; }'))
-    assert versions == {"a": "12.9", "b": "12.8"}
+        f'p: {{ a = p."vllm-python313-cuda12_9-sm90".passthru.versions; b = p."{twin}".passthru.versions.cuda; }}'))
+    assert versions["a"]["python"] == "3.13.9" and versions["a"]["cuda"] == "12.9" and versions["b"] == "12.8"
 
 
 @pytest.mark.nix
@@ -135,7 +159,7 @@ BAD_TABLES = [
     ("system = \"riscv64-linux\"\n", "is not one of"),
     ("torch = \"conda\"\n", "torch 'conda' is not one of source, wheel"),
     # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
-    ("system = \"aarch64-linux\"\ntorch = \"wheel\"\n",
+    ("system = \"aarch64-linux\"\n",  # the first [[variant]] is the torch-bin row
      "needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on aarch64-linux"),
 ]
 
@@ -206,8 +230,8 @@ WRONG_TYPES = {
         '{where}: variant #1: system must be a string like "x86_64-linux", not an array'),
     "variant not a table": (
         lambda d: d["variant"].insert(0, "sm90"),
-        "{where}: variant #1 must be a table (holding arch, capability, cuda, disabled, gpus, min_driver, python, "
-        'sm, system, torch), not "sm90"'),
+        "{where}: variant #1 must be a table (holding arch, capability, cuda, default, disabled, gpus, min_driver, "
+        'python, sm, system, torch), not "sm90"'),
     "variant a string": (
         lambda d: d.update(variant="sm90"),
         '{where}: variant must be [[variant]] tables, not "sm90"'),
@@ -241,10 +265,9 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_key_and_valid_form(change)
 
 def test_duplicate_names_are_refused(tmp_path):
     text = MATRIX.read_text()
-    first = text.index("\n[[variant]]\n")
-    second = text.index("\n[[variant]]\n", first + 1)
-    path = tmp_path / "variants.toml"
-    path.write_text(text + "\n" + text[first:second])
+    path = tmp_path / "variants.toml"  # an explicit row that the product already holds
+    path.write_text(text + '\n[[variant]]\nsm = "70"\ncapability = "7.0"\narch = "Volta"\ngpus = ["V100"]\n'
+                    'system = "x86_64-linux"\n')
     with pytest.raises(MatrixError, match="duplicate variant name.*sm70"):
         Matrix.load(path)
 
@@ -267,12 +290,12 @@ def test_resolve_accepts_the_usual_spellings(matrix, token, arm64, expected):
 @pytest.mark.parametrize(
     "token, arm64, message",
     [
-        ("91", False, "unknown SM '91'; valid SMs: 70, 75, 80, 86, 89, 90, 100, 120 (x86_64-linux); "
-                      "90, 100 (aarch64-linux, with --arm64)"),
+        ("91", False, "unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, 120 (x86_64-linux); "
+                      "90, 100, 103, 121 (aarch64-linux, with --arm64)"),
         ("80", True, "SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
         ("hopper", False, "'hopper' is not an SM"),
         ("vllm-python312-cuda12_9-sm90", True, "--arm64 conflicts"),
-        ("vllm-nope", False, "unknown variant 'vllm-nope'; valid: vllm-python312-cuda12_9-sm70"),
+        ("vllm-nope", False, "unknown variant 'vllm-nope'; the default set: vllm-python312-cuda12_9-sm61"),
     ],
 )
 def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm64, message):
@@ -285,21 +308,34 @@ def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm6
 def test_select_combines_lists_systems_and_all(matrix):
     names = lambda vs: [v.name.removeprefix("vllm-python312-cuda12_9-") for v in vs]  # noqa: E731
     assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
-    assert names(matrix.select(systems=["aarch64-linux"])) == ["sm90-arm64", "sm100-arm64"]
-    assert len(matrix.select(all=True)) == 11
+    arm = ["sm90-arm64", "sm100-arm64", "sm103-arm64", "sm121-arm64"]
+    assert names(matrix.select(systems=["aarch64-linux"])) == arm
+    assert len(matrix.select(all=True)) == 15
     # --sm 90 is the SM's own torch; the torch-bin row goes by name
     assert names(matrix.select(["9.0"])) == ["sm90"]
     assert names(matrix.select(["vllm-python312-cuda12_9-sm90-torchbin"])) == ["sm90-torchbin"]
     with pytest.raises(SelectionError, match="no variant selected"):
         matrix.select()
     # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
-    assert matrix.select(none_means_all=True) == list(matrix.enabled)
+    assert matrix.select(none_means_all=True) == list(matrix.default_set)
     # an empty --sm is a mistake (an unset CI variable), never widened to every variant (issue #11)
     for given in ([""], [","], ["90", " "]):
         with pytest.raises(SelectionError, match=r"^--sm '.*' names no SM; give one like --sm 90"):
             matrix.select(given, none_means_all=True)
     assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
-    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == ["sm90-arm64", "sm100-arm64"]
+    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == arm
+    # the --python / --cuda lines (issue #15): an axis not given keeps the default line's value
+    full = lambda vs: [v.name for v in vs]  # noqa: E731
+    assert full(matrix.select(["90"], python="313")) == ["vllm-python313-cuda12_9-sm90"]
+    assert full(matrix.select(["90"], python="3.13", cuda="12.8")) == ["vllm-python313-cuda12_8-sm90"]
+    assert len(matrix.select(all=True, cuda="12.8")) == len([v for v in matrix.enabled if v.cuda == "12.8"
+                                                             and v.python == "python312"])
+    with pytest.raises(SelectionError, match="unknown Python line 'python311'; valid: 312, 313"):
+        matrix.select(["90"], python="311")
+    with pytest.raises(SelectionError, match="unknown CUDA line '13.0'; valid: 12.8, 12.9"):
+        matrix.select(["90"], cuda="13.0")
+    with pytest.raises(SelectionError, match="sm121-arm64 is disabled in the matrix: capability 12.1 needs CUDA 12.9"):
+        matrix.select(["121"], arm64=True, cuda="12.8")
     with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
         matrix.select(systems=["x86_64-darwin"])
 
@@ -336,7 +372,8 @@ def test_to_json_is_the_nix_shape(matrix):
         "cuda": "12.9",
         "cuda_tag": "cuda12_9",
         "cuda_packages": "cudaPackages_12_9",
-        "min_driver": 560,
+        "min_driver": 575,
         "torch": "source",
+        "default": True,
         "disabled": None,
     }

@@ -37,7 +37,7 @@ SM90_WHEEL = MATRIX.by_name("vllm-python312-cuda12_9-sm90-torchbin")
 H100 = "NVIDIA H100 80GB HBM3:9.0"
 A100 = "NVIDIA A100-SXM4-80GB:8.0"
 A10 = "NVIDIA A10:8.6"
-DRIVER = "570.124.06"
+DRIVER = "575.57.08"
 IMPORT_ERROR = "libcudart.so.12: cannot open shared object file: No such file or directory"
 GPU_CHECKS = {3, 4, 6}
 
@@ -125,7 +125,7 @@ def test_every_check_passes_with_a_gpu_and_a_driver(checkout, hardware):
     assert checks[3]["details"]["gpus"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "capability": "9.0"}]
     assert checks[4]["details"]["torch_arch_flags"] == ["sm_90"]
     assert checks[5]["details"]["required"] == ["modelopt", "modelopt_fp4"]
-    assert checks[6]["details"] == {"driver": DRIVER, "source": "pynvml", "min_driver": 560}
+    assert checks[6]["details"] == {"driver": DRIVER, "source": "pynvml", "min_driver": 575}
     assert "not requested" in checks[7]["reason"]
     assert report["results"][0]["variant"]["name"] == SM90.name
     assert "NVIDIA H100 80GB HBM3" in tables
@@ -219,7 +219,7 @@ def test_a_driver_below_the_minimum_fails_check_6(checkout, hardware, gpus):
     report, _, failure = run_smoke(checkout("sm90"), allow_no_gpu=True)
     check = checks_of(report)[6]
     assert (check["status"], check["no_gpu"]) == ("fail", False)
-    assert check["reason"] == "driver 550.54.15 is older than 560, the minimum for CUDA 12.9: upgrade the NVIDIA driver"
+    assert check["reason"] == "driver 550.54.15 is older than 575, the minimum for CUDA 12.9: upgrade the NVIDIA driver"
     assert failure is not None
 
 
@@ -296,7 +296,7 @@ def test_names_sms_and_paths_select_results_once_each(checkout, hardware, result
         ({}, (), "no result-* links in "),
         ({"sm90": True}, ("80",), f"{SM80.name} is not built here (no result-{SM80.name} in "),
         ({"sm90": True}, ("nope/result",), "no result at nope/result: give a result path, a variant name or an SM"),
-        ({"sm90": True}, ("999",), "unknown SM '999'; valid SMs: 70, 75"),
+        ({"sm90": True}, ("999",), "unknown SM '999'; valid SMs: 61, 70, 75"),
         ({"plain-dir": True}, (), "is not a built result: it has no bin/python"),
     ],
     ids=["no-links", "not-built", "bad-path", "bad-sm", "not-a-result"],

@@ -250,8 +250,11 @@ def test_torch_keeps_the_duplicate_in_its_capability_list():
       let torchFor = cap: (import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true;
         cudaSupport = true; cudaCapabilities = [ cap ]; }; }).python312Packages.torch;
       in { b200 = (torchFor "10.0").cudaCapabilities; h100 = (torchFor "9.0").cudaCapabilities;
-           thor = builtins.tryEval (builtins.deepSeq (torchFor "10.1").cudaCapabilities true); }""").stdout)
-    assert got == {"b200": ["10.0", "10.0"], "h100": ["9.0"], "thor": {"success": False, "value": False}}
+           thor = (torchFor "10.1").cudaCapabilities;
+           thor13 = builtins.tryEval (builtins.deepSeq (torchFor "11.0").cudaCapabilities true); }""").stdout)
+    # 10.1 (Jetson Thor before CUDA 13) is on torch 2.9.1's list; 11.0 is not, and CUDA 12.8 refuses it
+    assert got == {"b200": ["10.0", "10.0"], "h100": ["9.0"], "thor": ["10.1"],
+                   "thor13": {"success": False, "value": False}}
 
 
 def test_vllm_intersection_order_and_gpu_targets_priority():

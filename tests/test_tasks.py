@@ -46,16 +46,22 @@ def test_variants_json_is_the_matrix():
 
 
 def test_variants_table_lists_every_variant_without_starting_nix():
-    proc = subprocess.run([*INVOKE, "variants"], cwd=support.REPO, capture_output=True, text=True,
-                          env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
-    for name in Matrix.load(support.REPO / "nix" / "variants.toml").to_json():
-        assert name in proc.stdout
+    matrix = Matrix.load(support.REPO / "nix" / "variants.toml")
+    everything = subprocess.run([*INVOKE, "variants", "--all"], cwd=support.REPO, capture_output=True, text=True,
+                                env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
+    for variant in matrix.variants:  # every combination, the disabled with their reason
+        assert variant.name in everything.stdout
+    assert "vllm-python312-cuda12_8-sm121-arm64 (disabled: capability 12.1 needs CUDA 12.9" in everything.stdout
+    default = subprocess.run([*INVOKE, "variants"], cwd=support.REPO, capture_output=True, text=True,
+                             env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
+    assert [v.name for v in matrix.variants if v.name in default.stdout.split()] == [
+        v.name for v in matrix.default_set]
 
 
 @pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
 @pytest.mark.parametrize(("old", "new", "message"), [
     ('arch = "Volta"', 'arhc = "Volta"', "unknown key(s) arhc"),
-    ("min_driver = 560", 'min_driver = "525.60.13"', 'min_driver must be a positive whole number like 560'),
+    ("min_driver = 575", 'min_driver = "575.51.03"', 'min_driver must be a positive whole number like 575'),
 ], ids=["typo", "type"])
 def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task, old, new, message):
     root = support.make_project(tmp_path / "p", git_init=False)
@@ -81,6 +87,6 @@ def test_build_documents_every_option():
     options = re.findall(r"^\s+(--[a-z0-9-]+)(?:=STRING)?\s+(\S.*)$", out, re.M)
     assert {name for name, _ in options} == {
         "--sm", "--arm64", "--all", "--system", "--dry-run", "--cores", "--max-jobs", "--builders",
-        "--keep-going", "--option", "--nixpkgs", "--json"}
+        "--keep-going", "--option", "--nixpkgs", "--json", "--python", "--cuda"}
     assert all(len(text) > 10 for _, text in options)
     assert re.search(r"^  build +Build variants with Nix", invoke(support.REPO, "--list").stdout, re.M)

@@ -53,21 +53,36 @@ def test_arm64_host_gets_the_arm64_variant():
     assert [v.name for v in local_variants(MATRIX, gh200, X86)] == ["vllm-python312-cuda12_9-sm90"]
 
 
+def test_the_new_sms_map_their_gpus_to_the_default_line():
+    """Issue #15: B300 / GB300 (10.3), DGX Spark GB10 (12.1), P40 (6.1); Jetson Thor (11.0)
+    is listed but disabled at this pin, with the reason."""
+    assert match(MATRIX, gpus("0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n"), X86)[0].variant.name == \
+        "vllm-python312-cuda12_9-sm103"
+    assert match(MATRIX, gpus("0, NVIDIA GB300, 10.3, 580.159.04, 275040\n"), ARM)[0].variant.name == \
+        "vllm-python312-cuda12_9-sm103-arm64"
+    assert match(MATRIX, gpus("0, NVIDIA GB10, 12.1, 580.95.05, [N/A]\n"), ARM)[0].variant.name == \
+        "vllm-python312-cuda12_9-sm121-arm64"
+    assert match(MATRIX, gpus("0, Tesla P40, 6.1, 580.159.04, 23040\n"), X86)[0].variant.name == \
+        "vllm-python312-cuda12_9-sm61"
+    (thor,) = match(MATRIX, gpus("0, NVIDIA Thor, 11.0, 580.00, [N/A]\n"), ARM)
+    assert thor.variant is None and "capability 11.0 needs CUDA 13.0 or newer" in thor.problem
+
+
 def test_unknown_sm_names_the_nearest_choices_and_how_to_add_one():
-    b300 = gpus("0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n")
+    p100 = gpus("0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")
     with pytest.raises(SelectionError) as exc:
-        local_variants(MATRIX, b300, X86)
+        local_variants(MATRIX, p100, X86)
     text = str(exc.value)
     assert "\n" not in text
-    assert text.startswith("GPU 0 (NVIDIA B300 SXM6 AC, capability 10.3) has no x86_64-linux variant; nearest: "
-                           "vllm-python312-cuda12_9-sm100 (its SM 100 code runs on 10.3); "
-                           "vllm-python312-cuda12_9-sm90 (SM 90 code does not run on 10.3); to add it")
-    assert 'append one [[variant]] table to nix/variants.toml (sm = "103", capability = "10.3"' in text
+    assert text.startswith("GPU 0 (Tesla P100-PCIE-16GB, capability 6.0) has no x86_64-linux variant; nearest: "
+                           "vllm-python312-cuda12_9-sm61 (SM 61 code does not run on 6.0); "
+                           "vllm-python312-cuda12_9-sm70 (SM 70 code does not run on 6.0); to add it")
+    assert 'append one [[sm]] table to nix/variants.toml (sm = "60", capability = "6.0"' in text
 
 
 def test_nearest_is_by_capability_and_compatibility_first():
     pascal = gpus("0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")[0]
-    assert [(v.sm, runs) for v, runs in nearest(MATRIX, pascal, X86)] == [("70", False), ("75", False)]
+    assert [(v.sm, runs) for v, runs in nearest(MATRIX, pascal, X86)] == [("61", False), ("70", False)]
     orin = gpus("0, Orin, 8.7, 540.4.0, [N/A]\n")[0]
     assert [(v.sm, runs) for v, runs in nearest(MATRIX, orin, X86)] == [("86", True), ("80", True)]
 
@@ -91,7 +106,7 @@ def test_sm_built_only_for_the_other_system_says_so():
 
 def test_disabled_variant_gives_its_reason():
     data = __import__("tomllib").loads((support.REPO / "nix" / "variants.toml").read_text())
-    next(row for row in data["variant"] if row["sm"] == "89")["disabled"] = "broken at this pin"
+    next(row for row in data["sm"] if row["sm"] == "89")["disabled"] = "broken at this pin"
     matrix = Matrix.from_toml(data)
     (m,) = match(matrix, gpus("0, NVIDIA L4, 8.9, 580.159.04, 23034\n"), X86)
     assert m.variant is None and m.problem.endswith("vllm-python312-cuda12_9-sm89 is disabled in "
@@ -119,16 +134,16 @@ def test_show_lists_each_gpu_and_json(tmp_path):
     data = json.loads(out.getvalue())
     assert data["system"] == ARM
     assert data["gpus"][0]["variant"] == "vllm-python312-cuda12_9-sm90-arm64"
-    assert data["gpus"][0]["gpu"]["driver"] == "580.159.04" and data["gpus"][0]["min_driver"] == 560
+    assert data["gpus"][0]["gpu"]["driver"] == "580.159.04" and data["gpus"][0]["min_driver"] == 575
 
 
 def test_show_prints_every_unmatched_gpu_as_one_error_line(tmp_path):
-    two_unknown = b"0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n1, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n"
+    two_unknown = b"0, Tesla K80, 3.7, 470.256.02, 11441\n1, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n"
     out, err = io.StringIO(), io.StringIO()
     with pytest.raises(SelectionError, match="^GPU 1 \\(Tesla P100"):
         show(Project(support.REPO), smi=str(gpu_replay.smi(tmp_path, two_unknown)), system=X86, out=out, err=err)
     assert out.getvalue().count("-> no variant") == 2
-    assert err.getvalue().startswith("error: GPU 0 (NVIDIA B300") and err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith("error: GPU 0 (Tesla K80") and err.getvalue().count("\n") == 1
 
 
 def which_cli(tmp_path, *args: str, path: str) -> subprocess.CompletedProcess[str]:

@@ -71,6 +71,8 @@ class Request:
     options: tuple[tuple[str, str], ...] = ()
     nixpkgs: str | None = None
     json_path: Path | None = None
+    python: str | None = None  # --python 313: that Python line instead of the default one
+    cuda: str | None = None  # --cuda 12.8
 
     @classmethod
     def from_cli(
@@ -89,6 +91,8 @@ class Request:
         nixpkgs: str | None = None,
         json: str | None = None,
         cwd: Path | None = None,
+        python: str | None = None,
+        cuda: str | None = None,
     ) -> Request:
         cwd = Path(cwd or Path.cwd())
         return cls(
@@ -104,6 +108,8 @@ class Request:
             options=tuple(_option(o) for o in option or ()),
             nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
             json_path=check_file("--json", json, cwd),
+            python=python,
+            cuda=cuda,
         )
 
 
@@ -167,7 +173,8 @@ def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list
 
         chosen.update(v.name for v in auto_variants(matrix, smi=smi))
     if named or request.systems or request.all or not chosen:
-        selected = matrix.select(named, arm64=request.arm64, systems=request.systems, all=request.all)
+        selected = matrix.select(named, arm64=request.arm64, systems=request.systems, all=request.all,
+                                 python=request.python, cuda=request.cuda)
         chosen.update(v.name for v in selected)
     return [v for v in matrix.variants if v.name in chosen]
 

@@ -301,7 +301,7 @@ def commit_message(branch: BranchPlan, rev: str, url: str, after: PinVersions) -
         *versions.changes(branch.before, after),
         "",
         f"Pin: {url}",
-        "Versions evaluated by `invoke bump-pin` from packages.<system>.<variant>.versions",
+        "Versions evaluated by `invoke bump-pin` from hydraJobs.<variant>.<system>.versions (the default set)",
         f"and recorded in {versions.PATH}.",
     ]
     return subject, "\n".join(body)
@@ -323,7 +323,7 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
             if locked != plan.rev:
                 raise PinError(f"flake.lock locked {locked}, not {plan.rev}")
             stage = "to evaluate"
-            packages = nix.eval_json(f"{flake_ref(tree)}#packages", apply=versions.EVAL, cwd=tree)
+            packages = nix.eval_json(f"{flake_ref(tree)}#{versions.EVAL_ATTR}", apply=versions.EVAL, cwd=tree)
             evaluated = nix.eval_json(f"{flake_ref(tree)}#{versions.PIN_ATTR}", cwd=tree)
             after = PinVersions.from_eval(plan.rev, plan.url, packages, nar_hash=evaluated.get("narHash"))
             stage = "to regenerate README.md"

@@ -143,7 +143,8 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
         return []
     except ToolMissing:
         report.add(WARNING, "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
-                            "run them where a GPU is, or install the NVIDIA driver (>= 560)")
+                            "run them where a GPU is, or install the NVIDIA driver "
+                            f"(>= {min(v.min_driver for v in matrix.default_set)})")
         return []
     except GpuError as exc:
         report.add(ERROR, f"{exc}")

@@ -120,12 +120,15 @@ def main(
     all: bool = False,
     nixpkgs: str | None = None,
     as_json: bool = False,
+    python: str | None = None,
+    cuda: str | None = None,
     nix: Nix | None = None,
     out: TextIO | None = None,
 ) -> list[Resolution]:
     """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
     out = out or sys.stdout
-    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True)
+    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True,
+                                   python=python, cuda=cuda)
     overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
     nix = nix or Nix()
     nix.preflight()

@@ -180,7 +180,7 @@ def _failure(proc: subprocess.CompletedProcess[str]) -> GpuError:
     if bad_field:
         return GpuError(
             f"nvidia-smi does not know the query field '{bad_field.group(1)}' (exit {proc.returncode}): "
-            "this driver is too old; install NVIDIA driver >= 560 (CUDA 12.9)"
+            "this driver is too old; install a current NVIDIA driver (CUDA 12.9 needs >= 575)"
         )
     hint = _EXIT_HINTS.get(proc.returncode)
     return GpuError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,13 @@ TORCH_SUFFIX = {"source": "", "wheel": "-torchbin"}
 # aarch64-linux it is the CPU wheel (torch/bin/binary-hashes.nix).
 TORCH_WHEEL_SYSTEMS = ("x86_64-linux",)
 REQUIRED_VARIANT_KEYS = ("sm", "capability", "arch", "gpus", "system")
-VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled",))
-TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant"))
+VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled", "default"))
+# an [[sm]] may be disabled (every line of it, with the reason) or kept out of the default set
+SM_KEYS = frozenset(REQUIRED_VARIANT_KEYS + ("disabled", "default"))
+EXCLUDE_MATCH_KEYS = ("sm", "system", "python", "cuda")
+TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant", "axes", "sm", "cuda", "exclude", "pin"))
+PIN_KEYS = frozenset(("torch_version", "vllm_version", "torch_capabilities", "vllm_capabilities",
+                      "cuda_capabilities"))
 
 # No leading zero: '09.0' is a typo, not SM 90 (nor an unknown SM '090').
 _SM = re.compile(r"^[1-9][0-9]{1,2}[af]?$")
@@ -57,6 +62,8 @@ class Variant:
     min_driver: int
     disabled: str | None = None
     torch: str = "source"
+    # in the default set: what --all, `invoke matrix` and hydraJobs build unless told otherwise
+    default: bool = True
 
     @property
     def torch_wheel(self) -> bool:
@@ -112,6 +119,7 @@ class Variant:
             "cuda_packages": self.cuda_packages,
             "min_driver": self.min_driver,
             "torch": self.torch,
+            "default": self.default,
             "disabled": self.disabled,
         }
 
@@ -122,6 +130,8 @@ class Matrix:
     systems: Mapping[str, str]  # system -> name suffix
     ram_per_job_gib: int
     source: Path | None = field(default=None, compare=False)
+    default_python: str | None = None  # the default line: [defaults] python and cuda
+    default_cuda: str | None = None
 
     # -- loading -----------------------------------------------------------
 
@@ -170,30 +180,45 @@ class Matrix:
         rows = data.get("variant", [])
         if not isinstance(rows, list):
             raise MatrixError(f"{where}: variant must be [[variant]] tables, not {_described(rows)}")
-        if not rows:
-            raise MatrixError(f"{where}: no [[variant]] tables")
+        lines = _cuda_lines(data.get("cuda", {}), where)
+        pin = _pin(data.get("pin", {}), where)
+        product = _product(data, defaults, where)
+        if not rows and not product:
+            raise MatrixError(f"{where}: no [[variant]] or [[sm]] tables")
         variants = []
+        for label, row in product:  # the product first, then the explicit rows
+            variants.append(_variant(_with_line(row, defaults, lines), defaults, systems, label,
+                                     f"{where}: [defaults]"))
         for index, row in enumerate(rows, start=1):
             row = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
-            variants.append(_variant(row, defaults, systems, f"{where}: variant #{index}", f"{where}: [defaults]"))
-        names = [v.name for v in variants]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+            variants.append(_variant(_with_line(row, defaults, lines), defaults, systems,
+                                     f"{where}: variant #{index}", f"{where}: [defaults]"))
+        variants = [_checked(v, pin) for v in variants]
+        seen: set[str] = set()
+        duplicates = sorted({v.name for v in variants if v.name in seen or seen.add(v.name)})
         if duplicates:
             raise MatrixError(f"{where}: duplicate variant name(s): {', '.join(duplicates)}")
-        return cls(tuple(variants), systems, ram_per_job, source)
+        return cls(tuple(variants), systems, ram_per_job, source, defaults.get("python"), defaults.get("cuda"))
 
     # -- queries -----------------------------------------------------------
 
     @property
     def enabled(self) -> tuple[Variant, ...]:
+        """Every valid variant: each is buildable by name or by selectors."""
         return tuple(v for v in self.variants if v.enabled)
+
+    @property
+    def default_set(self) -> tuple[Variant, ...]:
+        """What --all, `invoke matrix` and hydraJobs build unless told otherwise."""
+        return tuple(v for v in self.variants if v.enabled and v.default)
 
     def by_name(self, name: str) -> Variant:
         for variant in self.variants:
             if variant.name == name:
                 return variant
         raise SelectionError(
-            f"unknown variant '{name}'; valid: {', '.join(v.name for v in self.enabled)}"
+            f"unknown variant '{name}'; the default set: {', '.join(v.name for v in self.default_set)} "
+            "(`invoke variants --all` lists every one)"
         )
 
     def to_json(self) -> dict[str, dict[str, Any]]:
@@ -212,8 +237,34 @@ class Matrix:
 
     # -- resolving requests -----------------------------------------------
 
-    def resolve(self, token: str, *, arm64: bool = False) -> Variant:
-        """One variant from '90', 'sm90', 'SM90', '9.0' or a full name."""
+    def lines(self, python: str | None = None, cuda: str | None = None) -> tuple[str | None, str | None]:
+        """--python / --cuda as the matrix spells them ('313' -> 'python313', '12.8'), checked."""
+        if python is not None:
+            digits = re.sub(r"^(python|py)", "", python.strip().lower()).replace(".", "")
+            python = f"python{digits}"
+            valid = _unique(v.python for v in self.variants)
+            if python not in valid:
+                raise SelectionError(f"unknown Python line '{python}'; valid: "
+                                     f"{', '.join(p.removeprefix('python') for p in valid)} (e.g. --python 313)")
+        if cuda is not None:
+            cuda = cuda.strip()
+            valid = sorted(_unique(v.cuda for v in self.variants), key=_version_key)
+            if cuda not in valid:
+                raise SelectionError(f"unknown CUDA line '{cuda}'; valid: {', '.join(valid)} (e.g. --cuda 12.8)")
+        return python, cuda
+
+    def on_line(self, variant: Variant, python: str | None, cuda: str | None) -> bool:
+        """On the asked-for line: an axis not asked for takes the default line's value;
+        nothing asked for is the default set."""
+        if python is None and cuda is None:
+            return variant.default
+        return (variant.python == (python or self.default_python)
+                and variant.cuda == (cuda or self.default_cuda))
+
+    def resolve(self, token: str, *, arm64: bool = False, python: str | None = None,
+                cuda: str | None = None) -> Variant:
+        """One variant from '90', 'sm90', 'SM90', '9.0' or a full name (on the --python/--cuda line)."""
+        python, cuda = self.lines(python, cuda)
         text = token.strip()
         if text.startswith("vllm-"):
             variant = self.by_name(text)
@@ -240,6 +291,12 @@ class Matrix:
                 f"SM {sm} exists only for arm64; add --arm64 "
                 f"(x86_64 SMs: {', '.join(_unique(v.sm for v in self.enabled if not v.arm64))})"
             )
+        on_line = [v for v in wanted if self.on_line(v, python, cuda)]
+        if not on_line:
+            asked = " ".join(x for x in (python, f"CUDA {cuda}" if cuda else None) if x)
+            raise SelectionError(f"SM {sm} has no variant on {asked or 'the default line'}; "
+                                 f"it has: {', '.join(v.name for v in wanted)}")
+        wanted = on_line
         if len(wanted) > 1:  # an SM's own torch is the default line; a torch-bin row goes by name
             wanted = [v for v in wanted if not v.torch_wheel] or wanted
         if len(wanted) > 1:
@@ -257,11 +314,14 @@ class Matrix:
         systems: Iterable[str] = (),
         all: bool = False,
         none_means_all: bool = False,
+        python: str | None = None,
+        cuda: str | None = None,
     ) -> list[Variant]:
         """The variants a command line asks for, in matrix order, no duplicates.
 
         `sms` items may hold comma-separated lists ('80,89,90'); `systems`
-        selects every enabled variant of those systems; `all` every enabled one.
+        selects the variants of those systems and `all` every one, of the
+        default set, or of the --python/--cuda line when one is given.
         `none_means_all`: asking for nothing selects every enabled variant
         instead of being refused (commands that only look: the CI matrix,
         `publish --check`).
@@ -269,6 +329,8 @@ class Matrix:
         tokens = sm_tokens(sms)
         systems = list(systems)
         refuse_conflicts(tokens, systems=systems, all=all, arm64=arm64)
+        python, cuda = self.lines(python, cuda)
+        pool = [v for v in self.enabled if self.on_line(v, python, cuda)]
         all = all or (none_means_all and not (tokens or systems))
         if not (tokens or systems or all):
             raise SelectionError(
@@ -277,15 +339,15 @@ class Matrix:
             )
         chosen: set[str] = set()
         if all:
-            chosen.update(v.name for v in self.enabled)
+            chosen.update(v.name for v in pool)
         for system in systems:
             if system not in self.systems:
                 raise SelectionError(
                     f"unknown system '{system}'; valid: {', '.join(self.systems)}"
                 )
-            chosen.update(v.name for v in self.enabled if v.system == system)
+            chosen.update(v.name for v in pool if v.system == system)
         for token in tokens:
-            chosen.add(self.resolve(token, arm64=arm64).name)
+            chosen.add(self.resolve(token, arm64=arm64, python=python, cuda=cuda).name)
         return [v for v in self.variants if v.name in chosen]
 
     def _usable(self, variant: Variant) -> Variant:
@@ -305,6 +367,8 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     if missing:
         raise MatrixError(f"{where}: missing key(s) {', '.join(missing)}")
     merged = {**defaults, **row}
+    if "cuda" in merged:  # the CUDA line decides min_driver: its type first
+        _string(merged, "cuda", where if "cuda" in row else defaults_where, '"12.9"')
     missing_defaults = [k for k in DEFAULT_KEYS if k not in merged]
     if missing_defaults:
         raise MatrixError(f"{where}: no value for {', '.join(missing_defaults)} (set it in [defaults])")
@@ -336,6 +400,9 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     gpus = merged["gpus"]
     if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) for g in gpus):
         raise MatrixError(f"{where}: gpus must be a non-empty list of strings")
+    default = merged.get("default", True)
+    if not isinstance(default, bool):
+        raise MatrixError(f"{where}: default must be true or false, not {_described(default)}")
     disabled = merged.get("disabled")
     if disabled is not None and (not isinstance(disabled, str) or not disabled.strip()):
         raise MatrixError(f"{where}: disabled must be a reason (a non-empty string)")
@@ -355,7 +422,141 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
         min_driver=min_driver,
         disabled=disabled,
         torch=torch,
+        default=default,
     )
+
+
+# -- axes: the product of SMs, Python lines and CUDA lines (issue #15) ----------------
+
+
+def _cuda_lines(table: Any, where: str) -> dict[str, dict[str, Any]]:
+    """[cuda."12.9"] tables: what each CUDA line brings to its rows (min_driver)."""
+    lines = _table(table, f"{where}: [cuda]", '[cuda."12.9"] tables')
+    out = {}
+    for cuda, spec in lines.items():
+        spec = _table(spec, f'{where}: [cuda."{cuda}"]', "min_driver")
+        if set(spec) != {"min_driver"}:
+            raise MatrixError(f'{where}: [cuda."{cuda}"] must hold exactly min_driver')
+        out[cuda] = {"min_driver": _integer(spec, "min_driver", f'{where}: [cuda."{cuda}"]', "575")}
+    return out
+
+
+def _with_line(row: Mapping[str, Any], defaults: Mapping[str, Any], lines: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its CUDA line's min_driver, unless the row or [defaults] sets one."""
+    cuda = row.get("cuda", defaults.get("cuda"))
+    if "min_driver" in row or "min_driver" in defaults or not isinstance(cuda, str) or cuda not in lines:
+        return dict(row)
+    return {**row, "min_driver": lines[cuda]["min_driver"]}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What the pinned nixpkgs can build, as data read from its files ([pin])."""
+
+    torch_version: str | None = None
+    vllm_version: str | None = None
+    torch_capabilities: tuple[str, ...] | None = None
+    vllm_capabilities: tuple[str, ...] | None = None
+    cuda_capabilities: Mapping[str, tuple[str, str | None]] | None = None  # cap -> (min, max), inclusive
+
+    def why_not(self, variant: Variant) -> str | None:
+        """Why the pin cannot build this combination, or None: the facts, never hope."""
+        cap = variant.capability
+        if self.cuda_capabilities is not None:
+            bounds = self.cuda_capabilities.get(cap)
+            if bounds is None:
+                return f"nixpkgs at the pin knows no CUDA capability {cap}"
+            low, high = bounds
+            if _version_key(variant.cuda) < _version_key(low):
+                return f"capability {cap} needs CUDA {low} or newer (nixpkgs' CUDA capability table)"
+            if high is not None and _version_key(variant.cuda) > _version_key(high):
+                return f"CUDA {variant.cuda} no longer supports capability {cap} (last: CUDA {high})"
+        if not variant.torch_wheel and self.torch_capabilities is not None and cap not in self.torch_capabilities:
+            return f"torch {self.torch_version or ''} at the pin cannot target {cap} (not on its list)".replace("  ", " ")
+        if self.vllm_capabilities is not None and cap not in self.vllm_capabilities:
+            return f"vllm {self.vllm_version or ''} at the pin cannot target {cap} (not on its list)".replace("  ", " ")
+        return None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def _pin(table: Any, where: str) -> Pin:
+    pin = _table(table, f"{where}: [pin]", ", ".join(sorted(PIN_KEYS)))
+    unknown = sorted(set(pin) - PIN_KEYS)
+    if unknown:
+        raise MatrixError(f"{where}: unknown key(s) in [pin]: {', '.join(unknown)}; valid: {', '.join(sorted(PIN_KEYS))}")
+
+    def caps(key: str) -> tuple[str, ...] | None:
+        value = pin.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+            raise MatrixError(f"{where}: [pin] {key} must be a list of capabilities like \"9.0\"")
+        return tuple(value)
+
+    bounds = None
+    if "cuda_capabilities" in pin:
+        bounds = {}
+        for cap, pair in _table(pin["cuda_capabilities"], f"{where}: [pin.cuda_capabilities]",
+                                'capability = ["min CUDA", "max CUDA" or ""]').items():
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair) and pair[0]):
+                raise MatrixError(f'{where}: [pin.cuda_capabilities] "{cap}" must be ["min", "max" or ""]')
+            bounds[cap] = (pair[0], pair[1] or None)
+    return Pin(pin.get("torch_version"), pin.get("vllm_version"), caps("torch_capabilities"),
+               caps("vllm_capabilities"), bounds)
+
+
+def _product(data: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of every [[sm]] x [axes] python x [axes] cuda, less [[exclude]] (kept, disabled with its reason).
+
+    The default line ([defaults] python and cuda) is the default set."""
+    sms = data.get("sm", [])
+    if not isinstance(sms, list):
+        raise MatrixError(f"{where}: sm must be [[sm]] tables, not {_described(sms)}")
+    axes = _table(data.get("axes", {}), f"{where}: [axes]", "python, cuda")
+    unknown = sorted(set(axes) - {"python", "cuda"})
+    if unknown:
+        raise MatrixError(f"{where}: unknown key(s) in [axes]: {', '.join(unknown)}; valid: cuda, python")
+    line = {key: axes.get(key, [defaults[key]] if key in defaults else []) for key in ("python", "cuda")}
+    for key, values in line.items():
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise MatrixError(f"{where}: [axes] {key} must be a non-empty list of strings")
+    excludes = data.get("exclude", [])
+    if not isinstance(excludes, list):
+        raise MatrixError(f"{where}: exclude must be [[exclude]] tables, not {_described(excludes)}")
+    rules = []
+    for index, rule in enumerate(excludes, start=1):
+        rule = _table(rule, f"{where}: exclude #{index}", "sm, system, python, cuda and reason")
+        bad = sorted(set(rule) - set(EXCLUDE_MATCH_KEYS) - {"reason"})
+        if bad or not isinstance(rule.get("reason"), str) or not rule["reason"].strip():
+            raise MatrixError(f"{where}: exclude #{index} needs a reason and only {', '.join(EXCLUDE_MATCH_KEYS)}")
+        rules.append(rule)
+    rows = []
+    for index, table in enumerate(sms, start=1):
+        table = _table(table, f"{where}: sm #{index}", ", ".join(sorted(SM_KEYS)))
+        bad = sorted(set(table) - SM_KEYS)
+        if bad:
+            raise MatrixError(f"{where}: sm #{index}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(SM_KEYS))}")
+        for python in line["python"]:
+            for cuda in line["cuda"]:
+                on_line = python == defaults.get("python") and cuda == defaults.get("cuda")
+                row = {**table, "python": python, "cuda": cuda,
+                       "default": on_line and table.get("default", True) is True}
+                for rule in [] if "disabled" in table else rules:
+                    if all(rule[k] == row.get(k) for k in EXCLUDE_MATCH_KEYS if k in rule):
+                        row["disabled"] = rule["reason"]
+                        break
+                rows.append((f"{where}: sm #{index} ({python}, CUDA {cuda})", row))
+    return rows
+
+
+def _checked(variant: Variant, pin: Pin) -> Variant:
+    if variant.disabled:
+        return variant
+    reason = pin.why_not(variant)
+    return replace(variant, disabled=reason) if reason else variant
 
 
 # -- value types: TOML gives int, float, bool, str, list, dict, dates ----------

@@ -24,8 +24,10 @@ INPUT = "nixpkgs"  # the flake input that pins nixpkgs
 KEYS = ("vllm", "torch", "python", "cuda")
 LABELS = {"vllm": "vLLM", "torch": "PyTorch", "python": "Python", "cuda": "CUDA"}
 
-# `nix eval --json <flake>#packages --apply EVAL` -> {system: {variant: versions}}
-EVAL = "builtins.mapAttrs (system: builtins.mapAttrs (name: package: package.versions))"
+# `nix eval --json <flake>#hydraJobs --apply EVAL` -> {variant: {system: versions}}: the
+# default set (every other valid variant builds by name; `invoke eval` covers any)
+EVAL_ATTR = "hydraJobs"
+EVAL = "builtins.mapAttrs (name: builtins.mapAttrs (system: job: job.versions))"
 # `nix eval --json <flake>#lib.pin` -> {rev, narHash}: the nixpkgs that evaluation used
 PIN_ATTR = "lib.pin"
 
@@ -49,8 +51,8 @@ class PinVersions:
                   nar_hash: str | None = None) -> PinVersions:
         """From EVAL's output; every package must report every key of KEYS."""
         variants: dict[str, dict[str, str]] = {}
-        for by_name in packages.values():
-            for name, versions in by_name.items():
+        for name, by_system in packages.items():
+            for versions in by_system.values():
                 missing = [k for k in KEYS if not isinstance(versions.get(k), str)]
                 if missing:
                     raise VariantsError(f"{name}: passthru.versions lacks {', '.join(missing)}")
@@ -72,7 +74,7 @@ class PinVersions:
 
     def dumps(self) -> str:
         data = {
-            "generated_by": "invoke bump-pin: nix eval of packages.<system>.<variant>.versions",
+            "generated_by": "invoke bump-pin: nix eval of hydraJobs.<variant>.<system>.versions (the default set)",
             "nixpkgs": {"rev": self.rev, "url": self.url, "narHash": self.nar_hash,
                         **({"unverified": self.unverified} if self.unverified else {})},
             "variants": self.variants,

@@ -57,7 +57,7 @@ def _capability_number(capability: str) -> int:
 def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple[Variant, bool]]:
     """The closest enabled variants of `system` by capability, each with whether its code runs on `gpu`."""
     wanted = _capability_number(gpu.capability)
-    candidates = [v for v in matrix.enabled if v.system == system]
+    candidates = [v for v in matrix.default_set if v.system == system]
 
     def rank(v: Variant) -> tuple[bool, int]:
         return not sass_runs_on(v.capability, gpu.capability), abs(_capability_number(v.capability) - wanted)
@@ -66,10 +66,14 @@ def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple
     return [(v, sass_runs_on(v.capability, gpu.capability)) for v in ranked[:count]]
 
 
+def _unique_systems(systems) -> list[str]:
+    return list(dict.fromkeys(systems))
+
+
 def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
     """One line: no variant for this GPU, the nearest choices, how to add one."""
     what = f"GPU {gpu.index} ({gpu.name}, capability {gpu.capability}) has no {system} variant"
-    elsewhere = [v.system for v in matrix.enabled if v.sm_number == gpu.sm and v.system != system]
+    elsewhere = _unique_systems(v.system for v in matrix.enabled if v.sm_number == gpu.sm and v.system != system)
     if elsewhere:
         what += f" (SM {gpu.sm} is built only for {', '.join(elsewhere)})"
     choices = []
@@ -78,7 +82,7 @@ def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
         choices.append(f"{variant.name} ({verdict.format(variant.sm, gpu.capability)})")
     nearest_text = f"nearest: {'; '.join(choices)}" if choices else f"no variant is built for {system} at all"
     add = (
-        f"to add it, append one [[variant]] table to nix/variants.toml "
+        f"to add it, append one [[sm]] table to nix/variants.toml "
         f"(sm = \"{gpu.sm}\", capability = \"{gpu.capability}\", arch = \"...\", gpus = [\"{gpu.name}\"], "
         f"system = \"{system}\")"
     )
@@ -90,7 +94,9 @@ def match(matrix: Matrix, gpus: Sequence[GPU], system: str | None = None) -> lis
     system = system or host_system()
     matches = []
     for gpu in gpus:
-        same = [v for v in matrix.variants if v.sm_number == gpu.sm and v.system == system]
+        # the default line first (an SM has a variant per Python and CUDA line), its own torch first
+        same = sorted((v for v in matrix.variants if v.sm_number == gpu.sm and v.system == system),
+                      key=lambda v: (not v.default, v.torch_wheel))
         if not same:
             matches.append(Match(gpu, None, _no_variant(matrix, gpu, system)))
         elif same[0].disabled:
