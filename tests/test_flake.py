@@ -346,3 +346,29 @@ def test_an_unrelated_vllm_failure_is_reported_as_itself(flake, standin):
     assert proc.returncode != 0
     assert "cutlass-source: hash mismatch" in proc.stderr
     assert "cannot target CUDA capability" not in proc.stderr
+
+
+def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
+    """Issue #15: validity comes from [pin] in nix/variants.toml. With [pin] taken out,
+    every combination is offered, and the stand-in (which carries the real lists)
+    must refuse exactly the ones [pin] disables: the facts are the pin's, not hopes."""
+    import tomllib
+
+    root = support.make_project(tmp_path / "p", git_init=False)
+    toml = root / "nix" / "variants.toml"
+    text = toml.read_text()
+    start = text.index("\n[pin]\n")
+    end = text.index("\n[[sm]]", start)
+    toml.write_text(text[:start] + "\n" + text[end:])
+    unchecked = Matrix.load(toml)
+    assert "pin" not in tomllib.loads(toml.read_text())
+    names = [v.name for v in unchecked.enabled]
+    env = {**support.nix_env(), "VLLM_VARIANTS_EVAL_NAMES": json.dumps(names)}
+    got = json.loads(support.nix(
+        "eval", "--json", "--impure", f"{support.flake_ref(root)}#lib.resolve",
+        "--apply", 'resolve: builtins.mapAttrs (n: r: r.ok) (resolve (builtins.fromJSON '
+                   '(builtins.getEnv "VLLM_VARIANTS_EVAL_NAMES")))', *support.override(), env=env).stdout)
+    offered = {v.name for v in MATRIX.enabled}
+    assert {n for n, ok in got.items() if ok} == offered & set(names)
+    refused = {n for n, ok in got.items() if not ok}
+    assert refused and all(MATRIX.by_name(n).disabled for n in refused), refused

@@ -377,3 +377,25 @@ def test_to_json_is_the_nix_shape(matrix):
         "default": True,
         "disabled": None,
     }
+
+
+FLOX = support.REPO / "tests" / "fixtures" / "matrix" / "flox-product.toml"
+
+
+@pytest.mark.nix
+def test_the_flox_product_fits_in_thirty_lines_and_both_sides_read_it(tmp_path):
+    """Issue #15: Python 3.11-3.13 x CUDA 12.8/12.9 x SM 61-121, hundreds of hand-copied
+    files in the Flox repository, is at most 30 lines of TOML here."""
+    assert len(FLOX.read_text().splitlines()) <= 30
+    product = Matrix.load(FLOX)
+    assert len(product.variants) == 14 * 3 * 2  # every [[sm]] on every Python and CUDA line
+    assert {v.python for v in product.enabled} == {"python311", "python312", "python313"}
+    # the CUDA 12.8 line cannot target 10.3 and 12.1 (nixpkgs' table): listed, disabled, with the reason
+    refused = [v for v in product.variants if not v.enabled]
+    assert {(v.sm, v.cuda) for v in refused} == {("103", "12.8"), ("121", "12.8")}
+    assert all("needs CUDA 12.9 or newer" in v.disabled for v in refused)
+    assert len(product.default_set) == 14
+    nix_view = support.nix("eval", "--json", "--impure", "--expr",
+                           f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML "
+                           f"(builtins.readFile {FLOX}); }}).variants").stdout
+    assert json.loads(nix_view) == product.to_json()

@@ -18,7 +18,7 @@ from typing import TextIO
 
 from . import versions
 from .errors import VariantsError
-from .matrix import Matrix
+from .matrix import Matrix, sm_number
 from .outputs import write_text
 from .project import Project
 
@@ -36,28 +36,42 @@ def _cell(text: str) -> str:
 
 
 def variants_table(matrix: Matrix) -> str:
-    """The variant table and selection guide, one row per variant."""
+    """The default set, grouped by SM (one row each), and what else the axes offer."""
     lines = [
-        "| Your GPU (examples) | Architecture | SM | System | torch | Variant | Build it with |",
+        "| SM | Your GPU (examples) | Architecture | System | torch | Variant | Build it with |",
         "|---|---|---|---|---|---|---|",
     ]
-    for v in matrix.variants:
-        command = f"`{v.build_command}`"
-        if not v.enabled:
-            command = f"disabled: {_cell(v.disabled or '')}"
+    for v in sorted(matrix.default_set, key=lambda v: (int(sm_number(v.sm)), v.sm, v.arm64, v.torch_wheel)):
         lines.append(
-            f"| {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.sm} | {v.system} | "
-            f"{'wheel (every SM)' if v.torch_wheel else 'built for the SM'} | `{v.name}` | {command} |"
+            f"| {v.sm} | {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.system} | "
+            f"{'wheel (every SM)' if v.torch_wheel else 'built for the SM'} | `{v.name}` | `{v.build_command}` |"
         )
-    cudas = sorted({(v.cuda, v.min_driver) for v in matrix.variants})
-    drivers = "; ".join(f"CUDA {cuda} needs NVIDIA driver >= {driver}" for cuda, driver in cudas)
-    lines += ["", f"Every variant is Python {_python_text(matrix)} with CUDA; {drivers}."]
+    listed_off = [v for v in matrix.variants if v.default and not v.enabled]
+    for v in listed_off:
+        lines.append(f"| {v.sm} | {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.system} | | `{v.name}` | "
+                     f"disabled: {_cell(v.disabled or '')} |")
+    others = len(matrix.enabled) - len(matrix.default_set)
+    disabled = len(matrix.variants) - len(matrix.enabled)
+    pythons = ", ".join(sorted({_python_version(v.python) for v in matrix.enabled}))
+    cudas = ", ".join(sorted({v.cuda for v in matrix.enabled}))
+    drivers = "; ".join(f"CUDA {cuda} needs NVIDIA driver >= {driver}"
+                        for cuda, driver in sorted({(v.cuda, v.min_driver) for v in matrix.enabled}))
+    lines += [
+        "",
+        f"The default set: Python {_python_text(matrix)}, CUDA {', '.join(sorted({v.cuda for v in matrix.default_set}))}. "
+        f"{others} more valid variants on the other lines (Python {pythons}; CUDA {cudas}) build by name or with "
+        f"`--python` / `--cuda`, e.g. `invoke build --sm 90 --python 313 --cuda 12.8`; {disabled} combinations "
+        "are disabled, each with its reason (`invoke variants --all` lists them). " + drivers + ".",
+    ]
     return "\n".join(lines)
 
 
+def _python_version(attr: str) -> str:
+    return re.sub(r"^python(\d)(\d+)$", r"\1.\2", attr)
+
+
 def _python_text(matrix: Matrix) -> str:
-    pythons = sorted({v.python for v in matrix.variants})
-    return ", ".join(re.sub(r"^python(\d)(\d+)$", r"\1.\2", p) for p in pythons)
+    return ", ".join(sorted({_python_version(v.python) for v in matrix.default_set}))
 
 
 def replace_section(text: str, section: str, source: str, body: str) -> str:
