@@ -5,9 +5,24 @@ the tasks: `invoke --list` must not load rich, tomli or the subprocess layer
 (benchmarks/bench_tasks.py measures it).
 """
 
+import os
+import sys
 from pathlib import Path
 
 from invoke import Collection, task
+
+# Invoke turns .pyc writing off (sys.dont_write_bytecode, its --write-pyc flag)
+# before it loads this file, so an editable checkout would compile src/ and this
+# file again on every task. Compile once (issue #13): the package's modules get
+# their cache as they are imported, this file gets its own the first time.
+sys.dont_write_bytecode = False
+if __cached__ and not os.path.exists(__cached__):
+    import py_compile
+
+    try:
+        py_compile.compile(__file__, cfile=__cached__, doraise=True)
+    except (OSError, py_compile.PyCompileError):  # a read-only checkout: compile each time, as before
+        pass
 
 ROOT = Path(__file__).resolve().parent
 

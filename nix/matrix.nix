@@ -93,7 +93,9 @@ let
 
   list = genList (i: mkVariant i (builtins.elemAt rows i)) (length rows);
   names = map (v: v.name) list;
-  duplicates = filter (n: length (filter (m: m == n) names) > 1) names;
+  # groupBy, not a count per name: linear in the rows (issue #13).
+  byName = builtins.groupBy (n: n) names;
+  duplicates = filter (n: length byName.${n} > 1) (attrNames byName);
 
   variants =
     check (unknownIn topLevelKeys toml == [ ]) "unknown top-level key(s) ${concatStringsSep ", " (unknownIn topLevelKeys toml)}" (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,7 +178,7 @@ class Matrix:
             row = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
             variants.append(_variant(row, defaults, systems, f"{where}: variant #{index}", f"{where}: [defaults]"))
         names = [v.name for v in variants]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)  # linear (issue #13)
         if duplicates:
             raise MatrixError(f"{where}: duplicate variant name(s): {', '.join(duplicates)}")
         return cls(tuple(variants), systems, ram_per_job, source)
