@@ -82,6 +82,13 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
 
 # -- build (issue #2) -----------------------------------------------------------
 
+# Evaluation in batches sized from RAM (issue #13): build and eval.
+_EVAL_HELP = {
+    "eval-jobs": "at most this many variants (nixpkgs instances) per Nix evaluation; default: sized from RAM",
+    "eval-max-memory": "memory one Nix evaluation may use, e.g. 24G (binary units); batches are sized from it "
+                       "(default: half of this machine's RAM)",
+}
+
 
 @task(
     auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
@@ -103,16 +110,18 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
         "nixpkgs": "build against this nixpkgs instead of the pin: a checkout's path or a flake reference "
                    "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
         "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
+        **_EVAL_HELP,
     },
 )
 def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=None, max_jobs=None,
-          builders=None, keep_going=False, option=None, nixpkgs=None, json=None):
+          builders=None, keep_going=False, option=None, nixpkgs=None, json=None, eval_jobs=None,
+          eval_max_memory=None):
     """Build variants with Nix: plan, progress, logs, result-<variant> links."""
     from vllm_variants.build import main
 
     _call(main, _project(), sm=sm, arm64=arm64, all=all, system=system, dry_run=dry_run, cores=cores,
           max_jobs=max_jobs, builders=builders, keep_going=keep_going, option=option, nixpkgs=nixpkgs,
-          json=json)
+          json=json, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
 
 
 # -- smoke (issue #3) ---------------------------------------------------------
@@ -213,14 +222,16 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
         "nixpkgs": "evaluate against this nixpkgs instead of the pin: a checkout's path or a flake reference "
                    "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
         "json": "print the result as JSON (for CI) instead of text",
+        **_EVAL_HELP,
     },
 )
-def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False):
+def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False, eval_jobs=None,
+          eval_max_memory=None):
     """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
     from vllm_variants.evaluate import main
 
     _call(main, _project(), sm=sm or (), arm64=arm64, systems=system or (), all=all, nixpkgs=nixpkgs,
-          as_json=json)
+          as_json=json, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
 
 
 @task(

@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "fixtures" / "nixpkgs"
 # What a user's checkout holds that the flake and the tasks need.
-PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md")
+PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md", ".gitignore")
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "vllm-variants tests",

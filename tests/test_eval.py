@@ -53,8 +53,9 @@ def evaluating(commands):
 
 
 def test_all_ten_variants_evaluate_in_one_nix_process(project):
-    report, commands, results, error = run_eval(project)
+    report, commands, results, error = run_eval(project, eval_max_memory="1T")
     assert error is None
+    assert report["evaluation"]["processes"] == 1
     assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.enabled]
     assert len(evaluating(commands)) == 1
     for entry, variant in zip(report["variants"], MATRIX.enabled):
@@ -107,3 +108,17 @@ def test_invoke_eval_text_and_exit_status(project, standin):
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].endswith(f"1 variant(s) do not evaluate: {B200.name}")
+
+
+def test_evaluation_in_batches_keeps_each_process_within_its_share(project):
+    """--eval-jobs 4: ten variants in three `nix eval` processes (issue #13), and
+    the same report as one process gives."""
+    report, commands, _, error = run_eval(project, eval_jobs="4")
+    assert error is None
+    batches = [c for c in evaluating(commands)]
+    assert len(batches) == 3 and report["evaluation"] == {
+        "per_batch": 4, "processes": 3, "text": report["evaluation"]["text"]}
+    assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.enabled]
+    assert all(v["ok"] for v in report["variants"])
+    one, _, _, _ = run_eval(project, eval_max_memory="1T")
+    assert report["variants"] == one["variants"]

@@ -81,7 +81,7 @@ def test_build_documents_every_option():
     options = re.findall(r"^\s+(--[a-z0-9-]+)(?:=STRING)?\s+(\S.*)$", out, re.M)
     assert {name for name, _ in options} == {
         "--sm", "--arm64", "--all", "--system", "--dry-run", "--cores", "--max-jobs", "--builders",
-        "--keep-going", "--option", "--nixpkgs", "--json"}
+        "--keep-going", "--option", "--nixpkgs", "--json", "--eval-jobs", "--eval-max-memory"}
     assert all(len(text) > 10 for _, text in options)
     assert re.search(r"^  build +Build variants with Nix", invoke(support.REPO, "--list").stdout, re.M)
 
