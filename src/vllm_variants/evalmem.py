@@ -30,8 +30,11 @@ from .errors import UsageError
 from .resources import GIB, Host, format_bytes
 
 # One nixpkgs instance of a variant at the real pin, projected (README,
-# "Evaluation memory"): 2.5 GiB, rounded up from the 2.0 GiB projection.
-INSTANCE_BYTES = 5 * GIB // 2
+# "Evaluation memory"): about 2,000 derivations x 200 KB allocated per
+# derivation evaluated (public NIX_SHOW_STATS of nixpkgs), doubled for the
+# Boehm heap's growth past what is live: 0.8 GB, rounded up to 1 GiB. The
+# stand-in measures 6 KB per derivation, 6.2 MB per instance (bench_plan.py).
+INSTANCE_BYTES = GIB
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 
