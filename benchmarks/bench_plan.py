@@ -31,8 +31,13 @@ linear, 16x quadratic); and the evaluation memory of one nixpkgs instance
 (NIX_SHOW_STATS: totalBytes per instance, from 1 and from N instances in
 one process), which README's "Evaluation memory" projects to the real pin.
 
+With --substituter URL every nix call has that binary cache (issue #13 measured
+one that does not answer: each Nix process that asks it retries for seconds).
+Offline (the default), a raw dry run of 10 variants takes well under a second
+and Invoke's own start-up (about 0.17 s) and the derivation graph weigh more.
+
 Usage: python benchmarks/bench_plan.py [--variants 10,150] [--runs 3] [--build]
-       [--shared 1000] [--per-sm 30] [--matrix-rows 1000] [--no-targets]
+       [--shared 1000] [--per-sm 30] [--matrix-rows 1000] [--substituter URL] [--no-targets]
 """
 
 from __future__ import annotations
@@ -135,8 +140,11 @@ def standin(tmp: Path, shared: int, per_sm: int, salt: str) -> Path:
     return dest
 
 
+SUBSTITUTER = ""  # --substituter
+
+
 def nix_env(extra: str = "") -> dict[str, str]:
-    config = "\n".join(["substituters =", "experimental-features = nix-command flakes", "warn-dirty = false",
+    config = "\n".join([f"substituters = {SUBSTITUTER}", "experimental-features = nix-command flakes", "warn-dirty = false",
                         "flake-registry =", "eval-cache = false", extra])
     return {**os.environ, "NIX_CONFIG": config + "\n"}
 
@@ -206,7 +214,7 @@ def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
     head = text[: text.index("\n[[variant]]")]
     tables = []
     for i in range(n_rows):  # distinct names: SMs 100..999, plain, "a" and "f", each with either torch
-        sm, suffix, torch = str(100 + i % 900), "".join(["", "a", "f"][(i // 900) % 3]), ["source", "wheel"][i // 2700]
+        sm, suffix, torch = str(100 + i % 900), ["", "a", "f"][(i // 900) % 3], ["source", "wheel"][i // 2700]
         tables.append(f'[[variant]]\nsm = "{sm}{suffix}"\ncapability = "{sm[:2]}.{sm[2:]}{suffix}"\narch = "x"\n'
                       f'gpus = ["x"]\nsystem = "x86_64-linux"\ntorch = "{torch}"\n')
     path = tmp / f"variants-{n_rows}.toml"
@@ -232,8 +240,12 @@ def main() -> int:
     parser.add_argument("--shared", type=int, default=1000, help="shared synthetic derivations (default 1000)")
     parser.add_argument("--per-sm", type=int, default=30, help="per-capability synthetic derivations (default 30)")
     parser.add_argument("--matrix-rows", type=int, default=1000, help="rows for the matrix check (0: skip)")
+    parser.add_argument("--substituter", default="", help="a binary cache every nix call asks (default none: "
+                        "offline); e.g. http://127.0.0.1:9, one that does not answer, as issue #13 measured")
     parser.add_argument("--no-targets", action="store_true", help="report only; never exit 1")
     args = parser.parse_args()
+    global SUBSTITUTER
+    SUBSTITUTER = args.substituter
     counts = sorted(int(n) for n in args.variants.split(","))
 
     missed = False

@@ -130,6 +130,23 @@ def override(path: Path = STANDIN) -> list[str]:
     return ["--override-input", "nixpkgs", standin_ref(path)]
 
 
+def recording_nix(**kwargs: Any):
+    """The real nix (vllm_variants.nix.Nix), with every command it is asked to run
+    recorded in `.commands` (argv without the executable): for tests that count
+    Nix processes."""
+    from vllm_variants.nix import Nix
+
+    class Recording(Nix):
+        def argv(self, *args):
+            argv = super().argv(*args)
+            self.commands.append(argv[1:])
+            return argv
+
+    nix = Recording(**kwargs)
+    object.__setattr__(nix, "commands", [])
+    return nix
+
+
 def nix_eval(flake: str, attr: str, *, apply: str | None = None, standin: Path = STANDIN, env=None) -> Any:
     args = ["eval", "--json", f"{flake}#{attr}", *override(standin)]
     if apply:

@@ -224,7 +224,7 @@ def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(proje
     cache = f"file://{tmp_path / 'cache'}"
     support.nix("copy", "--to", cache, stdenv)
     env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
-    nix = Recording(env=env)
+    nix = support.recording_nix(env=env)
     request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
     plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
     info = json.loads(support.nix("path-info", "--json", "--store", cache, stdenv, env=env).stdout)[stdenv]
@@ -251,21 +251,8 @@ def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin
     assert list(project.glob("result*")) == [] and not (project / "logs").exists()
 
 
-class Recording(Nix):
-    """The real nix, every command it runs recorded (as test_publish.py does)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        object.__setattr__(self, "commands", [])
-
-    def argv(self, *args):
-        argv = super().argv(*args)
-        self.commands.append(argv[1:])
-        return argv
-
-
 def _plan(project: Path, nixpkgs: Path, sms: str, **request) -> tuple[BuildPlan, list[list[str]]]:
-    nix = Recording(env=support.nix_env())
+    nix = support.recording_nix(env=support.nix_env())
     plan = make_plan(prepare(Project(project), Request(sms=(sms,), nixpkgs=f"path:{nixpkgs}", **request), nix=nix),
                      host=Host(cores=4, mem_bytes=64 * 1024**3))
     return plan, nix.commands
@@ -625,3 +612,14 @@ def test_dry_run_plan_of_a_torch_wheel_row_compiles_no_torch(project, standin, t
     assert not any(h.startswith("torch") for h in binary["heavy"]), binary["heavy"]
     assert {h for h in source["heavy"] if not h.startswith("torch")} == set(binary["heavy"])
     assert any(d.endswith("-python3.12-torch-2.9.0.drv") for d in binary["will_build"])
+
+
+def test_plan_benchmark_runs():
+    """benchmarks/bench_plan.py end to end, at toy scale (its figures are in the README)."""
+    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_plan.py"), "--variants", "1,2",
+                           "--runs", "1", "--shared", "20", "--per-sm", "2", "--matrix-rows", "30", "--build",
+                           "--no-targets"], capture_output=True, text=True, env=support.nix_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^   2 variants: raw dry run .* plan .*x \(target <= 1.3x\)", proc.stdout, re.M), proc.stdout
+    assert "growth 1 -> 2 variants" in proc.stdout and "nix/matrix.nix: 30 rows" in proc.stdout
+    assert "build: " in proc.stdout and "2 result links" in proc.stdout

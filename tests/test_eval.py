@@ -14,7 +14,6 @@ import support
 from vllm_variants.errors import BuildError
 from vllm_variants.evaluate import main
 from vllm_variants.matrix import Matrix
-from vllm_variants.nix import Nix
 from vllm_variants.project import Project
 
 pytestmark = pytest.mark.nix
@@ -24,21 +23,8 @@ B200 = MATRIX.resolve("100")
 NO_BLACKWELL = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "9.0a"]
 
 
-class Recording(Nix):
-    """The real nix, with every command it is asked to run recorded."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        object.__setattr__(self, "commands", [])
-
-    def argv(self, *args):
-        argv = super().argv(*args)
-        self.commands.append(argv[1:])
-        return argv
-
-
 def run_eval(project, *, standin=support.STANDIN, **kwargs):
-    nix = Recording(env=support.nix_env())
+    nix = support.recording_nix(env=support.nix_env())
     out = io.StringIO()
     try:
         results = main(Project(project), nixpkgs=str(standin), as_json=True, nix=nix, out=out, **kwargs)

@@ -328,6 +328,8 @@ class VariantPlan:
         for drv in self.dry.will_build:
             if drv == self.drv:  # the variant's environment, named after it: no compile
                 continue
+            if not any(heavy in drv for heavy in HEAVY):  # most of a closure at real scale: skip the parse
+                continue
             name = package_name(drv)
             if name == "torch" and self.variant.torch_wheel:  # torch-bin: a wheel unpacked and patched
                 continue
