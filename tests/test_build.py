@@ -280,6 +280,18 @@ def test_the_plan_runs_as_many_nix_processes_for_six_variants_as_for_two(project
         in "\n".join(six.lines())
 
 
+def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(project, standin):
+    """After the one `nix build`, one `nix path-info` gives every output's validity
+    and closure size (issue #13). Each result link is still one Nix call: Nix has no
+    command that makes several GC-root links of chosen names at once."""
+    nixpkgs = standin(salt=unique("sizes"))
+    plan, commands = _plan(project, nixpkgs, "80,89,90", eval_jobs=10)
+    outcomes = act(plan, io.StringIO(), interactive=False)
+    assert all(o.ok and o.closure_size for o in outcomes)
+    assert _kinds(commands) == ["build --dry-run", "derivation show", "build --no-link", "path-info --json",
+                                "build --out-link", "build --out-link", "build --out-link"]
+
+
 def test_the_plan_evaluates_in_batches_sized_by_eval_jobs(project, standin):
     nixpkgs = standin(salt=unique("batches"))
     plan, commands = _plan(project, nixpkgs, "70,75,80,86,89", eval_jobs=2)

@@ -4,9 +4,13 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 
 1. `prepare()`: the selection, Nix's pre-flight and which machine builds each
    system. No evaluation, nothing written.
-2. `make_plan()`: one evaluation (`nix build --dry-run --json`) gives every
-   variant's derivation and Nix's plan: what it would build, what it would
-   fetch. `--dry-run` prints this and stops; Nix only instantiates .drv files.
+2. `make_plan()`: one evaluation (`nix build --dry-run --json`; one per
+   batch when RAM asks for batches, evalmem.py) gives every variant's
+   derivation and Nix's plan: what it would build, what it would fetch. One
+   `nix derivation show -r` gives the graph by which each variant gets its
+   share of that plan (issue #13: the Nix processes do not grow with the
+   variants). `--dry-run` prints this and stops; Nix only instantiates .drv
+   files.
 3. `execute()`: ONE `nix build` of all planned derivations, so Nix itself
    schedules across variants (--max-jobs), builds a shared derivation once
    and sends work to remote builders; no scheduler of our own. Its
@@ -584,7 +588,7 @@ class VariantLogs:
     """logs/<variant>-<timestamp>.log: each variant's derivations' build
     output, and Nix's messages, as text."""
 
-    def __init__(self, plan: BuildPlan, stamp: str) -> None:
+    def __init__(self, plan: BuildPlan, stamp: str, argv: list[str]) -> None:
         self.owners = plan.owners()
         make_dir(plan.project.logs)
         self.paths: dict[str, Path] = {}
@@ -599,7 +603,7 @@ class VariantLogs:
                 self.close(quiet=True)
                 raise WriteError(path, exc) from None
             self._write(name, f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-                              f"# $ {format_argv(plan.build_argv())}\n"
+                              f"# $ {format_argv(argv)}\n"
                               f"# plan: {vplan.summary()}\n")
 
     def _write(self, name: str, text: str) -> None:
@@ -670,11 +674,12 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     touches no link and re-raises KeyboardInterrupt (exit 130 at the boundary).
     """
     nix = plan.nix
-    logs = VariantLogs(plan, time.strftime("%Y%m%d-%H%M%S"))
+    argv = plan.build_argv()
+    logs = VariantLogs(plan, time.strftime("%Y%m%d-%H%M%S"), argv)
     reader = NixLog(clock=clock)
     started = clock()
     # Its own session: a terminal's Ctrl-C reaches us, and we stop Nix in order.
-    proc = spawn(plan.build_argv(), cwd=plan.project.root, env=nix.env,
+    proc = spawn(argv, cwd=plan.project.root, env=nix.env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
     try:
         with terminations_interrupt(), display.running(reader, started):
