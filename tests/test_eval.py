@@ -14,6 +14,7 @@ import support
 from vllm_variants.errors import BuildError
 from vllm_variants.evaluate import main
 from vllm_variants.matrix import Matrix
+from vllm_variants.nix import Nix
 from vllm_variants.project import Project
 
 pytestmark = pytest.mark.nix
@@ -108,3 +109,11 @@ def test_evaluation_in_batches_keeps_each_process_within_its_share(project):
     assert all(v["ok"] for v in report["variants"])
     one, _, _, _ = run_eval(project, eval_max_memory="1T")
     assert report["variants"] == one["variants"]
+
+
+def test_the_text_report_says_what_evaluation_budget_it_used(project):
+    out = io.StringIO()
+    main(Project(project), sm=["80", "90"], nixpkgs=str(support.STANDIN), eval_max_memory="1G",
+         nix=Nix(env=support.nix_env()), out=out)
+    assert out.getvalue().startswith("evaluation: 2 variants in 2 Nix processes, at most 1 nixpkgs instance each "
+                                      "(--eval-max-memory 1.0 GiB, ~1.0 GiB per instance projected for the real pin)\n")
