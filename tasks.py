@@ -5,9 +5,24 @@ the tasks: `invoke --list` must not load rich, tomli or the subprocess layer
 (benchmarks/bench_tasks.py measures it).
 """
 
+import os
+import sys
 from pathlib import Path
 
 from invoke import Collection, task
+
+# Invoke turns .pyc writing off (sys.dont_write_bytecode, its --write-pyc flag)
+# before it loads this file, so an editable checkout would compile src/ and this
+# file again on every task. Compile once (issue #13): the package's modules get
+# their cache as they are imported, this file gets its own the first time.
+sys.dont_write_bytecode = False
+if __cached__ and not os.path.exists(__cached__):
+    import py_compile
+
+    try:
+        py_compile.compile(__file__, cfile=__cached__, doraise=True)
+    except (OSError, py_compile.PyCompileError):  # a read-only checkout: compile each time, as before
+        pass
 
 ROOT = Path(__file__).resolve().parent
 
@@ -75,6 +90,13 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
 
 # -- build (issue #2) -----------------------------------------------------------
 
+# Evaluation in batches sized from RAM (issue #13): build and eval.
+_EVAL_HELP = {
+    "eval-jobs": "at most this many variants (nixpkgs instances) per Nix evaluation; default: sized from RAM",
+    "eval-max-memory": "memory one Nix evaluation may use, e.g. 24G (binary units); batches are sized from it "
+                       "(default: half of this machine's RAM)",
+}
+
 
 @task(
     auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
@@ -97,17 +119,19 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
                    "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
         "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
         **_LINE_HELP,
+        **_EVAL_HELP,
     },
 )
 def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=None, max_jobs=None,
-          builders=None, keep_going=False, option=None, nixpkgs=None, json=None, python=None, cuda=None):
+          builders=None, keep_going=False, option=None, nixpkgs=None, json=None, python=None, cuda=None,
+          eval_jobs=None, eval_max_memory=None):
     """Build variants with Nix: plan, progress, logs, result-<variant> links."""
     from vllm_variants.build import main
 
     _call(main, _project(), sm=sm, arm64=arm64, all=all, system=system, dry_run=dry_run, cores=cores,
           python=python, cuda=cuda,
           max_jobs=max_jobs, builders=builders, keep_going=keep_going, option=option, nixpkgs=nixpkgs,
-          json=json)
+          json=json, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
 
 
 # -- smoke (issue #3) ---------------------------------------------------------
@@ -232,14 +256,16 @@ def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=
                    "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
         "json": "print the result as JSON (for CI) instead of text",
         **_LINE_HELP,
+        **_EVAL_HELP,
     },
 )
-def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False, python=None, cuda=None):
+def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False, python=None, cuda=None,
+          eval_jobs=None, eval_max_memory=None):
     """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
     from vllm_variants.evaluate import main
 
     _call(main, _project(), sm=sm or (), arm64=arm64, systems=system or (), all=all, nixpkgs=nixpkgs,
-          as_json=json, python=python, cuda=cuda)
+          as_json=json, python=python, cuda=cuda, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
 
 
 @task(

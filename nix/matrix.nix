@@ -174,7 +174,7 @@ let
     );
 
   list = map (r: checked (mkVariant r)) rows;
-  # linear: group by name, keep the groups of more than one
+  # groupBy, not a count per name: linear in the rows (issue #13)
   byName = builtins.groupBy (v: v.name) list;
   duplicates = filter (n: length byName.${n} > 1) (attrNames byName);
 

@@ -20,7 +20,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "fixtures" / "nixpkgs"
 # What a user's checkout holds that the flake and the tasks need.
-PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md")
+PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md", ".gitignore")
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "vllm-variants tests",
@@ -128,6 +128,23 @@ def standin_ref(path: Path = STANDIN) -> str:
 
 def override(path: Path = STANDIN) -> list[str]:
     return ["--override-input", "nixpkgs", standin_ref(path)]
+
+
+def recording_nix(**kwargs: Any):
+    """The real nix (vllm_variants.nix.Nix), with every command it is asked to run
+    recorded in `.commands` (argv without the executable): for tests that count
+    Nix processes."""
+    from vllm_variants.nix import Nix
+
+    class Recording(Nix):
+        def argv(self, *args):
+            argv = super().argv(*args)
+            self.commands.append(argv[1:])
+            return argv
+
+    nix = Recording(**kwargs)
+    object.__setattr__(nix, "commands", [])
+    return nix
 
 
 def nix_eval(flake: str, attr: str, *, apply: str | None = None, standin: Path = STANDIN, env=None) -> Any:

@@ -77,6 +77,18 @@ def no_gpu(root: Path, tmp: Path) -> dict[str, str]:
 
 # -- the table ------------------------------------------------------------------
 
+# --eval-jobs / --eval-max-memory: build and eval take them alike (issue #13)
+EVAL_BUDGET = [
+    Row("eval-jobs-zero", ["--sm", "90", "--eval-jobs", "0"], 1, "--eval-jobs takes a whole number from 1 to 100000"),
+    Row("eval-jobs-word", ["--sm", "90", "--eval-jobs", "some"], 1, "--eval-jobs takes a whole number"),
+    Row("eval-max-memory-word", ["--sm", "90", "--eval-max-memory", "lots"], 1,
+        "--eval-max-memory takes a size such as 24G, 512M or 1.5T"),
+    Row("eval-max-memory-zero", ["--sm", "90", "--eval-max-memory", "0G"], 1,
+        "--eval-max-memory takes a size such as 24G"),
+    Row("eval-jobs-and-memory", ["--sm", "90", "--eval-jobs", "2", "--eval-max-memory", "8G"], 1,
+        "--eval-jobs and --eval-max-memory conflict: give one"),
+]
+
 BUILD = [
     Row("sm-empty", ["--sm", ""], 1, "--sm '' names no SM; give one like --sm 90"),
     Row("sm-only-commas", ["--sm", ","], 1, "--sm ',' names no SM; give one like --sm 90"),
@@ -119,6 +131,7 @@ BUILD = [
     Row("result-link-a-dir", ["--sm", "90"], 1,
         f"result-{SM90} exists and is not a Nix result link", dir_result_link),
     Row("stdout-full", ["--sm", "90", "--dry-run"], 1, STDOUT_FULL, stdout="/dev/full"),
+    *EVAL_BUDGET,
 ]
 
 SMOKE = [
@@ -232,6 +245,7 @@ EVAL = [
     Row("nixpkgs-empty", ["--sm", "90", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),
     Row("nixpkgs-missing-dir", ["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], 1, "no such directory"),
     Row("does-not-evaluate", ["--sm", "90", "--nixpkgs", "/"], 1, "has no flake.nix"),
+    *EVAL_BUDGET,
 ]
 
 VARIANTS = [
@@ -254,8 +268,8 @@ def snapshot(root: Path) -> dict[str, str]:
     state = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        if rel == ".git" or rel.startswith(".git/"):
-            continue
+        if rel == ".git" or rel.startswith(".git/") or "__pycache__" in path.parts:
+            continue  # __pycache__: Python's bytecode of tasks.py, written once (issue #13) and gitignored
         if path.is_symlink():
             state[rel] = "-> " + os.readlink(path)
         elif path.is_file():

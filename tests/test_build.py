@@ -215,6 +215,26 @@ def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
     assert not valid.get(out), "the dry run built the variant"
 
 
+def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(project, tmp_path):
+    """Two variants on a fresh store, a file:// cache holding the stdenv both need:
+    each variant's share fetches it, with the size the cache gives, asked in one
+    `nix path-info` for that cache (issue #13)."""
+    stdenv = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr",
+                         f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv').stdout.strip()
+    cache = f"file://{tmp_path / 'cache'}"
+    support.nix("copy", "--to", cache, stdenv)
+    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
+    nix = support.recording_nix(env=env)
+    request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
+    plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
+    info = json.loads(support.nix("path-info", "--json", "--store", cache, stdenv, env=env).stdout)[stdenv]
+    for vplan in plan.variants:
+        assert vplan.dry.will_fetch == (stdenv,)
+        assert (vplan.dry.download_bytes, vplan.dry.unpacked_bytes) == (info["downloadSize"], info["narSize"])
+    assert plan.total.will_fetch == (stdenv,)
+    assert _kinds(nix.commands) == ["build --dry-run", "derivation show", "path-info --json"]
+
+
 def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin_base):
     nixpkgs = standin(salt=unique("dry-json"))
     ok(invoke(project, "build", "--sm", "80,90", "--dry-run", "--nixpkgs", str(nixpkgs), "--json", "plan.json"))
@@ -229,6 +249,57 @@ def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin
     # shared derivations (cupy, nvidia-ml-py do not depend on the SM) count once
     assert len(plan["total"]["will_build"]) == 16
     assert list(project.glob("result*")) == [] and not (project / "logs").exists()
+
+
+def _plan(project: Path, nixpkgs: Path, sms: str, **request) -> tuple[BuildPlan, list[list[str]]]:
+    nix = support.recording_nix(env=support.nix_env())
+    plan = make_plan(prepare(Project(project), Request(sms=(sms,), nixpkgs=f"path:{nixpkgs}", **request), nix=nix),
+                     host=Host(cores=4, mem_bytes=64 * 1024**3))
+    return plan, nix.commands
+
+
+def _kinds(commands: list[list[str]]) -> list[str]:
+    return [" ".join(c[:2]) for c in commands if c[0] != "config"]
+
+
+def test_the_plan_runs_as_many_nix_processes_for_six_variants_as_for_two(project, standin):
+    """Issue #13: one dry run of all the variants and one look at their derivation
+    graph, whatever their number; each variant's figures are its share of that one
+    plan, the same as a dry run of that variant alone says."""
+    nixpkgs = standin(salt=unique("count"))
+    two, two_commands = _plan(project, nixpkgs, "80,90", eval_jobs=100)
+    six, six_commands = _plan(project, nixpkgs, "70,75,80,86,89,90", eval_jobs=100)
+    assert _kinds(two_commands) == _kinds(six_commands) == ["build --dry-run", "derivation show"]
+    nix = Nix(env=support.nix_env())
+    for plan in six.variants:
+        _, alone = nix.dry_run([f"{plan.drv}^out"])
+        assert sorted(plan.dry.will_build) == sorted(alone.will_build) and plan.dry.will_fetch == ()
+        assert plan.dry.download_bytes == 0
+    assert len(six.total.will_build) < sum(len(p.dry.will_build) for p in six.variants)  # shared ones once
+    assert "evaluation: 6 variants in 1 Nix process, at most 100 nixpkgs instances each (--eval-jobs 100" \
+        in "\n".join(six.lines())
+
+
+def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(project, standin):
+    """After the one `nix build`, one `nix path-info` gives every output's validity
+    and closure size (issue #13). Each result link is still one Nix call: Nix has no
+    command that makes several GC-root links of chosen names at once."""
+    nixpkgs = standin(salt=unique("sizes"))
+    plan, commands = _plan(project, nixpkgs, "80,89,90", eval_jobs=10)
+    outcomes = act(plan, io.StringIO(), interactive=False)
+    assert all(o.ok and o.closure_size for o in outcomes)
+    assert _kinds(commands) == ["build --dry-run", "derivation show", "build --no-link", "path-info --json",
+                                "build --out-link", "build --out-link", "build --out-link"]
+
+
+def test_the_plan_evaluates_in_batches_sized_by_eval_jobs(project, standin):
+    nixpkgs = standin(salt=unique("batches"))
+    plan, commands = _plan(project, nixpkgs, "70,75,80,86,89", eval_jobs=2)
+    assert _kinds(commands) == ["build --dry-run"] * 3 + ["derivation show"]
+    whole, _ = _plan(project, nixpkgs, "70,75,80,86,89", eval_jobs=5)
+    assert [sorted(p.dry.will_build) for p in plan.variants] == [sorted(p.dry.will_build) for p in whole.variants]
+    assert set(plan.total.will_build) == set(whole.total.will_build)
+    assert "evaluation: 5 variants in 3 Nix processes, at most 2 nixpkgs instances each" in "\n".join(plan.lines())
 
 
 def test_sm_auto_builds_the_variant_of_the_local_gpu(project, tmp_path):
@@ -553,3 +624,14 @@ def test_dry_run_plan_of_a_torch_wheel_row_compiles_no_torch(project, standin, t
     assert not any(h.startswith("torch") for h in binary["heavy"]), binary["heavy"]
     assert {h for h in source["heavy"] if not h.startswith("torch")} == set(binary["heavy"])
     assert any(d.endswith("-python3.12-torch-2.9.0.drv") for d in binary["will_build"])
+
+
+def test_plan_benchmark_runs():
+    """benchmarks/bench_plan.py end to end, at toy scale (its figures are in the README)."""
+    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_plan.py"), "--variants", "1,2",
+                           "--runs", "1", "--shared", "20", "--per-sm", "2", "--matrix-rows", "30", "--build",
+                           "--no-targets"], capture_output=True, text=True, env=support.nix_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^   2 variants: raw dry run .* plan .*x \(target <= 1.3x\)", proc.stdout, re.M), proc.stdout
+    assert "growth 1 -> 2 variants" in proc.stdout and "nix/matrix.nix: 30 rows" in proc.stdout
+    assert "build: " in proc.stdout and "2 result links" in proc.stdout

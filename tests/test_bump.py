@@ -112,16 +112,19 @@ def refs(root: Path) -> str:
 
 
 def checkout_state(root: Path) -> dict:
-    """HEAD, index, tracked and untracked files of the user's checkout, byte for byte."""
+    """HEAD, index, tracked and untracked files of the user's checkout, byte for byte
+    (but Python's gitignored bytecode of tasks.py, written by the first task: issue #13)."""
     files = {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and ".git" not in p.relative_to(root).parts
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not {".git", "__pycache__"} & set(p.relative_to(root).parts)
     }
+    untracked = support.git(root, "ls-files", "--others").stdout.splitlines()
     return {
         "HEAD": (root / ".git" / "HEAD").read_text(),
         "index": hashlib.sha256((root / ".git" / "index").read_bytes()).hexdigest(),
         "files": files,
-        "untracked": support.git(root, "ls-files", "--others").stdout,
+        "untracked": [line for line in untracked if "__pycache__/" not in line],
     }
 
 

@@ -24,21 +24,8 @@ B200 = MATRIX.resolve("100")
 NO_BLACKWELL = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "9.0a"]
 
 
-class Recording(Nix):
-    """The real nix, with every command it is asked to run recorded."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        object.__setattr__(self, "commands", [])
-
-    def argv(self, *args):
-        argv = super().argv(*args)
-        self.commands.append(argv[1:])
-        return argv
-
-
 def run_eval(project, *, standin=support.STANDIN, **kwargs):
-    nix = Recording(env=support.nix_env())
+    nix = support.recording_nix(env=support.nix_env())
     out = io.StringIO()
     try:
         results = main(Project(project), nixpkgs=str(standin), as_json=True, nix=nix, out=out, **kwargs)
@@ -53,8 +40,9 @@ def evaluating(commands):
 
 
 def test_all_ten_variants_evaluate_in_one_nix_process(project):
-    report, commands, results, error = run_eval(project)
+    report, commands, results, error = run_eval(project, eval_max_memory="1T")
     assert error is None
+    assert report["evaluation"]["processes"] == 1
     assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.default_set]
     assert len(evaluating(commands)) == 1
     for entry, variant in zip(report["variants"], MATRIX.default_set):
@@ -107,3 +95,25 @@ def test_invoke_eval_text_and_exit_status(project, standin):
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].endswith(f"1 variant(s) do not evaluate: {B200.name}")
+
+
+def test_evaluation_in_batches_keeps_each_process_within_its_share(project):
+    """--eval-jobs 4: ten variants in three `nix eval` processes (issue #13), and
+    the same report as one process gives."""
+    report, commands, _, error = run_eval(project, eval_jobs="4")
+    assert error is None
+    batches = [c for c in evaluating(commands)]
+    assert len(batches) == 3 and report["evaluation"] == {
+        "per_batch": 4, "processes": 3, "text": report["evaluation"]["text"]}
+    assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.enabled]
+    assert all(v["ok"] for v in report["variants"])
+    one, _, _, _ = run_eval(project, eval_max_memory="1T")
+    assert report["variants"] == one["variants"]
+
+
+def test_the_text_report_says_what_evaluation_budget_it_used(project):
+    out = io.StringIO()
+    main(Project(project), sm=["80", "90"], nixpkgs=str(support.STANDIN), eval_max_memory="1G",
+         nix=Nix(env=support.nix_env()), out=out)
+    assert out.getvalue().startswith("evaluation: 2 variants in 2 Nix processes, at most 1 nixpkgs instance each "
+                                      "(--eval-max-memory 1.0 GiB, ~1.0 GiB per instance projected for the real pin)\n")

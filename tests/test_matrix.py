@@ -270,6 +270,12 @@ def test_duplicate_names_are_refused(tmp_path):
                     'system = "x86_64-linux"\n')
     with pytest.raises(MatrixError, match="duplicate variant name.*sm70"):
         Matrix.load(path)
+    # nix/matrix.nix refuses the same, naming each duplicate once (a linear check: issue #13)
+    proc = support.nix("eval", "--impure", "--json", "--expr",
+                       f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {path}); }})"
+                       ".variants", check=False)
+    assert proc.returncode != 0
+    assert "nix/variants.toml: duplicate variant name(s): vllm-python312-cuda12_9-sm70\n" in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize(

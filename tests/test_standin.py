@@ -294,3 +294,25 @@ def test_torch_bin_is_the_wheel_with_no_passthru():
            x86Cuda = bin ? CUDA_HOME; armCuda = arm ? CUDA_HOME; }""").stdout)
     assert got == {"pname": "torch", "version": "2.9.0", "caps": False, "support": False,
                    "x86Cuda": True, "armCuda": False}
+
+
+def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tmp_path):
+    """knobs.json syntheticClosure (issue #13): N CUDA-independent derivations in
+    every variant's closure, one store path each for all variants, and M built per
+    capability under torch."""
+    standin = support.copy_standin(tmp_path / "nixpkgs", syntheticClosure={"shared": 100, "perSm": 7})
+    project = support.make_project(tmp_path / "project")
+    closures = {}
+    for sm in ("80", "90"):
+        attr = f"{support.flake_ref(project)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm{sm}"
+        drv = support.nix("eval", "--raw", f"{attr}.drvPath", *support.override(standin)).stdout
+        closures[sm] = {p for p in support.nix("path-info", "--recursive", drv).stdout.split() if p.endswith(".drv")}
+    libs = {sm: {p for p in c if "-standin-lib-" in p} for sm, c in closures.items()}
+    kernels = {sm: {p for p in c if "-standin-cuda-kernels-" in p} for sm, c in closures.items()}
+    assert len(libs["80"]) == 100 and libs["80"] == libs["90"]
+    assert len(kernels["80"]) == len(kernels["90"]) == 7 and not kernels["80"] & kernels["90"]
+    # the default adds nothing: the closure of the stand-in as committed
+    plain = support.nix("eval", "--raw", f"{support.flake_ref(project)}#packages.x86_64-linux."
+                        "vllm-python312-cuda12_9-sm90.drvPath", *support.override()).stdout
+    assert not [p for p in support.nix("path-info", "--recursive", plain).stdout.split()
+                if "-standin-lib-" in p or "-standin-cuda-kernels-" in p]

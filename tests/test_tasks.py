@@ -87,6 +87,22 @@ def test_build_documents_every_option():
     options = re.findall(r"^\s+(--[a-z0-9-]+)(?:=STRING)?\s+(\S.*)$", out, re.M)
     assert {name for name, _ in options} == {
         "--sm", "--arm64", "--all", "--system", "--dry-run", "--cores", "--max-jobs", "--builders",
-        "--keep-going", "--option", "--nixpkgs", "--json", "--python", "--cuda"}
+        "--keep-going", "--option", "--nixpkgs", "--json", "--python", "--cuda", "--eval-jobs",
+        "--eval-max-memory"}
     assert all(len(text) > 10 for _, text in options)
     assert re.search(r"^  build +Build variants with Nix", invoke(support.REPO, "--list").stdout, re.M)
+
+
+def test_tasks_compile_once_not_on_every_run(tmp_path):
+    """Invoke turns .pyc writing off; tasks.py turns it back on (issue #13), so the
+    first task writes the bytecode of tasks.py and of the package's modules and
+    later ones read it instead of compiling again."""
+    root = support.make_project(tmp_path / "p", git_init=False)
+    cache = tmp_path / "pycache"
+    env = {**support.nix_env(), "PYTHONPYCACHEPREFIX": str(cache)}
+    subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
+    written = {p.name.split(".")[0] for p in cache.rglob("*.pyc")}
+    assert {"tasks", "matrix", "variants_cmd"} <= written, sorted(written)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")}
+    subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")} == stamps  # read, not rewritten

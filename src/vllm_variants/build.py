@@ -4,9 +4,13 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 
 1. `prepare()`: the selection, Nix's pre-flight and which machine builds each
    system. No evaluation, nothing written.
-2. `make_plan()`: one evaluation (`nix build --dry-run --json`) gives every
-   variant's derivation and Nix's plan: what it would build, what it would
-   fetch. `--dry-run` prints this and stops; Nix only instantiates .drv files.
+2. `make_plan()`: one evaluation (`nix build --dry-run --json`; one per
+   batch when RAM asks for batches, evalmem.py) gives every variant's
+   derivation and Nix's plan: what it would build, what it would fetch. One
+   `nix derivation show -r` gives the graph by which each variant gets its
+   share of that plan (issue #13: the Nix processes do not grow with the
+   variants). `--dry-run` prints this and stops; Nix only instantiates .drv
+   files.
 3. `execute()`: ONE `nix build` of all planned derivations, so Nix itself
    schedules across variants (--max-jobs), builds a shared derivation once
    and sends work to remote builders; no scheduler of our own. Its
@@ -27,18 +31,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .cli import whole_number
 from .outputs import check_dir, check_file, make_dir, write_text
 from .display import duration_text, make_display, relative
+from .evalmem import EvalBudget, eval_options, plan_eval
 from .errors import BuildError, CommandError, Interrupted, PreflightError, SelectionError, VariantsError, WriteError
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
-from .nix import Nix, error_message, flake_ref, input_ref
+from .nix import Derivation, Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .project import Project
 from .resources import Host, format_bytes
@@ -73,6 +78,8 @@ class Request:
     json_path: Path | None = None
     python: str | None = None  # --python 313: that Python line instead of the default one
     cuda: str | None = None  # --cuda 12.8
+    eval_jobs: int | None = None
+    eval_max_memory: int | None = None
 
     @classmethod
     def from_cli(
@@ -90,11 +97,14 @@ class Request:
         option: Iterable[str] = (),
         nixpkgs: str | None = None,
         json: str | None = None,
+        eval_jobs: str | int | None = None,
+        eval_max_memory: str | int | None = None,
         cwd: Path | None = None,
         python: str | None = None,
         cuda: str | None = None,
     ) -> Request:
         cwd = Path(cwd or Path.cwd())
+        jobs, memory = eval_options(eval_jobs, eval_max_memory)
         return cls(
             sms=tuple(sm or ()),
             arm64=arm64,
@@ -110,6 +120,8 @@ class Request:
             json_path=check_file("--json", json, cwd),
             python=python,
             cuda=cuda,
+            eval_jobs=jobs,
+            eval_max_memory=memory,
         )
 
 
@@ -334,6 +346,8 @@ class VariantPlan:
         for drv in self.dry.will_build:
             if drv == self.drv:  # the variant's environment, named after it: no compile
                 continue
+            if not any(heavy in drv for heavy in HEAVY):  # most of a closure at real scale: skip the parse
+                continue
             name = package_name(drv)
             if name == "torch" and self.variant.torch_wheel:  # torch-bin: a wheel unpacked and patched
                 continue
@@ -371,6 +385,7 @@ class BuildPlan:
     variants: list[VariantPlan]
     total: DryRun
     concurrency: Concurrency
+    evaluation: EvalBudget | None = None
 
     @property
     def nix(self) -> Nix:
@@ -410,6 +425,8 @@ class BuildPlan:
             built = len(self.total.will_build)
             lines.append(f"  all together: build {built} derivation{'s' * (built != 1)}, "
                          f"fetch {_fetch_text(self.total)}")
+        if self.evaluation is not None:
+            lines.append(self.evaluation.line(n))
         lines.append(f"concurrency: {self.concurrency.text}")
         if self.concurrency.warning:
             lines.append(f"warning: {self.concurrency.warning}")
@@ -420,22 +437,40 @@ class BuildPlan:
             "nix_version": self.nix.version_text,
             "nixpkgs": self.prepared.request.nixpkgs,
             "concurrency": self.concurrency.to_json(),
+            "evaluation": self.evaluation.to_json(len(self.variants)) if self.evaluation else None,
             "total": self.total.to_json(),
         }
 
 
 def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
-    """Evaluate the selected variants and ask Nix what building them takes."""
+    """Evaluate the selected variants and ask Nix what building them takes.
+
+    Nix processes, whatever the number of variants (issue #13): one
+    `nix build --dry-run` per evaluation batch (one unless --eval-jobs or
+    --eval-max-memory, or the RAM, asks for more), then, for several
+    variants, one `nix derivation show -r` of all their derivations, by which
+    each derivation and path of Nix's plan goes to the variants whose closure
+    holds it, and one `nix path-info` per binary cache for the sizes of what
+    is fetched (none when nothing is).
+    """
     nix, project, request = prepared.nix, prepared.project, prepared.request
+    host = host or Host.detect()
     flake = flake_ref(project.root)
-    installables = [f"{flake}#{t.installable_attr}" for t in prepared.targets]
     eval_args = ["--no-write-lock-file"]  # --override-input must never relock flake.lock
     if request.nixpkgs:
         eval_args += nix.override_args({"nixpkgs": request.nixpkgs})
-    try:
-        derivations, total = nix.dry_run(installables, *eval_args, cwd=project.root)
-    except CommandError as exc:
-        raise BuildError(f"Nix could not evaluate the selected variants: {error_message(exc.stderr)}") from None
+    evaluation = plan_eval(jobs=request.eval_jobs, max_memory=request.eval_max_memory, host=host)
+    batches = evaluation.batches(prepared.targets)
+    derivations: list[dict[str, Any]] = []
+    dries = []
+    for batch in batches:
+        try:
+            built, dry = nix.dry_run([f"{flake}#{t.installable_attr}" for t in batch], *eval_args,
+                                     cwd=project.root)
+        except CommandError as exc:
+            raise BuildError(f"Nix could not evaluate the selected variants: {error_message(exc.stderr)}") from None
+        derivations += built
+        dries.append(dry)
     plans = []
     for target, built in zip(prepared.targets, derivations):
         drv = built["drvPath"]
@@ -443,15 +478,71 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         out = (built.get("outputs") or {}).get("out") if isinstance(built.get("outputs"), dict) else None
         if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
             out = nix.derivation_outputs(drv)["out"]
-        plans.append(VariantPlan(target, drv, out, total))
-    if len(plans) > 1:  # one plan each, from the derivations: no second evaluation
+        plans.append(VariantPlan(target, drv, out, dries[0]))
+    total = merge_dry_runs(dries)
+    if len(plans) > 1:  # each variant's share of the one plan, by its closure: no second evaluation
+        graph = nix.derivation_graph([p.drv for p in plans], cwd=project.root)
+        sizes = nix.fetch_sizes(total.will_fetch) if total.will_fetch else {}
+        if len(dries) > 1:  # the batches' sizes overlap: the total is the sum over its paths
+            total = with_sizes(total, sizes)
         for plan in plans:
-            _, plan.dry = nix.dry_run([f"{plan.drv}^out"], cwd=project.root)
+            plan.dry = with_sizes(share_of(total, plan.drv, graph), sizes)
     concurrency = plan_concurrency(
-        len(plans), host or Host.detect(), project.matrix.ram_per_job_gib,
+        len(plans), host, project.matrix.ram_per_job_gib,
         cores=request.cores, max_jobs=request.max_jobs, nix_settings=nix.config(),
     )
-    return BuildPlan(prepared, plans, total, concurrency)
+    return BuildPlan(prepared, plans, total, concurrency, evaluation)
+
+
+def closure(drv: str, graph: Mapping[str, Derivation]) -> set[str]:
+    """`drv` and every derivation it needs, through the graph (each visited once)."""
+    seen, stack = {drv}, [drv]
+    while stack:
+        node = graph.get(stack.pop())
+        for parent in node.inputs if node else ():
+            if parent not in seen:
+                seen.add(parent)
+                stack.append(parent)
+    return seen
+
+
+def share_of(total: DryRun, drv: str, graph: Mapping[str, Derivation]) -> DryRun:
+    """What of Nix's plan for all variants is in the closure of `drv`: the
+    derivations it builds, the paths (outputs of its derivations) it fetches.
+    A derivation shared by several variants is in the share of each."""
+    drvs = closure(drv, graph)
+    outputs = {o for d in drvs if d in graph for o in graph[d].outputs}
+    return DryRun(
+        will_build=tuple(d for d in total.will_build if d in drvs),
+        will_fetch=tuple(p for p in total.will_fetch if p in outputs),
+        download_bytes=None,
+        unpacked_bytes=None,
+        unknown=tuple(p for p in total.unknown if p in drvs or p in outputs),
+    )
+
+
+def with_sizes(dry: DryRun, sizes: Mapping[str, Mapping[str, Any]]) -> DryRun:
+    """`dry` with its download and unpacked sizes summed from each path's narinfo;
+    None (unknown) when a cache gave no size for one of them."""
+    infos = [sizes.get(p) for p in dry.will_fetch]
+    known = all(i is not None and isinstance(i.get("downloadSize", i.get("narSize")), int) for i in infos)
+    return replace(
+        dry,
+        download_bytes=sum(i.get("downloadSize", i["narSize"]) for i in infos) if known else None,  # type: ignore[union-attr]
+        unpacked_bytes=sum(i["narSize"] for i in infos) if known else None,  # type: ignore[index]
+    )
+
+
+def merge_dry_runs(dries: Sequence[DryRun]) -> DryRun:
+    """The plans of several evaluation batches as one (shared paths once, Nix's order)."""
+    if len(dries) == 1:
+        return dries[0]
+
+    def union(key: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p for d in dries for p in getattr(d, key)))
+
+    return DryRun(will_build=union("will_build"), will_fetch=union("will_fetch"), download_bytes=None,
+                  unpacked_bytes=None, unknown=union("unknown"))
 
 
 def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) -> None:
@@ -511,7 +602,7 @@ class VariantLogs:
     """logs/<variant>-<timestamp>.log: each variant's derivations' build
     output, and Nix's messages, as text."""
 
-    def __init__(self, plan: BuildPlan, stamp: str) -> None:
+    def __init__(self, plan: BuildPlan, stamp: str, argv: list[str]) -> None:
         self.owners = plan.owners()
         make_dir(plan.project.logs)
         self.paths: dict[str, Path] = {}
@@ -526,7 +617,7 @@ class VariantLogs:
                 self.close(quiet=True)
                 raise WriteError(path, exc) from None
             self._write(name, f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-                              f"# $ {format_argv(plan.build_argv())}\n"
+                              f"# $ {format_argv(argv)}\n"
                               f"# plan: {vplan.summary()}\n")
 
     def _write(self, name: str, text: str) -> None:
@@ -597,11 +688,12 @@ def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outc
     touches no link and re-raises KeyboardInterrupt (exit 130 at the boundary).
     """
     nix = plan.nix
-    logs = VariantLogs(plan, time.strftime("%Y%m%d-%H%M%S"))
+    argv = plan.build_argv()
+    logs = VariantLogs(plan, time.strftime("%Y%m%d-%H%M%S"), argv)
     reader = NixLog(clock=clock)
     started = clock()
     # Its own session: a terminal's Ctrl-C reaches us, and we stop Nix in order.
-    proc = spawn(plan.build_argv(), cwd=plan.project.root, env=nix.env,
+    proc = spawn(argv, cwd=plan.project.root, env=nix.env,
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
     try:
         with terminations_interrupt(), display.running(reader, started):

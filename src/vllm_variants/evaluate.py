@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .errors import BuildError, CommandError
+from .evalmem import EvalBudget, eval_options, plan_eval
 from .matrix import Variant
 from .nix import Nix, error_message, flake_ref, input_ref
 from .project import Project
+from .resources import Host
 from .runner import run
 
 # lib.resolve takes its list of names from here: the flake gets data, not
@@ -89,13 +91,17 @@ def resolve(
     project: Project,
     variants: Sequence[Variant],
     overrides: Mapping[str, str] | None = None,
+    budget: EvalBudget | None = None,
 ) -> list[Resolution]:
+    """Each variant's resolution: one `nix eval` per batch of `budget` (all at once without one)."""
     flake = flake_ref(project.root)
     common = ["--json", "--no-write-lock-file", *nix.override_args(overrides or {})]
-    env = {**(nix.env if nix.env is not None else os.environ), NAMES_ENV: json.dumps([v.name for v in variants])}
-    proc = run(nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
-               cwd=project.root, env=env, check=False)
-    together: dict[str, Any] = json.loads(proc.stdout) if proc.returncode == 0 else {}
+    together: dict[str, Any] = {}
+    for batch in (budget or EvalBudget(max(1, len(variants)), "")).batches(list(variants)):  # issue #13
+        env = {**(nix.env if nix.env is not None else os.environ), NAMES_ENV: json.dumps([v.name for v in batch])}
+        proc = run(nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
+                   cwd=project.root, env=env, check=False)
+        together.update(json.loads(proc.stdout) if proc.returncode == 0 else {})
     results = []
     for variant in variants:
         entry = together.get(variant.name)
@@ -122,24 +128,32 @@ def main(
     as_json: bool = False,
     python: str | None = None,
     cuda: str | None = None,
+    eval_jobs: str | int | None = None,
+    eval_max_memory: str | int | None = None,
     nix: Nix | None = None,
     out: TextIO | None = None,
+    host: Host | None = None,
 ) -> list[Resolution]:
     """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
     out = out or sys.stdout
+    jobs, memory = eval_options(eval_jobs, eval_max_memory)
     picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True,
                                    python=python, cuda=cuda)
     overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
     nix = nix or Nix()
     nix.preflight()
+    budget = plan_eval(jobs=jobs, max_memory=memory, host=host)
+    if not as_json:
+        print(budget.line(len(picked)), file=out, flush=True)
     try:
-        results = resolve(nix, project, picked, overrides)
+        results = resolve(nix, project, picked, overrides, budget)
     except CommandError as error:  # nix could not start or died on a signal
         raise BuildError(f"nix eval failed: {error}") from error
     where = f"nixpkgs {nixpkgs}" if nixpkgs else "the pinned nixpkgs (flake.lock)"
     failed = [r for r in results if not r.ok]
     if as_json:
-        json.dump({"nixpkgs": nixpkgs or "pin", "variants": [r.to_json() for r in results]}, out, indent=2)
+        json.dump({"nixpkgs": nixpkgs or "pin", "evaluation": budget.to_json(len(picked)),
+                   "variants": [r.to_json() for r in results]}, out, indent=2)
         out.write("\n")
     else:
         print(f"{len(results) - len(failed)} of {len(results)} variant(s) evaluate against {where}:", file=out)

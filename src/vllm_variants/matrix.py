@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -194,8 +195,8 @@ class Matrix:
             variants.append(_variant(_with_line(row, defaults, lines), defaults, systems,
                                      f"{where}: variant #{index}", f"{where}: [defaults]"))
         variants = [_checked(v, pin) for v in variants]
-        seen: set[str] = set()
-        duplicates = sorted({v.name for v in variants if v.name in seen or seen.add(v.name)})
+        names = [v.name for v in variants]
+        duplicates = sorted(n for n, count in Counter(names).items() if count > 1)  # linear (issue #13)
         if duplicates:
             raise MatrixError(f"{where}: duplicate variant name(s): {', '.join(duplicates)}")
         return cls(tuple(variants), systems, ram_per_job, source, defaults.get("python"), defaults.get("cuda"))

@@ -266,6 +266,54 @@ class Nix:
                 outputs[name] = path if path.startswith("/") else f"{store_dir}/{path}"
         return outputs
 
+    def derivation_graph(self, drvs: Sequence[str], *, cwd: Path | None = None) -> dict[str, Derivation]:
+        """Every derivation in the closures of `drvs`, from ONE `nix derivation show -r`:
+        {drv path: Derivation(input derivations, output paths)}, all absolute.
+
+        Newer formats key derivations, inputs and outputs by base name (and
+        put the inputs under "inputs"); both shapes are read.
+        """
+        if not drvs:
+            return {}
+        data = json.loads(self.run("derivation", "show", "-r", *drvs, cwd=cwd).stdout)
+        records = data["derivations"] if "derivations" in data else data
+        store_dir = os.path.dirname(drvs[0])
+
+        def absolute(path: str) -> str:
+            return path if path.startswith("/") else f"{store_dir}/{path}"
+
+        graph = {}
+        for drv, record in records.items():
+            inputs = record.get("inputDrvs")
+            if inputs is None:
+                inputs = (record.get("inputs") or {}).get("drvs") or {}
+            outputs = [(o or {}).get("path") for o in (record.get("outputs") or {}).values()]
+            graph[absolute(drv)] = Derivation(tuple(absolute(i) for i in inputs),
+                                              tuple(absolute(o) for o in outputs if o))
+        return graph
+
+    def substituters(self) -> list[str]:
+        """The binary caches Nix substitutes from, in its order (`substituters`, then `extra-substituters`)."""
+        found = self.setting("substituters").split() + self.setting("extra-substituters").split()
+        return list(dict.fromkeys(found))
+
+    def fetch_sizes(self, paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """{path: its narinfo (downloadSize, narSize)} for those of `paths` a substituter
+        holds: one `nix path-info --store` per substituter, each asked only for what
+        the ones before it lack (Nix's own order). The dry run that found these
+        paths left their narinfos in Nix's cache, so this asks no cache twice."""
+        found: dict[str, dict[str, Any]] = {}
+        for store in self.substituters():
+            missing = [p for p in paths if p not in found]
+            if not missing:
+                break
+            try:
+                infos = self.path_info(missing, closure=False, store=store)
+            except CommandError:
+                continue  # a cache that answers nothing now: its paths' sizes stay unknown
+            found.update({p: i for p, i in infos.items() if i and "narSize" in i})
+        return found
+
     def add_root(self, store_path: str, link: Path) -> None:
         """Point `link` at `store_path` as a GC root (what `nix build` leaves).
 
@@ -294,6 +342,14 @@ class Nix:
         args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
                 *(["--store", store] if store else []), *paths]
         return self.run(*args, echo=echo)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """One node of the derivation graph: what it needs built first, what it makes."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
 
 
 _REJECTED = re.compile(r"^warning: (?:error: )?(setting '([^']+)' has invalid value .*|unknown setting '([^']+)')$")

@@ -216,10 +216,11 @@ class Build:
     failed: bool = False
     result: str | None = None  # once stopped: "built", "failed" or "stopped" (Nix gave up on it)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    # store_name(drv), computed once: every log line of the build names it (issue #13)
+    name: str = field(init=False)
 
-    @property
-    def name(self) -> str:
-        return store_name(self.drv)
+    def __post_init__(self) -> None:
+        self.name = store_name(self.drv)
 
     def elapsed(self, now: float) -> float:
         return (self.stopped or now) - self.started
