@@ -105,10 +105,11 @@ def rows(n: int) -> list[dict[str, str]]:
 
 def variants_toml(selected: list[dict[str, str]]) -> str:
     text = (ROOT / "nix" / "variants.toml").read_text()
-    head = text[: text.index("\n[[variant]]")]
+    # the settings only: no [pin] facts (the rows are the stand-in's own) and no [[sm]] product
+    head = text[: text.index("\n[pin]\n")]
     tables = []
     for row in selected:
-        minimum = 560
+        minimum = 575 if row["cuda"] == "12.9" else 570
         tables.append("\n".join([
             "[[variant]]", f'sm = "{row["sm"]}"', f'capability = "{row["capability"]}"', 'arch = "bench"',
             f'gpus = ["bench {row["capability"]}"]', 'system = "x86_64-linux"', f'python = "{row["python"]}"',
@@ -211,7 +212,8 @@ def build_case(tmp: Path, root: Path, n: int, args) -> dict[str, float]:
 def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
     """nix/matrix.nix and vllm_variants.matrix over R synthetic rows (pure data)."""
     text = (ROOT / "nix" / "variants.toml").read_text()
-    head = text[: text.index("\n[[variant]]")]
+    # the settings only: no [pin] facts (the rows are the stand-in's own) and no [[sm]] product
+    head = text[: text.index("\n[pin]\n")]
     tables = []
     for i in range(n_rows):  # distinct names: SMs 100..999, plain, "a" and "f", each with either torch
         sm, suffix, torch = str(100 + i % 900), ["", "a", "f"][(i // 900) % 3], ["source", "wheel"][i // 2700]
