@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vllm_variants.image import conf_of, image_link  # noqa: E402
-from vllm_variants.nix import Nix  # noqa: E402
-from vllm_variants.project import Project  # noqa: E402
-from vllm_variants.resources import format_bytes  # noqa: E402
+from vllm_variants.image import conf_of, image_link
+from vllm_variants.nix import Nix
+from vllm_variants.project import Project
+from vllm_variants.resources import format_bytes
 
 
 class Hashing:

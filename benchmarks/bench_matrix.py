@@ -72,13 +72,13 @@ def main() -> None:
             toml.write_text(matrix_text(sms))
             variants = len(Matrix.load(toml).variants)
             row = {"variants": variants,
-                   "python": best(lambda: Matrix.load(toml), args.repeat),
-                   "invoke": best(lambda: subprocess.run([sys.executable, "-m", "invoke", "variants", "--json"],
+                   "python": best(lambda toml=toml: Matrix.load(toml), args.repeat),
+                   "invoke": best(lambda root=root: subprocess.run([sys.executable, "-m", "invoke", "variants", "--json"],
                                                          cwd=root, check=True, capture_output=True), args.repeat)}
             if nix:
                 expr = (f"builtins.length (builtins.attrNames (import {root}/nix/matrix.nix "
                         f"{{ toml = builtins.fromTOML (builtins.readFile {toml}); }}).variants)")
-                row["nix"] = best(lambda: subprocess.run([nix, "eval", "--impure", "--expr", expr], check=True,
+                row["nix"] = best(lambda expr=expr: subprocess.run([nix, "eval", "--impure", "--expr", expr], check=True,
                                                          capture_output=True), args.repeat)
             results.append(row)
     keys = [k for k in ("python", "invoke", "nix") if k in results[0]]

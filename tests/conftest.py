@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import support  # noqa: E402
+import support
 
 
 def pytest_collection_modifyitems(config, items):

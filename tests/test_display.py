@@ -12,11 +12,11 @@ import support
 
 from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan, follow
 from vllm_variants.display import Display, LiveDisplay, duration_text
-from vllm_variants.resources import format_bytes
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun, NixLog
 from vllm_variants.project import Project
+from vllm_variants.resources import format_bytes
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 TORCH = "/nix/store/06z03bh4hk8iig6nb57yy6xff985p8fn-python3.12-torch-2.9.1.drv"

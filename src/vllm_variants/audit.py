@@ -37,14 +37,24 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from . import compat
 from .errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
-from .fatbin import ELF_MAGIC, DeviceCode, Entry, FileSource, InvalidBinary, Source, StreamSource, Unsupported, read_device_code
+from .fatbin import (
+    ELF_MAGIC,
+    DeviceCode,
+    Entry,
+    FileSource,
+    InvalidBinary,
+    Source,
+    StreamSource,
+    Unsupported,
+    read_device_code,
+)
 from .matrix import Matrix, Variant, normalise_sm, sm_number
 from .resources import format_bytes
 from .runner import HINTS, run
@@ -159,7 +169,7 @@ def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
         return [None] * len(entries)
     runnable = {(e.container, sm) for e in entries if e.kind == "sass" and e.container is not None
                 for sm in own_sms if _runs(e, sm)}
-    verdicts = []
+    verdicts: list[str | None] = []
     for entry in entries:
         best = NEVER
         for sm in own_sms:
@@ -401,8 +411,8 @@ class _Auditor:
         except InvalidBinary as exc:
             self._bad(shown, str(exc), InvalidBinary(f"{shown} is not a valid ELF library: {exc}"), strict=strict)
         except OSError as exc:
-            error = AuditError(f"cannot read {shown}: {exc.strerror}")
-            self._bad(shown, f"cannot read it: {exc.strerror}", error, strict=strict)
+            self._bad(shown, f"cannot read it: {exc.strerror}", AuditError(f"cannot read {shown}: {exc.strerror}"),
+                      strict=strict)
         return None
 
     def elf(self, path: Path, shown: str, *, strict: bool) -> None:
@@ -504,7 +514,7 @@ class _Auditor:
                 seen.add((info.st_dev, info.st_ino))
                 self.file(path, shown, strict=False)
 
-    def _walk_error(self, root: Path):
+    def _walk_error(self, root: Path) -> Callable[[OSError], None]:
         def record(exc: OSError) -> None:
             where = Path(exc.filename).relative_to(root) if exc.filename else root
             self.skipped.append((str(where), f"cannot read it: {exc.strerror}"))
@@ -644,8 +654,8 @@ def own_sms_for(
             raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
         from .which import auto_variants
 
-        found = auto_variants(matrix, smi=smi)
-        return tuple(dict.fromkeys(v.sm_number for v in found)), (found[0] if len(found) == 1 else None)
+        detected = auto_variants(matrix, smi=smi)
+        return tuple(dict.fromkeys(v.sm_number for v in detected)), (detected[0] if len(detected) == 1 else None)
     if sm:
         sms = []
         for token in sm.split(","):
@@ -743,7 +753,7 @@ def render(report: Report, out: TextIO) -> None:
     for library in report.libraries:
         archs = summarise(library.entries, report.own_sms)
         sizes = [e.stored_bytes for e in library.entries]
-        size = None if None in sizes else sum(sizes)  # unknown where cuobjdump and the headers disagreed
+        size = None if None in sizes else sum(s for s in sizes if s is not None)  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
         if report.torch_exempt and is_torch_library(library.path):
             name += "\n[dim]torch-bin, the upstream wheel: every SM; the one library --check exempts[/]"

@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .cli import whole_number
-from .outputs import check_dir, check_file, make_dir, write_text
 from .display import duration_text, make_display, relative
-from .evalmem import EvalBudget, eval_options, plan_eval
 from .errors import BuildError, CommandError, Interrupted, PreflightError, SelectionError, VariantsError, WriteError
+from .evalmem import EvalBudget, eval_options, plan_eval
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
 from .nix import Derivation, Nix, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
+from .outputs import check_dir, check_file, make_dir, write_text
 from .project import Project
 from .resources import Host, format_bytes
 from .runner import format_argv, spawn, terminations_interrupt
@@ -472,10 +472,10 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         derivations += built
         dries.append(dry)
     plans = []
-    for target, built in zip(prepared.targets, derivations):
-        drv = built["drvPath"]
+    for target, entry in zip(prepared.targets, derivations):
+        drv = entry["drvPath"]
         drv = drv["path"] if isinstance(drv, dict) else drv
-        out = (built.get("outputs") or {}).get("out") if isinstance(built.get("outputs"), dict) else None
+        out = (entry.get("outputs") or {}).get("out") if isinstance(entry.get("outputs"), dict) else None
         if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
             out = nix.derivation_outputs(drv)["out"]
         plans.append(VariantPlan(target, drv, out, dries[0]))
@@ -525,11 +525,12 @@ def with_sizes(dry: DryRun, sizes: Mapping[str, Mapping[str, Any]]) -> DryRun:
     """`dry` with its download and unpacked sizes summed from each path's narinfo;
     None (unknown) when a cache gave no size for one of them."""
     infos = [sizes.get(p) for p in dry.will_fetch]
-    known = all(i is not None and isinstance(i.get("downloadSize", i.get("narSize")), int) for i in infos)
+    known = [i for i in infos if i is not None and isinstance(i.get("downloadSize", i.get("narSize")), int)]
+    every = len(known) == len(infos)
     return replace(
         dry,
-        download_bytes=sum(i.get("downloadSize", i["narSize"]) for i in infos) if known else None,  # type: ignore[union-attr]
-        unpacked_bytes=sum(i["narSize"] for i in infos) if known else None,  # type: ignore[index]
+        download_bytes=sum(i.get("downloadSize", i["narSize"]) for i in known) if every else None,
+        unpacked_bytes=sum(i["narSize"] for i in known) if every else None,
     )
 
 
@@ -549,7 +550,8 @@ def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) ->
     """A result-<variant> that is not a link into the store is the user's:
     Nix refuses to replace it, so say so before hours of building. Before
     the evaluation (no `outs` yet) only what is no link at all is known."""
-    for target, out in zip(targets, outs or itertools.repeat(None)):
+    paths: Iterable[str | None] = outs or itertools.repeat(None)
+    for target, out in zip(targets, paths):
         link = target.link
         if not (link.exists() or link.is_symlink()):
             continue
@@ -681,7 +683,7 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
-def execute(plan: BuildPlan, display: Any, *, clock=time.monotonic) -> list[Outcome]:
+def execute(plan: BuildPlan, display: Any, *, clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
     """Run the one `nix build`; what became of each variant (nothing linked yet).
 
     Ctrl-C stops Nix (SIGINT to its process group, then SIGTERM, SIGKILL),

@@ -88,7 +88,7 @@ def flake_url(flake_nix: str) -> str:
         raise PinError(
             f'flake.nix must set `inputs.nixpkgs.url = "...";` on a line of its own, once (found {len(found)})'
         )
-    return found[0][1]
+    return str(found[0][1])
 
 
 def with_url(flake_nix: str, url: str) -> str:
@@ -408,7 +408,7 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
 def _followers(git: Git, moving: Mapping[str, tuple[str, str]]) -> list[Worktree]:
     """Worktrees (your checkout included) on a branch about to move, at its old commit."""
     return [w for w in git.worktrees()
-            if w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]]
+            if w.branch is not None and w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]]
 
 
 def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
@@ -427,6 +427,7 @@ def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
                 f"no branch moved: {what} got uncommitted changes while bump-pin ran ({_some(changed)}); "
                 "commit or stash them and run it again"
             )
+        assert worktree.branch is not None  # _followers: on a moving branch
         old, new = moving[worktree.branch]
         try:
             git.fast_forward(worktree.path, old, new, dry_run=True)
@@ -444,6 +445,7 @@ def _follow(git: Git, followers: Sequence[Worktree], moved: Mapping[str, tuple[s
     moved (_refuse_followers_in_the_way); untracked files stay.
     """
     for worktree in followers:
+        assert worktree.branch is not None  # _followers: on a moving branch
         old, new = moved[worktree.branch]
         try:
             git.fast_forward(worktree.path, old, new)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -35,7 +35,7 @@ def make_display(plan: BuildPlan, out: TextIO, *, interactive: bool | None = Non
 class Display:
     """Plain lines: one per build started or finished, fetch, Nix message."""
 
-    def __init__(self, plan: BuildPlan, out: TextIO, clock=time.monotonic) -> None:
+    def __init__(self, plan: BuildPlan, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
         self.out = out
         self.clock = clock

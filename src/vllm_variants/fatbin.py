@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, Union
+from typing import IO, Any, Protocol, cast
 
 from .errors import AuditError
 
@@ -67,7 +67,7 @@ _ENTRY = struct.Struct("<HHIQIIHHIIIQQQ")  # 64 bytes
 SHT_NOBITS = 8
 SHN_XINDEX = 0xFFFF
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 WINDOW = 1 << 20  # bytes read at a time while scanning a section
 TABLE_LIMIT = 16 << 20  # section header / name tables larger than this are refused (real ones are < 64 KiB)
 
@@ -227,7 +227,10 @@ class StreamSource:
 
 
 def _source(data: Buffer | Source) -> Source:
-    return data if hasattr(data, "read") and hasattr(data, "size") else BufferSource(data)  # type: ignore[arg-type]
+    # duck-typed as before: anything with read() and size is a Source
+    if hasattr(data, "read") and hasattr(data, "size"):
+        return cast(Source, data)
+    return BufferSource(data)
 
 
 def _table(source: Source, offset: int, size: int, what: str) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,8 +56,8 @@ class Git:
     env: Mapping[str, str] | None = None
 
     def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None,
-            check: bool = True):
-        return run(["git", *map(os.fspath, args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["git", *(os.fspath(a) for a in args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
 
     def out(self, *args: str | os.PathLike[str], cwd: Path | None = None) -> str:
         return self.run(*args, cwd=cwd).stdout.strip()

@@ -169,7 +169,8 @@ def conf_of(nix: Nix, script: str) -> dict[str, Any]:
     if len(confs) != 1:
         raise ImageError(f"{script} does not look like a dockerTools.streamLayeredImage script "
                          f"(references {len(confs)} *-conf.json files, expected 1)")
-    return json.loads(Path(confs[0]).read_text(encoding="utf-8"))
+    conf: dict[str, Any] = json.loads(Path(confs[0]).read_text(encoding="utf-8"))
+    return conf
 
 
 def read_image(nix: Nix, variant: Variant, script: str) -> Image:
@@ -233,7 +234,7 @@ def copy(image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: st
         archive = Path(work) / "image.tar"
         stream_to(image.script, archive)
         digest_file = Path(work) / "digest"
-        argv = ["skopeo", "copy", "--digestfile", digest_file]
+        argv: list[str | os.PathLike[str]] = ["skopeo", "copy", "--digestfile", digest_file]
         if dest.kind == "docker" and not tls_verify:
             argv.append("--dest-tls-verify=false")
         argv += [f"docker-archive:{archive}", reference]

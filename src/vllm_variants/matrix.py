@@ -191,8 +191,8 @@ class Matrix:
             variants.append(_variant(_with_line(row, defaults, lines), defaults, systems, label,
                                      f"{where}: [defaults]"))
         for index, row in enumerate(rows, start=1):
-            row = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
-            variants.append(_variant(_with_line(row, defaults, lines), defaults, systems,
+            table = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
+            variants.append(_variant(_with_line(table, defaults, lines), defaults, systems,
                                      f"{where}: variant #{index}", f"{where}: [defaults]"))
         variants = [_checked(v, pin) for v in variants]
         names = [v.name for v in variants]
@@ -357,7 +357,7 @@ class Matrix:
         return variant
 
 
-def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where: str,
+def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems: Mapping[str, Any], where: str,
              defaults_where: str) -> Variant:
     unknown = sorted(set(row) - VARIANT_KEYS)
     if unknown:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ class Nix:
         Flags last: Nix reads them wherever they are and checks features only
         after parsing, and error lines show `nix <command> ...` first.
         """
-        return [self.executable, *map(os.fspath, args), *NIX_COMMAND, *self._option_args()]
+        return [self.executable, *(os.fspath(a) for a in args), *NIX_COMMAND, *self._option_args()]
 
     @staticmethod
     def override_args(overrides: Mapping[str, str]) -> list[str]:
@@ -169,7 +170,9 @@ class Nix:
             args += ["--override-input", name, ref]
         return args
 
-    def flake_update(self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None):
+    def flake_update(
+        self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Relock one input of `flake` (flake.lock is rewritten; the command differs at 2.19)."""
         if self.new_cli:
             return self.run("flake", "update", input_name, "--flake", flake, cwd=cwd)
@@ -177,7 +180,7 @@ class Nix:
 
     # -- common calls -----------------------------------------------------
 
-    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
+    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """runner.run of `nix *args` with this Nix's options and environment."""
         return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
 
@@ -197,7 +200,8 @@ class Nix:
 
     def flake_prefetch(self, ref: str) -> dict[str, Any]:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
-        return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+        data: dict[str, Any] = json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+        return data
 
     def path_info_json(self) -> list[str]:
         """`--json`, plus `--json-format 1` where Nix has it (2.33+): without it Nix
@@ -337,7 +341,7 @@ class Nix:
             raise CommandError(argv, proc.returncode, "see nix's error above")
 
     def sign(self, paths: Sequence[str], *, key_file: str | os.PathLike[str], store: str | None = None,
-             recursive: bool = False, echo: bool = False):
+             recursive: bool = False, echo: bool = False) -> subprocess.CompletedProcess[str]:
         """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
         args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
                 *(["--store", store] if store else []), *paths]
@@ -362,7 +366,7 @@ def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[st
     for line in stderr.splitlines():
         match = _REJECTED.match(line.strip())
         name = match and (match.group(2) or match.group(3))
-        if name and name in given:
+        if match and name and name in given:
             found.append(f"Nix rejects --option {name}={given[name]}: {match.group(1)}")
     return list(dict.fromkeys(found))
 
@@ -404,7 +408,8 @@ def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
     node = nodes.get(lock.get("root", "root"), {}).get("inputs", {}).get(input_name)
     if not isinstance(node, str):  # a `follows` path, or no such input
         return None
-    return nodes.get(node, {}).get("locked", {}).get("rev")
+    rev = nodes.get(node, {}).get("locked", {}).get("rev")
+    return rev if isinstance(rev, str) else None
 
 
 def is_valid_info(info: Mapping[str, Any] | None) -> bool:
@@ -413,7 +418,7 @@ def is_valid_info(info: Mapping[str, Any] | None) -> bool:
     Nix >= 2.19 prints null for a path the store lacks (normalised to {}),
     2.18 prints {"valid": false}.
     """
-    return bool(info) and info.get("valid", True) is not False and "narHash" in info
+    return info is not None and bool(info) and info.get("valid", True) is not False and "narHash" in info
 
 
 def input_ref(value: str, cwd: Path | None = None) -> str:

@@ -17,7 +17,7 @@ COLUMNS = ("Variant", "SM", "Architecture", "Example GPUs", "System", "Driver")
 
 def rows(matrix: Matrix, *, everything: bool = False) -> list[tuple[str, ...]]:
     """The default set; with everything, every combination, the disabled with their reasons."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for v in matrix.variants if everything else matrix.default_set:
         name = v.name if v.enabled else f"{v.name} (disabled: {v.disabled})"
         out.append((name, v.sm, v.arch, ", ".join(v.gpus), v.system, f">= {v.min_driver}"))

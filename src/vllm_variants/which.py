@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from .compat import base_capability, sass_runs_on
 from .errors import SelectionError, ToolMissing
 from .gpus import GPU, detect
 from .matrix import Matrix, Variant
 from .project import Project
 from .runner import CannotRun
-from .compat import base_capability, sass_runs_on
 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -66,7 +66,7 @@ def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple
     return [(v, sass_runs_on(v.capability, gpu.capability)) for v in ranked[:count]]
 
 
-def _unique_systems(systems) -> list[str]:
+def _unique_systems(systems: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(systems))
 
 
