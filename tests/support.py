@@ -227,7 +227,7 @@ def descendants(pid: int) -> set[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] != "Z":
                 parents[int(entry.name)] = int(fields[1])
     found, frontier = set(), {pid}

@@ -105,8 +105,10 @@ def cuobjdump_listing(cuobjdump: str, path: Path, shown: str | None = None) -> t
         if proc.returncode != 0 and "does not contain device code" not in text:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             said = next((line for line in lines if "fatal" in line.lower()), lines[-1] if lines else "")
-            raise CuobjdumpFailed(f"cuobjdump {flag} {shown or path} failed (exit {proc.returncode}): "
-                                  + said.replace(str(path), shown or str(path)))
+            raise CuobjdumpFailed(
+                f"cuobjdump {flag} {shown or path} failed (exit {proc.returncode}): "
+                + said.replace(str(path), shown or str(path))
+            )
         try:
             found.append(parse_cuobjdump(text))
         except AuditError as exc:
@@ -124,11 +126,14 @@ def find_cuobjdump(explicit: str | None = None) -> str | None:
             raise ToolMissing(explicit, HINTS["cuobjdump"])
         return found
     if not os.path.lexists(explicit):
-        raise PreflightError(f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
-                             f"({HINTS['cuobjdump']}), or --reader fatbin")
+        raise PreflightError(
+            f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
+            f"({HINTS['cuobjdump']}), or --reader fatbin"
+        )
     if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-        raise PreflightError(f"--cuobjdump {explicit}: not an executable file; give the path of cuobjdump, "
-                             "or --reader fatbin")
+        raise PreflightError(
+            f"--cuobjdump {explicit}: not an executable file; give the path of cuobjdump, or --reader fatbin"
+        )
     return explicit
 
 
@@ -167,8 +172,13 @@ def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
     """
     if not own_sms:
         return [None] * len(entries)
-    runnable = {(e.container, sm) for e in entries if e.kind == "sass" and e.container is not None
-                for sm in own_sms if _runs(e, sm)}
+    runnable = {
+        (e.container, sm)
+        for e in entries
+        if e.kind == "sass" and e.container is not None
+        for sm in own_sms
+        if _runs(e, sm)
+    }
     verdicts: list[str | None] = []
     for entry in entries:
         best = NEVER
@@ -212,7 +222,8 @@ def is_torch_library(path: str) -> bool:
     """A library of the Python package torch ('.../site-packages/torch/lib/libtorch_cuda.so')."""
     parts = PurePosixPath(path.replace("!", "/")).parts
     return any(a == "site-packages" and b == "torch" for a, b in zip(parts, parts[1:])) or (
-        bool(parts) and parts[0] == "torch")
+        bool(parts) and parts[0] == "torch"
+    )
 
 
 def _arch_key(arch: str) -> tuple[int, str]:
@@ -225,8 +236,9 @@ def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tupl
         yield from zip(library.entries, usage(library.entries, own_sms))
 
 
-def summarise(entries: Sequence[Entry], own_sms: Sequence[str],
-              uses: Sequence[str | None] | None = None) -> dict[str, dict[str, Any]]:
+def summarise(
+    entries: Sequence[Entry], own_sms: Sequence[str], uses: Sequence[str | None] | None = None
+) -> dict[str, dict[str, Any]]:
     """{arch: {sass, ptx, other, bytes, unused_bytes, foreign}} in SM order.
 
     foreign: some of the row's code is used by no own SM (never without own SMs).
@@ -234,8 +246,9 @@ def summarise(entries: Sequence[Entry], own_sms: Sequence[str],
     uses = usage(entries, own_sms) if uses is None else uses
     summary: dict[str, dict[str, Any]] = {}
     for entry, use in zip(entries, uses):
-        row = summary.setdefault(entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0, "unused_bytes": 0,
-                                              "foreign": False})
+        row = summary.setdefault(
+            entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0, "unused_bytes": 0, "foreign": False}
+        )
         row[entry.kind] += 1
         row["bytes"] = _add(row["bytes"], entry.stored_bytes)
         if use in UNUSED:
@@ -378,8 +391,10 @@ def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str])
             if missing[_family_blind(arch)] > 0:
                 missing[_family_blind(arch)] -= 1
                 extra.append(Entry(kind, arch))
-    counts = (f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
-              f"{len(ours['sass'])} and {len(ours['ptx'])}")
+    counts = (
+        f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
+        f"{len(ours['sass'])} and {len(ours['ptx'])}"
+    )
     if not extra:
         same = len(sass) == len(ours["sass"]) and len(ptx) == len(ours["ptx"])
         return list(entries), counts + ("; the same targets in another order" if same else "")
@@ -411,8 +426,12 @@ class _Auditor:
         except InvalidBinary as exc:
             self._bad(shown, str(exc), InvalidBinary(f"{shown} is not a valid ELF library: {exc}"), strict=strict)
         except OSError as exc:
-            self._bad(shown, f"cannot read it: {exc.strerror}", AuditError(f"cannot read {shown}: {exc.strerror}"),
-                      strict=strict)
+            self._bad(
+                shown,
+                f"cannot read it: {exc.strerror}",
+                AuditError(f"cannot read {shown}: {exc.strerror}"),
+                strict=strict,
+            )
         return None
 
     def elf(self, path: Path, shown: str, *, strict: bool) -> None:
@@ -638,7 +657,11 @@ def variant_in_path(matrix: Matrix, target: Path | str) -> Variant | None:
 
 
 def own_sms_for(
-    matrix: Matrix | None, target: Path | str, *, sm: str | None = None, variant: str | None = None,
+    matrix: Matrix | None,
+    target: Path | str,
+    *,
+    sm: str | None = None,
+    variant: str | None = None,
     smi: str = "nvidia-smi",
 ) -> tuple[tuple[str, ...], Variant | None]:
     """(own SMs, variant) from --sm (a list, or 'auto' for the local GPUs), --variant, or the path's name."""
@@ -692,8 +715,10 @@ def _share(part: int, total: int) -> str:
 def sm_line(report: Report, sm: str) -> str:
     """'SM 86: runs 290.9 MiB of 510.9 MiB of CUDA code (56.9 %); built for exactly SM 86: 3.1 MiB; JIT-able PTX: ...'."""
     f = report.figures(sm)
-    return (f"SM {sm}: runs {human(f.runs)} of {human(f.total)} of {_code(report)} ({_share(f.runs, f.total)}); "
-            f"built for exactly SM {sm}: {human(f.exact)}; JIT-able PTX: {human(f.jit_ptx)}")
+    return (
+        f"SM {sm}: runs {human(f.runs)} of {human(f.total)} of {_code(report)} ({_share(f.runs, f.total)}); "
+        f"built for exactly SM {sm}: {human(f.exact)}; JIT-able PTX: {human(f.jit_ptx)}"
+    )
 
 
 def requested_line(report: Report) -> str | None:
@@ -703,8 +728,10 @@ def requested_line(report: Report) -> str | None:
     lines = [sm_line(report, sm) for sm in report.own_sms]
     total, used = report.total_bytes, report.own_bytes or 0
     if report.foreign:
-        lines.append(f"not used by SM {', '.join(report.own_sms)}: {human(total - used)} ({_share(total - used, total)}"
-                     f"; {', '.join(report.foreign)})")
+        lines.append(
+            f"not used by SM {', '.join(report.own_sms)}: {human(total - used)} ({_share(total - used, total)}"
+            f"; {', '.join(report.foreign)})"
+        )
     return "\n".join(lines)
 
 
@@ -753,7 +780,9 @@ def render(report: Report, out: TextIO) -> None:
     for library in report.libraries:
         archs = summarise(library.entries, report.own_sms)
         sizes = [e.stored_bytes for e in library.entries]
-        size = None if None in sizes else sum(s for s in sizes if s is not None)  # unknown where cuobjdump and the headers disagreed
+        size = (
+            None if None in sizes else sum(s for s in sizes if s is not None)
+        )  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
         if report.torch_exempt and is_torch_library(library.path):
             name += "\n[dim]torch-bin, the upstream wheel: every SM; the one library --check exempts[/]"
@@ -771,10 +800,14 @@ def render(report: Report, out: TextIO) -> None:
         summary.add_row(arch, str(row["sass"]), str(row["ptx"]), human(row["bytes"]), mark)
     console.print(summary)
     line = requested_line(report)
-    console.print(escape(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries"))
+    console.print(
+        escape(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries")
+    )
     if report.disagreements:
-        console.print(f"[bold red]cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
-                      f"of {len(report.libraries)} libraries[/] (both listings kept; --check fails)")
+        console.print(
+            f"[bold red]cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+            f"of {len(report.libraries)} libraries[/] (both listings kept; --check fails)"
+        )
     reader = f"reader: {report.reader}" + (f" ({report.reader_note})" if report.reader_note else "")
     console.print(f"[dim]{escape(reader)}; {report.examined} ELF file(s) examined[/]")
     for path, reason in report.skipped:
@@ -818,9 +851,11 @@ def show(
             raise SelectionError("--check needs the variant's SM: give --variant or --sm")
         if report.disagreements:
             first = report.disagreements[0]
-            raise AuditError(f"{target}: cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
-                             f"libraries (first: {first.path}: {first.disagreement}); nothing is checked on a "
-                             "disagreement, see --reader fatbin/cuobjdump")
+            raise AuditError(
+                f"{target}: cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+                f"libraries (first: {first.path}: {first.disagreement}); nothing is checked on a "
+                "disagreement, see --reader fatbin/cuobjdump"
+            )
         if report.foreign:
             raise AuditError(f"{target} carries code SM {', '.join(report.own_sms)} never uses: {unused_text(report)}")
     return report
@@ -841,8 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--reader", choices=READERS, default="auto", help="how to read the device code")
     parser.add_argument("--cuobjdump", help="the cuobjdump to use (default: the one on PATH)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when some code is never used by the SM(s), or the two readers disagree")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when some code is never used by the SM(s), or the two readers disagree",
+    )
     args = parser.parse_args(argv)
 
     def go() -> None:
@@ -850,8 +888,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             matrix: Matrix | None = Project.find().matrix
         except PreflightError:
             matrix = None  # outside a checkout: --sm still works
-        show(args.target, matrix=matrix, sm=args.sm, variant=args.variant, as_json=args.json,
-             reader=args.reader, cuobjdump=args.cuobjdump, check=args.check)
+        show(
+            args.target,
+            matrix=matrix,
+            sm=args.sm,
+            variant=args.variant,
+            as_json=args.json,
+            reader=args.reader,
+            cuobjdump=args.cuobjdump,
+            check=args.check,
+        )
 
     return run_main(go)
 

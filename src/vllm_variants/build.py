@@ -185,8 +185,14 @@ def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list
 
         chosen.update(v.name for v in auto_variants(matrix, smi=smi))
     if named or request.systems or request.all or not chosen:
-        selected = matrix.select(named, arm64=request.arm64, systems=request.systems, all=request.all,
-                                 python=request.python, cuda=request.cuda)
+        selected = matrix.select(
+            named,
+            arm64=request.arm64,
+            systems=request.systems,
+            all=request.all,
+            python=request.python,
+            cuda=request.cuda,
+        )
         chosen.update(v.name for v in selected)
     return [v for v in matrix.variants if v.name in chosen]
 
@@ -250,8 +256,13 @@ class Concurrency:
         return args
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_jobs": self.max_jobs, "cores": self.cores, "nvcc_budget": self.budget,
-                "text": self.text, "warning": self.warning}
+        return {
+            "max_jobs": self.max_jobs,
+            "cores": self.cores,
+            "nvcc_budget": self.budget,
+            "text": self.text,
+            "warning": self.warning,
+        }
 
 
 def plan_concurrency(
@@ -275,22 +286,29 @@ def plan_concurrency(
     Nix's setting: remote builders only) plans nothing.
     """
     budget = host.nvcc_jobs(ram_per_job_gib)
-    machine = (f"this machine has {host.cores} cores and {host.mem_gib:.0f} GiB RAM = {budget} nvcc "
-               f"job(s) at {ram_per_job_gib} GiB each")
+    machine = (
+        f"this machine has {host.cores} cores and {host.mem_gib:.0f} GiB RAM = {budget} nvcc "
+        f"job(s) at {ram_per_job_gib} GiB each"
+    )
     settings = nix_settings or {}
     if max_jobs == 0:
         return Concurrency(0, cores, budget, "--max-jobs 0: nothing builds here, remote builders do it all")
     if max_jobs is None and _setting(settings.get("max-jobs"), host.cores, 1) == 0:
         # nix.conf (or --option) says build nothing here: planning a --max-jobs
         # would override it and build locally what prepare() sent to a builder.
-        return Concurrency(None, cores, budget,
-                           "max-jobs 0 (Nix's setting): nothing builds here, remote builders do it all")
+        return Concurrency(
+            None, cores, budget, "max-jobs 0 (Nix's setting): nothing builds here, remote builders do it all"
+        )
     if cores is None and max_jobs is None:
         if n_variants <= 1:
-            return Concurrency(None, None, budget,
-                               f"Nix's settings (max-jobs {settings.get('max-jobs', '?')}, cores "
-                               f"{settings.get('cores', '?')}); each heavy build clamps itself to RAM / "
-                               f"{ram_per_job_gib} GiB; {machine}")
+            return Concurrency(
+                None,
+                None,
+                budget,
+                f"Nix's settings (max-jobs {settings.get('max-jobs', '?')}, cores "
+                f"{settings.get('cores', '?')}); each heavy build clamps itself to RAM / "
+                f"{ram_per_job_gib} GiB; {machine}",
+            )
         max_jobs = min(n_variants, budget)
         cores = max(1, budget // max_jobs)
         chosen = f"planned for {n_variants} variants"
@@ -303,12 +321,16 @@ def plan_concurrency(
     jobs = max_jobs if max_jobs is not None else _setting(settings.get("max-jobs"), host.cores, 1)
     per_build = cores if cores is not None else _setting(settings.get("cores"), host.cores, 0)
     total = jobs * min(per_build or host.cores, budget)  # cores 0 = all; heavy builds clamp to the budget
-    text = (f"--max-jobs {_shown(max_jobs, jobs)} x --cores {_shown(cores, per_build)} ({chosen}): "
-            f"up to {total} nvcc jobs at once; {machine}")
+    text = (
+        f"--max-jobs {_shown(max_jobs, jobs)} x --cores {_shown(cores, per_build)} ({chosen}): "
+        f"up to {total} nvcc jobs at once; {machine}"
+    )
     warning = None
     if total > budget:
-        warning = (f"{total} concurrent nvcc jobs need about {total * ram_per_job_gib} GiB of RAM and this "
-                   f"machine has {host.mem_gib:.0f} GiB: expect swapping or OOM kills; lower --max-jobs or --cores")
+        warning = (
+            f"{total} concurrent nvcc jobs need about {total * ram_per_job_gib} GiB of RAM and this "
+            f"machine has {host.mem_gib:.0f} GiB: expect swapping or OOM kills; lower --max-jobs or --cores"
+        )
     return Concurrency(max_jobs, cores, budget, text, warning)
 
 
@@ -367,8 +389,13 @@ class VariantPlan:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"drv": self.drv, "out": self.out, "builds_on": self.target.where,
-                "heavy": self.heavy(), **self.dry.to_json()}
+        return {
+            "drv": self.drv,
+            "out": self.out,
+            "builds_on": self.target.where,
+            "heavy": self.heavy(),
+            **self.dry.to_json(),
+        }
 
 
 def _fetch_text(dry: DryRun) -> str:
@@ -415,16 +442,19 @@ class BuildPlan:
     def lines(self) -> list[str]:
         nix = self.nix
         n = len(self.variants)
-        lines = [f"plan: {n} variant{'s' * (n != 1)}, Nix {nix.version_text}"
-                 + (f", nixpkgs {self.prepared.request.nixpkgs}" if self.prepared.request.nixpkgs else "")]
+        lines = [
+            f"plan: {n} variant{'s' * (n != 1)}, Nix {nix.version_text}"
+            + (f", nixpkgs {self.prepared.request.nixpkgs}" if self.prepared.request.nixpkgs else "")
+        ]
         for plan in self.variants:
             lines.append(f"  {plan.variant.name} ({plan.variant.system}, on {plan.target.where}): {plan.summary()}")
             if plan.dry.unknown:
                 lines.append(f"    Nix does not know how to build: {', '.join(map(store_name, plan.dry.unknown))}")
         if n > 1:
             built = len(self.total.will_build)
-            lines.append(f"  all together: build {built} derivation{'s' * (built != 1)}, "
-                         f"fetch {_fetch_text(self.total)}")
+            lines.append(
+                f"  all together: build {built} derivation{'s' * (built != 1)}, fetch {_fetch_text(self.total)}"
+            )
         if self.evaluation is not None:
             lines.append(self.evaluation.line(n))
         lines.append(f"concurrency: {self.concurrency.text}")
@@ -465,8 +495,7 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     dries = []
     for batch in batches:
         try:
-            built, dry = nix.dry_run([f"{flake}#{t.installable_attr}" for t in batch], *eval_args,
-                                     cwd=project.root)
+            built, dry = nix.dry_run([f"{flake}#{t.installable_attr}" for t in batch], *eval_args, cwd=project.root)
         except CommandError as exc:
             raise BuildError(f"Nix could not evaluate the selected variants: {error_message(exc.stderr)}") from None
         derivations += built
@@ -488,8 +517,12 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         for plan in plans:
             plan.dry = with_sizes(share_of(total, plan.drv, graph), sizes)
     concurrency = plan_concurrency(
-        len(plans), host, project.matrix.ram_per_job_gib,
-        cores=request.cores, max_jobs=request.max_jobs, nix_settings=nix.config(),
+        len(plans),
+        host,
+        project.matrix.ram_per_job_gib,
+        cores=request.cores,
+        max_jobs=request.max_jobs,
+        nix_settings=nix.config(),
     )
     return BuildPlan(prepared, plans, total, concurrency, evaluation)
 
@@ -542,8 +575,13 @@ def merge_dry_runs(dries: Sequence[DryRun]) -> DryRun:
     def union(key: str) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p for d in dries for p in getattr(d, key)))
 
-    return DryRun(will_build=union("will_build"), will_fetch=union("will_fetch"), download_bytes=None,
-                  unpacked_bytes=None, unknown=union("unknown"))
+    return DryRun(
+        will_build=union("will_build"),
+        will_fetch=union("will_fetch"),
+        download_bytes=None,
+        unpacked_bytes=None,
+        unknown=union("unknown"),
+    )
 
 
 def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) -> None:
@@ -618,9 +656,12 @@ class VariantLogs:
             except OSError as exc:
                 self.close(quiet=True)
                 raise WriteError(path, exc) from None
-            self._write(name, f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
-                              f"# $ {format_argv(argv)}\n"
-                              f"# plan: {vplan.summary()}\n")
+            self._write(
+                name,
+                f"# vllm-variants build of {name}, started {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+                f"# $ {format_argv(argv)}\n"
+                f"# plan: {vplan.summary()}\n",
+            )
 
     def _write(self, name: str, text: str) -> None:
         """A full disk or a vanished folder is a WriteError naming the log (issue #11)."""
@@ -695,8 +736,9 @@ def execute(plan: BuildPlan, display: Any, *, clock: Callable[[], float] = time.
     reader = NixLog(clock=clock)
     started = clock()
     # Its own session: a terminal's Ctrl-C reaches us, and we stop Nix in order.
-    proc = spawn(argv, cwd=plan.project.root, env=nix.env,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True)
+    proc = spawn(
+        argv, cwd=plan.project.root, env=nix.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True
+    )
     try:
         with terminations_interrupt(), display.running(reader, started):
             assert proc.stderr is not None
@@ -744,8 +786,9 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float,
-              returncode: int = 0) -> list[Outcome]:
+def _outcomes(
+    plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float, returncode: int = 0
+) -> list[Outcome]:
     nix = plan.nix
     nix_error = None
     if returncode != 0:
@@ -758,8 +801,7 @@ def _outcomes(plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: f
     for vplan in plan.variants:
         name = vplan.variant.name
         mine = set(vplan.dry.will_build)
-        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name),
-                          nix_error=nix_error)
+        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name), nix_error=nix_error)
         info = valid.get(vplan.out)
         if info is not None:
             outcome.store_path = vplan.out
@@ -815,9 +857,16 @@ def _held_signals() -> Iterator[list[int]]:
 # -- the whole command ------------------------------------------------------
 
 
-def main(project: Project, *, out: TextIO | None = None, interactive: bool | None = None,
-         nix: Nix | None = None, host: Host | None = None,
-         retarget: Callable[[Target], Target] | None = None, **cli: Any) -> list[Outcome] | BuildPlan:
+def main(
+    project: Project,
+    *,
+    out: TextIO | None = None,
+    interactive: bool | None = None,
+    nix: Nix | None = None,
+    host: Host | None = None,
+    retarget: Callable[[Target], Target] | None = None,
+    **cli: Any,
+) -> list[Outcome] | BuildPlan:
     """`invoke build`: see the module docstring. Raises BuildError on failure.
 
     retarget: what to build for each selected variant instead of its package
@@ -836,9 +885,20 @@ def main(project: Project, *, out: TextIO | None = None, interactive: bool | Non
         print(line, file=out, flush=True)
     if request.dry_run:
         if request.json_path:
-            report = {**plan.to_json(), "dry_run": True,
-                      "variants": [{"variant": p.variant.name, "sm": p.variant.sm, "system": p.variant.system,
-                                    "status": "planned", "plan": p.to_json()} for p in plan.variants]}
+            report = {
+                **plan.to_json(),
+                "dry_run": True,
+                "variants": [
+                    {
+                        "variant": p.variant.name,
+                        "sm": p.variant.sm,
+                        "system": p.variant.system,
+                        "status": "planned",
+                        "plan": p.to_json(),
+                    }
+                    for p in plan.variants
+                ],
+            }
             _write_json(request.json_path, report)
         print("dry run: nothing was built, no link or log was written", file=out, flush=True)
         return plan
@@ -858,17 +918,21 @@ def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> lis
         link_results(plan, outcomes)
         display.report(outcomes)
         if request.json_path:
-            _write_json(request.json_path, {**plan.to_json(), "dry_run": False,
-                                            "variants": [o.to_json(project.root) for o in outcomes]})
+            _write_json(
+                request.json_path,
+                {**plan.to_json(), "dry_run": False, "variants": [o.to_json(project.root) for o in outcomes]},
+            )
     if held:
         raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
     failed = [o for o in outcomes if not o.ok]
     if failed:
         first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander
         if first.link_error:
-            raise BuildError(f"{len(failed)} of {len(outcomes)} variant(s) not built or not linked: "
-                             f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
-                             f"was not updated: {first.link_error}")
+            raise BuildError(
+                f"{len(failed)} of {len(outcomes)} variant(s) not built or not linked: "
+                f"{first.variant.name} was built, but {project.result_link(first.variant).name} "
+                f"was not updated: {first.link_error}"
+            )
         why = f" ({', '.join(store_name(d) for d in first.failed)} failed)" if first.failed else ""
         why = why or (f" ({first.nix_error})" if first.nix_error else "")
         log = f"; log: {relative(first.log, project.root)}" if first.log else ""

@@ -62,9 +62,7 @@ _DOWNLOAD = re.compile(r"unable to download", re.IGNORECASE)
 def check_rev(rev: str) -> str:
     """A full commit (40 hex digits), lower-cased; anything else is refused."""
     if not _REV.fullmatch(rev.lower()):
-        raise PinError(
-            f"'{rev}' is not a full commit: give all 40 hex digits of a nixpkgs commit, e.g. {EXAMPLE_REV}"
-        )
+        raise PinError(f"'{rev}' is not a full commit: give all 40 hex digits of a nixpkgs commit, e.g. {EXAMPLE_REV}")
     return rev.lower()
 
 
@@ -145,7 +143,8 @@ class Plan:
         todo = len(self.todo)
         lines.append(
             f"then move {todo} branch(es) in one ref transaction; if any branch fails, none moves"
-            if todo else "nothing to do: every branch is at this pin"
+            if todo
+            else "nothing to do: every branch is at this pin"
         )
         return lines
 
@@ -272,12 +271,12 @@ def fetch(nix: Nix, url: str, rev: str) -> None:
 
 def fetch_failure(url: str, rev: str, stderr: str) -> str:
     """One line: why Nix could not fetch the pin (network, repository, commit)."""
+
     def line(pattern: re.Pattern[str]) -> str:
         found = next(text for text in stderr.splitlines() if pattern.search(text))
         return re.sub(r"^(\s*(fatal|warning|error):)+\s*", "", found).strip()
 
-    network = ("the network failed ({}); check the connection, or use --url-template with a mirror "
-               "you can reach")
+    network = "the network failed ({}); check the connection, or use --url-template with a mirror you can reach"
     if _NETWORK.search(stderr):
         return f"cannot fetch {url}: " + network.format(line(_NETWORK))
     if _NO_REPOSITORY.search(stderr):
@@ -399,20 +398,28 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
     outcome.moved = moving
     if release and plan.release:
         outcome.created[plan.release] = release.new
-    print("moved " + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
-          + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()), file=out)
+    print(
+        "moved "
+        + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
+        + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()),
+        file=out,
+    )
     _follow(git, followers, outcome.moved, out)
     return outcome
 
 
 def _followers(git: Git, moving: Mapping[str, tuple[str, str]]) -> list[Worktree]:
     """Worktrees (your checkout included) on a branch about to move, at its old commit."""
-    return [w for w in git.worktrees()
-            if w.branch is not None and w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]]
+    return [
+        w
+        for w in git.worktrees()
+        if w.branch is not None and w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]
+    ]
 
 
-def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
-                                 moving: Mapping[str, tuple[str, str]]) -> None:
+def _refuse_followers_in_the_way(
+    git: Git, followers: Sequence[Worktree], moving: Mapping[str, tuple[str, str]]
+) -> None:
     """Refuse, before any branch moves, what would stop a follower getting its branch's new files.
 
     make_plan refused uncommitted changes, but the bump takes minutes: files
@@ -476,8 +483,7 @@ def bump_pin(
     out = out or sys.stdout
     git = Git(Path(root), env=env)
     template = DEFAULT_URL_TEMPLATE if url_template is None else url_template  # '' is a mistake, not the default
-    plan = make_plan(git, rev, url_template=template, branches=branches,
-                     globs=globs, release_branch=release_branch)
+    plan = make_plan(git, rev, url_template=template, branches=branches, globs=globs, release_branch=release_branch)
     if dry_run:
         print("\n".join([*plan.lines(), "dry run: nothing changed"]), file=out)
         return plan

@@ -96,8 +96,11 @@ def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, neede
     systems: dict[str, dict[str, Any]] = {}
     for system in matrix.systems:
         builders = [b.uri for b in caps.builders_for(system)]
-        systems[system] = {"local": caps.local_can_build(system), "builders": builders,
-                           "buildable": caps.can_build(system)}
+        systems[system] = {
+            "local": caps.local_can_build(system),
+            "builders": builders,
+            "buildable": caps.can_build(system),
+        }
     report.build = {
         "system": caps.system,
         "extra_platforms": list(caps.extra_platforms),
@@ -108,9 +111,12 @@ def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, neede
         "systems": systems,
     }
     if not big_parallel and not caps.builders_for(caps.system):
-        report.add(ERROR, "this Nix lacks the big-parallel system feature that the CUDA builds require: add "
-                          "'system-features = big-parallel' (with your other features) to nix.conf, or a remote "
-                          "builder that offers it")
+        report.add(
+            ERROR,
+            "this Nix lacks the big-parallel system feature that the CUDA builds require: add "
+            "'system-features = big-parallel' (with your other features) to nix.conf, or a remote "
+            "builder that offers it",
+        )
     for system in needed:
         if system in systems and not systems[system]["buildable"]:
             report.add(ERROR, caps.explain_missing(system))
@@ -129,9 +135,12 @@ def _check_host(report: Report, host: Host, matrix: Matrix) -> None:
         "nvcc_jobs": jobs,
     }
     if host.mem_bytes < matrix.ram_per_job_gib * 1024**3:
-        report.add(WARNING, f"only {host.mem_gib:.1f} GiB of RAM: even one nvcc job wants "
-                            f"{matrix.ram_per_job_gib} GiB and may run out of memory; build on a larger machine or "
-                            "a remote builder")
+        report.add(
+            WARNING,
+            f"only {host.mem_gib:.1f} GiB of RAM: even one nvcc job wants "
+            f"{matrix.ram_per_job_gib} GiB and may run out of memory; build on a larger machine or "
+            "a remote builder",
+        )
 
 
 def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapping[str, str] | None) -> list[str]:
@@ -142,9 +151,12 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
         report.add(ERROR, str(exc))
         return []
     except ToolMissing:
-        report.add(WARNING, "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
-                            "run them where a GPU is, or install the NVIDIA driver "
-                            f"(>= {min(v.min_driver for v in matrix.default_set)})")
+        report.add(
+            WARNING,
+            "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
+            "run them where a GPU is, or install the NVIDIA driver "
+            f"(>= {min(v.min_driver for v in matrix.default_set)})",
+        )
         return []
     except GpuError as exc:
         report.add(ERROR, f"{exc}")
@@ -168,11 +180,17 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
             row.update(variant=v.name, min_driver=v.min_driver, driver_ok=ok, cuda=v.cuda)
             needed.append(v.system)
             if not ok:
-                report.add(ERROR, f"GPU {m.gpu.index} ({m.gpu.name}) has driver {m.gpu.driver}, older than the "
-                                  f"{v.min_driver} that CUDA {v.cuda} needs: install NVIDIA driver >= {v.min_driver}")
+                report.add(
+                    ERROR,
+                    f"GPU {m.gpu.index} ({m.gpu.name}) has driver {m.gpu.driver}, older than the "
+                    f"{v.min_driver} that CUDA {v.cuda} needs: install NVIDIA driver >= {v.min_driver}",
+                )
             elif cuda and _version(cuda) < _version(v.cuda):
-                report.add(ERROR, f"driver {m.gpu.driver} supports CUDA up to {cuda}, but {v.name} uses CUDA "
-                                  f"{v.cuda}: install a newer NVIDIA driver")
+                report.add(
+                    ERROR,
+                    f"driver {m.gpu.driver} supports CUDA up to {cuda}, but {v.name} uses CUDA "
+                    f"{v.cuda}: install a newer NVIDIA driver",
+                )
         report.gpus.append(row)
     return list(dict.fromkeys(needed))
 

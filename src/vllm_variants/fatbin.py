@@ -174,7 +174,9 @@ class FileSource:
         while left > 0:
             chunk = os.pread(self.fd, left, at)
             if not chunk:
-                raise InvalidBinary(f"it ends at byte {at - self.base} although {offset + n} were expected (truncated?)")
+                raise InvalidBinary(
+                    f"it ends at byte {at - self.base} although {offset + n} were expected (truncated?)"
+                )
             chunks.append(chunk)
             at, left = at + len(chunk), left - len(chunk)
         return b"".join(chunks)
@@ -336,8 +338,22 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
         while at < container_end:
             if container_end - at < _ENTRY.size:
                 raise InvalidBinary(f"{where} ends inside an entry header")
-            (kind, _version, entry_header, payload, compressed, _unknown, _minor, _major, sm,
-             _name_offset, _name_size, flags, _zero, uncompressed) = _ENTRY.unpack(source.read(at, _ENTRY.size))
+            (
+                kind,
+                _version,
+                entry_header,
+                payload,
+                compressed,
+                _unknown,
+                _minor,
+                _major,
+                sm,
+                _name_offset,
+                _name_size,
+                flags,
+                _zero,
+                uncompressed,
+            ) = _ENTRY.unpack(source.read(at, _ENTRY.size))
             if entry_header < _ENTRY.size or at + entry_header + payload > container_end:
                 raise InvalidBinary(
                     f"{where} has an entry at {at - start:#x} of {entry_header}+{payload} bytes "

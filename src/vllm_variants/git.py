@@ -55,8 +55,9 @@ class Git:
     root: Path
     env: Mapping[str, str] | None = None
 
-    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return run(["git", *(os.fspath(a) for a in args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
 
     def out(self, *args: str | os.PathLike[str], cwd: Path | None = None) -> str:
@@ -119,11 +120,13 @@ class Git:
             if "worktree" not in fields:
                 continue
             branch = fields.get("branch", "")
-            found.append(Worktree(
-                path=Path(fields["worktree"]),
-                head=fields.get("HEAD"),
-                branch=branch.removeprefix("refs/heads/") or None,
-            ))
+            found.append(
+                Worktree(
+                    path=Path(fields["worktree"]),
+                    head=fields.get("HEAD"),
+                    branch=branch.removeprefix("refs/heads/") or None,
+                )
+            )
         return found
 
     def changes(self, worktree: Path) -> list[str]:

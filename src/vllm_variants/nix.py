@@ -127,16 +127,21 @@ class Nix:
             return [str(exc)]
         found = []
         if version < MIN_VERSION:
-            found.append(f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
-                         f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
+            found.append(
+                f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
+                f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix"
+            )
         try:
             flakes = self.flakes_enabled()
             system = self.setting("system")
         except VariantsError as exc:
             return [*found, f"cannot read the Nix configuration: {exc}"]
         if not system:  # every Nix names its system: this one is broken (or not Nix)
-            return [*found, f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
-                            "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)"]
+            return [
+                *found,
+                f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
+                "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)",
+            ]
         if not flakes:
             found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
         return [*found, *self.rejected()]
@@ -180,7 +185,9 @@ class Nix:
 
     # -- common calls -----------------------------------------------------
 
-    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """runner.run of `nix *args` with this Nix's options and environment."""
         return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
 
@@ -224,8 +231,14 @@ class Nix:
         """
         if not paths:
             return {}
-        args = ["path-info", *self.path_info_json(), *(["--closure-size"] if closure else []),
-                *(["--recursive"] if recursive else []), *(["--store", store] if store else []), *paths]
+        args = [
+            "path-info",
+            *self.path_info_json(),
+            *(["--closure-size"] if closure else []),
+            *(["--recursive"] if recursive else []),
+            *(["--store", store] if store else []),
+            *paths,
+        ]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
 
@@ -292,8 +305,9 @@ class Nix:
             if inputs is None:
                 inputs = (record.get("inputs") or {}).get("drvs") or {}
             outputs = [(o or {}).get("path") for o in (record.get("outputs") or {}).values()]
-            graph[absolute(drv)] = Derivation(tuple(absolute(i) for i in inputs),
-                                              tuple(absolute(o) for o in outputs if o))
+            graph[absolute(drv)] = Derivation(
+                tuple(absolute(i) for i in inputs), tuple(absolute(o) for o in outputs if o)
+            )
         return graph
 
     def substituters(self) -> list[str]:
@@ -340,11 +354,25 @@ class Nix:
         if proc.wait() != 0:
             raise CommandError(argv, proc.returncode, "see nix's error above")
 
-    def sign(self, paths: Sequence[str], *, key_file: str | os.PathLike[str], store: str | None = None,
-             recursive: bool = False, echo: bool = False) -> subprocess.CompletedProcess[str]:
+    def sign(
+        self,
+        paths: Sequence[str],
+        *,
+        key_file: str | os.PathLike[str],
+        store: str | None = None,
+        recursive: bool = False,
+        echo: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
-        args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
-                *(["--store", store] if store else []), *paths]
+        args = [
+            "store",
+            "sign",
+            "--key-file",
+            os.fspath(key_file),
+            *(["--recursive"] if recursive else []),
+            *(["--store", store] if store else []),
+            *paths,
+        ]
         return self.run(*args, echo=echo)
 
 
@@ -395,7 +423,7 @@ def error_message(stderr: str) -> str:
     if not starts:
         return tail(stderr, 1)
     message = [lines[starts[-1]].strip().removeprefix("error:").strip()]
-    for line in lines[starts[-1] + 1:]:
+    for line in lines[starts[-1] + 1 :]:
         if not line.strip() or _SOURCE_LINE.match(line):
             break
         message.append(line.strip())
@@ -436,8 +464,10 @@ def input_ref(value: str, cwd: Path | None = None) -> str:
         )
     candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
     if candidate.is_file():
-        raise SelectionError(f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
-                             "directory or a flake reference such as github:NixOS/nixpkgs/<rev>")
+        raise SelectionError(
+            f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
+            "directory or a flake reference such as github:NixOS/nixpkgs/<rev>"
+        )
     if candidate.is_dir():
         if not (candidate / "flake.nix").is_file():
             raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")

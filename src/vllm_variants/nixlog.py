@@ -161,8 +161,9 @@ def parse_dry_run(stderr: str) -> DryRun:
         elif match := _FETCH_HEAD.match(line):
             current = sections["fetch"]
             sizes = _SIZES.match(match.group("sizes") or "")
-            download, unpacked = (size_bytes(*sizes.group(1, 2)), size_bytes(*sizes.group(3, 4))) if sizes \
-                else (None, None)
+            download, unpacked = (
+                (size_bytes(*sizes.group(1, 2)), size_bytes(*sizes.group(3, 4))) if sizes else (None, None)
+            )
         elif _UNKNOWN_HEAD.match(line):
             current = sections["unknown"]
         elif current is not None and (item := _ITEM.match(line)):
@@ -201,7 +202,6 @@ def read_lines(fd: int, poll_s: float) -> Iterator[str | None]:
             yield line.decode("utf-8", "replace") + "\n"
     if pending:
         yield pending.decode("utf-8", "replace")
-
 
 
 @dataclass
@@ -269,7 +269,7 @@ class NixLog:
                 self.errors.append(text)
             return [Event("text", text)] if line.strip() else []
         try:
-            data = json.loads(line[len(PREFIX):])
+            data = json.loads(line[len(PREFIX) :])
         except ValueError:
             return [Event("text", strip_ansi(line))]
         action = data.get("action")

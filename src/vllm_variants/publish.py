@@ -67,7 +67,7 @@ def missing_file_cache(uri: str) -> bool:
     Asking Nix would create it (nix-cache-info), and a plan or --check must
     change nothing.
     """
-    return scheme(uri) == "file" and not Path(uri[len("file://"):].split("?", 1)[0]).exists()
+    return scheme(uri) == "file" and not Path(uri[len("file://") :].split("?", 1)[0]).exists()
 
 
 def query_params(uri: str) -> dict[str, str]:
@@ -103,13 +103,9 @@ class SigningKey:
         except binascii.Error:
             size = -1
         if size == SECRET_KEY_BYTES // 2:
-            raise PublishError(
-                f"{path} holds a public key ({name}); --sign-key needs the secret key it was made from"
-            )
+            raise PublishError(f"{path} holds a public key ({name}); --sign-key needs the secret key it was made from")
         if size != SECRET_KEY_BYTES:
-            raise PublishError(
-                f"{path} is not a Nix secret key (NAME:BASE64 from `nix key generate-secret`)"
-            )
+            raise PublishError(f"{path} is not a Nix secret key (NAME:BASE64 from `nix key generate-secret`)")
         return cls(path, name)
 
 
@@ -125,8 +121,10 @@ def require_uri(to: str) -> None:
         # Nix reads a bare path as a local chroot store (a whole /nix/store
         # under it), which nobody means by "publish to /srv/cache" (issue #11).
         where = Path(to).expanduser().absolute()
-        raise PublishError(f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
-                           f"local?root={where} for a chroot store")
+        raise PublishError(
+            f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
+            f"local?root={where} for a chroot store"
+        )
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
@@ -231,12 +229,7 @@ class Plan:
         """Paths the cache holds without this key's signature (`nix copy` skips them)."""
         if not self.key:
             return []
-        unsigned = {
-            path
-            for entry in self.entries
-            for path, names in entry.held.items()
-            if self.key.name not in names
-        }
+        unsigned = {path for entry in self.entries for path, names in entry.held.items() if self.key.name not in names}
         return sorted(unsigned)
 
     def signing_text(self) -> str:
@@ -267,8 +260,7 @@ class Plan:
         return out
 
 
-def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None,
-              nix: Nix) -> Plan:
+def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None, nix: Nix) -> Plan:
     """Read links, closures and the cache; change nothing."""
     require_uri(to)
     if key and "secret-key" in query_params(to):
@@ -286,8 +278,7 @@ def make_plan(project: Project, variants: Sequence[Variant], to: str, key: Signi
     held = held_paths(nix, sorted({p for c in closures.values() for p in c}), to)
     for variant in variants:
         closure = closures[variant.name]
-        entries.append(Entry(variant, outs[variant.name], closure,
-                             {p: held[p] for p in closure if p in held}))
+        entries.append(Entry(variant, outs[variant.name], closure, {p: held[p] for p in closure if p in held}))
     return Plan(to, key, tuple(entries))
 
 
@@ -320,8 +311,10 @@ def publish(
     nix = nix or Nix()
     nix.preflight()
     if sign_key is not None and not str(sign_key).strip():  # an unset variable: never publish unsigned for it
-        raise PublishError(f"--sign-key '{sign_key}' is empty; give the secret key file "
-                           "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out")
+        raise PublishError(
+            f"--sign-key '{sign_key}' is empty; give the secret key file "
+            "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out"
+        )
     key = SigningKey.read(sign_key) if sign_key is not None else None
     plan = make_plan(project, variants, to, key, nix)
     print("\n".join(plan.lines()), file=out, flush=True)
@@ -371,8 +364,9 @@ class Holding:
         return f"  {status}  {self.variant.name}  {self.path}{signed}"
 
 
-def out_paths(nix: Nix, project: Project, variants: Sequence[Variant],
-              overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def out_paths(
+    nix: Nix, project: Project, variants: Sequence[Variant], overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """{variant name: out path}, from one Nix evaluation of exactly these variants.
 
     `nix build --dry-run` takes several installables in one process, where
@@ -416,10 +410,7 @@ def check(
     nix.preflight()
     paths = out_paths(nix, project, variants, overrides)
     held = held_paths(nix, list(paths.values()), to)
-    holdings = [
-        Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ())))
-        for v in variants
-    ]
+    holdings = [Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ()))) for v in variants]
     missing = [h.variant for h in holdings if not h.held]
     print(f"{to} holds {len(holdings) - len(missing)} of {len(holdings)} variant(s):", file=out)
     for holding in holdings:

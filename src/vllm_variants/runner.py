@@ -35,7 +35,7 @@ HINTS = {
     "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
     "skopeo": "install it: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)",
     "docker": "--load needs docker or podman (apt-get install docker.io, or podman); or give --to "
-              "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
+    "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
 }
 
 

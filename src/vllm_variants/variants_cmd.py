@@ -35,9 +35,12 @@ def show(project: Project, *, as_json: bool = False, everything: bool = False, o
     from rich.table import Table
 
     shown = rows(matrix, everything=everything)
-    title = (f"vllm-variants matrix: all {len(matrix.variants)} combinations, {len(matrix.enabled)} valid"
-             if everything else f"vllm-variants default set ({len(shown)} of {len(matrix.enabled)} valid "
-             "variants; --all lists every combination)")
+    title = (
+        f"vllm-variants matrix: all {len(matrix.variants)} combinations, {len(matrix.enabled)} valid"
+        if everything
+        else f"vllm-variants default set ({len(shown)} of {len(matrix.enabled)} valid "
+        "variants; --all lists every combination)"
+    )
     table = Table(title=title, title_justify="left")
     for column in COLUMNS:
         table.add_column(column, no_wrap=column in ("Variant", "System"))

@@ -145,8 +145,9 @@ def skipped(reason: str, **details: Any) -> Outcome:
 class Context:
     """What one check learns that a later one needs (each module imported once)."""
 
-    def __init__(self, variant: dict[str, Any] | None, variant_error: str | None, generate: bool,
-                 allow_no_gpu: bool) -> None:
+    def __init__(
+        self, variant: dict[str, Any] | None, variant_error: str | None, generate: bool, allow_no_gpu: bool
+    ) -> None:
         self.variant = variant
         self.variant_error = variant_error
         self.generate = generate
@@ -235,9 +236,7 @@ def check_torch(ctx: Context) -> Outcome:
     available = bool(torch.cuda.is_available())
     details["available"] = available
     if not available:
-        return ctx.no_gpu(
-            "torch.cuda.is_available() is False (torch %s, CUDA %s)" % (version, cuda), **details
-        )
+        return ctx.no_gpu("torch.cuda.is_available() is False (torch %s, CUDA %s)" % (version, cuda), **details)
     gpus = []
     for index in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(index)
@@ -280,9 +279,11 @@ def torch_arch_problem(ctx: Context, sm: str) -> tuple[Any, str | None]:
     found = str(flags or "").split()
     wanted = "sm_" + sm
     if torch_is_wheel(ctx):
-        if not any(sass_runs_on(arch[len("sm_"):], sm) for arch in found if arch.startswith("sm_")):
+        if not any(sass_runs_on(arch[len("sm_") :], sm) for arch in found if arch.startswith("sm_")):
             return found, "the torch wheel carries no SASS that runs on %s (it has %s)" % (
-                wanted, " ".join(found) or "no CUDA arch")
+                wanted,
+                " ".join(found) or "no CUDA arch",
+            )
         return found, None
     if found != [wanted]:
         return found, "torch was compiled for %s, not %s alone: not this variant's torch" % (
@@ -320,7 +321,12 @@ def check_variant_vs_gpu(ctx: Context) -> Outcome:
             verdict = "will not run on GPU %d, %s (capability %s)" % (gpu["index"], gpu["name"], gpu["capability"])
             why = "%s carries kernels for capability %s only" % (name, capability)
         ctx.gpu_mismatch = "the sm%s build %s: %s; use the sm%s variant (invoke build --sm %s)" % (
-            sm, verdict, why, sm_of(gpu["capability"]), sm_of(gpu["capability"]))
+            sm,
+            verdict,
+            why,
+            sm_of(gpu["capability"]),
+            sm_of(gpu["capability"]),
+        )
         return failed(ctx.gpu_mismatch, **details)
     if arch_problem:
         return failed(arch_problem, **details)
