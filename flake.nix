@@ -144,6 +144,7 @@
                 ps.rich
                 ps.pytest
                 ps.pytest-xdist
+                ps.pyyaml # tests/test_ci_matrix.py, as the test extra
               ]))
               pkgs.git
             ];
