@@ -204,9 +204,7 @@ def flake_ref(root: Path) -> str:
 
 def sm90a_matrix():
     """The repository's matrix with its x86_64 SM 90 row made arch-specific (sm = "90a"), as a user could."""
-    import tomllib
-
-    from vllm_variants.matrix import Matrix
+    from vllm_variants.matrix import Matrix, tomllib  # tomli on Python 3.10
 
     data = tomllib.loads((REPO / "nix" / "variants.toml").read_text())
     for row in data["sm"]:

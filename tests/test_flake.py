@@ -409,7 +409,7 @@ def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
     """Issue #15: validity comes from [pin] in nix/variants.toml. With [pin] taken out,
     every combination is offered, and the stand-in (which carries the real lists)
     must refuse exactly the ones [pin] disables: the facts are the pin's, not hopes."""
-    import tomllib
+    from vllm_variants.matrix import tomllib  # tomli on Python 3.10
 
     root = support.make_project(tmp_path / "p", git_init=False)
     toml = root / "nix" / "variants.toml"

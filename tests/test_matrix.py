@@ -15,7 +15,7 @@ from vllm_variants.matrix import Matrix, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
-# The default set: the ten variants DEVELOPERS.md and issue #7 name (torch built
+# The default set: the ten variants issue #7 names (torch built
 # for the SM), the torch-bin row of issue #14, and the SMs issue #15 adds where
 # the pin supports them on python312 / CUDA 12.9: the spec, not a derivation.
 EXPECTED = {

@@ -26,10 +26,6 @@ FIXTURES = support.REPO / "tests" / "fixtures"
 VARIANT_SM90 = FIXTURES / "smoke" / "variant-sm90.json"
 H100 = FIXTURES / "gpu" / "h100"
 GPU_CAPTURE = H100 / "smoke-check.json"
-# INTEGRATOR: set to True in the commit that adds tests/fixtures/gpu/h100/smoke-check.json
-# (the device command is in issue #3's report). From then on a missing capture FAILS
-# test_check_script_on_a_real_h100 instead of skipping it.
-GPU_CAPTURE_REQUIRED = True
 HAS_NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia/version")
 
 
@@ -124,14 +120,7 @@ def test_arguments(args, code, text):
 def test_the_h100_capture_holds_a_real_gpu_run():
     """A capture check only: what the GPU machine's run recorded (python3 3.12, its own CUDA PyTorch, no vllm,
     --generate). test_todays_checks_on_the_h100s_torch runs today's checks on the same facts."""
-    if not GPU_CAPTURE.exists():
-        message = (
-            f"{GPU_CAPTURE.relative_to(support.REPO)} is not captured yet: run the device command "
-            "from issue #3's report"
-        )
-        if GPU_CAPTURE_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+    # captured on the GPU machine (the device command is in issue #3's report); missing, this fails
     report = json.loads(GPU_CAPTURE.read_text())
     checks = by_id(report)
     # no vllm on that machine: 1, 2 and 5 fail, and say so

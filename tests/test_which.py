@@ -17,7 +17,7 @@ import support
 
 from vllm_variants.errors import SelectionError
 from vllm_variants.gpus import GPU, parse_query
-from vllm_variants.matrix import Matrix
+from vllm_variants.matrix import Matrix, tomllib
 from vllm_variants.project import Project
 from vllm_variants.which import auto_variants, host_system, local_variants, match, nearest, show
 
@@ -121,7 +121,7 @@ def test_sm_built_only_for_the_other_system_says_so():
 
 
 def test_disabled_variant_gives_its_reason():
-    data = __import__("tomllib").loads((support.REPO / "nix" / "variants.toml").read_text())
+    data = tomllib.loads((support.REPO / "nix" / "variants.toml").read_text())
     next(row for row in data["sm"] if row["sm"] == "89")["disabled"] = "broken at this pin"
     matrix = Matrix.from_toml(data)
     (m,) = match(matrix, gpus("0, NVIDIA L4, 8.9, 580.159.04, 23034\n"), X86)

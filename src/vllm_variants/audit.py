@@ -22,7 +22,7 @@ of its .nv_fatbin), so no temporary copy and no extra disk. Only the
 cuobjdump reader needs a member on disk: it extracts each ELF member to a
 temporary file in turn (disk: the largest member, 308 MB for vllm 0.33.0).
 
-Library API (smoke calls it): audit(target, variant=..., reader=...) -> Report.
+Library API (`show`, behind `invoke audit`, calls it): audit(target, variant=..., reader=...) -> Report.
 """
 
 from __future__ import annotations
