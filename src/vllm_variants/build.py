@@ -42,7 +42,7 @@ from .errors import BuildError, CommandError, Interrupted, PreflightError, Selec
 from .evalmem import EvalBudget, eval_options, plan_eval
 from .machines import BuildCapabilities
 from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
-from .nix import Derivation, Nix, error_message, flake_ref, input_ref
+from .nix import Derivation, Nix, Planned, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .outputs import check_dir, check_file, make_dir, write_text
 from .project import Project
@@ -491,7 +491,7 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         eval_args += nix.override_args({"nixpkgs": request.nixpkgs})
     evaluation = plan_eval(jobs=request.eval_jobs, max_memory=request.eval_max_memory, host=host)
     batches = evaluation.batches(prepared.targets)
-    derivations: list[dict[str, Any]] = []
+    derivations: list[Planned] = []
     dries = []
     for batch in batches:
         try:
@@ -501,13 +501,8 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         derivations += built
         dries.append(dry)
     plans = []
-    for target, entry in zip(prepared.targets, derivations):
-        drv = entry["drvPath"]
-        drv = drv["path"] if isinstance(drv, dict) else drv
-        out = (entry.get("outputs") or {}).get("out") if isinstance(entry.get("outputs"), dict) else None
-        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
-            out = nix.derivation_outputs(drv)["out"]
-        plans.append(VariantPlan(target, drv, out, dries[0]))
+    for target, planned in zip(prepared.targets, derivations):
+        plans.append(VariantPlan(target, planned.drv, nix.out_path(planned), dries[0]))
     total = merge_dry_runs(dries)
     if len(plans) > 1:  # each variant's share of the one plan, by its closure: no second evaluation
         graph = nix.derivation_graph([p.drv for p in plans], cwd=project.root)

@@ -24,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
+from .errors import BuildError, CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, spawn
 
@@ -256,16 +256,25 @@ class Nix:
             return {p: i for path in paths for p, i in self.realised([path]).items()}
         return {p: i for p, i in infos.items() if is_valid_info(i)}
 
-    def dry_run(
-        self, installables: Sequence[str], *args: str, cwd: Path | None = None
-    ) -> tuple[list[dict[str, Any]], DryRun]:
+    def dry_run(self, installables: Sequence[str], *args: str, cwd: Path | None = None) -> tuple[list[Planned], DryRun]:
         """What building `installables` would do, building nothing.
 
-        Returns `nix build --dry-run --json`'s [{drvPath, outputs}] (one per
-        installable, in order) and the plan Nix printed on stderr.
+        Returns `nix build --dry-run --json`'s records (one per installable,
+        in order: checked) and the plan Nix printed on stderr.
         """
         proc = self.run("build", "--dry-run", "--json", *args, *installables, cwd=cwd)
-        return json.loads(proc.stdout or "[]"), parse_dry_run(proc.stderr)
+        planned = [Planned.from_json(item) for item in json.loads(proc.stdout or "[]")]
+        if len(planned) != len(installables):
+            raise BuildError(
+                f"nix build --dry-run --json listed {len(planned)} derivations for {len(installables)} variants"
+            )
+        return planned, parse_dry_run(proc.stderr)
+
+    def out_path(self, planned: Planned) -> str:
+        """The out path of a dry-run record: printed by this Nix, or read from its derivation."""
+        if planned.out is not None:
+            return planned.out
+        return self.derivation_outputs(planned.drv)["out"]
 
     def derivation_outputs(self, drv: str) -> dict[str, str]:
         """{output name: store path} of a derivation, from `nix derivation show`.
@@ -374,6 +383,22 @@ class Nix:
             *paths,
         ]
         return self.run(*args, echo=echo)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One installable of `nix build --dry-run --json`: its .drv, and its out path where this Nix prints it."""
+
+    drv: str
+    out: str | None
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> Planned:
+        """{drvPath, outputs}; drvPath is {path} in some Nix versions, outputs absent in some."""
+        drv = item["drvPath"]
+        outputs = item.get("outputs")
+        out = (outputs or {}).get("out") if isinstance(outputs, dict) else None
+        return cls(drv["path"] if isinstance(drv, dict) else drv, out if isinstance(out, str) else None)
 
 
 @dataclass(frozen=True)

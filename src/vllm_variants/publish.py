@@ -378,17 +378,7 @@ def out_paths(
     flake = flake_ref(project.root)
     args = ["--no-write-lock-file", "--option", "substitute", "false", *nix.override_args(overrides or {})]
     built, _ = nix.dry_run([f"{flake}#{v.attr_path()}" for v in variants], *args, cwd=project.root)
-    if len(built) != len(variants):
-        raise PublishError(f"nix build --dry-run --json listed {len(built)} derivations for {len(variants)} variants")
-    paths = {}
-    for variant, item in zip(variants, built):
-        outputs = item.get("outputs")
-        out = outputs.get("out") if isinstance(outputs, dict) else None
-        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
-            drv = item["drvPath"]
-            out = nix.derivation_outputs(drv["path"] if isinstance(drv, dict) else drv)["out"]
-        paths[variant.name] = out
-    return paths
+    return {variant.name: nix.out_path(planned) for variant, planned in zip(variants, built)}
 
 
 def check(
