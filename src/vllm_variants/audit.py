@@ -55,7 +55,7 @@ from .fatbin import (
     Unsupported,
     read_device_code,
 )
-from .matrix import Matrix, Variant, normalise_sm, sm_number
+from .matrix import Matrix, Variant, normalise_sm, sm_number, sm_tokens, split_auto
 from .resources import format_bytes
 from .runner import HINTS, run
 
@@ -672,21 +672,22 @@ def own_sms_for(
             raise SelectionError("--variant needs a vllm-variants checkout (for nix/variants.toml); use --sm")
         chosen = matrix.resolve(variant, arm64=variant.endswith("-arm64"))
         return (chosen.sm_number,), chosen
-    if sm == "auto":
-        if matrix is None:
-            raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
-        from .which import auto_variants
-
-        detected = auto_variants(matrix, smi=smi)
-        return tuple(dict.fromkeys(v.sm_number for v in detected)), (detected[0] if len(detected) == 1 else None)
     if sm:
-        sms = []
-        for token in sm.split(","):
-            normal = normalise_sm(token.strip())
+        named, auto = split_auto(sm_tokens([sm]))
+        detected: list[Variant] = []
+        if auto:
+            if matrix is None:
+                raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
+            from .which import auto_variants
+
+            detected = auto_variants(matrix, smi=smi)
+        sms = [v.sm_number for v in detected]
+        for token in named:
+            normal = normalise_sm(token)
             if normal is None:
                 raise SelectionError(f"'{token}' is not an SM; give a number like 90, sm_90, 9.0, or 'auto'")
             sms.append(sm_number(normal))
-        return tuple(dict.fromkeys(sms)), None
+        return tuple(dict.fromkeys(sms)), (detected[0] if len(detected) == 1 and not named else None)
     found = variant_in_path(matrix, target) if matrix else None
     return ((found.sm_number,) if found else ()), found
 

@@ -41,7 +41,7 @@ from .display import duration_text, make_display, relative
 from .errors import BuildError, CommandError, Interrupted, PreflightError, SelectionError, VariantsError, WriteError
 from .evalmem import EvalBudget, eval_options, plan_eval
 from .machines import BuildCapabilities
-from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens
+from .matrix import Matrix, Variant, refuse_conflicts, sm_tokens, split_auto
 from .nix import Derivation, Nix, Planned, error_message, flake_ref, input_ref
 from .nixlog import DryRun, Event, NixLog, package_name, read_lines, store_name, version_of
 from .outputs import check_dir, check_file, make_dir, write_text
@@ -178,9 +178,9 @@ def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list
     """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
     tokens = sm_tokens(request.sms)
     refuse_conflicts(tokens, systems=request.systems, all=request.all, arm64=request.arm64)
-    named = [t for t in tokens if t.lower() != "auto"]
+    named, auto = split_auto(tokens)
     chosen: set[str] = set()
-    if len(named) < len(tokens):
+    if auto:
         from .which import auto_variants
 
         chosen.update(v.name for v in auto_variants(matrix, smi=smi))

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import CommandError, ImageError, PublishError, tail
-from .matrix import Variant
+from .matrix import Variant, comma_list
 from .nix import Nix, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
@@ -333,7 +333,7 @@ def main(
     dest = Destination.parse(to, load=load)
     if dest is None and not dry_run:
         raise ImageError(f"say where the image goes: --to {DESTINATIONS}; or --dry-run to list its layers")
-    if not any(token.strip() for item in sm for token in item.split(",")):
+    if not any(comma_list(item) for item in sm):
         raise ImageError("give the variant: --sm SM, e.g. --sm 90 (H100) or --sm 90 --arm64 (GH200)")
     picked = project.matrix.select(sm, arm64=arm64)
     if len(picked) != 1:

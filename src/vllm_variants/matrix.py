@@ -612,15 +612,26 @@ def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> in
     return value
 
 
+def comma_list(value: object) -> list[str]:
+    """'80, 89,,90' -> ['80', '89', '90']: the words of one comma-separated option value."""
+    return [t.strip() for t in str(value).split(",") if t.strip()]
+
+
 def sm_tokens(sms: Iterable[str]) -> list[str]:
     """The SMs of --sm values ('80,89' counts two); a value naming none is refused, not ignored."""
     tokens = []
     for item in sms:
-        words = [t.strip() for t in str(item).split(",") if t.strip()]
+        words = comma_list(item)
         if not words:
             raise SelectionError(f"--sm '{item}' names no SM; give one like --sm 90 (or 80,89,90)")
         tokens += words
     return tokens
+
+
+def split_auto(tokens: Sequence[str]) -> tuple[list[str], bool]:
+    """(the named SMs, whether `auto` was among them): `--sm auto` means the local GPUs' variants."""
+    named = [t for t in tokens if t.lower() != "auto"]
+    return named, len(named) < len(tokens)
 
 
 def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool, arm64: bool) -> None:
