@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import compat
 from .errors import MatrixError, SelectionError
 
 if sys.version_info >= (3, 11):
@@ -651,8 +652,10 @@ def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool
 
 
 def sm_number(sm: str) -> str:
-    """'90a' -> '90', '100f' -> '100': the SM a GPU and a cubin report, without the arch-specific suffix."""
-    return sm.rstrip("af")
+    """'90a' -> '90', '100f' -> '100': the SM a GPU and a cubin report, without the arch-specific suffix.
+
+    compat's rule (as the smoke check's): the a/f suffix names a code target, not another GPU."""
+    return compat.sm_of(sm)
 
 
 def normalise_sm(text: str) -> str | None:
