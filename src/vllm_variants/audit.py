@@ -759,13 +759,12 @@ def unused_text(report: Report) -> str:
 
 
 def render(report: Report, out: TextIO) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=out, highlight=False)
-    if not console.is_terminal:
-        console.width = 160
+    from .console import console_for
+
+    console = console_for(out, highlight=False)
     where = report.target if report.target == report.resolved else f"{report.target} -> {report.resolved}"
     title = f"CUDA code in {where}"
     if report.variant:

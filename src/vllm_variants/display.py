@@ -139,8 +139,9 @@ class Display:
 
     def summary(self, outcomes: list[Outcome]) -> None:
         from rich import box
-        from rich.console import Console
         from rich.table import Table
+
+        from .console import console_for
 
         table = Table(title="build summary", title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("Variant", "Status", "Closure", "Duration", "Store path"):
@@ -154,9 +155,7 @@ class Display:
                 o.store_path or "-",
                 style=None if o.ok else "red",
             )
-        console = Console(file=self.out, highlight=False)
-        if not console.is_terminal:
-            console.width = 200  # a log or a pipe: one row per line
+        console = console_for(self.out, highlight=False, pipe_width=200)  # a log or a pipe: one row per line
         console.print(table)
         logs = [relative(o.log, self.plan.project.root) for o in outcomes if o.log]
         if logs:

@@ -247,13 +247,12 @@ def _systems_text(build: Mapping[str, Any]) -> str:
 
 
 def render(report: Report, out: TextIO) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=out, highlight=False)
-    if not console.is_terminal:
-        console.width = 160
+    from .console import console_for
+
+    console = console_for(out, highlight=False)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()

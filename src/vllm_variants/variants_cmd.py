@@ -31,8 +31,9 @@ def show(project: Project, *, as_json: bool = False, everything: bool = False, o
         json.dump(matrix.to_json(), out, indent=2)
         out.write("\n")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import console_for
 
     shown = rows(matrix, everything=everything)
     title = (
@@ -46,7 +47,5 @@ def show(project: Project, *, as_json: bool = False, everything: bool = False, o
         table.add_column(column, no_wrap=column in ("Variant", "System"))
     for row in shown:
         table.add_row(*row, style="dim" if "(disabled" in row[0] else None)
-    console = Console(file=out)
-    if not console.is_terminal:
-        console.width = 160  # a pipe or file: keep one row per line
+    console = console_for(out)  # a pipe or file: one row per line
     console.print(table)

@@ -118,13 +118,12 @@ def write_junit(report: SmokeReport, path: Path) -> None:
 
 
 def print_tables(report: SmokeReport, out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=out)
-    if not console.is_terminal:
-        console.width = 160  # a pipe or a CI log: keep one check per line where it fits
+    from ..console import console_for
+
+    console = console_for(out)  # a pipe or a CI log: one check per line where it fits
     for result in report.results:
         verdict = ("ok", "green") if result.ok else ("FAILED", "bold red")
         table = Table(  # Text, not markup: names and paths may hold '[' (two results of one variant)
