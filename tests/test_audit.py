@@ -581,7 +581,7 @@ def test_a_section_past_the_end_of_the_file_is_one_line(cuda_libs, tmp_path):
 
 def test_reconcile_names_each_way_the_readers_can_differ():
     from vllm_variants.audit import reconcile
-    from vllm_variants.fatbin import Entry
+    from vllm_variants.fatbin import CodeEntry as Entry
 
     headers = [Entry("sass", "sm_80", 10), Entry("sass", "sm_100f", 20), Entry("ptx", "sm_120f", 30)]
     assert reconcile(headers, ["sm_80", "sm_100"], ["sm_120f"]) == (headers, None)  # cuobjdump's family spelling

@@ -22,8 +22,10 @@ import pytest
 import support
 from cuda_libs import CUDA_LIBS, PLAIN
 
-from vllm_variants.audit import Library, Report, parse_cuobjdump, reconcile
-from vllm_variants.fatbin import Entry, read_path
+from vllm_variants.audit import AuditReport as Report
+from vllm_variants.audit import Library, parse_cuobjdump, reconcile
+from vllm_variants.fatbin import CodeEntry as Entry
+from vllm_variants.fatbin import read_path
 
 GPU = support.REPO / "tests" / "fixtures" / "gpu"
 H100_AUDIT = json.loads(gzip.open(GPU / "h100" / "audit-h100.json.gz").read())

@@ -24,9 +24,11 @@ import pytest
 import support
 
 from vllm_variants.build import (
+    BuildOutcome as Outcome,
+)
+from vllm_variants.build import (
     BuildPlan,
     Concurrency,
-    Outcome,
     Prepared,
     Request,
     Target,

@@ -264,7 +264,7 @@ def test_checkout_on_another_branch_is_untouched(repo, nixpkgs, run_bump):
 def test_dry_run_prints_the_plan_per_branch_and_changes_nothing(repo, nixpkgs, run_bump):
     before = refs(repo), checkout_state(repo)
     plan = run_bump(repo, nixpkgs.b, globs=["vllm-*"], dry_run=True)
-    assert isinstance(plan, bump.Plan)
+    assert isinstance(plan, bump.BumpPlan)
     lines = run_bump.out.splitlines()
     for name in RELEASES:
         (line,) = [line for line in lines if line.startswith(f"  {name} at ")]

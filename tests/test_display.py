@@ -135,7 +135,7 @@ def test_sizes_and_durations_read_like_nix():
 
 
 def test_the_report_names_a_link_that_was_not_updated(tmp_path):
-    from vllm_variants.build import Outcome
+    from vllm_variants.build import BuildOutcome as Outcome
 
     out = io.StringIO()
     plan = plan_for(tmp_path)

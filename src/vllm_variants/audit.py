@@ -22,7 +22,7 @@ of its .nv_fatbin), so no temporary copy and no extra disk. Only the
 cuobjdump reader needs a member on disk: it extracts each ELF member to a
 temporary file in turn (disk: the largest member, 308 MB for vllm 0.33.0).
 
-Library API (`show`, behind `invoke audit`, calls it): audit(target, variant=..., reader=...) -> Report.
+Library API (`show`, behind `invoke audit`, calls it): audit(target, variant=..., reader=...) -> AuditReport.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ from . import compat
 from .errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
 from .fatbin import (
     ELF_MAGIC,
+    CodeEntry,
     DeviceCode,
-    Entry,
     FileSource,
     InvalidBinary,
     Source,
@@ -148,21 +148,21 @@ _RANK = (EXACT, RUNS, JIT, SHADOWED, NEVER)
 UNUSED = (SHADOWED, NEVER)
 
 
-def _runs(entry: Entry, sm: str) -> bool:
+def _runs(entry: CodeEntry, sm: str) -> bool:
     try:
         return compat.runs_on(entry.kind, entry.arch, sm)
     except ValueError:  # an SM spelling no rule covers: nothing runs it
         return False
 
 
-def _same_target(entry: Entry, sm: str) -> bool:
+def _same_target(entry: CodeEntry, sm: str) -> bool:
     try:
         return compat.parse(entry.arch)[:2] == compat.parse(sm)[:2]
     except ValueError:
         return False
 
 
-def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
+def usage(entries: Sequence[CodeEntry], own_sms: Sequence[str]) -> list[str | None]:
     """For each entry, how the own SMs use it (EXACT ... NEVER); None for each when no own SM is known.
 
     A fatbin container is one translation unit built for several targets;
@@ -199,7 +199,7 @@ class Library:
     path: str  # as shown: relative to the target; 'x.whl!pkg/lib.so' inside a wheel
     file_bytes: int
     fatbin_bytes: int
-    entries: list[Entry]
+    entries: list[CodeEntry]
     reader: str  # "fatbin" or "cuobjdump"
     note: str | None = None
     disagreement: str | None = None  # how cuobjdump and the headers differ, when they do
@@ -231,13 +231,13 @@ def _arch_key(arch: str) -> tuple[int, str]:
     return (int(match.group(1)), match.group(2)) if match else (10**6, arch)
 
 
-def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tuple[Entry, str | None]]:
+def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tuple[CodeEntry, str | None]]:
     for library in libraries:
         yield from zip(library.entries, usage(library.entries, own_sms))
 
 
 def summarise(
-    entries: Sequence[Entry], own_sms: Sequence[str], uses: Sequence[str | None] | None = None
+    entries: Sequence[CodeEntry], own_sms: Sequence[str], uses: Sequence[str | None] | None = None
 ) -> dict[str, dict[str, Any]]:
     """{arch: {sass, ptx, other, bytes, unused_bytes, foreign}} in SM order.
 
@@ -276,7 +276,7 @@ class SmFigures:
 
 
 @dataclass
-class Report:
+class AuditReport:
     target: str
     resolved: str
     reader: str
@@ -294,7 +294,7 @@ class Report:
         """The libraries --check holds to the own SMs: all but an exempt torch's."""
         return [lib for lib in self.libraries if not (self.torch_exempt and is_torch_library(lib.path))]
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self) -> Iterator[CodeEntry]:
         for library in self.libraries:
             yield from library.entries
 
@@ -371,7 +371,9 @@ def _family_blind(arch: str) -> str:
     return arch[:-1] if arch.endswith("f") else arch
 
 
-def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str]) -> tuple[list[Entry], str | None]:
+def reconcile(
+    entries: Sequence[CodeEntry], sass: Sequence[str], ptx: Sequence[str]
+) -> tuple[list[CodeEntry], str | None]:
     """The headers' entries against cuobjdump's listing: (entries, None) when they agree.
 
     They agree when cuobjdump lists the same targets in the same order, the
@@ -390,7 +392,7 @@ def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str])
         for arch in listed:
             if missing[_family_blind(arch)] > 0:
                 missing[_family_blind(arch)] -= 1
-                extra.append(Entry(kind, arch))
+                extra.append(CodeEntry(kind, arch))
     counts = (
         f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
         f"{len(ours['sass'])} and {len(ours['ptx'])}"
@@ -575,13 +577,13 @@ def audit(
     own_sms: Sequence[str] = (),
     reader: str = "auto",
     cuobjdump: str | None = None,
-) -> Report:
+) -> AuditReport:
     """Audit a result link, store path, directory, ELF library or wheel.
 
     own_sms ('90', ...) default to the variant's SM; entries of any other SM
     are foreign. reader: 'auto' (cuobjdump if found, else the fatbin headers),
     'fatbin' or 'cuobjdump'. Raises AuditError (one line) for a missing,
-    unreadable or invalid target; a target without CUDA code gives a Report
+    unreadable or invalid target; a target without CUDA code gives a AuditReport
     with no libraries (see require_cuda).
     """
     if reader not in READERS:
@@ -610,7 +612,7 @@ def audit(
     fell_back = sum(1 for lib in auditor.libraries if lib.reader != auditor.reader)
     if fell_back:
         note = f"cuobjdump failed on {fell_back} of {len(auditor.libraries)} libraries, read from the fatbin headers"
-    return Report(
+    return AuditReport(
         target=shown,
         resolved=str(resolved),
         reader=auditor.reader,
@@ -624,7 +626,7 @@ def audit(
     )
 
 
-def require_cuda(report: Report) -> Report:
+def require_cuda(report: AuditReport) -> AuditReport:
     """The report, or NoCudaCode (one line) when the target holds no device code."""
     if not report.libraries:
         if Path(report.resolved).is_file() and not report.resolved.endswith(".whl"):
@@ -713,7 +715,7 @@ def _share(part: int, total: int) -> str:
     return f"{100 * part / total:.1f} %" if total else "-"
 
 
-def sm_line(report: Report, sm: str) -> str:
+def sm_line(report: AuditReport, sm: str) -> str:
     """'SM 86: runs 290.9 MiB of 510.9 MiB of CUDA code (56.9 %); built for exactly SM 86: 3.1 MiB; JIT-able PTX: ...'."""
     f = report.figures(sm)
     return (
@@ -722,7 +724,7 @@ def sm_line(report: Report, sm: str) -> str:
     )
 
 
-def requested_line(report: Report) -> str | None:
+def requested_line(report: AuditReport) -> str | None:
     """One line per own SM (sm_line), then what none of them uses; None without own SMs."""
     if not report.own_sms:
         return None
@@ -736,7 +738,7 @@ def requested_line(report: Report) -> str | None:
     return "\n".join(lines)
 
 
-def _code(report: Report) -> str:
+def _code(report: AuditReport) -> str:
     """'CUDA code', or which part of it the byte counts cover when some sizes are unknown."""
     if report.sizes_complete:
         return "CUDA code"
@@ -744,7 +746,7 @@ def _code(report: Report) -> str:
     return f"the CUDA code of known size (unknown in {unknown} of {len(report.libraries)} libraries)"
 
 
-def unused_text(report: Report) -> str:
+def unused_text(report: AuditReport) -> str:
     """'sm_80 SASS (1.2 KiB), sm_90 PTX (3.4 KiB, beside SASS that runs)': what --check fails on."""
     groups: dict[tuple[str, str, str], int | None] = {}
     for entry, use in _used(report.checked_libraries(), report.own_sms):
@@ -758,7 +760,7 @@ def unused_text(report: Report) -> str:
     return ", ".join(parts)
 
 
-def render(report: Report, out: TextIO) -> None:
+def render(report: AuditReport, out: TextIO) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -835,7 +837,7 @@ def show(
     cuobjdump: str | None = None,
     check: bool = False,
     out: TextIO | None = None,
-) -> Report:
+) -> AuditReport:
     """`invoke audit`: print the report; NoCudaCode without device code; with check, fail on foreign code."""
     out = out or sys.stdout
     _refuse_empty(target, sm=sm, variant=variant)

@@ -600,7 +600,7 @@ def check_links(targets: Iterable[Target], outs: Iterable[str] | None = None) ->
 
 
 @dataclass
-class Outcome:
+class BuildOutcome:
     variant: Variant
     # built | fetched | up to date | failed | not built (another failure stopped Nix)
     # | not linked (built, but its result link could not be made: link_error says why)
@@ -719,7 +719,7 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
-def execute(plan: BuildPlan, display: Any, *, clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
+def execute(plan: BuildPlan, display: Any, *, clock: Callable[[], float] = time.monotonic) -> list[BuildOutcome]:
     """Run the one `nix build`; what became of each variant (nothing linked yet).
 
     Ctrl-C stops Nix (SIGINT to its process group, then SIGTERM, SIGKILL),
@@ -783,7 +783,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _outcomes(
     plan: BuildPlan, reader: NixLog, logs: dict[str, Path], started: float, returncode: int = 0
-) -> list[Outcome]:
+) -> list[BuildOutcome]:
     nix = plan.nix
     nix_error = None
     if returncode != 0:
@@ -796,7 +796,9 @@ def _outcomes(
     for vplan in plan.variants:
         name = vplan.variant.name
         mine = set(vplan.dry.will_build)
-        outcome = Outcome(vplan.variant, "failed", duration_s=ended - started, log=logs.get(name), nix_error=nix_error)
+        outcome = BuildOutcome(
+            vplan.variant, "failed", duration_s=ended - started, log=logs.get(name), nix_error=nix_error
+        )
         info = valid.get(vplan.out)
         if info is not None:
             outcome.store_path = vplan.out
@@ -812,7 +814,7 @@ def _outcomes(
     return outcomes
 
 
-def link_results(plan: BuildPlan, outcomes: list[Outcome]) -> None:
+def link_results(plan: BuildPlan, outcomes: list[BuildOutcome]) -> None:
     """result-<variant> -> its output, for each variant built (a failed one
     keeps its old link), after Nix exited.
 
@@ -861,7 +863,7 @@ def main(
     host: Host | None = None,
     retarget: Callable[[Target], Target] | None = None,
     **cli: Any,
-) -> list[Outcome] | BuildPlan:
+) -> list[BuildOutcome] | BuildPlan:
     """`invoke build`: see the module docstring. Raises BuildError on failure.
 
     retarget: what to build for each selected variant instead of its package
@@ -900,7 +902,7 @@ def main(
     return act(plan, out, interactive=interactive)
 
 
-def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> list[Outcome]:
+def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> list[BuildOutcome]:
     """Build the plan, link what was built, report; BuildError on any failure."""
     project, request = plan.project, plan.prepared.request
     check_links(plan.prepared.targets, [p.out for p in plan.variants])

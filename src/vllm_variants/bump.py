@@ -112,7 +112,7 @@ class BranchPlan:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BumpPlan:
     rev: str
     url: str
     branches: tuple[BranchPlan, ...]
@@ -160,7 +160,7 @@ def make_plan(
     branches: Sequence[str] = (),
     globs: Sequence[str] = (),
     release_branch: bool = False,
-) -> Plan:
+) -> BumpPlan:
     """Check the request and read each branch's pin; runs git reads only."""
     rev = check_rev(rev)
     url = pin_url(url_template, rev)
@@ -177,7 +177,7 @@ def make_plan(
             _refuse_changes(git, worktree.path, f"the worktree of {worktree.branch}")
     plans = tuple(_branch_plan(git, name, rev, url) for name in names)
     release = _release_branch(git, plans) if release_branch else None
-    return Plan(rev=rev, url=url, branches=plans, release=release)
+    return BumpPlan(rev=rev, url=url, branches=plans, release=release)
 
 
 def _refuse_changes(git: Git, worktree: Path, what: str) -> None:
@@ -249,8 +249,8 @@ class BranchResult:
 
 
 @dataclass
-class Outcome:
-    plan: Plan
+class BumpOutcome:
+    plan: BumpPlan
     results: list[BranchResult] = field(default_factory=list)
     moved: dict[str, tuple[str, str]] = field(default_factory=dict)  # branch -> (old, new)
     created: dict[str, str] = field(default_factory=dict)  # branch -> commit
@@ -306,7 +306,7 @@ def commit_message(branch: BranchPlan, rev: str, url: str, after: PinVersions) -
     return subject, "\n".join(body)
 
 
-def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: Path | None = None) -> BranchResult:
+def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdir: Path | None = None) -> BranchResult:
     """Relock, evaluate, regenerate and commit one branch in a temporary worktree; refs untouched."""
     result = BranchResult(plan=branch)
     stage = "to check out"
@@ -339,7 +339,7 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
     return result
 
 
-def release_update(plan: Plan, results: Sequence[BranchResult]) -> RefUpdate | None:
+def release_update(plan: BumpPlan, results: Sequence[BranchResult]) -> RefUpdate | None:
     """The release branch to create, if main's vllm got newer."""
     main = next((r for r in results if r.plan.name == RELEASE_SOURCE), None)
     if not plan.release or main is None or main.after is None:
@@ -350,8 +350,8 @@ def release_update(plan: Plan, results: Sequence[BranchResult]) -> RefUpdate | N
     return RefUpdate(f"refs/heads/{plan.release}", main.plan.commit, None)
 
 
-def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None = None) -> Outcome:
-    outcome = Outcome(plan=plan)
+def execute(plan: BumpPlan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None = None) -> BumpOutcome:
+    outcome = BumpOutcome(plan=plan)
     for branch in plan.branches:
         if branch.current:
             print(f"{branch.name}: already at nixpkgs {short(plan.rev)}; nothing to do", file=out)
@@ -478,7 +478,7 @@ def bump_pin(
     nix: Nix | None = None,
     tmpdir: Path | None = None,
     out: TextIO | None = None,
-) -> Plan | Outcome:
+) -> BumpPlan | BumpOutcome:
     """Plan, then (unless dry_run) bump every branch and move them all at once."""
     out = out or sys.stdout
     git = Git(Path(root), env=env)

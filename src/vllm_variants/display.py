@@ -21,7 +21,7 @@ from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
 from .resources import format_bytes
 
 if TYPE_CHECKING:
-    from .build import BuildPlan, Outcome
+    from .build import BuildOutcome, BuildPlan
 
 HEARTBEAT_S = 300.0
 
@@ -111,7 +111,7 @@ class Display:
 
     # -- afterwards -------------------------------------------------------
 
-    def report(self, outcomes: list[Outcome]) -> None:
+    def report(self, outcomes: list[BuildOutcome]) -> None:
         root = self.plan.project.root
         for build in self.reader.failed_builds():
             logs = [relative(o.log, root) for o in outcomes if o.log and build.drv in o.failed]
@@ -137,7 +137,7 @@ class Display:
         self.say("")
         self.summary(outcomes)
 
-    def summary(self, outcomes: list[Outcome]) -> None:
+    def summary(self, outcomes: list[BuildOutcome]) -> None:
         from rich import box
         from rich.table import Table
 

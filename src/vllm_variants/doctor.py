@@ -43,7 +43,7 @@ class DoctorFailed(VariantsError):
 
 
 @dataclass
-class Report:
+class DoctorReport:
     nix: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +68,7 @@ class Report:
         }
 
 
-def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
+def _check_nix(report: DoctorReport, nix: Nix) -> BuildCapabilities | None:
     """Nix's own problems (those `invoke build` stops at), then what it can build."""
     report.nix = {"version": None, "flakes": None, "min_version": ".".join(map(str, MIN_VERSION))}
     for problem in nix.problems():
@@ -90,7 +90,7 @@ def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
     return caps
 
 
-def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, needed: Sequence[str]) -> None:
+def _check_builds(report: DoctorReport, caps: BuildCapabilities, matrix: Matrix, needed: Sequence[str]) -> None:
     """This system, what it can build for, big-parallel; an error when a needed system has no builder."""
     big_parallel = set(REQUIRED_FEATURES) <= set(caps.features)
     systems: dict[str, dict[str, Any]] = {}
@@ -122,7 +122,7 @@ def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, neede
             report.add(ERROR, caps.explain_missing(system))
 
 
-def _check_host(report: Report, host: Host, matrix: Matrix) -> None:
+def _check_host(report: DoctorReport, host: Host, matrix: Matrix) -> None:
     cores_setting = report.nix.get("cores_setting") or 0
     cores = min(cores_setting, host.cores) if cores_setting else host.cores
     jobs = host.nvcc_jobs(matrix.ram_per_job_gib, cores=cores)
@@ -143,7 +143,9 @@ def _check_host(report: Report, host: Host, matrix: Matrix) -> None:
         )
 
 
-def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapping[str, str] | None) -> list[str]:
+def _check_gpus(
+    report: DoctorReport, matrix: Matrix, smi: str, system: str, env: Mapping[str, str] | None
+) -> list[str]:
     """GPUs, their variants, driver minimums. Returns the systems the GPUs' variants need."""
     try:
         gpus: list[GPU] = detect(smi, env=env)
@@ -195,7 +197,7 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
     return list(dict.fromkeys(needed))
 
 
-def _names_only(report: Report, smi: str, env: Mapping[str, str] | None) -> None:
+def _names_only(report: DoctorReport, smi: str, env: Mapping[str, str] | None) -> None:
     """Where the query failed (an old driver), still name the GPUs from `nvidia-smi -L`."""
     try:
         names = list_names(smi, env=env)
@@ -216,9 +218,9 @@ def diagnose(
     host: Host | None = None,
     system: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> Report:
+) -> DoctorReport:
     """Everything doctor checks, as data; never raises for a problem it can name."""
-    report = Report()
+    report = DoctorReport()
     matrix = project.matrix
     nix = nix or Nix(env=env)
     caps = _check_nix(report, nix)
@@ -246,7 +248,7 @@ def _systems_text(build: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def render(report: Report, out: TextIO) -> None:
+def render(report: DoctorReport, out: TextIO) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -297,7 +299,7 @@ def render(report: Report, out: TextIO) -> None:
         console.print("[green]nothing blocks building or running here[/]")
 
 
-def show(project: Project, *, as_json: bool = False, out: TextIO | None = None, **kwargs: Any) -> Report:
+def show(project: Project, *, as_json: bool = False, out: TextIO | None = None, **kwargs: Any) -> DoctorReport:
     """Check Nix, builders, cores/RAM and the GPUs (exit 1 when something blocks building or running)."""
     out = out or sys.stdout
     report = diagnose(project, **kwargs)

@@ -81,7 +81,7 @@ class Unsupported(AuditError):
 
 
 @dataclass(frozen=True)
-class Entry:
+class CodeEntry:
     """One piece of device code: a cubin (SASS) or PTX for one architecture."""
 
     kind: str  # "sass" (an ELF cubin), "ptx", or "other"
@@ -121,7 +121,7 @@ class Section:
 class DeviceCode:
     """What one library's .nv_fatbin holds."""
 
-    entries: tuple[Entry, ...]
+    entries: tuple[CodeEntry, ...]
     section_bytes: int
     containers: int
     unread_bytes: int  # bytes between containers that were neither padding nor a container
@@ -313,7 +313,7 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
             f"its {FATBIN_SECTION} section claims {size} bytes at offset {start}, past the end of the "
             f"{source.size}-byte file (truncated?)"
         )
-    entries: list[Entry] = []
+    entries: list[CodeEntry] = []
     unread = 0
     containers = 0
     pos = start
@@ -361,7 +361,7 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
                 )
             compression = _compression(flags)
             entries.append(
-                Entry(
+                CodeEntry(
                     kind={KIND_ELF: "sass", KIND_PTX: "ptx"}.get(kind, "other"),
                     arch=arch_name(sm, flags),
                     stored_bytes=entry_header + payload,

@@ -185,7 +185,7 @@ def not_built(missing: Sequence[tuple[Variant, str]]) -> PublishError:
 
 
 @dataclass(frozen=True)
-class Entry:
+class PublishEntry:
     """One variant: its result and closure, and what the cache already holds of it."""
 
     variant: Variant
@@ -203,10 +203,10 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Plan:
+class PublishPlan:
     to: str
     key: SigningKey | None
-    entries: tuple[Entry, ...]
+    entries: tuple[PublishEntry, ...]
 
     @property
     def binary_cache(self) -> bool:
@@ -260,7 +260,7 @@ class Plan:
         return out
 
 
-def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None, nix: Nix) -> Plan:
+def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None, nix: Nix) -> PublishPlan:
     """Read links, closures and the cache; change nothing."""
     require_uri(to)
     if key and "secret-key" in query_params(to):
@@ -278,11 +278,11 @@ def make_plan(project: Project, variants: Sequence[Variant], to: str, key: Signi
     held = held_paths(nix, sorted({p for c in closures.values() for p in c}), to)
     for variant in variants:
         closure = closures[variant.name]
-        entries.append(Entry(variant, outs[variant.name], closure, {p: held[p] for p in closure if p in held}))
-    return Plan(to, key, tuple(entries))
+        entries.append(PublishEntry(variant, outs[variant.name], closure, {p: held[p] for p in closure if p in held}))
+    return PublishPlan(to, key, tuple(entries))
 
 
-def execute(plan: Plan, nix: Nix, out: TextIO) -> None:
+def execute(plan: PublishPlan, nix: Nix, out: TextIO) -> None:
     """Sign (where it must come first), copy, sign what the cache already held."""
     roots = [e.path for e in plan.entries]
     if plan.key and not plan.binary_cache:
@@ -305,7 +305,7 @@ def publish(
     dry_run: bool = False,
     nix: Nix | None = None,
     out: TextIO | None = None,
-) -> Plan:
+) -> PublishPlan:
     """Copy the variants' closures to `to`, signed with `sign_key` when given."""
     out = out or sys.stdout
     nix = nix or Nix()

@@ -122,7 +122,7 @@ sm_of = _compat.sm_of
 sass_runs_on = _compat.sass_runs_on
 
 
-class Outcome:
+class CheckOutcome:
     def __init__(self, status: str, reason: str, details: dict[str, Any] | None = None, no_gpu: bool = False) -> None:
         self.status = status
         self.reason = reason
@@ -130,16 +130,16 @@ class Outcome:
         self.no_gpu = no_gpu
 
 
-def passed(reason: str, **details: Any) -> Outcome:
-    return Outcome(PASS, reason, details)
+def passed(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(PASS, reason, details)
 
 
-def failed(reason: str, **details: Any) -> Outcome:
-    return Outcome(FAIL, reason, details)
+def failed(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(FAIL, reason, details)
 
 
-def skipped(reason: str, **details: Any) -> Outcome:
-    return Outcome(SKIP, reason, details)
+def skipped(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(SKIP, reason, details)
 
 
 class Context:
@@ -159,10 +159,10 @@ class Context:
         self.gpus: list[dict[str, Any]] | None = None  # [{"index", "name", "capability"}] when torch sees GPUs
         self.gpu_mismatch: str | None = None  # check 4's reason when the GPU cannot run this build
 
-    def no_gpu(self, reason: str, **details: Any) -> Outcome:
+    def no_gpu(self, reason: str, **details: Any) -> CheckOutcome:
         """No GPU: a failure, or a skip with --allow-no-gpu; reported as such either way."""
         status = SKIP if self.allow_no_gpu else FAIL
-        return Outcome(status, "no GPU: " + reason, details, no_gpu=True)
+        return CheckOutcome(status, "no GPU: " + reason, details, no_gpu=True)
 
     def claimed(self, key: str) -> Any:
         """What the result's metadata says of `key` ('vllm', 'torch', 'cuda'), or None."""
@@ -192,7 +192,7 @@ def mismatch(ctx: Context, key: str, found: object) -> str | None:
     return None
 
 
-def check_import_vllm(ctx: Context) -> Outcome:
+def check_import_vllm(ctx: Context) -> CheckOutcome:
     vllm = import_once(ctx, "vllm")
     if vllm is None:
         return failed("import vllm failed: " + ctx.vllm_error)
@@ -204,7 +204,7 @@ def check_import_vllm(ctx: Context) -> Outcome:
     return passed("vllm " + version, version=version, path=where)
 
 
-def check_import_llm(ctx: Context) -> Outcome:
+def check_import_llm(ctx: Context) -> CheckOutcome:
     if ctx.vllm is None:
         return failed("cannot import vllm (check 1): " + ctx.vllm_error)
     try:
@@ -215,7 +215,7 @@ def check_import_llm(ctx: Context) -> Outcome:
     return passed(where, object=where)
 
 
-def check_torch(ctx: Context) -> Outcome:
+def check_torch(ctx: Context) -> CheckOutcome:
     torch = import_once(ctx, "torch")
     if torch is None:
         return failed("import torch failed: " + ctx.torch_error)
@@ -293,7 +293,7 @@ def torch_arch_problem(ctx: Context, sm: str) -> tuple[Any, str | None]:
     return found, None
 
 
-def check_variant_vs_gpu(ctx: Context) -> Outcome:
+def check_variant_vs_gpu(ctx: Context) -> CheckOutcome:
     variant = ctx.variant
     if not variant:
         # load_variant gives a reason with no metadata (an empty {} has none: None, as before)
@@ -337,7 +337,7 @@ def check_variant_vs_gpu(ctx: Context) -> Outcome:
     )
 
 
-def check_quantization(ctx: Context) -> Outcome:
+def check_quantization(ctx: Context) -> CheckOutcome:
     if ctx.vllm is None:
         return failed("cannot import vllm (check 1): " + ctx.vllm_error)
     try:
@@ -400,7 +400,7 @@ def version_tuple(text: object) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_driver(ctx: Context) -> Outcome:
+def check_driver(ctx: Context) -> CheckOutcome:
     version, source, why = read_driver_version()
     details = {"driver": version, "source": source}
     if version is None:
@@ -426,7 +426,7 @@ def check_driver(ctx: Context) -> Outcome:
     return passed("driver %s >= %s (CUDA %s), from %s" % (version, minimum, cuda, source), **details)
 
 
-def check_generate(ctx: Context) -> Outcome:
+def check_generate(ctx: Context) -> CheckOutcome:
     if not ctx.generate:
         return skipped("not requested (--generate runs a tiny dummy model on the GPU)")
     if ctx.gpus is None:
