@@ -71,7 +71,7 @@ def test_without_the_cuda_overlay_the_build_uses_cuda_12_8(tmp_path):
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/cuda.nix": [
                 ("cudaPackages = final.${variant.cuda_packages};", ""),
                 ('"cudaPackages_${cudaMajor}" = final.${variant.cuda_packages};', ""),
             ]
@@ -88,7 +88,9 @@ def test_forward_compat_left_on_is_visible_in_flags(tmp_path):
 
 
 def test_bitsandbytes_for_every_arch_hits_the_cccl_bug(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [('postPatch = (old.postPatch or "") + bitsandbytesOneSm;', "")]})
+    flake = mutated(
+        tmp_path, {"nix/overlays/bitsandbytes.nix": [('postPatch = (old.postPatch or "") + bitsandbytesOneSm;', "")]}
+    )
     proc = build(flake, check=False)
     assert proc.returncode != 0
     assert "_CCCL_PP_SPLICE_WITH_IMPL20" in proc.stderr
@@ -102,7 +104,7 @@ def test_a_compute_capability_cmake_flag_reaches_the_second_cmake_run_glued_on(t
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/bitsandbytes.nix": [
                 (
                     'postPatch = (old.postPatch or "") + bitsandbytesOneSm;',
                     'cmakeFlags = (old.cmakeFlags or [ ]) ++ [ (lib.cmakeFeature "COMPUTE_CAPABILITY" variant.sm) ];',
@@ -122,13 +124,15 @@ def test_bitsandbytes_swapped_only_in_vllm_inputs_still_builds_the_stock_one(tmp
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/bitsandbytes.nix": [
                 ("bitsandbytes = pyPrev.bitsandbytes.overrideAttrs", "bnbPerSm = pyPrev.bitsandbytes.overrideAttrs"),
+            ],
+            "nix/overlays/vllm.nix": [
                 (
                     "vllm = (clampJobs pyPrev.vllm)",
                     "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bnbPerSm; }))",
                 ),
-            ]
+            ],
         },
     )
     proc = build(flake, check=False)
@@ -141,7 +145,7 @@ def test_two_bitsandbytes_in_the_closure_fail_the_build(tmp_path):
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/vllm.nix": [
                 (
                     "vllm = (clampJobs pyPrev.vllm)",
                     "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bitsandbytes.overrideAttrs"
@@ -160,7 +164,7 @@ def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/vllm.nix": [
                 ("vllm = (clampJobs pyPrev.vllm).overrideAttrs", "vllmPerSm = (clampJobs pyPrev.vllm).overrideAttrs")
             ]
         },
@@ -184,7 +188,7 @@ WHEEL_PASSTHRU = """passthru = (old.passthru or { }) // {
 
 def test_torch_bin_as_is_does_not_evaluate_under_xformers(tmp_path):
     """torch-bin has no passthru.cudaCapabilities (nor cudaSupport): swapping it in bare fails."""
-    flake = mutated(tmp_path, {"nix/overlay.nix": [(WHEEL_PASSTHRU, "")]})
+    flake = mutated(tmp_path, {"nix/overlays/torch-bin.nix": [(WHEEL_PASSTHRU, "")]})
     proc = support.nix("eval", f"{flake}#{SM90_WHEEL}.drvPath", *support.override(), check=False)
     assert proc.returncode != 0
     assert "attribute 'cudaCapabilities' missing" in proc.stderr or "attribute 'cudaSupport' missing" in proc.stderr
@@ -194,18 +198,20 @@ def test_torch_bin_swapped_in_vllm_alone_gives_two_torches(tmp_path):
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/torch-bin.nix": [
                 (
                     "        if torchIsWheel then\n          pyPrev.torch-bin.overrideAttrs",
                     "        if false then\n          pyPrev.torch-bin.overrideAttrs",
                 ),
+            ],
+            "nix/overlays/vllm.nix": [
                 (
                     "vllm = (clampJobs pyPrev.vllm)",
                     "vllm = (clampJobs (pyPrev.vllm.override { torch = pyPrev.torch-bin.overrideAttrs (old: { "
                     + WHEEL_PASSTHRU
                     + " }); }))",
                 ),
-            ]
+            ],
         },
     )
     proc = build(flake, SM90_WHEEL, check=False)
@@ -221,7 +227,7 @@ def test_torch_bin_lagging_vllm_pin_fails_unless_relaxed(tmp_path, standin):
     flake = mutated(
         tmp_path,
         {
-            "nix/overlay.nix": [
+            "nix/overlays/vllm.nix": [
                 (
                     "lib.optionalAttrs (torchIsWheel && pyFinal.torch.version != pyPrev.torch.version)",
                     "lib.optionalAttrs false",

@@ -34,7 +34,7 @@ from ..runner import CannotRun, spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
-# Written by the flake (nix/overlay.nix) into every variant's vllm output.
+# Written by the flake (nix/overlays/vllm.nix) into every variant's vllm output.
 VARIANT_JSON = Path("share") / "vllm-variants" / "variant.json"
 REPORT_JSON = "smoke-report.json"
 JUNIT_XML = "smoke-junit.xml"
