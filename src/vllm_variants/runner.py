@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -187,14 +187,22 @@ def terminations_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
+    with signals_handled((signal.SIGTERM, signal.SIGHUP), interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def signals_handled(signals: Sequence[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for each of `signals` inside the block, the previous handlers
+    restored after it; off the main thread signals are left alone."""
     previous = {}
     try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, interrupt)
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

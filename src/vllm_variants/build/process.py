@@ -17,7 +17,7 @@ from ..errors import WriteError
 from ..matrix import Variant
 from ..nixlog import Event, NixLog, read_lines
 from ..outputs import make_dir
-from ..runner import format_argv, spawn, terminations_interrupt
+from ..runner import format_argv, signals_handled, spawn, terminations_interrupt
 from .plan import BuildPlan
 
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
@@ -250,14 +250,5 @@ def _held_signals() -> Iterator[list[int]]:
     two: links, summary, JSON); yields the ones that came, for the caller to
     honour afterwards."""
     held: list[int] = []
-    previous = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
+    with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda signum, frame: held.append(signum)):
         yield held
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
