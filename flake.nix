@@ -130,6 +130,10 @@
         )
       );
 
+      # `nix fmt`: nixfmt (RFC 166 style) over every *.nix file, as
+      # huggingface/kernel-builder does.
+      formatter = forSystems (system: nixpkgs.legacyPackages.${system}.nixfmt-tree);
+
       devShells = forSystems (
         system:
         let
@@ -144,8 +148,11 @@
                 ps.rich
                 ps.pytest
                 ps.pytest-xdist
+                ps.pyyaml # tests/test_ci_matrix.py, as the test extra
               ]))
               pkgs.git
+              pkgs.ruff
+              pkgs.mypy
             ];
             # tasks.py and noxfile.py import vllm_variants from this checkout.
             shellHook = ''export PYTHONPATH="$PWD/src''${PYTHONPATH:+:$PYTHONPATH}"'';

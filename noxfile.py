@@ -1,4 +1,4 @@
-"""Nox sessions for vllm-variants. `nox -l` lists them; `nox -s tests` runs the suite.
+"""Nox sessions for vllm-variants. `nox -l` lists them; `nox -s tests` runs the suite, `nox -s lint` the lint.
 
 Sessions are thin: the logic lives in the vllm_variants package.
 """
@@ -19,6 +19,15 @@ def tests(session: nox.Session) -> None:
     """Run the test suite: real Nix against the offline nixpkgs stand-in, in parallel."""
     session.install("-e", ".[test]")
     session.run("pytest", "-n", "auto", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint, format-check and type-check: ruff check, ruff format --check, mypy (settings in pyproject.toml)."""
+    session.install("-e", ".[lint]")
+    session.run("ruff", "check", *session.posargs)
+    session.run("ruff", "format", "--check", *session.posargs)
+    session.run("mypy")
 
 
 @nox.session(venv_backend="none", default=False, tags=["smoke"])

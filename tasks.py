@@ -33,7 +33,6 @@ _LINE_HELP = {
 }
 
 
-
 def _project():
     from vllm_variants.project import Project
 
@@ -46,8 +45,12 @@ def _call(func, *args, **kwargs):
     return call(func, *args, **kwargs)
 
 
-@task(help={"json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
-            "all": "every combination of the axes, the disabled ones with the reason (default: the default set)"})
+@task(
+    help={
+        "json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
+        "all": "every combination of the axes, the disabled ones with the reason (default: the default set)",
+    }
+)
 def variants(c, json=False, all=False):
     """Show the variant matrix (from nix/variants.toml; no Nix needed)."""
     from vllm_variants.variants_cmd import show
@@ -84,8 +87,16 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
     """Move the nixpkgs pin on branches, all or nothing: relock, evaluate versions, README, commit."""
     from vllm_variants.bump import bump_pin as bump
 
-    _call(bump, ROOT, rev, branches=branch or (), globs=branches or (), url_template=url_template,
-          dry_run=dry_run, release_branch=release_branch)
+    _call(
+        bump,
+        ROOT,
+        rev,
+        branches=branch or (),
+        globs=branches or (),
+        url_template=url_template,
+        dry_run=dry_run,
+        release_branch=release_branch,
+    )
 
 
 # -- build (issue #2) -----------------------------------------------------------
@@ -94,7 +105,7 @@ def bump_pin(c, rev, branch=None, branches=None, url_template=None, dry_run=Fals
 _EVAL_HELP = {
     "eval-jobs": "at most this many variants (nixpkgs instances) per Nix evaluation; default: sized from RAM",
     "eval-max-memory": "memory one Nix evaluation may use, e.g. 24G (binary units); batches are sized from it "
-                       "(default: half of this machine's RAM)",
+    "(default: half of this machine's RAM)",
 }
 
 
@@ -103,35 +114,67 @@ _EVAL_HELP = {
     iterable=["sm", "system", "option"],
     help={
         "sm": "SM to build: 90, sm90, 9.0, a full variant name, or 'auto' for this machine's GPUs "
-              "(see `invoke which`); repeat it or give a list (--sm 80,89,90)",
+        "(see `invoke which`); repeat it or give a list (--sm 80,89,90)",
         "arm64": "the aarch64-linux (Grace) variant of each --sm (GH200: --sm 90 --arm64)",
         "all": "every enabled variant of the matrix",
         "system": "every enabled variant of this system (x86_64-linux, aarch64-linux); repeatable",
         "dry-run": "evaluate and print the plan (what Nix would build and fetch); build and change nothing",
         "cores": "Nix --cores: cores per build (0: all); default: planned from RAM when several variants",
         "max-jobs": "Nix --max-jobs: builds at once (0: remote builders only); default: planned from RAM "
-                    "when several variants",
+        "when several variants",
         "builders": "Nix --builders: remote builders, e.g. 'ssh-ng://user@host aarch64-linux - 8 1 big-parallel' "
-                    "or @machines-file (replaces the builders Nix is configured with)",
+        "or @machines-file (replaces the builders Nix is configured with)",
         "keep-going": "keep building what does not depend on a failed derivation (and the other variants)",
         "option": "extra Nix option NAME=VALUE (e.g. --option sandbox true); repeatable",
         "nixpkgs": "build against this nixpkgs instead of the pin: a checkout's path or a flake reference "
-                   "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
+        "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
         "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
         **_LINE_HELP,
         **_EVAL_HELP,
     },
 )
-def build(c, sm=None, arm64=False, all=False, system=None, dry_run=False, cores=None, max_jobs=None,
-          builders=None, keep_going=False, option=None, nixpkgs=None, json=None, python=None, cuda=None,
-          eval_jobs=None, eval_max_memory=None):
+def build(
+    c,
+    sm=None,
+    arm64=False,
+    all=False,
+    system=None,
+    dry_run=False,
+    cores=None,
+    max_jobs=None,
+    builders=None,
+    keep_going=False,
+    option=None,
+    nixpkgs=None,
+    json=None,
+    python=None,
+    cuda=None,
+    eval_jobs=None,
+    eval_max_memory=None,
+):
     """Build variants with Nix: plan, progress, logs, result-<variant> links."""
     from vllm_variants.build import main
 
-    _call(main, _project(), sm=sm, arm64=arm64, all=all, system=system, dry_run=dry_run, cores=cores,
-          python=python, cuda=cuda,
-          max_jobs=max_jobs, builders=builders, keep_going=keep_going, option=option, nixpkgs=nixpkgs,
-          json=json, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
+    _call(
+        main,
+        _project(),
+        sm=sm,
+        arm64=arm64,
+        all=all,
+        system=system,
+        dry_run=dry_run,
+        cores=cores,
+        python=python,
+        cuda=cuda,
+        max_jobs=max_jobs,
+        builders=builders,
+        keep_going=keep_going,
+        option=option,
+        nixpkgs=nixpkgs,
+        json=json,
+        eval_jobs=eval_jobs,
+        eval_max_memory=eval_max_memory,
+    )
 
 
 # -- smoke (issue #3) ---------------------------------------------------------
@@ -151,8 +194,15 @@ def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=None, report_d
     """Smoke-check built results in their own Python: vllm, torch and GPU, variant vs GPU, driver."""
     from vllm_variants.smoke.session import smoke as run_smoke
 
-    _call(run_smoke, _project(), [results], generate=generate, allow_no_gpu=allow_no_gpu, jobs=jobs,
-          report_dir=report_dir or None)
+    _call(
+        run_smoke,
+        _project(),
+        [results],
+        generate=generate,
+        allow_no_gpu=allow_no_gpu,
+        jobs=jobs,
+        report_dir=report_dir or None,
+    )
 
 
 # -- doctor, which, audit: know the machine, pick the variant, check a build (#5)
@@ -189,8 +239,17 @@ def audit(c, path, sm=None, variant=None, json=False, reader="auto", cuobjdump=N
     """List the GPU architectures (SASS, PTX) and their sizes in a build, wheel or library."""
     from vllm_variants.audit import show
 
-    _call(show, path, matrix=_project().matrix, sm=sm, variant=variant, as_json=json, reader=reader,
-          cuobjdump=cuobjdump, check=check)
+    _call(
+        show,
+        path,
+        matrix=_project().matrix,
+        sm=sm,
+        variant=variant,
+        as_json=json,
+        reader=reader,
+        cuobjdump=cuobjdump,
+        check=check,
+    )
 
 
 # -- beyond one machine: binary caches and CI (issue #6) ----------------------
@@ -214,13 +273,25 @@ _SELECT_HELP = {
         "dry_run": "print the plan (paths, sizes, signing) and copy nothing",
     },
 )
-def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, check=False, nixpkgs=None,
-            dry_run=False):
+def publish(
+    c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, check=False, nixpkgs=None, dry_run=False
+):
     """Copy built variants' closures to a binary cache (nix copy), signed with --sign-key."""
     from vllm_variants.publish import main
 
-    _call(main, _project(), to=to, sm=sm or (), arm64=arm64, systems=system or (), all=all, sign_key=sign_key,
-          check_only=check, nixpkgs=nixpkgs, dry_run=dry_run)
+    _call(
+        main,
+        _project(),
+        to=to,
+        sm=sm or (),
+        arm64=arm64,
+        systems=system or (),
+        all=all,
+        sign_key=sign_key,
+        check_only=check,
+        nixpkgs=nixpkgs,
+        dry_run=dry_run,
+    )
 
 
 @task(
@@ -229,7 +300,7 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
         "sm": "the SM of the variant: 90, sm90 or a full variant name (one variant per image)",
         "arm64": "the aarch64-linux (Grace) variant of that SM",
         "to": "where the image goes: docker://REGISTRY/NAME[:TAG] or oci-archive:PATH[:TAG] "
-              "(TAG defaults to <vllm version>-<pin>)",
+        "(TAG defaults to <vllm version>-<pin>)",
         "load": "load the image into the local Docker (docker image load, streamed) or, without docker, podman",
         "dry-run": "build the image script and list its layers and sizes; copy nothing",
         "insecure": "with docker://: plain HTTP or no TLS verification (skopeo --dest-tls-verify=false)",
@@ -237,13 +308,22 @@ def publish(c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, 
         "nixpkgs": "the nixpkgs the variant was built with (path or flake ref), as for build",
     },
 )
-def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=False, tmpdir=None,
-          nixpkgs=None):
+def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=False, tmpdir=None, nixpkgs=None):
     """Build a built variant's OCI image (dockerTools) and copy it to a registry or archive with skopeo."""
     from vllm_variants.image import main
 
-    _call(main, _project(), sm=sm or (), arm64=arm64, to=to, load=load, dry_run=dry_run, insecure=insecure,
-          tmpdir=tmpdir, nixpkgs=nixpkgs)
+    _call(
+        main,
+        _project(),
+        sm=sm or (),
+        arm64=arm64,
+        to=to,
+        load=load,
+        dry_run=dry_run,
+        insecure=insecure,
+        tmpdir=tmpdir,
+        nixpkgs=nixpkgs,
+    )
 
 
 @task(
@@ -253,25 +333,47 @@ def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=
         **_SELECT_HELP,
         "all": "every enabled variant (the default when nothing is selected)",
         "nixpkgs": "evaluate against this nixpkgs instead of the pin: a checkout's path or a flake reference "
-                   "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
+        "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
         "json": "print the result as JSON (for CI) instead of text",
         **_LINE_HELP,
         **_EVAL_HELP,
     },
 )
-def eval_(c, sm=None, arm64=False, system=None, all=False, nixpkgs=None, json=False, python=None, cuda=None,
-          eval_jobs=None, eval_max_memory=None):
+def eval_(
+    c,
+    sm=None,
+    arm64=False,
+    system=None,
+    all=False,
+    nixpkgs=None,
+    json=False,
+    python=None,
+    cuda=None,
+    eval_jobs=None,
+    eval_max_memory=None,
+):
     """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
     from vllm_variants.evaluate import main
 
-    _call(main, _project(), sm=sm or (), arm64=arm64, systems=system or (), all=all, nixpkgs=nixpkgs,
-          as_json=json, python=python, cuda=cuda, eval_jobs=eval_jobs, eval_max_memory=eval_max_memory)
+    _call(
+        main,
+        _project(),
+        sm=sm or (),
+        arm64=arm64,
+        systems=system or (),
+        all=all,
+        nixpkgs=nixpkgs,
+        as_json=json,
+        python=python,
+        cuda=cuda,
+        eval_jobs=eval_jobs,
+        eval_max_memory=eval_max_memory,
+    )
 
 
 @task(
     iterable=["sm", "system"],
-    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP,
-          **_LINE_HELP},
+    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP, **_LINE_HELP},
 )
 def matrix(c, format="github", sm=None, arm64=False, system=None, python=None, cuda=None):
     """Print the CI build matrix (GitHub Actions JSON) for the default set (or a --python/--cuda line)."""

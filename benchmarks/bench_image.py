@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vllm_variants.image import conf_of, image_link  # noqa: E402
-from vllm_variants.nix import Nix  # noqa: E402
-from vllm_variants.project import Project  # noqa: E402
-from vllm_variants.resources import format_bytes  # noqa: E402
+from vllm_variants.image import conf_of, image_link
+from vllm_variants.nix import Nix
+from vllm_variants.project import Project
+from vllm_variants.resources import format_bytes
 
 
 class Hashing:
@@ -93,8 +93,12 @@ def main() -> int:
     measured = {}
     for sm in args.sm or ["90", "80"]:
         variant = project.matrix.resolve(sm)
-        subprocess.run([sys.executable, "-m", "invoke", "image", "--sm", sm, "--dry-run", *extra],
-                       cwd=project.root, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "invoke", "image", "--sm", sm, "--dry-run", *extra],
+            cwd=project.root,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         script = os.readlink(image_link(project, variant))
         env = os.readlink(project.result_link(variant))  # invoke image refused it if it was not built
         closure = nix.path_info([env], closure=False, recursive=True)
@@ -108,19 +112,27 @@ def main() -> int:
         layer_bytes = sum(layers.values())
         print(f"{variant.name}")
         print(f"  closure   {len(closure):4d} paths  {format_bytes(closure_bytes):>10}  ({closure_bytes} B)")
-        print(f"  in image  {len(held):4d} paths  {format_bytes(held_bytes):>10}  ({held_bytes} B; closure + CA bundle)")
-        print(f"  image     {len(layers):4d} layers {format_bytes(layer_bytes):>10}  ({layer_bytes} B of layer tarballs; "
-              f"archive {total} B, metadata {total - layer_bytes} B)")
-        print(f"  layer tarballs - NAR bytes: {layer_bytes - held_bytes} B = {entries} tar entries x "
-              f"{(layer_bytes - held_bytes) / max(1, entries):.0f} B (headers, padding; ratio {layer_bytes / held_bytes:.3f})")
+        print(
+            f"  in image  {len(held):4d} paths  {format_bytes(held_bytes):>10}  ({held_bytes} B; closure + CA bundle)"
+        )
+        print(
+            f"  image     {len(layers):4d} layers {format_bytes(layer_bytes):>10}  ({layer_bytes} B of layer tarballs; "
+            f"archive {total} B, metadata {total - layer_bytes} B)"
+        )
+        print(
+            f"  layer tarballs - NAR bytes: {layer_bytes - held_bytes} B = {entries} tar entries x "
+            f"{(layer_bytes - held_bytes) / max(1, entries):.0f} B (headers, padding; ratio {layer_bytes / held_bytes:.3f})"
+        )
     names = list(measured)
     if len(names) >= 2:
         a, b = measured[names[0]], measured[names[1]]
         shared = set(a) & set(b)
         shared_bytes = sum(a[d] for d in shared)
-        print(f"shared by {names[0]} and {names[1]}: {len(shared)} of {len(b)} layers, "
-              f"{format_bytes(shared_bytes)} of {format_bytes(sum(b.values()))} "
-              f"({100 * shared_bytes / max(1, sum(b.values())):.0f} % of the second image)")
+        print(
+            f"shared by {names[0]} and {names[1]}: {len(shared)} of {len(b)} layers, "
+            f"{format_bytes(shared_bytes)} of {format_bytes(sum(b.values()))} "
+            f"({100 * shared_bytes / max(1, sum(b.values())):.0f} % of the second image)"
+        )
     return 0
 
 

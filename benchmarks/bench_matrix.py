@@ -38,8 +38,10 @@ def matrix_text(sms: int) -> str:
     rows = []
     for index in range(sms):  # capability AB.C <-> sm ABC: 900 distinct SMs
         major, minor = 10 + index // 10, index % 10
-        rows.append(f'[[sm]]\nsm = "{major}{minor}"\ncapability = "{major}.{minor}"\narch = "X"\n'
-                    f'gpus = ["GPU {index}"]\nsystem = "x86_64-linux"\n')
+        rows.append(
+            f'[[sm]]\nsm = "{major}{minor}"\ncapability = "{major}.{minor}"\narch = "X"\n'
+            f'gpus = ["GPU {index}"]\nsystem = "x86_64-linux"\n'
+        )
     return HEAD + "\n".join(rows)
 
 
@@ -71,15 +73,30 @@ def main() -> None:
             toml = root / "nix" / "variants.toml"
             toml.write_text(matrix_text(sms))
             variants = len(Matrix.load(toml).variants)
-            row = {"variants": variants,
-                   "python": best(lambda: Matrix.load(toml), args.repeat),
-                   "invoke": best(lambda: subprocess.run([sys.executable, "-m", "invoke", "variants", "--json"],
-                                                         cwd=root, check=True, capture_output=True), args.repeat)}
+            row = {
+                "variants": variants,
+                "python": best(lambda toml=toml: Matrix.load(toml), args.repeat),
+                "invoke": best(
+                    lambda root=root: subprocess.run(
+                        [sys.executable, "-m", "invoke", "variants", "--json"],
+                        cwd=root,
+                        check=True,
+                        capture_output=True,
+                    ),
+                    args.repeat,
+                ),
+            }
             if nix:
-                expr = (f"builtins.length (builtins.attrNames (import {root}/nix/matrix.nix "
-                        f"{{ toml = builtins.fromTOML (builtins.readFile {toml}); }}).variants)")
-                row["nix"] = best(lambda: subprocess.run([nix, "eval", "--impure", "--expr", expr], check=True,
-                                                         capture_output=True), args.repeat)
+                expr = (
+                    f"builtins.length (builtins.attrNames (import {root}/nix/matrix.nix "
+                    f"{{ toml = builtins.fromTOML (builtins.readFile {toml}); }}).variants)"
+                )
+                row["nix"] = best(
+                    lambda expr=expr: subprocess.run(
+                        [nix, "eval", "--impure", "--expr", expr], check=True, capture_output=True
+                    ),
+                    args.repeat,
+                )
             results.append(row)
     keys = [k for k in ("python", "invoke", "nix") if k in results[0]]
     print(f"{'variants':>9} " + " ".join(f"{k + ' s':>10} {k + ' ms/var':>12}" for k in keys))
@@ -93,9 +110,11 @@ def main() -> None:
         middle = results[len(results) // 2]
         early = (middle[key] - first[key]) / max(1, middle["variants"] - first["variants"])
         growth = marginal / early if early > 0 else float("nan")
-        print(f"{key}: marginal {1000 * marginal:.3f} ms/variant; growth of the marginal cost "
-              f"({first['variants']}->{middle['variants']} vs {middle['variants']}->{last['variants']}): "
-              f"{growth:.2f}x (1 = linear)")
+        print(
+            f"{key}: marginal {1000 * marginal:.3f} ms/variant; growth of the marginal cost "
+            f"({first['variants']}->{middle['variants']} vs {middle['variants']}->{last['variants']}): "
+            f"{growth:.2f}x (1 = linear)"
+        )
     print(f"each cell: the best of {args.repeat} runs; [[sm]] rows {sizes}")
 
 

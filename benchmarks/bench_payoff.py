@@ -41,8 +41,19 @@ from vllm_variants.runner import run  # noqa: E402
 
 WHEELS = ("vllm==0.33.0", "bitsandbytes==0.50.2")
 # manylinux x86_64 wheels only: what a Linux GPU box installs
-PLATFORM = ["--only-binary=:all:", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
-            "--platform", "manylinux_2_17_x86_64", "--python-version", "3.12", "--implementation", "cp"]
+PLATFORM = [
+    "--only-binary=:all:",
+    "--platform",
+    "manylinux_2_28_x86_64",
+    "--platform",
+    "manylinux_2_24_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--python-version",
+    "3.12",
+    "--implementation",
+    "cp",
+]
 
 
 def download(spec: str, dest: Path) -> Path:
@@ -60,8 +71,17 @@ def download(spec: str, dest: Path) -> Path:
 
 def audit_json(wheel: Path, sms: list[str], reader: str, cuobjdump: str | None) -> tuple[dict, float, int]:
     """(the audit's JSON, wall seconds, peak RSS in bytes) of one audit process."""
-    argv = [sys.executable, "-m", "vllm_variants.audit", str(wheel), "--sm", ",".join(sms), "--json",
-            "--reader", reader]
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm_variants.audit",
+        str(wheel),
+        "--sm",
+        ",".join(sms),
+        "--json",
+        "--reader",
+        reader,
+    ]
     if cuobjdump:
         argv += ["--cuobjdump", cuobjdump]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -111,8 +131,10 @@ def main() -> int:
         audit_json(wheel, sms, "fatbin", None)
         data, seconds, peak = audit_json(wheel, sms, "fatbin", None)
         print(f"\n### {spec}: {wheel.name}\n")
-        print(f"wheel {mib(wheel.stat().st_size)}; device code {mib(data['total_bytes'])} in "
-              f"{len(data['libraries'])} libraries; audit (fatbin reader) {seconds:.1f} s, peak RSS {mib(peak)}\n")
+        print(
+            f"wheel {mib(wheel.stat().st_size)}; device code {mib(data['total_bytes'])} in "
+            f"{len(data['libraries'])} libraries; audit (fatbin reader) {seconds:.1f} s, peak RSS {mib(peak)}\n"
+        )
         print("\n".join(table(data, sms)))
         if data["skipped"]:
             print("\nskipped: " + "; ".join(f"{s['path']}: {s['reason']}" for s in data["skipped"]))
@@ -120,11 +142,13 @@ def main() -> int:
             other, seconds, peak = audit_json(wheel, sms, "cuobjdump", args.cuobjdump)
             fell_back = [lib["path"] for lib in other["libraries"] if lib["reader"] != "cuobjdump"]
             same = other["per_sm"] == data["per_sm"] and other["total_bytes"] == data["total_bytes"]
-            print(f"\ncuobjdump reader: {len(other['libraries'])} libraries, {len(other['disagreements'])} "
-                  f"disagreements, {len(fell_back)} read from the headers after cuobjdump failed"
-                  + (f" ({', '.join(fell_back)})" if fell_back else "")
-                  + f"; figures {'identical' if same else 'DIFFERENT'}; {seconds:.1f} s, peak RSS {mib(peak)} "
-                  "(the larger of the audit process and the cuobjdump runs it waits for)")
+            print(
+                f"\ncuobjdump reader: {len(other['libraries'])} libraries, {len(other['disagreements'])} "
+                f"disagreements, {len(fell_back)} read from the headers after cuobjdump failed"
+                + (f" ({', '.join(fell_back)})" if fell_back else "")
+                + f"; figures {'identical' if same else 'DIFFERENT'}; {seconds:.1f} s, peak RSS {mib(peak)} "
+                "(the larger of the audit process and the cuobjdump runs it waits for)"
+            )
     return 0
 
 

@@ -63,10 +63,27 @@ MATRIX_TARGET = 6.0
 # (capability, oldest CUDA that has it) accepted by the stand-in's torch and vllm
 # lists and its CUDA capability table (tests/fixtures/nixpkgs).
 CAPABILITIES = [
-    ("7.0", "12.8"), ("7.2", "12.8"), ("7.5", "12.8"), ("8.0", "12.8"), ("8.6", "12.8"), ("8.7", "12.8"),
-    ("8.9", "12.8"), ("9.0", "12.8"), ("9.0a", "12.8"), ("10.0", "12.8"), ("10.0a", "12.8"),
-    ("12.0", "12.8"), ("12.0a", "12.8"), ("5.0", "12.8"), ("5.2", "12.8"), ("6.0", "12.8"), ("6.1", "12.8"),
-    ("10.3", "12.9"), ("10.3a", "12.9"), ("12.1", "12.9"), ("12.1a", "12.9"),
+    ("7.0", "12.8"),
+    ("7.2", "12.8"),
+    ("7.5", "12.8"),
+    ("8.0", "12.8"),
+    ("8.6", "12.8"),
+    ("8.7", "12.8"),
+    ("8.9", "12.8"),
+    ("9.0", "12.8"),
+    ("9.0a", "12.8"),
+    ("10.0", "12.8"),
+    ("10.0a", "12.8"),
+    ("12.0", "12.8"),
+    ("12.0a", "12.8"),
+    ("5.0", "12.8"),
+    ("5.2", "12.8"),
+    ("6.0", "12.8"),
+    ("6.1", "12.8"),
+    ("10.3", "12.9"),
+    ("10.3a", "12.9"),
+    ("12.1", "12.9"),
+    ("12.1a", "12.9"),
 ]
 
 # Our process and Nix's, apart: run invoke in-process, then read getrusage.
@@ -96,8 +113,15 @@ def rows(n: int) -> list[dict[str, str]]:
             for python in ("python312", "python313"):
                 for cap, min_cuda in CAPABILITIES:
                     if cuda >= min_cuda:
-                        found.append({"sm": cap.replace(".", ""), "capability": cap, "python": python,
-                                      "cuda": cuda, "torch": torch})
+                        found.append(
+                            {
+                                "sm": cap.replace(".", ""),
+                                "capability": cap,
+                                "python": python,
+                                "cuda": cuda,
+                                "torch": torch,
+                            }
+                        )
     if n > len(found):
         raise SystemExit(f"at most {len(found)} distinct variants can be generated, not {n}")
     return found[:n]
@@ -110,10 +134,23 @@ def variants_toml(selected: list[dict[str, str]]) -> str:
     tables = []
     for row in selected:
         minimum = 575 if row["cuda"] == "12.9" else 570
-        tables.append("\n".join([
-            "[[variant]]", f'sm = "{row["sm"]}"', f'capability = "{row["capability"]}"', 'arch = "bench"',
-            f'gpus = ["bench {row["capability"]}"]', 'system = "x86_64-linux"', f'python = "{row["python"]}"',
-            f'cuda = "{row["cuda"]}"', f"min_driver = {minimum}", f'torch = "{row["torch"]}"', ""]))
+        tables.append(
+            "\n".join(
+                [
+                    "[[variant]]",
+                    f'sm = "{row["sm"]}"',
+                    f'capability = "{row["capability"]}"',
+                    'arch = "bench"',
+                    f'gpus = ["bench {row["capability"]}"]',
+                    'system = "x86_64-linux"',
+                    f'python = "{row["python"]}"',
+                    f'cuda = "{row["cuda"]}"',
+                    f"min_driver = {minimum}",
+                    f'torch = "{row["torch"]}"',
+                    "",
+                ]
+            )
+        )
     return head + "\n\n" + "\n".join(tables)
 
 
@@ -124,9 +161,15 @@ def project(tmp: Path, n: int) -> Path:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     (root / "nix" / "variants.toml").write_text(variants_toml(rows(n)))
-    git = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid", "GIT_COMMITTER_NAME": "bench",
-           "GIT_COMMITTER_EMAIL": "bench@invalid"}
+    git = {
+        **os.environ,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@invalid",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@invalid",
+    }
     for argv in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
         subprocess.run(argv, cwd=root, env=git, check=True)
     return root
@@ -145,19 +188,34 @@ SUBSTITUTER = ""  # --substituter
 
 
 def nix_env(extra: str = "") -> dict[str, str]:
-    config = "\n".join([f"substituters = {SUBSTITUTER}", "experimental-features = nix-command flakes", "warn-dirty = false",
-                        "flake-registry =", "eval-cache = false", extra])
+    config = "\n".join(
+        [
+            f"substituters = {SUBSTITUTER}",
+            "experimental-features = nix-command flakes",
+            "warn-dirty = false",
+            "flake-registry =",
+            "eval-cache = false",
+            extra,
+        ]
+    )
     return {**os.environ, "NIX_CONFIG": config + "\n"}
 
 
 def measured(script: str, args: list[str], cwd: Path, env: dict[str, str]) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as report:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", script, report.name, *map(str, args)], cwd=cwd, env=env,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", script, report.name, *map(str, args)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(map(str, args[:6]))} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+            raise SystemExit(
+                f"{' '.join(map(str, args[:6]))} ... failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+            )
         data = json.loads(Path(report.name).read_text())
     return {"wall_s": wall, **data, "stdout": proc.stdout}
 
@@ -166,11 +224,29 @@ def plan_case(tmp: Path, n: int, runs: int, args) -> dict[str, object]:
     root = project(tmp, n)
     nixpkgs = standin(tmp, args.shared, args.per_sm, f"plan-{uuid.uuid4()}")
     env = nix_env()
-    attrs = [f"{root}#packages.x86_64-linux.{name}" for name in
-             json.loads(subprocess.run([sys.executable, "-m", "invoke", "variants", "--json"], cwd=root,
-                                       capture_output=True, text=True, check=True).stdout)]
-    raw_argv = [shutil.which("nix") or "nix", "build", "--dry-run", "--json", *attrs, "--override-input", "nixpkgs",
-                f"path:{nixpkgs}", "--no-write-lock-file"]
+    attrs = [
+        f"{root}#packages.x86_64-linux.{name}"
+        for name in json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "invoke", "variants", "--json"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+    ]
+    raw_argv = [
+        shutil.which("nix") or "nix",
+        "build",
+        "--dry-run",
+        "--json",
+        *attrs,
+        "--override-input",
+        "nixpkgs",
+        f"path:{nixpkgs}",
+        "--no-write-lock-file",
+    ]
     plan_args = ["build", "--all", "--dry-run", "--nixpkgs", str(nixpkgs), "--eval-jobs", str(n)]
     raw, plan = [], []
     measured(RAW_MEASURED, raw_argv, root, env)  # warm: the stand-in copied into the store once
@@ -179,11 +255,17 @@ def plan_case(tmp: Path, n: int, runs: int, args) -> dict[str, object]:
         plan.append(measured(INVOKE_MEASURED, plan_args, root, env))
     stats = instance_stats(root, nixpkgs, attrs)
     derivations = next((line for line in plan[-1]["stdout"].splitlines() if "all together" in line), "")
-    return {"n": n, "raw_s": statistics.median(r["wall_s"] for r in raw),
-            "plan_s": statistics.median(p["wall_s"] for p in plan),
-            "raw_nix_mib": max(r["nix_kib"] for r in raw) / 1024, "plan_nix_mib": max(p["nix_kib"] for p in plan) / 1024,
-            "plan_self_mib": max(p["self_kib"] for p in plan) / 1024, "together": derivations.strip(), **stats,
-            "root": root}
+    return {
+        "n": n,
+        "raw_s": statistics.median(r["wall_s"] for r in raw),
+        "plan_s": statistics.median(p["wall_s"] for p in plan),
+        "raw_nix_mib": max(r["nix_kib"] for r in raw) / 1024,
+        "plan_nix_mib": max(p["nix_kib"] for p in plan) / 1024,
+        "plan_self_mib": max(p["self_kib"] for p in plan) / 1024,
+        "together": derivations.strip(),
+        **stats,
+        "root": root,
+    }
 
 
 def instance_stats(root: Path, nixpkgs: Path, attrs: list[str]) -> dict[str, float]:
@@ -191,22 +273,54 @@ def instance_stats(root: Path, nixpkgs: Path, attrs: list[str]) -> dict[str, flo
     found = {}
     for label, chosen in (("one", attrs[:1]), ("all", attrs)):
         with tempfile.NamedTemporaryFile("r", suffix=".json") as stats:
-            subprocess.run(["nix", "build", "--dry-run", *chosen, "--override-input", "nixpkgs", f"path:{nixpkgs}",
-                            "--no-write-lock-file"], cwd=root, capture_output=True, check=True,
-                           env={**nix_env(), "NIX_SHOW_STATS": "1", "NIX_SHOW_STATS_PATH": stats.name})
+            subprocess.run(
+                [
+                    "nix",
+                    "build",
+                    "--dry-run",
+                    *chosen,
+                    "--override-input",
+                    "nixpkgs",
+                    f"path:{nixpkgs}",
+                    "--no-write-lock-file",
+                ],
+                cwd=root,
+                capture_output=True,
+                check=True,
+                env={**nix_env(), "NIX_SHOW_STATS": "1", "NIX_SHOW_STATS_PATH": stats.name},
+            )
             found[label] = json.loads(Path(stats.name).read_text())["gc"]["totalBytes"]
     return {"instance_mib_one": found["one"] / 2**20, "instance_mib_all": found["all"] / len(attrs) / 2**20}
 
 
 def build_case(tmp: Path, root: Path, n: int, args) -> dict[str, float]:
     nixpkgs = standin(tmp, args.shared, args.per_sm, f"build-{uuid.uuid4()}")
-    result = measured(INVOKE_MEASURED, ["build", "--all", "--nixpkgs", str(nixpkgs), "--eval-jobs", str(n),
-                                        "--max-jobs", str(args.max_jobs), "--cores", "1"], root, nix_env())
+    result = measured(
+        INVOKE_MEASURED,
+        [
+            "build",
+            "--all",
+            "--nixpkgs",
+            str(nixpkgs),
+            "--eval-jobs",
+            str(n),
+            "--max-jobs",
+            str(args.max_jobs),
+            "--cores",
+            "1",
+        ],
+        root,
+        nix_env(),
+    )
     built = sum(1 for _ in root.glob("result-*"))
     for link in root.glob("result-*"):
         link.unlink()
-    return {"build_s": result["wall_s"], "build_nix_mib": result["nix_kib"] / 1024,
-            "build_self_mib": result["self_kib"] / 1024, "linked": built}
+    return {
+        "build_s": result["wall_s"],
+        "build_nix_mib": result["nix_kib"] / 1024,
+        "build_self_mib": result["self_kib"] / 1024,
+        "linked": built,
+    }
 
 
 def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
@@ -217,19 +331,38 @@ def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
     tables = []
     for i in range(n_rows):  # distinct names: SMs 100..999, plain, "a" and "f", each with either torch
         sm, suffix, torch = str(100 + i % 900), ["", "a", "f"][(i // 900) % 3], ["source", "wheel"][i // 2700]
-        tables.append(f'[[variant]]\nsm = "{sm}{suffix}"\ncapability = "{sm[:2]}.{sm[2:]}{suffix}"\narch = "x"\n'
-                      f'gpus = ["x"]\nsystem = "x86_64-linux"\ntorch = "{torch}"\n')
+        tables.append(
+            f'[[variant]]\nsm = "{sm}{suffix}"\ncapability = "{sm[:2]}.{sm[2:]}{suffix}"\narch = "x"\n'
+            f'gpus = ["x"]\nsystem = "x86_64-linux"\ntorch = "{torch}"\n'
+        )
     path = tmp / f"variants-{n_rows}.toml"
     path.write_text(head + "\n\n" + "\n".join(tables))
     start = time.perf_counter()
-    subprocess.run(["nix", "eval", "--impure", "--json", "--expr",
-                    f"builtins.length (builtins.attrNames (import {ROOT}/nix/matrix.nix "
-                    f"{{ toml = builtins.fromTOML (builtins.readFile {path}); }}).variants)"],
-                   env=nix_env(), capture_output=True, check=True)
+    subprocess.run(
+        [
+            "nix",
+            "eval",
+            "--impure",
+            "--json",
+            "--expr",
+            f"builtins.length (builtins.attrNames (import {ROOT}/nix/matrix.nix "
+            f"{{ toml = builtins.fromTOML (builtins.readFile {path}); }}).variants)",
+        ],
+        env=nix_env(),
+        capture_output=True,
+        check=True,
+    )
     nix_s = time.perf_counter() - start
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import sys; from vllm_variants.matrix import Matrix; "
-                    "Matrix.load(__import__('pathlib').Path(sys.argv[1]))", str(path)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from vllm_variants.matrix import Matrix; Matrix.load(__import__('pathlib').Path(sys.argv[1]))",
+            str(path),
+        ],
+        check=True,
+    )
     return {"nix_s": nix_s, "python_s": time.perf_counter() - start}
 
 
@@ -242,8 +375,12 @@ def main() -> int:
     parser.add_argument("--shared", type=int, default=1000, help="shared synthetic derivations (default 1000)")
     parser.add_argument("--per-sm", type=int, default=30, help="per-capability synthetic derivations (default 30)")
     parser.add_argument("--matrix-rows", type=int, default=1000, help="rows for the matrix check (0: skip)")
-    parser.add_argument("--substituter", default="", help="a binary cache every nix call asks (default none: "
-                        "offline); e.g. http://127.0.0.1:9, one that does not answer, as issue #13 measured")
+    parser.add_argument(
+        "--substituter",
+        default="",
+        help="a binary cache every nix call asks (default none: "
+        "offline); e.g. http://127.0.0.1:9, one that does not answer, as issue #13 measured",
+    )
     parser.add_argument("--no-targets", action="store_true", help="report only; never exit 1")
     args = parser.parse_args()
     global SUBSTITUTER
@@ -262,16 +399,22 @@ def main() -> int:
             ratio = case["plan_s"] / case["raw_s"]
             ok = ratio <= PLAN_TARGET
             missed |= not ok
-            print(f"{n:4d} variants: raw dry run {case['raw_s']:.2f} s (nix {case['raw_nix_mib']:.0f} MiB); "
-                  f"plan {case['plan_s']:.2f} s (nix {case['plan_nix_mib']:.0f} MiB, ours "
-                  f"{case['plan_self_mib']:.0f} MiB): {ratio:.2f}x (target <= {PLAN_TARGET}x) "
-                  f"{'ok' if ok else 'MISSED'}")
+            print(
+                f"{n:4d} variants: raw dry run {case['raw_s']:.2f} s (nix {case['raw_nix_mib']:.0f} MiB); "
+                f"plan {case['plan_s']:.2f} s (nix {case['plan_nix_mib']:.0f} MiB, ours "
+                f"{case['plan_self_mib']:.0f} MiB): {ratio:.2f}x (target <= {PLAN_TARGET}x) "
+                f"{'ok' if ok else 'MISSED'}"
+            )
             print(f"      {case['together']}")
-            print(f"      evaluation: {case['instance_mib_one']:.1f} MiB allocated for 1 instance, "
-                  f"{case['instance_mib_all']:.1f} MiB per instance with {n} in one process (NIX_SHOW_STATS)")
+            print(
+                f"      evaluation: {case['instance_mib_one']:.1f} MiB allocated for 1 instance, "
+                f"{case['instance_mib_all']:.1f} MiB per instance with {n} in one process (NIX_SHOW_STATS)"
+            )
             if args.build:
-                print(f"      build: {case['build_s']:.1f} s (nix {case['build_nix_mib']:.0f} MiB, ours "
-                      f"{case['build_self_mib']:.0f} MiB), {case['linked']} result links")
+                print(
+                    f"      build: {case['build_s']:.1f} s (nix {case['build_nix_mib']:.0f} MiB, ours "
+                    f"{case['build_self_mib']:.0f} MiB), {case['linked']} result links"
+                )
         if len(cases) > 1:
             small, large = cases[0], cases[-1]
             scale = large["n"] / small["n"]
@@ -281,21 +424,27 @@ def main() -> int:
                 per_variant = (large[key] - small[key]) / (large["n"] - small["n"])
                 ok = growth <= scale
                 missed |= not ok
-                print(f"growth {small['n']} -> {large['n']} variants ({scale:.0f}x): {label} {growth:.1f}x, "
-                      f"{per_variant * 1000:.0f} ms per added variant (target <= {scale:.0f}x: linear) "
-                      f"{'ok' if ok else 'MISSED'}")
+                print(
+                    f"growth {small['n']} -> {large['n']} variants ({scale:.0f}x): {label} {growth:.1f}x, "
+                    f"{per_variant * 1000:.0f} ms per added variant (target <= {scale:.0f}x: linear) "
+                    f"{'ok' if ok else 'MISSED'}"
+                )
             for key, label in (("plan_self_mib", "our process"), ("plan_nix_mib", "nix")):
-                print(f"memory {small['n']} -> {large['n']} variants: {label} {small[key]:.0f} -> {large[key]:.0f} MiB "
-                      f"({(large[key] - small[key]) / (large['n'] - small['n']):.2f} MiB per added variant)")
+                print(
+                    f"memory {small['n']} -> {large['n']} variants: {label} {small[key]:.0f} -> {large[key]:.0f} MiB "
+                    f"({(large[key] - small[key]) / (large['n'] - small['n']):.2f} MiB per added variant)"
+                )
         if args.matrix_rows:
             one, four = matrix_case(tmp, args.matrix_rows), matrix_case(tmp, 4 * args.matrix_rows)
             for key, label in (("nix_s", "nix/matrix.nix"), ("python_s", "vllm_variants.matrix")):
                 growth = four[key] / one[key]
                 ok = growth <= MATRIX_TARGET
                 missed |= not ok
-                print(f"{label}: {args.matrix_rows} rows {one[key]:.2f} s, {4 * args.matrix_rows} rows "
-                      f"{four[key]:.2f} s: {growth:.1f}x (target <= {MATRIX_TARGET}x; 4x linear, 16x quadratic) "
-                      f"{'ok' if ok else 'MISSED'}")
+                print(
+                    f"{label}: {args.matrix_rows} rows {one[key]:.2f} s, {4 * args.matrix_rows} rows "
+                    f"{four[key]:.2f} s: {growth:.1f}x (target <= {MATRIX_TARGET}x; 4x linear, 16x quadratic) "
+                    f"{'ok' if ok else 'MISSED'}"
+                )
     return 1 if missed and not args.no_targets else 0
 
 

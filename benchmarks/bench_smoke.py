@@ -55,8 +55,17 @@ def commands(result: Path, tmp: Path) -> dict[str, list[str]]:
     return {
         "import vllm": [str(result / "bin" / "python"), "-c", "import vllm"],
         "check": [str(arg) for arg in check],
-        "invoke smoke": [sys.executable, "-m", "invoke", "smoke", "-r", str(result), "--allow-no-gpu",
-                         "--report-dir", str(tmp)],
+        "invoke smoke": [
+            sys.executable,
+            "-m",
+            "invoke",
+            "smoke",
+            "-r",
+            str(result),
+            "--allow-no-gpu",
+            "--report-dir",
+            str(tmp),
+        ],
     }
 
 
@@ -102,8 +111,10 @@ def main() -> int:
     fixed = (medians["invoke smoke"] - medians["check"]) * 1000
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):
         print("note: PYTHONDONTWRITEBYTECODE is set: without a cached pyc, check.py is compiled on every run (~5 ms)")
-    print(f"invoke smoke / import vllm: {medians['invoke smoke'] / base:.2f}x "
-          f"(fixed start-up and reporting cost: {fixed:.0f} ms)")
+    print(
+        f"invoke smoke / import vllm: {medians['invoke smoke'] / base:.2f}x "
+        f"(fixed start-up and reporting cost: {fixed:.0f} ms)"
+    )
     return 1 if not ok and not args.no_targets else 0
 
 

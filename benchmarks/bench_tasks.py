@@ -36,7 +36,7 @@ TARGETS = [
 
 def measure(runs: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, argv in COMMANDS.items():  # warm the page cache once
+    for argv in COMMANDS.values():  # warm the page cache once
         subprocess.run(argv, cwd=ROOT, capture_output=True, check=True)
     for _ in range(runs):
         for name, argv in COMMANDS.items():

@@ -39,6 +39,23 @@ let
   dropDots = replaceStrings [ "." ] [ "" ];
   unknownIn = valid: attrs: filter (k: !(elem k valid)) (attrNames attrs);
   check = cond: msg: value: if cond then value else throw "nix/variants.toml: ${msg}";
+  # checkAll [ [ cond msg ] ... ] value: value, or the first pair's message
+  # whose cond is false. In order, and lazily: a cond is read only once every
+  # pair before it held (a later one may read a key an earlier one requires).
+  checkAll =
+    pairs: value:
+    let
+      failed = builtins.foldl' (
+        found: pair:
+        if found != null then
+          found
+        else if builtins.elemAt pair 0 then
+          null
+        else
+          builtins.elemAt pair 1
+      ) null pairs;
+    in
+    if failed == null then value else throw "nix/variants.toml: ${failed}";
 
   defaults = toml.defaults or { };
   systems = builtins.mapAttrs (_: spec: spec.suffix) (toml.systems or { });
@@ -143,51 +160,45 @@ let
       missing = filter (k: !(row ? ${k})) requiredKeys;
       missingDefaults = filter (k: !(v ? ${k})) defaultKeys;
     in
-    check (unknown == [ ]) "${where}: unknown key(s) ${concatStringsSep ", " unknown}" (
-      check (missing == [ ]) "${where}: missing key(s) ${concatStringsSep ", " missing}" (
-        check (missingDefaults == [ ])
-          "${where}: no value for ${concatStringsSep ", " missingDefaults} (set it in [defaults])"
-          (
-            check (isString sm && match "[0-9]{2,3}[af]?" sm != null)
-              "${where}: sm must be a string like \"90\""
-              (
-                check (dropDots v.capability == sm)
-                  "${where}: capability '${v.capability}' does not match sm '${sm}'"
-                  (
-                    check (systems ? ${v.system})
-                      "${where}: system '${v.system}' is not one of ${concatStringsSep ", " (attrNames systems)}"
-                      (
-                        check (torchSuffix ? ${v.torch}) "${where}: torch '${v.torch}' is not one of source, wheel" (
-                        check (v.torch != "wheel" || elem v.system torchWheelSystems)
-                          "${where}: torch = \"wheel\" needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on ${v.system}" (
-                        check (isList v.gpus && v.gpus != [ ]) "${where}: gpus must be a non-empty list" (
-                          check (record.disabled == null || (isString record.disabled && record.disabled != ""))
-                            "${where}: disabled must be a reason (a non-empty string)"
-                            record
-                        )
-                        ))
-                      )
-                  )
-              )
-          )
-      )
-    );
+    checkAll [
+      [ (unknown == [ ]) "${where}: unknown key(s) ${concatStringsSep ", " unknown}" ]
+      [ (missing == [ ]) "${where}: missing key(s) ${concatStringsSep ", " missing}" ]
+      [
+        (missingDefaults == [ ])
+        "${where}: no value for ${concatStringsSep ", " missingDefaults} (set it in [defaults])"
+      ]
+      [ (isString sm && match "[0-9]{2,3}[af]?" sm != null) "${where}: sm must be a string like \"90\"" ]
+      [ (dropDots v.capability == sm) "${where}: capability '${v.capability}' does not match sm '${sm}'" ]
+      [
+        (systems ? ${v.system})
+        "${where}: system '${v.system}' is not one of ${concatStringsSep ", " (attrNames systems)}"
+      ]
+      [ (torchSuffix ? ${v.torch}) "${where}: torch '${v.torch}' is not one of source, wheel" ]
+      [
+        (v.torch != "wheel" || elem v.system torchWheelSystems)
+        "${where}: torch = \"wheel\" needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on ${v.system}"
+      ]
+      [ (isList v.gpus && v.gpus != [ ]) "${where}: gpus must be a non-empty list" ]
+      [
+        (record.disabled == null || (isString record.disabled && record.disabled != ""))
+        "${where}: disabled must be a reason (a non-empty string)"
+      ]
+    ] record;
 
   list = map (r: checked (mkVariant r)) rows;
   # groupBy, not a count per name: linear in the rows (issue #13)
   byName = builtins.groupBy (v: v.name) list;
   duplicates = filter (n: length byName.${n} > 1) (attrNames byName);
 
-  variants =
-    check (unknownIn topLevelKeys toml == [ ]) "unknown top-level key(s) ${concatStringsSep ", " (unknownIn topLevelKeys toml)}" (
-      check (unknownIn defaultKeys defaults == [ ]) "unknown key(s) in [defaults]" (
-        check (rows != [ ]) "no [[variant]] or [[sm]] tables" (
-          check (duplicates == [ ]) "duplicate variant name(s): ${concatStringsSep ", " duplicates}" (
-            listToAttrs (map (v: { name = v.name; value = v; }) list)
-          )
-        )
-      )
-    );
+  variants = checkAll [
+    [
+      (unknownIn topLevelKeys toml == [ ])
+      "unknown top-level key(s) ${concatStringsSep ", " (unknownIn topLevelKeys toml)}"
+    ]
+    [ (unknownIn defaultKeys defaults == [ ]) "unknown key(s) in [defaults]" ]
+    [ (rows != [ ]) "no [[variant]] or [[sm]] tables" ]
+    [ (duplicates == [ ]) "duplicate variant name(s): ${concatStringsSep ", " duplicates}" ]
+  ] (listToAttrs (map (v: { name = v.name; value = v; }) list));
   enabledFor =
     system: builtins.filter (v: v.system == system && v.disabled == null) (builtins.attrValues variants);
 in

@@ -36,7 +36,17 @@ let
       # add PTX either way. Kept false as nixpkgs' pkgsForCudaArch does.
       cudaForwardCompat = false;
     };
-    overlays = [ (import ./overlay.nix { inherit variant ramPerJobGib pinText; }) ];
+    # Small overlays, one job each (as huggingface/kernel-builder has them).
+    # Order matters once: vllm.nix reads the source torch as pyPrev.torch, so
+    # it comes before torch-bin.nix puts the wheel in its place.
+    overlays =
+      map (overlay: import overlay { inherit variant ramPerJobGib pinText; }) [
+        ./overlays/cuda.nix
+        ./overlays/bitsandbytes.nix
+        ./overlays/build-jobs.nix
+        ./overlays/vllm.nix
+        ./overlays/torch-bin.nix
+      ];
   };
   inherit (pkgs) lib;
 
@@ -109,7 +119,7 @@ let
 
   # Every CUDA package set a package of the closure names (nixpkgs passes it as
   # passthru.cudaPackages); one version in all of them, and the major line's
-  # alias agrees (nix/overlay.nix).
+  # alias agrees (nix/overlays/cuda.nix).
   cudaVersions = {
     "cudaPackages_${cudaMajor}" = pkgs."cudaPackages_${cudaMajor}".cudaMajorMinorVersion;
     torch = torch.cudaPackages.cudaMajorMinorVersion;
@@ -154,7 +164,7 @@ let
     (expect "cudaPackages.flags.cudaForwardCompat" cuda.flags.cudaForwardCompat false)
     (expectSet "torch.cudaCapabilities" (torch.cudaCapabilities or null) [ variant.capability ])
     (expectSet "vllm's TORCH_CUDA_ARCH_LIST" (splitList vllmArchList) [ variant.capability ])
-    # The CMake default both of bitsandbytes' CMake runs read (nix/overlay.nix);
+    # The CMake default both of bitsandbytes' CMake runs read (nix/overlays/bitsandbytes.nix);
     # a -DCOMPUTE_CAPABILITY flag would reach the second run glued to another.
     (expect "bitsandbytes' COMPUTE_CAPABILITY default" (
       bitsandbytes.vllmVariantsComputeCapability or null

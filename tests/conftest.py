@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import support  # noqa: E402
+import support
 
 
 def pytest_collection_modifyitems(config, items):
@@ -69,5 +69,9 @@ def standin_base(require_nix, tmp_path_factory) -> None:
     built, so a test counting what a salted build plans counts only its own.
     On a fresh store (CI) they would otherwise join the plan of whichever test came first."""
     root = support.make_project(tmp_path_factory.mktemp("base") / "p", git_init=False)
-    support.nix("build", "--no-link", f"{support.flake_ref(root)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90",
-                *support.override())
+    support.nix(
+        "build",
+        "--no-link",
+        f"{support.flake_ref(root)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90",
+        *support.override(),
+    )

@@ -40,8 +40,9 @@ CUDA_LIBS = {
 # sm_100f cubin as sm_100 and the compute_120f PTX as sm_120f. Its listings
 # come from cuobjdump 13.5 (tests/fixtures/gpu/cuobjdump-13.5), not the H100 run.
 FAMILY_LIBS = {
-    "libfamily": _gencode("arch=compute_100f,code=sm_100f", "arch=compute_120f,code=sm_120f",
-                          "arch=compute_120f,code=compute_120f"),
+    "libfamily": _gencode(
+        "arch=compute_100f,code=sm_100f", "arch=compute_120f,code=sm_120f", "arch=compute_120f,code=compute_120f"
+    ),
 }
 PLAIN = "libplain"  # gcc, no CUDA code
 ALL = (*CUDA_LIBS, *FAMILY_LIBS, PLAIN)
@@ -54,8 +55,10 @@ class NvccMissing(AssertionError):
 def commands(dest: Path) -> dict[str, list[str]]:
     """name -> the argv that builds dest/<name>.so."""
     kernels = str(SOURCES / "kernels.cu")
-    argv = {name: [*NVCC, *gencode, "-o", str(dest / f"{name}.so"), kernels]
-            for name, gencode in {**CUDA_LIBS, **FAMILY_LIBS}.items()}
+    argv = {
+        name: [*NVCC, *gencode, "-o", str(dest / f"{name}.so"), kernels]
+        for name, gencode in {**CUDA_LIBS, **FAMILY_LIBS}.items()
+    }
     argv[PLAIN] = ["gcc", "-shared", "-fPIC", "-o", str(dest / f"{PLAIN}.so"), str(SOURCES / "plain.c")]
     return argv
 
@@ -64,8 +67,10 @@ def build(dest: Path) -> dict[str, Path]:
     """Compile every library into dest; returns name -> path."""
     for tool in ("nvcc", "gcc"):
         if not shutil.which(tool):
-            raise NvccMissing(f"{tool} is not on PATH; the audit tests compile real CUDA libraries with it "
-                              "(CUDA 13.0 nvcc, compile-only, is enough; CI has it)")
+            raise NvccMissing(
+                f"{tool} is not on PATH; the audit tests compile real CUDA libraries with it "
+                "(CUDA 13.0 nvcc, compile-only, is enough; CI has it)"
+            )
     dest.mkdir(parents=True, exist_ok=True)
     for name, argv in commands(dest).items():
         proc = subprocess.run(argv, capture_output=True, text=True)

@@ -204,9 +204,7 @@ def flake_ref(root: Path) -> str:
 
 def sm90a_matrix():
     """The repository's matrix with its x86_64 SM 90 row made arch-specific (sm = "90a"), as a user could."""
-    import tomllib
-
-    from vllm_variants.matrix import Matrix
+    from vllm_variants.matrix import Matrix, tomllib  # tomli on Python 3.10
 
     data = tomllib.loads((REPO / "nix" / "variants.toml").read_text())
     for row in data["sm"]:
@@ -227,7 +225,7 @@ def descendants(pid: int) -> set[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
+            fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] != "Z":
                 parents[int(entry.name)] = int(fields[1])
     found, frontier = set(), {pid}

@@ -82,10 +82,14 @@ def test_requested_sm_bytes_against_the_total(cuda_libs):
 
     sm90 = sum(e.stored_bytes for e in report.entries() if e.arch == "sm_90")
     assert own == sm90
-    assert (f"SM 90: runs {human(sm90)} of {human(total)} of CUDA code ({100 * sm90 / total:.1f} %); "
-            f"built for exactly SM 90: {human(sm90)}; JIT-able PTX: 0 B") in out.getvalue()
-    assert (f"not used by SM 90: {human(total - own)} ({100 * (total - own) / total:.1f} %; sm_80, sm_100, sm_120)"
-            in out.getvalue())
+    assert (
+        f"SM 90: runs {human(sm90)} of {human(total)} of CUDA code ({100 * sm90 / total:.1f} %); "
+        f"built for exactly SM 90: {human(sm90)}; JIT-able PTX: 0 B"
+    ) in out.getvalue()
+    assert (
+        f"not used by SM 90: {human(total - own)} ({100 * (total - own) / total:.1f} %; sm_80, sm_100, sm_120)"
+        in out.getvalue()
+    )
 
 
 def test_check_fails_on_code_the_gpu_never_uses(cuda_libs):
@@ -125,8 +129,10 @@ def make_wheel(path: Path, members: dict[str, Path]) -> Path:
 
 
 def test_wheel_members_are_audited(cuda_libs, tmp_path):
-    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
-                       {"fatpkg/_C.so": cuda_libs["libmulti"], "fatpkg.libs/libplain.so": cuda_libs["libplain"]})
+    wheel = make_wheel(
+        tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
+        {"fatpkg/_C.so": cuda_libs["libmulti"], "fatpkg.libs/libplain.so": cuda_libs["libplain"]},
+    )
     report = audit(wheel, own_sms=["120"], reader="fatbin")
     assert [lib.path for lib in report.libraries] == ["fatpkg/_C.so"]
     assert report.examined == 2
@@ -158,11 +164,18 @@ def linked(path: Path, to: Path) -> Path:
     "make, message",
     [
         (lambda p: p / "missing.so", "{p}/missing.so: no such file or directory"),
-        (lambda p: linked(p / "dangling.so", p / "gone"), "{p}/dangling.so is a dangling link (to {p}/gone): build it again"),
-        (lambda p: written(p / "notes.txt", b"x"),
-         "{p}/notes.txt is neither an ELF library (.so) nor a wheel (.whl), nor a directory"),
-        (lambda p: written(p / "short.so", b"\x7fELF\x02\x01"),
-         "{p}/short.so is not a valid ELF library: not an ELF file (too short or no ELF magic)"),
+        (
+            lambda p: linked(p / "dangling.so", p / "gone"),
+            "{p}/dangling.so is a dangling link (to {p}/gone): build it again",
+        ),
+        (
+            lambda p: written(p / "notes.txt", b"x"),
+            "{p}/notes.txt is neither an ELF library (.so) nor a wheel (.whl), nor a directory",
+        ),
+        (
+            lambda p: written(p / "short.so", b"\x7fELF\x02\x01"),
+            "{p}/short.so is not a valid ELF library: not an ELF file (too short or no ELF magic)",
+        ),
     ],
 )
 def test_bad_targets_are_one_line(tmp_path, make, message):
@@ -185,12 +198,16 @@ def test_no_cuda_code_names_what_could_not_be_read(tmp_path):
     (tmp_path / "mem.so").symlink_to("/proc/self/mem")
     with pytest.raises(NoCudaCode) as exc:
         require_cuda(audit(tmp_path, reader="fatbin"))
-    assert str(exc.value) == (f"no CUDA device code in {tmp_path}: 0 ELF file(s) examined, none with a .nv_fatbin "
-                              "section; 1 could not be read (first: mem.so: cannot read it: Input/output error)")
+    assert str(exc.value) == (
+        f"no CUDA device code in {tmp_path}: 0 ELF file(s) examined, none with a .nv_fatbin "
+        "section; 1 could not be read (first: mem.so: cannot read it: Input/output error)"
+    )
 
 
 def test_no_cuda_code_is_one_line(cuda_libs, tmp_path):
-    with pytest.raises(NoCudaCode, match=f"^{cuda_libs['libplain']} holds no CUDA device code \\(no .nv_fatbin section\\)$"):
+    with pytest.raises(
+        NoCudaCode, match=f"^{cuda_libs['libplain']} holds no CUDA device code \\(no .nv_fatbin section\\)$"
+    ):
         require_cuda(audit(cuda_libs["libplain"], reader="fatbin"))
     (tmp_path / "d").mkdir()
     shutil.copy(cuda_libs["libplain"], tmp_path / "d")
@@ -219,14 +236,22 @@ def test_family_targets_agree_and_keep_the_headers_spelling(cuda_libs, tmp_path)
     library = report.libraries[0]
     assert (library.reader, library.note, library.disagreement) == ("cuobjdump", None, None)
     assert [e.arch for e in library.entries] == ["sm_100f", "sm_120f", "sm_100f", "sm_120f", "sm_120f"]
-    assert report.sizes_complete and report.archs() == audit(cuda_libs["libfamily"], reader="fatbin",
-                                                             own_sms=["103", "121"]).archs()
+    assert (
+        report.sizes_complete
+        and report.archs() == audit(cuda_libs["libfamily"], reader="fatbin", own_sms=["103", "121"]).archs()
+    )
     # sm_100f runs on 10.3, sm_120f on 12.1; the compute_120f PTX sits beside that sm_120f SASS, so it is never used
     sizes = collections.Counter()
     for e in library.entries:
         sizes[e.kind, e.arch] += e.stored_bytes
     assert report.foreign == ["sm_120f"] and report.own_bytes == report.total_bytes - sizes["ptx", "sm_120f"]
-    assert [e["use"] for e in report.to_json()["libraries"][0]["entries"]] == ["runs", "runs", "runs", "shadowed", "runs"]
+    assert [e["use"] for e in report.to_json()["libraries"][0]["entries"]] == [
+        "runs",
+        "runs",
+        "runs",
+        "shadowed",
+        "runs",
+    ]
     assert report.figures("103").runs == sizes["sass", "sm_100f"] and report.figures("103").jit_ptx == 0
     assert report.figures("121").jit_ptx == sizes["ptx", "sm_120f"]
 
@@ -248,8 +273,14 @@ def test_an_empty_cuobjdump_listing_fails_closed(cuda_libs, tmp_path):
     assert library.disagreement == "cuobjdump lists 0 cubins and 0 PTX, the fatbin headers 8 and 0"
     assert len(library.entries) == 8 and report.foreign == ["sm_80", "sm_100", "sm_120"]
     with pytest.raises(AuditError, match="cuobjdump and the fatbin headers disagree on 1 libraries .*libone_sm90.so"):
-        show(str(cuda_libs["libone_sm90"]), sm="90", reader="cuobjdump", cuobjdump=str(
-            cuobjdump_saying(tmp_path / "two", {"x": cuda_libs["libone_sm90"]}, b"")), check=True, out=io.StringIO())
+        show(
+            str(cuda_libs["libone_sm90"]),
+            sm="90",
+            reader="cuobjdump",
+            cuobjdump=str(cuobjdump_saying(tmp_path / "two", {"x": cuda_libs["libone_sm90"]}, b"")),
+            check=True,
+            out=io.StringIO(),
+        )
 
 
 def test_cuobjdump_listing_more_than_the_headers_adds_that_code(cuda_libs, tmp_path):
@@ -257,8 +288,9 @@ def test_cuobjdump_listing_more_than_the_headers_adds_that_code(cuda_libs, tmp_p
     tool = gpu_replay.cuobjdump(tmp_path, lying)
     report = audit(cuda_libs["libone_sm90"], reader="cuobjdump", cuobjdump=str(tool), variant=SM90)
     assert report.foreign == ["sm_80", "sm_100", "sm_120"]
-    assert report.libraries[0].disagreement == ("cuobjdump lists 8 cubins and 0 PTX, the fatbin headers 2 and 0; "
-                                                "6 listed only by cuobjdump (size unknown)")
+    assert report.libraries[0].disagreement == (
+        "cuobjdump lists 8 cubins and 0 PTX, the fatbin headers 2 and 0; 6 listed only by cuobjdump (size unknown)"
+    )
     assert not report.sizes_complete and report.to_json()["archs"]["sm_80"]["bytes"] is None
     assert report.to_json()["archs"]["sm_90"]["bytes"] == audit(cuda_libs["libone_sm90"], reader="fatbin").total_bytes
     out = io.StringIO()
@@ -272,8 +304,10 @@ def test_cuobjdump_listing_more_than_the_headers_adds_that_code(cuda_libs, tmp_p
 def test_cuobjdump_failing_on_one_library_falls_back_to_the_headers_for_it(cuda_libs, tmp_path):
     """bitsandbytes 0.50.2's libbitsandbytes_cuda121.so: cuobjdump 13.5 lists one cubin, then gives up."""
     fails = cuda_libs["libmulti"]
-    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
-                       {"fatpkg/_bad.so": fails, "fatpkg/_good.so": cuda_libs["libone_sm90"]})
+    wheel = make_wheel(
+        tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
+        {"fatpkg/_bad.so": fails, "fatpkg/_good.so": cuda_libs["libone_sm90"]},
+    )
     real = gpu_replay.cuobjdump(tmp_path / "real", {"libone_sm90": cuda_libs["libone_sm90"]})
     script = tmp_path / "cuobjdump"
     # the member is extracted for cuobjdump under a temporary name: answer by the content, as cuobjdump would
@@ -281,13 +315,16 @@ def test_cuobjdump_failing_on_one_library_falls_back_to_the_headers_for_it(cuda_
         "#!/bin/sh\n"
         f'if cmp -s "$2" {fails}; then\n'
         '  echo "ELF file    1: _bad.1.sm_80.cubin"; echo "cuobjdump fatal   : Invalid ELF in \'$2\'" >&2; exit 1\n'
-        f'fi\nexec {real} "$1" {cuda_libs["libone_sm90"]}\n')
+        f'fi\nexec {real} "$1" {cuda_libs["libone_sm90"]}\n'
+    )
     script.chmod(0o755)
     report = audit(wheel, reader="cuobjdump", cuobjdump=str(script), own_sms=["90"])
     bad, good = report.libraries
     assert (bad.path, bad.reader, good.reader) == ("fatpkg/_bad.so", "fatbin", "cuobjdump")
-    assert bad.note == ("cuobjdump --list-elf fatpkg/_bad.so failed (exit 1): cuobjdump fatal   : Invalid ELF in "
-                        "'fatpkg/_bad.so'; read from the fatbin headers instead")
+    assert bad.note == (
+        "cuobjdump --list-elf fatpkg/_bad.so failed (exit 1): cuobjdump fatal   : Invalid ELF in "
+        "'fatpkg/_bad.so'; read from the fatbin headers instead"
+    )
     assert "vllm-variants-audit-" not in json.dumps(report.to_json())  # never a temporary path
     assert [e.arch for e in bad.entries] == ["sm_80", "sm_90", "sm_100", "sm_120"] * 2
     assert report.reader_note == "cuobjdump failed on 1 of 2 libraries, read from the fatbin headers"
@@ -344,13 +381,19 @@ def test_standin_result_has_no_cuda_code(tmp_path):
     assert report.variant == SM90.name and report.resolved.startswith("/nix/store/")
     with pytest.raises(NoCudaCode) as exc:
         require_cuda(report)
-    assert str(exc.value) == (f"no CUDA device code in {link}: {report.examined} ELF file(s) examined, "
-                              "none with a .nv_fatbin section")
+    assert str(exc.value) == (
+        f"no CUDA device code in {link}: {report.examined} ELF file(s) examined, none with a .nv_fatbin section"
+    )
 
 
 def invoke_audit(*args: str, env=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", "audit", *args], cwd=support.REPO, capture_output=True,
-                          text=True, env=env or {**os.environ, "PATH": str(Path(sys.executable).parent)})
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "audit", *args],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        env=env or {**os.environ, "PATH": str(Path(sys.executable).parent)},
+    )
 
 
 def test_invoke_audit_json_and_exit_codes(cuda_libs, tmp_path):
@@ -360,14 +403,27 @@ def test_invoke_audit_json_and_exit_codes(cuda_libs, tmp_path):
     assert data["reader"] == "fatbin" and data["variant"] == "vllm-python312-cuda12_9-sm80"
     ptx_bytes = data["libraries"][0]["entries"][2]["bytes"]
     assert data["foreign"] == ["sm_90"] and data["archs"]["sm_90"] == {
-        "sass": 0, "ptx": 1, "other": 0, "bytes": ptx_bytes, "unused_bytes": ptx_bytes, "foreign": True}
+        "sass": 0,
+        "ptx": 1,
+        "other": 0,
+        "bytes": ptx_bytes,
+        "unused_bytes": ptx_bytes,
+        "foreign": True,
+    }
     assert [e["use"] for e in data["libraries"][0]["entries"]] == ["exact", "exact", "never"]
-    assert data["per_sm"]["80"] == {"exact": data["total_bytes"] - ptx_bytes, "runs": data["total_bytes"] - ptx_bytes,
-                                    "jit_ptx": 0, "total": data["total_bytes"]}
+    assert data["per_sm"]["80"] == {
+        "exact": data["total_bytes"] - ptx_bytes,
+        "runs": data["total_bytes"] - ptx_bytes,
+        "jit_ptx": 0,
+        "total": data["total_bytes"],
+    }
     assert [e["compression"] for e in data["libraries"][0]["entries"]] == [None, None, "zstd"]
     for args, line in [
         ((str(tmp_path / "nope.so"),), f"error: {tmp_path}/nope.so: no such file or directory"),
-        ((str(cuda_libs["libplain"]),), f"error: {cuda_libs['libplain']} holds no CUDA device code (no .nv_fatbin section)"),
+        (
+            (str(cuda_libs["libplain"]),),
+            f"error: {cuda_libs['libplain']} holds no CUDA device code (no .nv_fatbin section)",
+        ),
         ((str(cuda_libs["libmulti"]), "--sm", "90", "--check"), "error: "),
     ]:
         proc = invoke_audit(*args)
@@ -377,9 +433,15 @@ def test_invoke_audit_json_and_exit_codes(cuda_libs, tmp_path):
 
 def test_python_m_audit_outside_a_checkout(cuda_libs, tmp_path):
     """What the GPU machine runs: no Invoke, no checkout around the cwd (so no matrix), --sm still works."""
+
     def audit_m(*args):
-        return subprocess.run([sys.executable, "-m", "vllm_variants.audit", *args], cwd=tmp_path, capture_output=True,
-                              text=True, env={**os.environ, "PYTHONPATH": str(support.REPO / "src")})
+        return subprocess.run(
+            [sys.executable, "-m", "vllm_variants.audit", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(support.REPO / "src")},
+        )
 
     proc = audit_m(str(cuda_libs["libmulti"]), "--sm", "90", "--json", "--reader", "fatbin")
     assert proc.returncode == 0, proc.stderr
@@ -387,7 +449,8 @@ def test_python_m_audit_outside_a_checkout(cuda_libs, tmp_path):
     assert (data["own_sms"], data["variant"], data["foreign"]) == (["90"], None, ["sm_80", "sm_100", "sm_120"])
     proc = audit_m(str(cuda_libs["libmulti"]), "--variant", "90")
     assert proc.returncode == 1 and proc.stderr == (
-        "error: --variant needs a vllm-variants checkout (for nix/variants.toml); use --sm\n")
+        "error: --variant needs a vllm-variants checkout (for nix/variants.toml); use --sm\n"
+    )
 
 
 def test_screen_prints_names_as_text_not_markup(cuda_libs, tmp_path):
@@ -419,8 +482,10 @@ def corrupt_crc(wheel: Path, name: str) -> None:
 
 
 def test_a_corrupted_member_is_one_line_and_the_others_are_audited(cuda_libs, tmp_path):
-    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
-                       {"fatpkg/_bad.so": cuda_libs["libmulti"], "fatpkg/_good.so": cuda_libs["libone_sm90"]})
+    wheel = make_wheel(
+        tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl",
+        {"fatpkg/_bad.so": cuda_libs["libmulti"], "fatpkg/_good.so": cuda_libs["libone_sm90"]},
+    )
     corrupt_crc(wheel, "fatpkg/_bad.so")
     with zipfile.ZipFile(wheel, "a", compression=zipfile.ZIP_STORED) as archive:  # an uncompressed member too
         archive.write(cuda_libs["libmixed"], "fatpkg/_stored.so")
@@ -433,9 +498,10 @@ def test_a_corrupted_member_is_one_line_and_the_others_are_audited(cuda_libs, tm
     for target, prefix in ((wheel, ""), (tmp_path, f"{wheel.name}!")):  # alone, and inside a directory walk
         report = audit(target, reader="fatbin", own_sms=["90"])
         assert [lib.path for lib in report.libraries] == [f"{prefix}fatpkg/_good.so"]
-        assert report.skipped == [(f"{prefix}fatpkg/_bad.so", "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_bad.so'"),
-                                  (f"{prefix}fatpkg/_stored.so",
-                                   "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_stored.so'")]
+        assert report.skipped == [
+            (f"{prefix}fatpkg/_bad.so", "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_bad.so'"),
+            (f"{prefix}fatpkg/_stored.so", "damaged in the wheel: Bad CRC-32 for file 'fatpkg/_stored.so'"),
+        ]
     proc = invoke_audit(str(wheel), "--sm", "90")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert "skipped fatpkg/_bad.so: damaged in the wheel: Bad CRC-32 for file 'fatpkg/_bad.so'" in proc.stdout
@@ -443,7 +509,9 @@ def test_a_corrupted_member_is_one_line_and_the_others_are_audited(cuda_libs, tm
 
 def test_wheel_members_are_read_in_place_stored_or_deflated(cuda_libs, tmp_path, monkeypatch):
     """No temporary copy: the fatbin reader reads a stored member from the wheel and streams a deflated one."""
-    wheel = make_wheel(tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl", {"fatpkg/_deflated.so": cuda_libs["libmulti"]})
+    wheel = make_wheel(
+        tmp_path / "fatpkg-1.0-cp312-cp312-linux_x86_64.whl", {"fatpkg/_deflated.so": cuda_libs["libmulti"]}
+    )
     with zipfile.ZipFile(wheel, "a", compression=zipfile.ZIP_STORED) as archive:
         archive.write(cuda_libs["libmixed"], "fatpkg/_stored.so")
 
@@ -464,9 +532,13 @@ def grow_fatbin_section(source: Path, dest: Path, claim: int, *, sparse: bool) -
     shoff = int.from_bytes(data[0x28:0x30], "little")
     shentsize, shnum = (int.from_bytes(data[o : o + 2], "little") for o in (0x3A, 0x3C))
     section = read_path(source)
-    fatbin = next(i for i in range(shnum) if int.from_bytes(data[shoff + i * shentsize + 32 : shoff + i * shentsize + 40],
-                                                                  "little") == section.section_bytes
-                  and int.from_bytes(data[shoff + i * shentsize + 4 : shoff + i * shentsize + 8], "little") == 1)
+    fatbin = next(
+        i
+        for i in range(shnum)
+        if int.from_bytes(data[shoff + i * shentsize + 32 : shoff + i * shentsize + 40], "little")
+        == section.section_bytes
+        and int.from_bytes(data[shoff + i * shentsize + 4 : shoff + i * shentsize + 8], "little") == 1
+    )
     at = shoff + fatbin * shentsize + 32  # sh_size
     offset = int.from_bytes(data[at - 8 : at], "little")
     data[at : at + 8] = claim.to_bytes(8, "little")
@@ -483,9 +555,11 @@ def test_a_section_claiming_gigabytes_is_read_in_bounded_memory(cuda_libs, tmp_p
     copying it into memory (what the padding check did) fails the limit.
     """
     crafted = grow_fatbin_section(cuda_libs["libone_sm90"], tmp_path / "libhuge.so", 1 << 30, sparse=True)
-    script = ("import json, resource, sys; resource.setrlimit(resource.RLIMIT_DATA, (128 << 20, 128 << 20)); "
-              "from vllm_variants.audit import audit; r = audit(sys.argv[1], reader='fatbin', own_sms=['90']); "
-              "print(json.dumps([r.libraries[0].note, r.total_bytes, len(r.libraries[0].entries)]))")
+    script = (
+        "import json, resource, sys; resource.setrlimit(resource.RLIMIT_DATA, (128 << 20, 128 << 20)); "
+        "from vllm_variants.audit import audit; r = audit(sys.argv[1], reader='fatbin', own_sms=['90']); "
+        "print(json.dumps([r.libraries[0].note, r.total_bytes, len(r.libraries[0].entries)]))"
+    )
     proc = subprocess.run([sys.executable, "-c", script, str(crafted)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     note, total, entries = json.loads(proc.stdout)
@@ -497,8 +571,9 @@ def test_a_section_past_the_end_of_the_file_is_one_line(cuda_libs, tmp_path):
     crafted = grow_fatbin_section(cuda_libs["libone_sm90"], tmp_path / "libpast.so", 40 * 10**9, sparse=False)
     with pytest.raises(InvalidBinary) as exc:
         audit(crafted, reader="fatbin")
-    assert str(exc.value).startswith(f"{crafted} is not a valid ELF library: its .nv_fatbin section claims "
-                                     "40000000000 bytes at offset ")
+    assert str(exc.value).startswith(
+        f"{crafted} is not a valid ELF library: its .nv_fatbin section claims 40000000000 bytes at offset "
+    )
     assert str(exc.value).endswith(f"past the end of the {crafted.stat().st_size}-byte file (truncated?)")
     proc = invoke_audit(str(crafted))
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
@@ -506,12 +581,13 @@ def test_a_section_past_the_end_of_the_file_is_one_line(cuda_libs, tmp_path):
 
 def test_reconcile_names_each_way_the_readers_can_differ():
     from vllm_variants.audit import reconcile
-    from vllm_variants.fatbin import Entry
+    from vllm_variants.fatbin import CodeEntry as Entry
 
     headers = [Entry("sass", "sm_80", 10), Entry("sass", "sm_100f", 20), Entry("ptx", "sm_120f", 30)]
     assert reconcile(headers, ["sm_80", "sm_100"], ["sm_120f"]) == (headers, None)  # cuobjdump's family spelling
     assert reconcile(headers, ["sm_100", "sm_80"], ["sm_120f"])[1] == (
-        "cuobjdump lists 2 cubins and 1 PTX, the fatbin headers 2 and 1; the same targets in another order")
+        "cuobjdump lists 2 cubins and 1 PTX, the fatbin headers 2 and 1; the same targets in another order"
+    )
     entries, why = reconcile(headers, ["sm_80", "sm_100", "sm_90a"], ["sm_120f"])
     assert entries == [*headers, Entry("sass", "sm_90a")] and why.endswith("1 listed only by cuobjdump (size unknown)")
     assert reconcile(headers, [], [])[1] == "cuobjdump lists 0 cubins and 0 PTX, the fatbin headers 2 and 1"

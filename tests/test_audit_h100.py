@@ -22,8 +22,10 @@ import pytest
 import support
 from cuda_libs import CUDA_LIBS, PLAIN
 
-from vllm_variants.audit import Library, Report, parse_cuobjdump, reconcile
-from vllm_variants.fatbin import Entry, read_path
+from vllm_variants.audit import AuditReport as Report
+from vllm_variants.audit import Library, parse_cuobjdump, reconcile
+from vllm_variants.fatbin import CodeEntry as Entry
+from vllm_variants.fatbin import read_path
 
 GPU = support.REPO / "tests" / "fixtures" / "gpu"
 H100_AUDIT = json.loads(gzip.open(GPU / "h100" / "audit-h100.json.gz").read())
@@ -38,8 +40,10 @@ def h200_library(name: str) -> Library:
 
 
 def h100_listing(name: str) -> tuple[list[str], list[str]]:
-    return (parse_cuobjdump(gpu_replay.capture(f"cuobjdump-elf-{name}.txt").output.decode()),
-            parse_cuobjdump(gpu_replay.capture(f"cuobjdump-ptx-{name}.txt").output.decode()))
+    return (
+        parse_cuobjdump(gpu_replay.capture(f"cuobjdump-elf-{name}.txt").output.decode()),
+        parse_cuobjdump(gpu_replay.capture(f"cuobjdump-ptx-{name}.txt").output.decode()),
+    )
 
 
 @pytest.mark.parametrize("name", [*CUDA_LIBS, PLAIN])
@@ -97,10 +101,12 @@ def test_family_cubins_of_cudnn_run_across_their_family():
     assert sizes["sass", "sm_100f"] > 0 and sizes["sass", "sm_120f"] > 0
     assert report.figures("103").exact == sizes["sass", "sm_103"] > 0
     assert report.figures("121").jit_ptx == sizes["ptx", "sm_121"] > 0 and report.figures("120").jit_ptx == 0
-    assert report.figures("103").runs == sum(v for (kind, arch), v in sizes.items()
-                                             if kind == "sass" and arch.startswith("sm_10") and arch != "sm_100a")
-    assert report.figures("121").runs == sum(v for (kind, arch), v in sizes.items()
-                                             if kind == "sass" and arch.startswith("sm_12") and arch != "sm_120a")
+    assert report.figures("103").runs == sum(
+        v for (kind, arch), v in sizes.items() if kind == "sass" and arch.startswith("sm_10") and arch != "sm_100a"
+    )
+    assert report.figures("121").runs == sum(
+        v for (kind, arch), v in sizes.items() if kind == "sass" and arch.startswith("sm_12") and arch != "sm_120a"
+    )
 
 
 def test_the_h200_capture_says_both_readers_agreed_on_all_20_libraries():
@@ -115,7 +121,9 @@ def test_cuobjdump_13_0_spells_family_targets_as_13_5_does():
     """The H200's cuobjdump 13.0 and the 13.5 listing the family test replays: the same lines."""
     h200 = (GPU / "h200" / "cuobjdump-13.0-libfamily.txt").read_text().splitlines()
     listed = [line for line in h200 if line.startswith(("ELF file", "PTX file"))]
-    local = [gpu_replay.capture(f"cuobjdump-{kind}-libfamily.txt", gpu_replay.CUOBJDUMP_13_5).output.decode()
-             for kind in ("elf", "ptx")]
+    local = [
+        gpu_replay.capture(f"cuobjdump-{kind}-libfamily.txt", gpu_replay.CUOBJDUMP_13_5).output.decode()
+        for kind in ("elf", "ptx")
+    ]
     assert listed == "".join(local).splitlines()
     assert parse_cuobjdump("\n".join(listed)) == ["sm_100", "sm_120", "sm_100", "sm_120", "sm_120f"]

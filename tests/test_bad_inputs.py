@@ -81,12 +81,24 @@ def no_gpu(root: Path, tmp: Path) -> dict[str, str]:
 EVAL_BUDGET = [
     Row("eval-jobs-zero", ["--sm", "90", "--eval-jobs", "0"], 1, "--eval-jobs takes a whole number from 1 to 100000"),
     Row("eval-jobs-word", ["--sm", "90", "--eval-jobs", "some"], 1, "--eval-jobs takes a whole number"),
-    Row("eval-max-memory-word", ["--sm", "90", "--eval-max-memory", "lots"], 1,
-        "--eval-max-memory takes a size such as 24G, 512M or 1.5T"),
-    Row("eval-max-memory-zero", ["--sm", "90", "--eval-max-memory", "0G"], 1,
-        "--eval-max-memory takes a size such as 24G"),
-    Row("eval-jobs-and-memory", ["--sm", "90", "--eval-jobs", "2", "--eval-max-memory", "8G"], 1,
-        "--eval-jobs and --eval-max-memory conflict: give one"),
+    Row(
+        "eval-max-memory-word",
+        ["--sm", "90", "--eval-max-memory", "lots"],
+        1,
+        "--eval-max-memory takes a size such as 24G, 512M or 1.5T",
+    ),
+    Row(
+        "eval-max-memory-zero",
+        ["--sm", "90", "--eval-max-memory", "0G"],
+        1,
+        "--eval-max-memory takes a size such as 24G",
+    ),
+    Row(
+        "eval-jobs-and-memory",
+        ["--sm", "90", "--eval-jobs", "2", "--eval-max-memory", "8G"],
+        1,
+        "--eval-jobs and --eval-max-memory conflict: give one",
+    ),
 ]
 
 BUILD = [
@@ -96,40 +108,77 @@ BUILD = [
     Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 61, 70, 75"),
     Row("python-unknown", ["--sm", "90", "--python", "311"], 1, "unknown Python line 'python311'; valid: 312, 313"),
     Row("cuda-unknown", ["--sm", "90", "--cuda", "13.0"], 1, "unknown CUDA line '13.0'; valid: 12.8, 12.9"),
-    Row("line-disabled", ["--sm", "121", "--arm64", "--cuda", "12.8"], 1,
-        "vllm-python312-cuda12_8-sm121-arm64 is disabled in the matrix: capability 12.1 needs CUDA 12.9"),
+    Row(
+        "line-disabled",
+        ["--sm", "121", "--arm64", "--cuda", "12.8"],
+        1,
+        "vllm-python312-cuda12_8-sm121-arm64 is disabled in the matrix: capability 12.1 needs CUDA 12.9",
+    ),
     Row("sm-with-all", ["--sm", "90", "--all"], 1, "--sm and --all conflict"),
     Row("sm-with-system", ["--sm", "90", "--system", "x86_64-linux"], 1, "--sm and --system conflict"),
     Row("auto-with-all", ["--sm", "auto", "--all"], 1, "--sm and --all conflict"),
     Row("all-with-system", ["--all", "--system", "x86_64-linux"], 1, "--all and --system conflict"),
     Row("arm64-without-sm", ["--arm64", "--system", "x86_64-linux"], 1, "--arm64 applies to --sm only"),
     Row("system-empty", ["--system", ""], 1, "unknown system ''; valid: x86_64-linux, aarch64-linux"),
-    Row("cores-huge", ["--sm", "90", "--cores", "99999999999999999999999"], 1,
-        "--cores takes a whole number from 0 to 100000"),
+    Row(
+        "cores-huge",
+        ["--sm", "90", "--cores", "99999999999999999999999"],
+        1,
+        "--cores takes a whole number from 0 to 100000",
+    ),
     Row("cores-negative", ["--sm", "90", "--cores", "-1"], 1, "--cores takes a whole number from 0 to 100000"),
     Row("cores-word", ["--sm", "90", "--cores", "many"], 1, "--cores takes a whole number from 0 to 100000"),
-    Row("max-jobs-huge", ["--sm", "90", "--max-jobs", "99999999999999999999"], 1,
-        "--max-jobs takes a whole number from 0 to 100000"),
+    Row(
+        "max-jobs-huge",
+        ["--sm", "90", "--max-jobs", "99999999999999999999"],
+        1,
+        "--max-jobs takes a whole number from 0 to 100000",
+    ),
     Row("option-no-value", ["--sm", "90", "--option", "sandbox"], 1, "--option takes NAME=VALUE"),
-    Row("option-bad-value", ["--sm", "90", "--option", "cores=abc"], 1,
-        "Nix rejects --option cores=abc: setting 'cores' has invalid value 'abc'"),
-    Row("option-unknown", ["--sm", "90", "--option", "no-such-setting=1"], 1,
-        "Nix rejects --option no-such-setting=1: unknown setting 'no-such-setting'"),
+    Row(
+        "option-bad-value",
+        ["--sm", "90", "--option", "cores=abc"],
+        1,
+        "Nix rejects --option cores=abc: setting 'cores' has invalid value 'abc'",
+    ),
+    Row(
+        "option-unknown",
+        ["--sm", "90", "--option", "no-such-setting=1"],
+        1,
+        "Nix rejects --option no-such-setting=1: unknown setting 'no-such-setting'",
+    ),
     Row("nixpkgs-empty", ["--sm", "90", "--nixpkgs", ""], 1, "--nixpkgs '' is empty; give a nixpkgs checkout"),
-    Row("nixpkgs-a-file", ["--sm", "90", "--nixpkgs", "README.md"], 1,
-        "--nixpkgs README.md: is a file, not a nixpkgs checkout"),
-    Row("nixpkgs-missing", ["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], 1,
-        "--nixpkgs ./no-such-nixpkgs: no such directory"),
-    Row("builders-missing-file", ["--sm", "90", "--builders", "@no-such-machines"], 1,
-        "--builders @no-such-machines: no such machines file"),
+    Row(
+        "nixpkgs-a-file",
+        ["--sm", "90", "--nixpkgs", "README.md"],
+        1,
+        "--nixpkgs README.md: is a file, not a nixpkgs checkout",
+    ),
+    Row(
+        "nixpkgs-missing",
+        ["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"],
+        1,
+        "--nixpkgs ./no-such-nixpkgs: no such directory",
+    ),
+    Row(
+        "builders-missing-file",
+        ["--sm", "90", "--builders", "@no-such-machines"],
+        1,
+        "--builders @no-such-machines: no such machines file",
+    ),
     Row("json-empty", ["--sm", "90", "--json", ""], 1, "--json '' is empty; give a file path"),
     Row("json-a-directory", ["--sm", "90", "--json", "nix"], 1, "--json nix: is a directory"),
-    Row("json-under-a-file", ["--sm", "90", "--json", "README.md/summary.json"], 1,
-        "--json README.md/summary.json: README.md is not a directory"),
+    Row(
+        "json-under-a-file",
+        ["--sm", "90", "--json", "README.md/summary.json"],
+        1,
+        "--json README.md/summary.json: README.md is not a directory",
+    ),
     Row("json-dir-dry-run", ["--sm", "90", "--dry-run", "--json", "nix"], 1, "--json nix: is a directory"),
-    Row("logs-a-file", ["--sm", "90"], 1, "logs/ (the build logs): is a file, not a directory (ENOTDIR)", logs_is_a_file),
-    Row("result-link-a-dir", ["--sm", "90"], 1,
-        f"result-{SM90} exists and is not a Nix result link", dir_result_link),
+    Row(
+        "logs-a-file", ["--sm", "90"], 1, "logs/ (the build logs): is a file, not a directory (ENOTDIR)", logs_is_a_file
+    ),
+    Row("result-link-a-dir", ["--sm", "90"], 1, f"result-{SM90} exists and is not a Nix result link", dir_result_link),
     Row("stdout-full", ["--sm", "90", "--dry-run"], 1, STDOUT_FULL, stdout="/dev/full"),
     *EVAL_BUDGET,
 ]
@@ -143,11 +192,20 @@ SMOKE = [
     Row("results-only-commas", ["--results", ","], 1, "--results ',' names no result; give a variant name"),
     Row("result-unknown-sm", ["--results", "91"], 1, "unknown SM '91'"),
     Row("result-not-built", ["--results", "90"], 1, f"{SM90} is not built here"),
-    Row("result-a-dir", ["--results", "90"], 1, f"result-{SM90} is not a built result: it has no bin/python",
-        dir_result_link),
+    Row(
+        "result-a-dir",
+        ["--results", "90"],
+        1,
+        f"result-{SM90} is not a built result: it has no bin/python",
+        dir_result_link,
+    ),
     Row("report-dir-a-file", ["--report-dir", "README.md"], 1, "--report-dir README.md: is a file, not a directory"),
-    Row("report-dir-under-a-file", ["--report-dir", "README.md/reports"], 1,
-        "--report-dir README.md/reports: README.md is not a directory"),
+    Row(
+        "report-dir-under-a-file",
+        ["--report-dir", "README.md/reports"],
+        1,
+        "--report-dir README.md/reports: README.md is not a directory",
+    ),
 ]
 
 BUMP_PIN = [
@@ -163,19 +221,36 @@ BUMP_PIN = [
 
 PUBLISH = [
     Row("to-empty", ["--to", "", "--sm", "90"], 1, "--to needs a store URI"),
-    Row("to-a-bare-path", ["--to", "/srv/cache", "--sm", "90"], 1,
+    Row(
+        "to-a-bare-path",
+        ["--to", "/srv/cache", "--sm", "90"],
+        1,
         "--to /srv/cache is a path, not a store URI: give file:///srv/cache for a binary cache or "
-        "local?root=/srv/cache for a chroot store"),
+        "local?root=/srv/cache for a chroot store",
+    ),
     Row("check-to-a-bare-path", ["--to", "/srv/cache", "--check"], 1, "--to /srv/cache is a path, not a store URI"),
     Row("nothing-selected", ["--to", "file:///tmp/c"], 1, "no variant selected"),
     Row("sm-with-all", ["--to", "file:///tmp/c", "--sm", "90", "--all"], 1, "--sm and --all conflict"),
     Row("not-built", ["--to", "file:///tmp/c", "--sm", "90"], 1, f"not built: {SM90} (no result-{SM90})"),
-    Row("result-link-a-dir", ["--to", "file:///tmp/c", "--sm", "90"], 1,
-        f"not built: {SM90} (result-{SM90} is a directory, not a result link)", dir_result_link),
-    Row("sign-key-missing", ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", "no-such-key"], 1,
-        "cannot read the signing key"),
-    Row("sign-key-empty", ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", ""], 1,
-        "--sign-key '' is empty; give the secret key file"),
+    Row(
+        "result-link-a-dir",
+        ["--to", "file:///tmp/c", "--sm", "90"],
+        1,
+        f"not built: {SM90} (result-{SM90} is a directory, not a result link)",
+        dir_result_link,
+    ),
+    Row(
+        "sign-key-missing",
+        ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", "no-such-key"],
+        1,
+        "cannot read the signing key",
+    ),
+    Row(
+        "sign-key-empty",
+        ["--to", "file:///tmp/c", "--sm", "90", "--sign-key", ""],
+        1,
+        "--sign-key '' is empty; give the secret key file",
+    ),
     Row("check-nixpkgs-empty", ["--to", "file:///tmp/c", "--check", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),
     Row("check-unknown-sm", ["--to", "file:///tmp/c", "--check", "--sm", "91"], 1, "unknown SM '91'"),
 ]
@@ -226,11 +301,14 @@ IMAGE = [
     Row("load-and-to", ["--sm", "90", "--load", "--to", "oci-archive:x.tar"], 1, "are exclusive"),
     Row("unknown-destination", ["--sm", "90", "--to", "ftp://host/x"], 1, "unknown destination"),
     Row("archive-no-path", ["--sm", "90", "--to", "oci-archive:"], 1, "no archive path"),
-    Row("archive-in-missing-dir", ["--sm", "90", "--to", "oci-archive:/no/such/dir/x.tar"], 1,
-        "no such directory"),
+    Row("archive-in-missing-dir", ["--sm", "90", "--to", "oci-archive:/no/such/dir/x.tar"], 1, "no such directory"),
     Row("bad-reference", ["--sm", "90", "--to", "docker://127.0.0.1:5000/vllm:b@d"], 1, "not a registry reference"),
-    Row("tmpdir-missing", ["--sm", "90", "--to", "oci-archive:x.tar", "--tmpdir", "/no/such/dir"], 1,
-        "--tmpdir /no/such/dir: no such directory"),
+    Row(
+        "tmpdir-missing",
+        ["--sm", "90", "--to", "oci-archive:x.tar", "--tmpdir", "/no/such/dir"],
+        1,
+        "--tmpdir /no/such/dir: no such directory",
+    ),
 ]
 
 EVAL = [
@@ -238,8 +316,12 @@ EVAL = [
     Row("sm-unknown", ["--sm", "91"], 1, "unknown SM '91'; valid SMs: 61, 70, 75"),
     Row("python-unknown", ["--sm", "90", "--python", "2.7"], 1, "unknown Python line 'python27'; valid: 312, 313"),
     Row("cuda-unknown", ["--sm", "90", "--cuda", "12"], 1, "unknown CUDA line '12'; valid: 12.8, 12.9"),
-    Row("line-disabled", ["--sm", "103", "--cuda", "12.8"], 1,
-        "vllm-python312-cuda12_8-sm103 is disabled in the matrix: capability 10.3 needs CUDA 12.9"),
+    Row(
+        "line-disabled",
+        ["--sm", "103", "--cuda", "12.8"],
+        1,
+        "vllm-python312-cuda12_8-sm103 is disabled in the matrix: capability 10.3 needs CUDA 12.9",
+    ),
     Row("sm-with-all", ["--sm", "90", "--all"], 1, "--sm and --all conflict"),
     Row("arm64-without-sm", ["--arm64"], 1, "--arm64 applies to --sm only"),
     Row("nixpkgs-empty", ["--sm", "90", "--nixpkgs", ""], 1, "--nixpkgs '' is empty"),
@@ -255,9 +337,20 @@ VARIANTS = [
     Row("stdout-full-json", ["--json"], 1, STDOUT_FULL, stdout="/dev/full"),
 ]
 
-TABLE = {"build": BUILD, "smoke": SMOKE, "bump-pin": BUMP_PIN, "publish": PUBLISH, "audit": AUDIT,
-         "doctor": DOCTOR, "which": WHICH, "readme": README, "matrix": MATRIX, "variants": VARIANTS,
-         "eval": EVAL, "image": IMAGE}
+TABLE = {
+    "build": BUILD,
+    "smoke": SMOKE,
+    "bump-pin": BUMP_PIN,
+    "publish": PUBLISH,
+    "audit": AUDIT,
+    "doctor": DOCTOR,
+    "which": WHICH,
+    "readme": README,
+    "matrix": MATRIX,
+    "variants": VARIANTS,
+    "eval": EVAL,
+    "image": IMAGE,
+}
 
 
 # -- running a row -------------------------------------------------------------------
@@ -293,8 +386,16 @@ def run_row(command: str, row: Row, tmp_path: Path) -> subprocess.CompletedProce
     if row.stdout:
         assert stat.S_ISCHR(os.stat(row.stdout).st_mode), f"{row.stdout} is no device on this machine"
     with open(row.stdout, "w") if row.stdout else contextlib.nullcontext(subprocess.PIPE) as stdout:
-        proc = subprocess.run([sys.executable, "-m", "invoke", command, *argv], cwd=root, env=env, stdout=stdout,
-                              stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", command, *argv],
+            cwd=root,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=300,
+        )
     output = (proc.stdout or "") + proc.stderr
     assert "Traceback" not in output, output
     assert proc.returncode == row.code, output
@@ -381,8 +482,9 @@ def test_eval(row, tmp_path):
 
 def test_the_table_covers_every_command():
     """A new task gets its rows here: the table lists every task of tasks.py."""
-    out = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=support.REPO, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "invoke", "--list"], cwd=support.REPO, capture_output=True, text=True, check=True
+    ).stdout
     tasks = set(re.findall(r"^  (\S+)", out, re.M))
     assert "build" in tasks  # the listing was read
     assert tasks - set(TABLE) == set(), f"no bad-input rows for {tasks - set(TABLE)}"

@@ -24,9 +24,11 @@ import pytest
 import support
 
 from vllm_variants.build import (
+    BuildOutcome as Outcome,
+)
+from vllm_variants.build import (
     BuildPlan,
     Concurrency,
-    Outcome,
     Prepared,
     Request,
     Target,
@@ -60,8 +62,9 @@ def unique(label: str) -> str:
 
 
 def invoke(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True,
-                          env=env or support.nix_env())
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True, env=env or support.nix_env()
+    )
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -98,16 +101,20 @@ def test_build_links_a_result_whose_python_reports_the_capability(project, stand
 
     link = project / f"result-{SM90.name}"
     out = Path(os.readlink(link))
-    probe = ("import json, torch, vllm, pathlib; print(json.dumps({'arch': torch._C._cuda_getArchFlags(), "
-             "'vllm': json.loads((pathlib.Path(vllm.__file__).parent / '_nix_build.json').read_text())}))")
-    report = json.loads(subprocess.run([link / "bin" / "python", "-c", probe], capture_output=True, text=True,
-                                       check=True).stdout)
+    probe = (
+        "import json, torch, vllm, pathlib; print(json.dumps({'arch': torch._C._cuda_getArchFlags(), "
+        "'vllm': json.loads((pathlib.Path(vllm.__file__).parent / '_nix_build.json').read_text())}))"
+    )
+    report = json.loads(
+        subprocess.run([link / "bin" / "python", "-c", probe], capture_output=True, text=True, check=True).stdout
+    )
     assert report["arch"] == "sm_90"
     assert "-DTORCH_CUDA_ARCH_LIST:STRING=9.0" in report["vllm"]["cmakeFlags"]
 
     # the link is a registered GC root (made through Nix, not os.symlink)
-    gc_roots = subprocess.run(["nix-store", "--query", "--roots", out], capture_output=True, text=True,
-                              env=support.nix_env(), check=True).stdout
+    gc_roots = subprocess.run(
+        ["nix-store", "--query", "--roots", out], capture_output=True, text=True, env=support.nix_env(), check=True
+    ).stdout
     assert str(link) in gc_roots
 
     # --json: parses and matches what was built, with Nix's own closure size
@@ -125,8 +132,10 @@ def test_build_links_a_result_whose_python_reports_the_capability(project, stand
     assert re.fullmatch(rf"logs/{SM90.name}-\d{{8}}-\d{{6}}\.log", row["log"])
     assert "python3.12-torch-2.9.1> Running phase: buildPhase" in log.read_text()
     assert re.search(r"^\[\d+/9\] building python3\.12-torch-2\.9\.1 \(sm90\)$", proc.stdout, re.M), proc.stdout
-    assert ("build 9 derivations (compiles torch 2.9.1, vllm 0.15.1, xformers 0.0.33.post1, flashinfer 0.6.1, "
-            "bitsandbytes 0.48.2, cupy 13.6.0)") in proc.stdout, proc.stdout
+    assert (
+        "build 9 derivations (compiles torch 2.9.1, vllm 0.15.1, xformers 0.0.33.post1, flashinfer 0.6.1, "
+        "bitsandbytes 0.48.2, cupy 13.6.0)"
+    ) in proc.stdout, proc.stdout
     assert "concurrency: Nix's settings" in proc.stdout
     assert (project / "flake.lock").read_bytes() == lock
 
@@ -151,8 +160,25 @@ def test_several_variants_share_the_machine_by_plan(project, standin, tmp_path):
 
 def test_explicit_cores_and_max_jobs_win_over_the_plan(project, standin, tmp_path):
     nixpkgs = standin(salt=unique("explicit"))
-    proc = ok(invoke(project, "build", "--sm", "80", "--sm", "89", "--nixpkgs", str(nixpkgs), "--cores", "3",
-                     "--max-jobs", "1", "--keep-going", "--option", "max-silent-time=600"))
+    proc = ok(
+        invoke(
+            project,
+            "build",
+            "--sm",
+            "80",
+            "--sm",
+            "89",
+            "--nixpkgs",
+            str(nixpkgs),
+            "--cores",
+            "3",
+            "--max-jobs",
+            "1",
+            "--keep-going",
+            "--option",
+            "max-silent-time=600",
+        )
+    )
     assert "--max-jobs 1 x --cores 3 (as given)" in proc.stdout
     for variant in (SM80, SM89):
         out = project / f"result-{variant.name}"
@@ -172,8 +198,11 @@ def test_an_option_nix_rejects_at_build_time_is_the_error_even_when_up_to_date(p
     plan = make_plan(prepare(Project(project), request, nix=Nix(env=support.nix_env())))
     plan.concurrency = Concurrency(None, 10**23, 1, "")  # past the command line's bound: Nix's own check
     out = io.StringIO()
-    with pytest.raises(BuildError, match=r"^nix build exited with status 1: setting 'cores' has invalid value "
-                                         rf"'{10**23}'; log: logs/{SM90.name}-"):
+    with pytest.raises(
+        BuildError,
+        match=r"^nix build exited with status 1: setting 'cores' has invalid value "
+        rf"'{10**23}'; log: logs/{SM90.name}-",
+    ):
         act(plan, out, interactive=False)
     assert f"error: setting 'cores' has invalid value '{10**23}'" in out.getvalue()
     assert os.readlink(link) == before
@@ -186,8 +215,14 @@ def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
     """A chroot store that has never seen a build, and a file:// cache holding
     one path (the stand-in's stdenv): the plan must say what Nix would build
     and fetch, build nothing, and leave the checkout as it was."""
-    stdenv = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr",
-                         f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv').stdout.strip()
+    stdenv = support.nix(
+        "build",
+        "--no-link",
+        "--print-out-paths",
+        "--impure",
+        "--expr",
+        f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv',
+    ).stdout.strip()
     cache = f"file://{tmp_path / 'cache'}"
     support.nix("copy", "--to", cache, stdenv)
     env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
@@ -219,8 +254,14 @@ def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(proje
     """Two variants on a fresh store, a file:// cache holding the stdenv both need:
     each variant's share fetches it, with the size the cache gives, asked in one
     `nix path-info` for that cache (issue #13)."""
-    stdenv = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr",
-                         f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv').stdout.strip()
+    stdenv = support.nix(
+        "build",
+        "--no-link",
+        "--print-out-paths",
+        "--impure",
+        "--expr",
+        f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv',
+    ).stdout.strip()
     cache = f"file://{tmp_path / 'cache'}"
     support.nix("copy", "--to", cache, stdenv)
     env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
@@ -253,8 +294,10 @@ def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin
 
 def _plan(project: Path, nixpkgs: Path, sms: str, **request) -> tuple[BuildPlan, list[list[str]]]:
     nix = support.recording_nix(env=support.nix_env())
-    plan = make_plan(prepare(Project(project), Request(sms=(sms,), nixpkgs=f"path:{nixpkgs}", **request), nix=nix),
-                     host=Host(cores=4, mem_bytes=64 * 1024**3))
+    plan = make_plan(
+        prepare(Project(project), Request(sms=(sms,), nixpkgs=f"path:{nixpkgs}", **request), nix=nix),
+        host=Host(cores=4, mem_bytes=64 * 1024**3),
+    )
     return plan, nix.commands
 
 
@@ -276,8 +319,9 @@ def test_the_plan_runs_as_many_nix_processes_for_six_variants_as_for_two(project
         assert sorted(plan.dry.will_build) == sorted(alone.will_build) and plan.dry.will_fetch == ()
         assert plan.dry.download_bytes == 0
     assert len(six.total.will_build) < sum(len(p.dry.will_build) for p in six.variants)  # shared ones once
-    assert "evaluation: 6 variants in 1 Nix process, at most 100 nixpkgs instances each (--eval-jobs 100" \
-        in "\n".join(six.lines())
+    assert "evaluation: 6 variants in 1 Nix process, at most 100 nixpkgs instances each (--eval-jobs 100" in "\n".join(
+        six.lines()
+    )
 
 
 def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(project, standin):
@@ -288,8 +332,15 @@ def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(projec
     plan, commands = _plan(project, nixpkgs, "80,89,90", eval_jobs=10)
     outcomes = act(plan, io.StringIO(), interactive=False)
     assert all(o.ok and o.closure_size for o in outcomes)
-    assert _kinds(commands) == ["build --dry-run", "derivation show", "build --no-link", "path-info --json",
-                                "build --out-link", "build --out-link", "build --out-link"]
+    assert _kinds(commands) == [
+        "build --dry-run",
+        "derivation show",
+        "build --no-link",
+        "path-info --json",
+        "build --out-link",
+        "build --out-link",
+        "build --out-link",
+    ]
 
 
 def test_the_plan_evaluates_in_batches_sized_by_eval_jobs(project, standin):
@@ -307,15 +358,29 @@ def test_sm_auto_builds_the_variant_of_the_local_gpu(project, tmp_path):
     bin_dir = tmp_path / "bin"
     gpu_replay.smi(bin_dir)
     env = {**support.nix_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = ok(invoke(project, "build", "--sm", "auto,80", "--dry-run", "--nixpkgs", str(support.STANDIN),
-                     "--json", "plan.json", env=env))
+    proc = ok(
+        invoke(
+            project,
+            "build",
+            "--sm",
+            "auto,80",
+            "--dry-run",
+            "--nixpkgs",
+            str(support.STANDIN),
+            "--json",
+            "plan.json",
+            env=env,
+        )
+    )
     plan = json.loads((project / "plan.json").read_text())
     assert [v["variant"] for v in plan["variants"]] == [SM80.name, SM90.name], proc.stdout
 
 
 def test_sm_auto_without_a_gpu_is_one_line(project, tmp_path):
-    env = {**support.nix_env(), "PATH": f"{tmp_path}{os.pathsep}{os.path.dirname(support.nix_executable())}"
-           f"{os.pathsep}/usr/bin:/bin"}
+    env = {
+        **support.nix_env(),
+        "PATH": f"{tmp_path}{os.pathsep}{os.path.dirname(support.nix_executable())}{os.pathsep}/usr/bin:/bin",
+    }
     proc = invoke(project, "build", "--sm", "auto", "--dry-run", "--nixpkgs", str(support.STANDIN), env=env)
     assert proc.returncode == 1
     assert error_line(proc).startswith("error: no NVIDIA GPU found (nvidia-smi is not on PATH")
@@ -341,7 +406,7 @@ def test_failed_build_shows_the_derivation_its_log_tail_and_keeps_the_old_link(p
     (drv,) = row["failed_derivations"]
     assert row["status"] == "failed" and row["store_path"] is None
     assert drv.endswith("-python3.12-xformers-0.0.33.post1.drv")
-    report = proc.stdout[proc.stdout.index("failed: python3.12-xformers-0.0.33.post1"):]
+    report = proc.stdout[proc.stdout.index("failed: python3.12-xformers-0.0.33.post1") :]
     assert f"derivation: {drv}" in report
     assert "[40/40] compiling kernel_40.cu\n    error: xformers: stand-in build failure" in report
     assert "[1/40] compiling kernel_1.cu" not in report  # a tail, not the whole log
@@ -350,8 +415,9 @@ def test_failed_build_shows_the_derivation_its_log_tail_and_keeps_the_old_link(p
     assert "python3.12-xformers-0.0.33.post1> [1/40] compiling kernel_1.cu" in full
     assert f"failed '{drv}'" in full
     line = error_line(proc)
-    assert line == (f"error: 1 of 1 variant(s) not built: {SM90.name} (python3.12-xformers-0.0.33.post1 failed); "
-                    f"log: {row['log']}")
+    assert line == (
+        f"error: 1 of 1 variant(s) not built: {SM90.name} (python3.12-xformers-0.0.33.post1 failed); log: {row['log']}"
+    )
 
 
 def test_a_failure_without_a_previous_result_leaves_no_link(project, standin, tmp_path):
@@ -425,9 +491,14 @@ def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
 def _slow_build(project: Path, nixpkgs: Path) -> tuple[subprocess.Popen[str], set[int]]:
     """`invoke build --sm 90` started with torch's build sleeping 300 s under nix:
     the process and its descendants once that sleep runs."""
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
-                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=support.nix_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "build", "--sm", "90", "--nixpkgs", str(nixpkgs)],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=support.nix_env(),
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if "building python3.12-torch-2.9.1" in line:
@@ -488,36 +559,67 @@ def _old_nix(bin_dir: Path) -> Path:
     only the version string is fake (an old Nix cannot be installed here)."""
     bin_dir.mkdir()
     wrapper = bin_dir / "nix"
-    wrapper.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo "nix (Nix) 2.17.1"; exit 0; fi\n'
-                       f'exec {support.nix_executable()} "$@"\n')
+    wrapper.write_text(
+        '#!/bin/sh\nif [ "$1" = --version ]; then echo "nix (Nix) 2.17.1"; exit 0; fi\n'
+        f'exec {support.nix_executable()} "$@"\n'
+    )
     wrapper.chmod(0o755)
     return bin_dir
 
 
 PREFLIGHT = {
-    "unknown-sm": (["--sm", "91"], {}, "error: unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, "
-                                        "120 (x86_64-linux); 90, 100, 103, 121 (aarch64-linux, with --arm64)"),
-    "no-arm64-variant": (["--sm", "80", "--arm64"], {},
-                         "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100, 103, 121"),
+    "unknown-sm": (
+        ["--sm", "91"],
+        {},
+        "error: unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, "
+        "120 (x86_64-linux); 90, 100, 103, 121 (aarch64-linux, with --arm64)",
+    ),
+    "no-arm64-variant": (
+        ["--sm", "80", "--arm64"],
+        {},
+        "error: SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100, 103, 121",
+    ),
     "nothing-selected": ([], {}, "error: no variant selected; use --sm SM"),
     "bad-cores": (["--sm", "90", "--cores", "many"], {}, "error: --cores takes a whole number from 0 to 100000"),
     "bad-option": (["--sm", "90", "--option", "sandbox"], {}, "error: --option takes NAME=VALUE"),
-    "no-nixpkgs-dir": (["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"], {},
-                       "error: --nixpkgs ./no-such-nixpkgs: no such directory"),
-    "nix-missing": (["--sm", "90"], {"PATH": "/usr/bin:/bin"},
-                    "error: nix is not installed (not on PATH): install Nix >= 2.18"),
-    "nix-too-old": (["--sm", "90"], {"PATH": "OLD_NIX"},
-                    "error: Nix 2.17.1 is too old: nixpkgs needs Nix >= 2.18; upgrade Nix"),
-    "flakes-off": (["--sm", "90"], {"NIX_CONFIG": "FLAKES_OFF"},
-                   "error: Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
-                   "nix-command flakes' to ~/.config/nix/nix.conf"),
-    "only-nix-command": (["--sm", "90"], {"NIX_CONFIG": "NIX_COMMAND_ONLY"},
-                         "error: Nix's experimental feature 'flakes' is not enabled"),
-    "aarch64-without-builder": (["--sm", "90", "--arm64"], {}, "error: no machine can build aarch64-linux "
-                                "variants: this is x86_64-linux, and CUDA is never cross-compiled in nixpkgs, "
-                                "so a aarch64-linux builder is needed. Add one that advertises big-parallel"),
-    "builder-without-big-parallel": (["--sm", "90", "--arm64", "--builders", "ssh-ng://gh200 aarch64-linux - 8 1 kvm"],
-                                     {}, "error: no machine can build aarch64-linux variants"),
+    "no-nixpkgs-dir": (
+        ["--sm", "90", "--nixpkgs", "./no-such-nixpkgs"],
+        {},
+        "error: --nixpkgs ./no-such-nixpkgs: no such directory",
+    ),
+    "nix-missing": (
+        ["--sm", "90"],
+        {"PATH": "/usr/bin:/bin"},
+        "error: nix is not installed (not on PATH): install Nix >= 2.18",
+    ),
+    "nix-too-old": (
+        ["--sm", "90"],
+        {"PATH": "OLD_NIX"},
+        "error: Nix 2.17.1 is too old: nixpkgs needs Nix >= 2.18; upgrade Nix",
+    ),
+    "flakes-off": (
+        ["--sm", "90"],
+        {"NIX_CONFIG": "FLAKES_OFF"},
+        "error: Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
+        "nix-command flakes' to ~/.config/nix/nix.conf",
+    ),
+    "only-nix-command": (
+        ["--sm", "90"],
+        {"NIX_CONFIG": "NIX_COMMAND_ONLY"},
+        "error: Nix's experimental feature 'flakes' is not enabled",
+    ),
+    "aarch64-without-builder": (
+        ["--sm", "90", "--arm64"],
+        {},
+        "error: no machine can build aarch64-linux "
+        "variants: this is x86_64-linux, and CUDA is never cross-compiled in nixpkgs, "
+        "so a aarch64-linux builder is needed. Add one that advertises big-parallel",
+    ),
+    "builder-without-big-parallel": (
+        ["--sm", "90", "--arm64", "--builders", "ssh-ng://gh200 aarch64-linux - 8 1 kvm"],
+        {},
+        "error: no machine can build aarch64-linux variants",
+    ),
 }
 
 
@@ -530,8 +632,9 @@ def test_preflight_errors_are_one_line_and_change_nothing(project, tmp_path, cas
             value = f"{_old_nix(tmp_path / 'old')}:{env['PATH']}"
         elif value in ("FLAKES_OFF", "NIX_COMMAND_ONLY"):
             features = "nix-command" if value == "NIX_COMMAND_ONLY" else ""
-            value = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
-                                              f"experimental-features = {features}")
+            value = env["NIX_CONFIG"].replace(
+                "experimental-features = nix-command flakes", f"experimental-features = {features}"
+            )
         env[key] = value
     if case == "nix-missing":
         assert shutil.which("nix", path=env["PATH"]) is None
@@ -549,27 +652,55 @@ def test_flakes_alone_are_enough_the_tool_turns_nix_command_on_itself(project, s
     """A nix.conf that enables only flakes (no nix-command): pre-flight passes and so
     does every nix call after it, because each one enables nix-command itself."""
     env = support.nix_env()
-    env["NIX_CONFIG"] = env["NIX_CONFIG"].replace("experimental-features = nix-command flakes",
-                                                  "experimental-features = flakes")
+    env["NIX_CONFIG"] = env["NIX_CONFIG"].replace(
+        "experimental-features = nix-command flakes", "experimental-features = flakes"
+    )
     assert support.nix("flake", "metadata", str(support.STANDIN), env=env, check=False).returncode != 0
-    proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(standin(salt=unique("flakes-only"))),
-                     env=env))
+    proc = ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(standin(salt=unique("flakes-only"))), env=env))
     assert os.readlink(project / f"result-{SM90.name}").startswith("/nix/store/"), proc.stdout
 
 
 def test_a_remote_builder_for_the_system_passes_preflight(project):
     builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
     env = support.nix_env("builders =\nextra-platforms =")
-    proc = ok(invoke(project, "build", "--sm", "90", "--arm64", "--dry-run", "--builders", builder,
-                     "--nixpkgs", str(support.STANDIN), env=env))
+    proc = ok(
+        invoke(
+            project,
+            "build",
+            "--sm",
+            "90",
+            "--arm64",
+            "--dry-run",
+            "--builders",
+            builder,
+            "--nixpkgs",
+            str(support.STANDIN),
+            env=env,
+        )
+    )
     assert f"{GH200.name} (aarch64-linux, on remote builder ssh-ng://builder@gh200): build " in proc.stdout
 
 
 def test_max_jobs_zero_in_nix_conf_plans_several_variants_for_the_builder_only(project):
     builder = "ssh-ng://builder@gh200 aarch64-linux - 8 1 big-parallel"
     env = support.nix_env("builders =\nextra-platforms =\nmax-jobs = 0")
-    proc = ok(invoke(project, "build", "--sm", "90,100", "--arm64", "--dry-run", "--builders", builder,
-                     "--nixpkgs", str(support.STANDIN), "--json", "plan.json", env=env))
+    proc = ok(
+        invoke(
+            project,
+            "build",
+            "--sm",
+            "90,100",
+            "--arm64",
+            "--dry-run",
+            "--builders",
+            builder,
+            "--nixpkgs",
+            str(support.STANDIN),
+            "--json",
+            "plan.json",
+            env=env,
+        )
+    )
     assert "concurrency: max-jobs 0 (Nix's setting): nothing builds here" in proc.stdout, proc.stdout
     assert json.loads((project / "plan.json").read_text())["concurrency"]["max_jobs"] is None
 
@@ -578,8 +709,21 @@ def test_a_machines_file_counts_as_builders(project, tmp_path):
     machines = tmp_path / "machines"
     machines.write_text("# GH200 in the lab\nssh-ng://lab-gh200 aarch64-linux - 4 1 big-parallel,kvm\n")
     env = support.nix_env("builders =\nextra-platforms =")
-    proc = ok(invoke(project, "build", "--sm", "90", "--arm64", "--dry-run", "--builders", f"@{machines}",
-                     "--nixpkgs", str(support.STANDIN), env=env))
+    proc = ok(
+        invoke(
+            project,
+            "build",
+            "--sm",
+            "90",
+            "--arm64",
+            "--dry-run",
+            "--builders",
+            f"@{machines}",
+            "--nixpkgs",
+            str(support.STANDIN),
+            env=env,
+        )
+    )
     assert "on remote builder ssh-ng://lab-gh200" in proc.stdout
 
 
@@ -589,8 +733,10 @@ def test_a_file_in_the_way_of_the_result_link_is_refused_before_building(project
     mine.write_text("my notes\n")
     proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs))
     assert proc.returncode == 1
-    assert error_line(proc) == (f"error: result-{SM90.name} exists and is not a Nix result link (into /nix/store); "
-                                "move it away, then run the build again")
+    assert error_line(proc) == (
+        f"error: result-{SM90.name} exists and is not a Nix result link (into /nix/store); "
+        "move it away, then run the build again"
+    )
     assert mine.read_text() == "my notes\n" and not (project / "logs").exists()
 
 
@@ -616,8 +762,11 @@ def test_dry_run_plan_of_a_torch_wheel_row_compiles_no_torch(project, standin, t
     patched, not compiled); its SM-specific compiles are the same as the source row's."""
     nixpkgs = standin(salt=unique("torch-rows"))
     wheel = MATRIX.by_name("vllm-python312-cuda12_9-sm90-torchbin")
-    ok(invoke(project, "build", "--sm", f"90,{wheel.name}", "--dry-run", "--nixpkgs", str(nixpkgs),
-              "--json", "plan.json"))
+    ok(
+        invoke(
+            project, "build", "--sm", f"90,{wheel.name}", "--dry-run", "--nixpkgs", str(nixpkgs), "--json", "plan.json"
+        )
+    )
     rows = {v["variant"]: v["plan"] for v in json.loads((project / "plan.json").read_text())["variants"]}
     source, binary = rows[SM90.name], rows[wheel.name]
     assert "torch 2.9.1" in source["heavy"]
@@ -628,9 +777,27 @@ def test_dry_run_plan_of_a_torch_wheel_row_compiles_no_torch(project, standin, t
 
 def test_plan_benchmark_runs():
     """benchmarks/bench_plan.py end to end, at toy scale (its figures are in the README)."""
-    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_plan.py"), "--variants", "1,2",
-                           "--runs", "1", "--shared", "20", "--per-sm", "2", "--matrix-rows", "30", "--build",
-                           "--no-targets"], capture_output=True, text=True, env=support.nix_env())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(support.REPO / "benchmarks" / "bench_plan.py"),
+            "--variants",
+            "1,2",
+            "--runs",
+            "1",
+            "--shared",
+            "20",
+            "--per-sm",
+            "2",
+            "--matrix-rows",
+            "30",
+            "--build",
+            "--no-targets",
+        ],
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^   2 variants: raw dry run .* plan .*x \(target <= 1.3x\)", proc.stdout, re.M), proc.stdout
     assert "growth 1 -> 2 variants" in proc.stdout and "nix/matrix.nix: 30 rows" in proc.stdout

@@ -29,8 +29,25 @@ from vllm_variants.project import Project
 pytestmark = pytest.mark.nix
 
 RELEASES = ("vllm-0.14.0", "vllm-0.13.0")
-NO_BLACKWELL = ["3.5", "3.7", "5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0",
-                "8.6", "8.7", "8.9", "9.0", "9.0a"]
+NO_BLACKWELL = [
+    "3.5",
+    "3.7",
+    "5.0",
+    "5.2",
+    "5.3",
+    "6.0",
+    "6.1",
+    "6.2",
+    "7.0",
+    "7.2",
+    "7.5",
+    "8.0",
+    "8.6",
+    "8.7",
+    "8.9",
+    "9.0",
+    "9.0a",
+]
 
 
 @dataclass
@@ -103,12 +120,14 @@ def run_bump(tmp_path, env, nixpkgs):
 
 def refs(root: Path) -> str:
     """Every ref, HEAD and the worktree list: what must not change when a bump is refused."""
-    return "\n".join([
-        support.git(root, "for-each-ref", "--format=%(refname) %(objectname)").stdout,
-        support.git(root, "symbolic-ref", "-q", "HEAD", check=False).stdout,
-        support.git(root, "rev-parse", "HEAD").stdout,
-        support.git(root, "worktree", "list", "--porcelain").stdout,
-    ])
+    return "\n".join(
+        [
+            support.git(root, "for-each-ref", "--format=%(refname) %(objectname)").stdout,
+            support.git(root, "symbolic-ref", "-q", "HEAD", check=False).stdout,
+            support.git(root, "rev-parse", "HEAD").stdout,
+            support.git(root, "worktree", "list", "--porcelain").stdout,
+        ]
+    )
 
 
 def checkout_state(root: Path) -> dict:
@@ -148,8 +167,11 @@ def subject_and_body(root: Path, branch: str) -> tuple[str, str]:
 def evaluated(root: Path, branch: str) -> dict:
     """What the branch's committed flake ships, evaluated independently of bump-pin."""
     commit = support.git(root, "rev-parse", branch).stdout.strip()
-    data = json.loads(support.nix("eval", "--json", f"git+file://{root}?rev={commit}#{versions.EVAL_ATTR}",
-                                  "--apply", versions.EVAL).stdout)
+    data = json.loads(
+        support.nix(
+            "eval", "--json", f"git+file://{root}?rev={commit}#{versions.EVAL_ATTR}", "--apply", versions.EVAL
+        ).stdout
+    )
     return {name: v for name, by_system in data.items() for v in by_system.values()}
 
 
@@ -242,7 +264,7 @@ def test_checkout_on_another_branch_is_untouched(repo, nixpkgs, run_bump):
 def test_dry_run_prints_the_plan_per_branch_and_changes_nothing(repo, nixpkgs, run_bump):
     before = refs(repo), checkout_state(repo)
     plan = run_bump(repo, nixpkgs.b, globs=["vllm-*"], dry_run=True)
-    assert isinstance(plan, bump.Plan)
+    assert isinstance(plan, bump.BumpPlan)
     lines = run_bump.out.splitlines()
     for name in RELEASES:
         (line,) = [line for line in lines if line.startswith(f"  {name} at ")]
@@ -306,8 +328,17 @@ def test_release_branch_needs_main_among_the_branches(repo, nixpkgs, run_bump):
 # -- refusals: each changes nothing ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("rev", ["abc", "0182a3613243", "0182a361324364ae3f436a63005877674cf45efb0", "HEAD",
-                                 "g182a361324364ae3f436a63005877674cf45efb", ""])
+@pytest.mark.parametrize(
+    "rev",
+    [
+        "abc",
+        "0182a3613243",
+        "0182a361324364ae3f436a63005877674cf45efb0",
+        "HEAD",
+        "g182a361324364ae3f436a63005877674cf45efb",
+        "",
+    ],
+)
 def test_not_a_full_commit_is_refused(rev):
     with pytest.raises(PinError, match=r"is not a full commit: give all 40 hex digits"):
         bump.check_rev(rev)
@@ -315,8 +346,9 @@ def test_not_a_full_commit_is_refused(rev):
 
 def test_bad_rev_is_one_line_from_invoke_and_changes_nothing(repo, env):
     before = refs(repo), checkout_state(repo)
-    proc = subprocess.run([sys.executable, "-m", "invoke", "bump-pin", "0182a36"], cwd=repo, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "bump-pin", "0182a36"], cwd=repo, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: '0182a36' is not a full commit: give all 40 hex digits of a nixpkgs commit, "
@@ -327,17 +359,37 @@ def test_bad_rev_is_one_line_from_invoke_and_changes_nothing(repo, env):
 
 def test_dry_run_through_invoke(repo, nixpkgs, env):
     proc = subprocess.run(
-        [sys.executable, "-m", "invoke", "bump-pin", nixpkgs.b, "--branch", "main", "--branches", "vllm-*",
-         "--url-template", nixpkgs.template, "--dry-run"],
-        cwd=repo, env=env, capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "bump-pin",
+            nixpkgs.b,
+            "--branch",
+            "main",
+            "--branches",
+            "vllm-*",
+            "--url-template",
+            nixpkgs.template,
+            "--dry-run",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     planned = [line.split()[0] for line in proc.stdout.splitlines() if " at " in line]
     assert planned == ["main", "vllm-0.13.0", "vllm-0.14.0"]  # named first, then the glob's, sorted
 
 
-@pytest.mark.parametrize(("where", "message"), [
-    ("checkout", r"your checkout at .* has uncommitted changes \(flake.nix\)"),
-    ("worktree", r"the worktree of vllm-0\.14\.0 at .* has uncommitted changes \(flake.nix\)"),
-])
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("checkout", r"your checkout at .* has uncommitted changes \(flake.nix\)"),
+        ("worktree", r"the worktree of vllm-0\.14\.0 at .* has uncommitted changes \(flake.nix\)"),
+    ],
+)
 def test_uncommitted_changes_are_refused(repo, nixpkgs, run_bump, tmp_path, where, message):
     tree = repo
     if where == "worktree":  # a worktree holding a branch that would move
@@ -369,8 +421,11 @@ def test_changes_made_while_bumping_are_refused_before_any_branch_moves(repo, ni
 
     monkeypatch.setattr(bump, "bump_branch", then_edit)
     before = refs(repo)
-    with pytest.raises(GitError, match=rf"^no branch moved: {repo} \(on main\) got uncommitted changes "
-                                       r"while bump-pin ran \(flake.nix\); commit or stash them"):
+    with pytest.raises(
+        GitError,
+        match=rf"^no branch moved: {repo} \(on main\) got uncommitted changes "
+        r"while bump-pin ran \(flake.nix\); commit or stash them",
+    ):
         run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
     assert refs(repo) == before
     assert (repo / "flake.nix").read_text() == "# edited mid-bump\n"
@@ -383,17 +438,26 @@ def test_an_untracked_file_in_the_way_is_refused_before_any_branch_moves(repo, n
     support.commit_all(repo, "versions not recorded yet")
     (repo / versions.PATH).write_text("mine\n")
     before = refs(repo)
-    with pytest.raises(GitError, match=r"^no branch moved: .* \(on unrecorded\) could not take the new files: "
-                                       r".*nix/versions.json.* would be overwritten"):
+    with pytest.raises(
+        GitError,
+        match=r"^no branch moved: .* \(on unrecorded\) could not take the new files: "
+        r".*nix/versions.json.* would be overwritten",
+    ):
         run_bump(repo, nixpkgs.b)
     assert refs(repo) == before
     assert (repo / versions.PATH).read_text() == "mine\n"
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"branches": ["main", "nope"]}, r"unknown branch\(es\) nope; local branches: main, vllm-0\.13\.0, vllm-0\.14\.0"),
-    ({"globs": ["release-*"]}, r"no local branch matches 'release-\*'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"branches": ["main", "nope"]},
+            r"unknown branch\(es\) nope; local branches: main, vllm-0\.13\.0, vllm-0\.14\.0",
+        ),
+        ({"globs": ["release-*"]}, r"no local branch matches 'release-\*'"),
+    ],
+)
 def test_unknown_branch_is_refused(repo, nixpkgs, run_bump, kwargs, message):
     before = refs(repo)
     with pytest.raises(GitError, match=message):
@@ -432,15 +496,15 @@ def test_missing_commit_is_refused(repo, nixpkgs, run_bump):
     assert refs(repo) == before
 
 
-@pytest.mark.parametrize("template", ["github:NixOS/nixpkgs/{rev}?host=github.invalid",
-                                      "git+https://nixpkgs.invalid/nixpkgs.git?rev={rev}"])
+@pytest.mark.parametrize(
+    "template", ["github:NixOS/nixpkgs/{rev}?host=github.invalid", "git+https://nixpkgs.invalid/nixpkgs.git?rev={rev}"]
+)
 def test_unreachable_network_is_refused(repo, nixpkgs, run_bump, template):
     # .invalid never resolves (RFC 2606): the fetch fails on the network, offline or not.
     # git reports the host, then Nix says the revision is missing: the host must win.
     before = refs(repo)
     with pytest.raises(PinError, match=r"cannot fetch .*: the network failed \(.*Could not resolve host"):
-        run_bump(repo, nixpkgs.b, globs=["vllm-*"], url_template=template,
-                 env=support.nix_env("download-attempts = 1"))
+        run_bump(repo, nixpkgs.b, globs=["vllm-*"], url_template=template, env=support.nix_env("download-attempts = 1"))
     assert refs(repo) == before
 
 
@@ -451,9 +515,12 @@ def test_missing_repository_is_refused(repo, nixpkgs, run_bump, tmp_path):
 
 def test_github_404_is_a_missing_commit_not_the_network():
     # what Nix prints for a commit GitHub does not have (no network here to provoke it)
-    stderr = ("error:\n       … while fetching the input 'github:NixOS/nixpkgs/" + "1" * 40 + "'\n\n"
-              "       error: unable to download 'https://api.github.com/repos/NixOS/nixpkgs/commits/"
-              + "1" * 40 + "': HTTP error 422\n")
+    stderr = (
+        "error:\n       … while fetching the input 'github:NixOS/nixpkgs/" + "1" * 40 + "'\n\n"
+        "       error: unable to download 'https://api.github.com/repos/NixOS/nixpkgs/commits/"
+        + "1" * 40
+        + "': HTTP error 422\n"
+    )
     message = bump.fetch_failure("github:NixOS/nixpkgs/" + "1" * 40, "1" * 40, stderr)
     assert f"commit {'1' * 40} is not there (unable to download" in message and "network" not in message
 
@@ -464,15 +531,18 @@ def test_pin_whose_vllm_does_not_evaluate_is_refused(repo, nixpkgs, run_bump):
         run_bump(repo, nixpkgs.c, branches=["main"], globs=["vllm-*"])
     message = str(caught.value)
     # one cause, said once for the branches it stopped (issue #11), not once per branch
-    assert message.startswith(f"no branch moved: main, {', '.join(sorted(RELEASES))} failed to evaluate: "
-                              "vllm-python312-cuda12_9-sm100"), message
+    assert message.startswith(
+        f"no branch moved: main, {', '.join(sorted(RELEASES))} failed to evaluate: vllm-python312-cuda12_9-sm100"
+    ), message
     assert message.count(f"vllm 0.16.0 in nixpkgs {nixpkgs.c} cannot target CUDA capability 10.0 (SM 100)") == 1
     assert "\n" not in message
     assert refs(repo) == before
 
 
-@pytest.mark.parametrize("template", ["github:NixOS/nixpkgs/main", "git+file:///x?rev={rev}&x={rev}",
-                                      'github:NixOS/nixpkgs/{rev}"; evil = "'])
+@pytest.mark.parametrize(
+    "template",
+    ["github:NixOS/nixpkgs/main", "git+file:///x?rev={rev}&x={rev}", 'github:NixOS/nixpkgs/{rev}"; evil = "'],
+)
 def test_bad_url_template_is_refused(template):
     with pytest.raises(PinError, match="--url-template"):
         bump.pin_url(template, "0" * 40)

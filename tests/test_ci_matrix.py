@@ -55,14 +55,20 @@ def test_filters_select_like_build():
     by_system = json.loads(invoke("matrix", "--system", "aarch64-linux").stdout)["include"]
     assert {e["variant"] for e in by_system} == {v.name for v in MATRIX.default_set if v.arm64}
     by_sm = json.loads(invoke("matrix", "--sm", "90", "--sm", "100", "--arm64").stdout)["include"]
-    assert [e["variant"] for e in by_sm] == ["vllm-python312-cuda12_9-sm90-arm64", "vllm-python312-cuda12_9-sm100-arm64"]
+    assert [e["variant"] for e in by_sm] == [
+        "vllm-python312-cuda12_9-sm90-arm64",
+        "vllm-python312-cuda12_9-sm100-arm64",
+    ]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--format", "yaml"], "unknown format 'yaml'; valid: github"),
-    (["--sm", "62"], "unknown SM '62'; valid SMs:"),
-    (["--system", "riscv64-linux"], "unknown system 'riscv64-linux'; valid:"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "yaml"], "unknown format 'yaml'; valid: github"),
+        (["--sm", "62"], "unknown SM '62'; valid SMs:"),
+        (["--system", "riscv64-linux"], "unknown system 'riscv64-linux'; valid:"),
+    ],
+)
 def test_bad_requests_are_one_line(args, message):
     proc = invoke("matrix", *args, check=False)
     assert proc.returncode == 1 and proc.stdout == ""
@@ -96,7 +102,7 @@ def test_workflow_parses_and_triggers(workflow):
 
 def test_build_job_takes_its_matrix_from_the_matrix_task(workflow):
     name, job, step = _matrix_job(workflow)
-    (output, value), = job["outputs"].items()
+    ((output, value),) = job["outputs"].items()
     written = re.search(r'echo "(\w+)=\$\w+" >> "\$GITHUB_OUTPUT"', step["run"])
     assert written, "the step writes its JSON to $GITHUB_OUTPUT"
     assert value == f"${{{{ steps.{step['id']}.outputs.{written.group(1)} }}}}"
@@ -119,10 +125,15 @@ def test_matrix_step_runs_and_writes_what_fromjson_reads(workflow, tmp_path, sm)
     """Run the step's own script as the runner would (bash -e, $GITHUB_OUTPUT)."""
     _, _, step = _matrix_job(workflow)
     output = tmp_path / "github_output"
-    env = {**os.environ, "GITHUB_OUTPUT": str(output), "SM": sm,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-                   cwd=support.REPO, env=env, check=True)
+    env = {
+        **os.environ,
+        "GITHUB_OUTPUT": str(output),
+        "SM": sm,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], cwd=support.REPO, env=env, check=True
+    )
     key, _, value = output.read_text().rstrip("\n").partition("=")
     assert key == "matrix"
     wanted = MATRIX.select([sm], all=False) if sm else MATRIX.default_set
@@ -131,10 +142,19 @@ def test_matrix_step_runs_and_writes_what_fromjson_reads(workflow, tmp_path, sm)
 
 def test_matrix_step_fails_the_job_on_a_bad_selection(workflow, tmp_path):
     _, _, step = _matrix_job(workflow)
-    env = {**os.environ, "GITHUB_OUTPUT": str(tmp_path / "out"), "SM": "62",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
-                          cwd=support.REPO, env=env, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "GITHUB_OUTPUT": str(tmp_path / "out"),
+        "SM": "62",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+        cwd=support.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "unknown SM '62'" in proc.stderr
     assert not (tmp_path / "out").exists()
 
@@ -164,8 +184,20 @@ def test_readme_hydra_spec_is_a_flake_jobset():
     block = re.search(r"## CI matrix and Hydra.*?```json\n(.*?)```", readme, re.DOTALL)
     assert block, "README.md has no Hydra jobset spec"
     spec = json.loads(block.group(1))
-    allowed = {"enabled", "hidden", "description", "type", "flake", "nixexprinput", "nixexprpath",
-               "checkinterval", "schedulingshares", "enableemail", "emailoverride", "keepnr"}
+    allowed = {
+        "enabled",
+        "hidden",
+        "description",
+        "type",
+        "flake",
+        "nixexprinput",
+        "nixexprpath",
+        "checkinterval",
+        "schedulingshares",
+        "enableemail",
+        "emailoverride",
+        "keepnr",
+    }
     (jobset,) = spec.values()
     assert set(jobset) <= allowed
     assert jobset["type"] == 1 and jobset["flake"]

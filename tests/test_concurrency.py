@@ -75,6 +75,7 @@ def test_max_jobs_zero_in_nix_conf_is_kept_for_several_variants():
 
 
 def test_explicit_max_jobs_still_wins_over_a_nix_conf_zero():
-    plan = plan_concurrency(3, Host(cores=64, mem_bytes=512 * GIB), 8, max_jobs=2,
-                            nix_settings={"max-jobs": "0", "cores": "0"})
+    plan = plan_concurrency(
+        3, Host(cores=64, mem_bytes=512 * GIB), 8, max_jobs=2, nix_settings={"max-jobs": "0", "cores": "0"}
+    )
     assert plan.args() == ["--max-jobs", "2", "--cores", "32"]

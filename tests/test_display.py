@@ -12,11 +12,11 @@ import support
 
 from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan, follow
 from vllm_variants.display import Display, LiveDisplay, duration_text
-from vllm_variants.resources import format_bytes
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun, NixLog
 from vllm_variants.project import Project
+from vllm_variants.resources import format_bytes
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 TORCH = "/nix/store/06z03bh4hk8iig6nb57yy6xff985p8fn-python3.12-torch-2.9.1.drv"
@@ -112,8 +112,15 @@ def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
     display = LiveDisplay(plan_for(tmp_path), io.StringIO())
     display.clock = clock
     display.reader, display.started = NixLog(clock=clock), clock.now
-    feed(display.reader, display, {"action": "start", "id": 2, "type": 104, "level": 0, "fields": []},
-         {"action": "result", "id": 2, "type": 105, "fields": [3, 9, 1, 0]}, START, PHASE, LINE)
+    feed(
+        display.reader,
+        display,
+        {"action": "start", "id": 2, "type": 104, "level": 0, "fields": []},
+        {"action": "result", "id": 2, "type": 105, "fields": [3, 9, 1, 0]},
+        START,
+        PHASE,
+        LINE,
+    )
     clock.now += 65
     screen = io.StringIO()
     Console(file=screen, width=120, color_system=None).print(display.render())
@@ -128,12 +135,22 @@ def test_sizes_and_durations_read_like_nix():
 
 
 def test_the_report_names_a_link_that_was_not_updated(tmp_path):
-    from vllm_variants.build import Outcome
+    from vllm_variants.build import BuildOutcome as Outcome
 
     out = io.StringIO()
     plan = plan_for(tmp_path)
-    Display(plan, out).report([Outcome(plan.variants[0].variant, "not linked", store_path="/nix/store/x-env",
-                                       link_error="cannot create symlink 'result-x'; already exists")])
-    assert ("not linked: vllm-python312-cuda12_9-sm90 was built (/nix/store/x-env), but its result link was not "
-            "updated: cannot create symlink 'result-x'; already exists") in out.getvalue().splitlines()
+    Display(plan, out).report(
+        [
+            Outcome(
+                plan.variants[0].variant,
+                "not linked",
+                store_path="/nix/store/x-env",
+                link_error="cannot create symlink 'result-x'; already exists",
+            )
+        ]
+    )
+    assert (
+        "not linked: vllm-python312-cuda12_9-sm90 was built (/nix/store/x-env), but its result link was not "
+        "updated: cannot create symlink 'result-x'; already exists"
+    ) in out.getvalue().splitlines()
     assert "not linked" in out.getvalue().split("build summary")[1]

@@ -31,8 +31,14 @@ X86 = "x86_64-linux"
 
 def run_doctor(tmp_path, *, config: str = "", smi: Path | None = None, host: Host | None = None, system=X86):
     env = support.nix_env(config)
-    return diagnose(PROJECT, nix=Nix(env=env), env=env, smi=str(smi or tmp_path / "no-nvidia-smi"),
-                    host=host or Host(cores=16, mem_bytes=64 * GIB), system=system)
+    return diagnose(
+        PROJECT,
+        nix=Nix(env=env),
+        env=env,
+        smi=str(smi or tmp_path / "no-nvidia-smi"),
+        host=host or Host(cores=16, mem_bytes=64 * GIB),
+        system=system,
+    )
 
 
 def errors(report) -> list[str]:
@@ -68,20 +74,29 @@ def test_replayed_h100_gets_the_sm90_variant_and_its_driver_is_fine(tmp_path):
 def test_old_driver_blocks_running(tmp_path):
     # The captured H100 line with the driver replaced by a 550 one (CUDA 12.4).
     old = gpu_replay.capture("query-gpu-csv-noheader.txt").output.replace(b"580.159.04", b"550.54.15")
-    header = gpu_replay.capture("nvidia-smi.txt").output.replace(b"580.159.04", b"550.54.15 ").replace(
-        b"CUDA Version: 13.0", b"CUDA Version: 12.4")
+    header = (
+        gpu_replay.capture("nvidia-smi.txt")
+        .output.replace(b"580.159.04", b"550.54.15 ")
+        .replace(b"CUDA Version: 13.0", b"CUDA Version: 12.4")
+    )
     report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path, old, header=header))
     assert not report.ok
-    assert errors(report) == ["GPU 0 (NVIDIA H100 80GB HBM3) has driver 550.54.15, older than the 575 that CUDA "
-                              "12.9 needs: install NVIDIA driver >= 575"]
+    assert errors(report) == [
+        "GPU 0 (NVIDIA H100 80GB HBM3) has driver 550.54.15, older than the 575 that CUDA "
+        "12.9 needs: install NVIDIA driver >= 575"
+    ]
     assert report.gpus[0]["driver_ok"] is False and report.gpus[0]["driver_cuda"] == "12.4"
 
 
 def test_driver_not_loaded_blocks_and_old_query_fields_still_name_the_gpus(tmp_path):
-    not_loaded = (b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-                  b"Make sure that the latest NVIDIA driver is installed and running.\n\n")
+    not_loaded = (
+        b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        b"Make sure that the latest NVIDIA driver is installed and running.\n\n"
+    )
     report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path / "a", not_loaded, status=9))
-    assert len(errors(report)) == 1 and errors(report)[0].startswith("nvidia-smi failed (exit 9): NVIDIA-SMI has failed")
+    assert len(errors(report)) == 1 and errors(report)[0].startswith(
+        "nvidia-smi failed (exit 9): NVIDIA-SMI has failed"
+    )
     # The real answer to a field the driver does not know; `-L` (captured) still names the GPU.
     bad = gpu_replay.capture("query-gpu-bad-field.txt")
     report = run_doctor(tmp_path, smi=gpu_replay.smi(tmp_path / "b", bad.output, status=bad.exit))
@@ -99,8 +114,12 @@ def test_arm64_gpu_needs_an_aarch64_builder(tmp_path):
     report = run_doctor(tmp_path, config="builders =", smi=gpu_replay.smi(tmp_path), system="aarch64-linux")
     assert report.gpus[0]["variant"] == "vllm-python312-cuda12_9-sm90-arm64"
     assert any("no machine can build aarch64-linux variants" in e for e in errors(report))
-    report = run_doctor(tmp_path, config="builders = ssh-ng://gh200 aarch64-linux - 4 1 big-parallel",
-                        smi=gpu_replay.smi(tmp_path / "b"), system="aarch64-linux")
+    report = run_doctor(
+        tmp_path,
+        config="builders = ssh-ng://gh200 aarch64-linux - 4 1 big-parallel",
+        smi=gpu_replay.smi(tmp_path / "b"),
+        system="aarch64-linux",
+    )
     assert report.ok and report.build["systems"]["aarch64-linux"]["builders"] == ["ssh-ng://gh200"]
 
 
@@ -108,9 +127,11 @@ def test_flakes_off_and_no_big_parallel_block_building(tmp_path):
     report = run_doctor(tmp_path, config="experimental-features =\nsystem-features = kvm")
     assert report.nix["flakes"] is False and report.build["big_parallel"] is False
     texts = errors(report)
-    assert texts[0] == ("Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
-                        "nix-command flakes' to ~/.config/nix/nix.conf (or /etc/nix/nix.conf, then restart "
-                        "nix-daemon)")
+    assert texts[0] == (
+        "Nix's experimental feature 'flakes' is not enabled: add 'experimental-features = "
+        "nix-command flakes' to ~/.config/nix/nix.conf (or /etc/nix/nix.conf, then restart "
+        "nix-daemon)"
+    )
     assert texts[1].startswith("this Nix lacks the big-parallel system feature")
     assert any(t.startswith("no machine can build x86_64-linux variants") for t in texts)
 
@@ -123,41 +144,69 @@ def test_flakes_without_nix_command_in_nix_conf_is_fine(tmp_path):
 
 def test_doctor_and_build_preflight_say_the_same(tmp_path):
     env = support.nix_env("experimental-features =")
-    report = diagnose(PROJECT, nix=Nix(env=env), env=env, smi=str(tmp_path / "no-nvidia-smi"),
-                      host=Host(cores=16, mem_bytes=64 * GIB), system=X86)
+    report = diagnose(
+        PROJECT,
+        nix=Nix(env=env),
+        env=env,
+        smi=str(tmp_path / "no-nvidia-smi"),
+        host=Host(cores=16, mem_bytes=64 * GIB),
+        system=X86,
+    )
     with pytest.raises(PreflightError) as raised:
         Nix(env=env).preflight()
     assert errors(report)[0] == str(raised.value)
 
 
 def test_missing_nix_blocks(tmp_path):
-    report = diagnose(PROJECT, nix=Nix(executable=str(tmp_path / "nix")), smi=str(tmp_path / "nvidia-smi"),
-                      host=Host(cores=2, mem_bytes=4 * GIB), system=X86)
-    assert errors(report) == ["nix is not installed (not on PATH): install Nix >= 2.18 (https://nixos.org/download) "
-                              "and enable flakes"]
+    report = diagnose(
+        PROJECT,
+        nix=Nix(executable=str(tmp_path / "nix")),
+        smi=str(tmp_path / "nvidia-smi"),
+        host=Host(cores=2, mem_bytes=4 * GIB),
+        system=X86,
+    )
+    assert errors(report) == [
+        "nix is not installed (not on PATH): install Nix >= 2.18 (https://nixos.org/download) and enable flakes"
+    ]
     assert report.host["nvcc_jobs"] == 1 and any("only 4.0 GiB of RAM" in p.text for p in report.problems)
 
 
 def test_screen_shows_each_section_and_fails_on_errors(tmp_path):
     out = io.StringIO()
     env = support.nix_env()
-    show(PROJECT, out=out, nix=Nix(env=env), env=env, smi=str(gpu_replay.smi(tmp_path)), system=X86,
-         host=Host(cores=16, mem_bytes=64 * GIB))
+    show(
+        PROJECT,
+        out=out,
+        nix=Nix(env=env),
+        env=env,
+        smi=str(gpu_replay.smi(tmp_path)),
+        system=X86,
+        host=Host(cores=16, mem_bytes=64 * GIB),
+    )
     text = out.getvalue()
     for label in ("Nix", "This system", "Builds for", "big-parallel", "Cores / RAM", "GPUs"):
         assert f"\n{label} " in text
-    assert "GPU 0: NVIDIA H100 80GB HBM3, capability 9.0, driver 580.159.04 (CUDA 13.0) -> " \
-           "vllm-python312-cuda12_9-sm90 (driver >= 575: ok)" in text
+    assert (
+        "GPU 0: NVIDIA H100 80GB HBM3, capability 9.0, driver 580.159.04 (CUDA 13.0) -> "
+        "vllm-python312-cuda12_9-sm90 (driver >= 575: ok)" in text
+    )
     out = io.StringIO()
     with pytest.raises(DoctorFailed, match="^1 problem\\(s\\) block building or running"):
-        show(PROJECT, out=out, nix=Nix(env=env), env=env, system=X86,
-             smi=str(gpu_replay.smi(tmp_path / "b", b"0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")))
+        show(
+            PROJECT,
+            out=out,
+            nix=Nix(env=env),
+            env=env,
+            system=X86,
+            smi=str(gpu_replay.smi(tmp_path / "b", b"0, Tesla P100-PCIE-16GB, 6.0, 580.159.04, 16384\n")),
+        )
     assert "append one [[sm]] table" in out.getvalue()  # printed as text, not read as markup
 
 
 def invoke_doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", "doctor", "--json"], cwd=support.REPO, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "doctor", "--json"], cwd=support.REPO, env=env, capture_output=True, text=True
+    )
 
 
 def test_invoke_doctor_exit_codes(tmp_path):

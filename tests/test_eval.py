@@ -63,8 +63,9 @@ def test_all_ten_variants_evaluate_in_one_nix_process(project):
 
 
 def test_a_variant_that_does_not_evaluate_is_one_line_and_the_others_go_on(project, standin):
-    report, commands, _, error = run_eval(project, standin=standin(vllmSupportedCapabilities=NO_BLACKWELL),
-                                          sm=["90", "100"])
+    report, commands, _, error = run_eval(
+        project, standin=standin(vllmSupportedCapabilities=NO_BLACKWELL), sm=["90", "100"]
+    )
     by_name = {v["name"]: v for v in report["variants"]}
     assert by_name[MATRIX.resolve("90").name]["ok"] is True
     failed = by_name[B200.name]
@@ -84,14 +85,32 @@ def test_eval_never_writes_flake_lock(project):
 
 def test_invoke_eval_text_and_exit_status(project, standin):
     env = support.nix_env()
-    ok = subprocess.run([sys.executable, "-m", "invoke", "eval", "--sm", "90", "--nixpkgs", str(support.STANDIN)],
-                        cwd=project, env=env, capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "invoke", "eval", "--sm", "90", "--nixpkgs", str(support.STANDIN)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "1 of 1 variant(s) evaluate against nixpkgs" in ok.stdout
     assert "vllm-python312-cuda12_9-sm90: vLLM 0.15.1, torch 2.9.1, Python 3.12.12, CUDA 12.9" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "invoke", "eval", "--sm", "100",
-                          "--nixpkgs", str(standin(vllmSupportedCapabilities=NO_BLACKWELL))],
-                         cwd=project, env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "eval",
+            "--sm",
+            "100",
+            "--nixpkgs",
+            str(standin(vllmSupportedCapabilities=NO_BLACKWELL)),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1
     assert "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].endswith(f"1 variant(s) do not evaluate: {B200.name}")
@@ -104,7 +123,10 @@ def test_evaluation_in_batches_keeps_each_process_within_its_share(project):
     assert error is None
     batches = [c for c in evaluating(commands)]
     assert len(batches) == 4 and report["evaluation"] == {
-        "per_batch": 4, "processes": 4, "text": report["evaluation"]["text"]}
+        "per_batch": 4,
+        "processes": 4,
+        "text": report["evaluation"]["text"],
+    }
     assert [v["name"] for v in report["variants"]] == [v.name for v in MATRIX.default_set]
     assert all(v["ok"] for v in report["variants"])
     one, _, _, _ = run_eval(project, eval_max_memory="1T")
@@ -113,7 +135,15 @@ def test_evaluation_in_batches_keeps_each_process_within_its_share(project):
 
 def test_the_text_report_says_what_evaluation_budget_it_used(project):
     out = io.StringIO()
-    main(Project(project), sm=["80", "90"], nixpkgs=str(support.STANDIN), eval_max_memory="1G",
-         nix=Nix(env=support.nix_env()), out=out)
-    assert out.getvalue().startswith("evaluation: 2 variants in 2 Nix processes, at most 1 nixpkgs instance each "
-                                      "(--eval-max-memory 1.0 GiB, ~1.0 GiB per instance projected for the real pin)\n")
+    main(
+        Project(project),
+        sm=["80", "90"],
+        nixpkgs=str(support.STANDIN),
+        eval_max_memory="1G",
+        nix=Nix(env=support.nix_env()),
+        out=out,
+    )
+    assert out.getvalue().startswith(
+        "evaluation: 2 variants in 2 Nix processes, at most 1 nixpkgs instance each "
+        "(--eval-max-memory 1.0 GiB, ~1.0 GiB per instance projected for the real pin)\n"
+    )

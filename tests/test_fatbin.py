@@ -40,8 +40,10 @@ EXPECTED = {  # (cubin archs, PTX archs) as cuobjdump lists them on the H100
 
 
 def listed(name: str) -> tuple[list[str], list[str]]:
-    return (parse_cuobjdump(gpu_replay.capture(f"cuobjdump-elf-{name}.txt").output.decode()),
-            parse_cuobjdump(gpu_replay.capture(f"cuobjdump-ptx-{name}.txt").output.decode()))
+    return (
+        parse_cuobjdump(gpu_replay.capture(f"cuobjdump-elf-{name}.txt").output.decode()),
+        parse_cuobjdump(gpu_replay.capture(f"cuobjdump-ptx-{name}.txt").output.decode()),
+    )
 
 
 @pytest.mark.parametrize("name", EXPECTED)
@@ -107,8 +109,18 @@ def test_torch_listing_parses_2789_cubins_and_no_ptx():
     cubins = parse_cuobjdump(gpu_replay.capture("cuobjdump-elf-torch-libtorch_cuda.so.txt.gz").output.decode())
     assert len(cubins) == 2789
     assert collections.Counter(cubins) == {
-        "sm_75": 444, "sm_80": 444, "sm_86": 444, "sm_89": 1, "sm_90": 444, "sm_90a": 4, "sm_100": 444,
-        "sm_100a": 59, "sm_103a": 59, "sm_120": 444, "sm_120a": 1, "sm_121a": 1,
+        "sm_75": 444,
+        "sm_80": 444,
+        "sm_86": 444,
+        "sm_89": 1,
+        "sm_90": 444,
+        "sm_90a": 4,
+        "sm_100": 444,
+        "sm_100a": 59,
+        "sm_103a": 59,
+        "sm_120": 444,
+        "sm_120a": 1,
+        "sm_121a": 1,
     }
     assert parse_cuobjdump(gpu_replay.capture("cuobjdump-ptx-torch-libtorch_cuda.so.txt.gz").output.decode()) == []
     assert parse_cuobjdump(gpu_replay.capture("cuobjdump-elf-torch-libc10_cuda.so.txt.gz").output.decode()) == []

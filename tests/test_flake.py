@@ -136,8 +136,9 @@ print(json.dumps({
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_built_result_reports_what_the_flake_asked_for(built, variant):
     out = built[variant.name]
-    report = json.loads(subprocess.run([out / "bin" / "python", "-c", PROBE], check=True,
-                                       capture_output=True, text=True).stdout)
+    report = json.loads(
+        subprocess.run([out / "bin" / "python", "-c", PROBE], check=True, capture_output=True, text=True).stdout
+    )
     cap, sm = variant.capability, variant.sm
     torch = TORCH_BIN if variant.torch_wheel else "2.9.1"
     assert report["vllm"] == "0.15.1" and report["torch"] == torch
@@ -158,8 +159,9 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     claimed = json.loads((out / "share" / "vllm-variants" / "variant.json").read_text())
     assert {k: claimed[k] for k in variant.to_json()} == variant.to_json()
     assert claimed["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": "12.9"}
-    assert claimed.get("torchWheel") == ({"version": TORCH_BIN, "vllmPackagedWith": "2.9.1"}
-                                         if variant.torch_wheel else None)
+    assert claimed.get("torchWheel") == (
+        {"version": TORCH_BIN, "vllmPackagedWith": "2.9.1"} if variant.torch_wheel else None
+    )
     version = subprocess.run([out / "bin" / "vllm", "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == "0.15.1"
 
@@ -175,8 +177,7 @@ def test_closure_holds_one_bitsandbytes_and_one_torch(built, variant):
 
 def test_description_follows_the_pinned_vllm_version(flake, standin):
     newer = standin(vllmVersion="0.16.0")
-    got = support.nix_eval(flake, "packages.x86_64-linux.vllm-python312-cuda12_9-sm90.meta.description",
-                           standin=newer)
+    got = support.nix_eval(flake, "packages.x86_64-linux.vllm-python312-cuda12_9-sm90.meta.description", standin=newer)
     assert got == "vLLM 0.16.0 for H100, H200, H20 (Hopper, SM 90, CUDA 12.9)"
 
 
@@ -205,16 +206,44 @@ def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp
 
 def test_unsupported_sm_fails_naming_sm_and_pin(flake, standin):
     # vllm 0.11.0 in nixpkgs: Blackwell commented out of the supported list
-    no_blackwell = standin(vllmSupportedCapabilities=[
-        "3.5", "3.7", "5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0",
-        "8.6", "8.7", "8.9", "9.0", "9.0a"])
-    proc = support.nix("eval", f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm100.drvPath",
-                       *support.override(no_blackwell), check=False)
+    no_blackwell = standin(
+        vllmSupportedCapabilities=[
+            "3.5",
+            "3.7",
+            "5.0",
+            "5.2",
+            "5.3",
+            "6.0",
+            "6.1",
+            "6.2",
+            "7.0",
+            "7.2",
+            "7.5",
+            "8.0",
+            "8.6",
+            "8.7",
+            "8.9",
+            "9.0",
+            "9.0a",
+        ]
+    )
+    proc = support.nix(
+        "eval",
+        f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm100.drvPath",
+        *support.override(no_blackwell),
+        check=False,
+    )
     assert proc.returncode != 0
-    assert ("vllm-python312-cuda12_9-sm100: vllm 0.15.1 in nixpkgs path sha256-" in proc.stderr
-            and "cannot target CUDA capability 10.0 (SM 100)" in proc.stderr)
-    ok = support.nix("eval", "--raw", f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
-                     *support.override(no_blackwell))
+    assert (
+        "vllm-python312-cuda12_9-sm100: vllm 0.15.1 in nixpkgs path sha256-" in proc.stderr
+        and "cannot target CUDA capability 10.0 (SM 100)" in proc.stderr
+    )
+    ok = support.nix(
+        "eval",
+        "--raw",
+        f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
+        *support.override(no_blackwell),
+    )
     assert ok.stdout.endswith(".drv")
 
 
@@ -224,9 +253,14 @@ def test_pin_in_messages_is_the_git_rev(tmp_path, flake):
     support.git(repo, "init", "-q")
     support.commit_all(repo, "stand-in")
     rev = support.git(repo, "rev-parse", "HEAD").stdout.strip()
-    got = support.nix("eval", "--raw",
-                      f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.vllm.vllmVariantsInfo",
-                      "--override-input", "nixpkgs", f"git+file://{repo}").stdout
+    got = support.nix(
+        "eval",
+        "--raw",
+        f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.vllm.vllmVariantsInfo",
+        "--override-input",
+        "nixpkgs",
+        f"git+file://{repo}",
+    ).stdout
     assert json.loads(got)["pin"] == f"nixpkgs {rev}"
 
 
@@ -259,11 +293,19 @@ def test_overlay_gives_another_flake_a_per_sm_vllm_from_its_own_nixpkgs(tmp_path
             }).vllmVariants.vllm-python312-cuda12_9-sm90;
           };
         }
-        """ % (flake, theirs)
+        """
+        % (flake, theirs)
     )
-    got = json.loads(support.nix(
-        "eval", "--json", f"path:{consumer}#sm90", "--no-write-lock-file",
-        "--apply", "p: { inherit (p) name; inherit (p.vllm) version cmakeFlags; }").stdout)
+    got = json.loads(
+        support.nix(
+            "eval",
+            "--json",
+            f"path:{consumer}#sm90",
+            "--no-write-lock-file",
+            "--apply",
+            "p: { inherit (p) name; inherit (p.vllm) version cmakeFlags; }",
+        ).stdout
+    )
     assert got["name"] == "vllm-python312-cuda12_9-sm90-0.15.2" and got["version"] == "0.15.2"
     assert cmake(got["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == "9.0"
 
@@ -284,16 +326,21 @@ def test_flake_lock_pins_the_real_nixpkgs():
         "rev": "0182a361324364ae3f436a63005877674cf45efb",
         "type": "github",
     }
-    assert 'inputs.nixpkgs.url = "github:NixOS/nixpkgs/0182a361324364ae3f436a63005877674cf45efb";' in (
-        support.REPO / "flake.nix"
-    ).read_text()
+    assert (
+        'inputs.nixpkgs.url = "github:NixOS/nixpkgs/0182a361324364ae3f436a63005877674cf45efb";'
+        in (support.REPO / "flake.nix").read_text()
+    )
 
 
 def test_override_input_leaves_the_lock_alone(tmp_path):
     root = support.make_project(tmp_path / "p")
     before = (root / "flake.lock").read_bytes()
-    support.nix("build", "--no-link", f"{support.flake_ref(root)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm80",
-                *support.override())
+    support.nix(
+        "build",
+        "--no-link",
+        f"{support.flake_ref(root)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm80",
+        *support.override(),
+    )
     assert (root / "flake.lock").read_bytes() == before
     assert support.git(root, "status", "--porcelain").stdout == ""
 
@@ -316,8 +363,10 @@ def test_next_pins_metadata_check_accepts_the_variant(flake, standin, tmp_path):
     attr = f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
     proc = support.nix("build", "--no-link", "--print-out-paths", attr, *support.override(later), check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert support.nix_eval(flake, "packages.x86_64-linux.vllm-python312-cuda12_9-sm90.vllm.pname",
-                            standin=later) == "vllm"
+    assert (
+        support.nix_eval(flake, "packages.x86_64-linux.vllm-python312-cuda12_9-sm90.vllm.pname", standin=later)
+        == "vllm"
+    )
 
 
 def test_one_cuda_version_in_each_instance(facts_cuda):
@@ -328,21 +377,29 @@ def test_one_cuda_version_in_each_instance(facts_cuda):
 
 @pytest.fixture(scope="module")
 def facts_cuda(flake) -> dict:
-    return support.nix_eval(flake, "packages.x86_64-linux", apply="""
+    return support.nix_eval(
+        flake,
+        "packages.x86_64-linux",
+        apply="""
       builtins.mapAttrs (name: p: {
         cudaPackages = p.pkgs.cudaPackages.cudaMajorMinorVersion;
         cudaPackages_12 = p.pkgs.cudaPackages_12.cudaMajorMinorVersion;
         torch = p.torch.cudaPackages.cudaMajorMinorVersion;
         bitsandbytes = p.bitsandbytes.cudaPackages.cudaMajorMinorVersion;
-      })""")
+      })""",
+    )
 
 
 def test_an_unrelated_vllm_failure_is_reported_as_itself(flake, standin):
     """Only the arch decision becomes "cannot target capability"; anything else in
     vllm's cmakeFlags (here: its cutlass source) fails with its own message."""
     broken = standin(vllmCutlassError="cutlass-source: hash mismatch in fixed-output derivation")
-    proc = support.nix("eval", f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
-                       *support.override(broken), check=False)
+    proc = support.nix(
+        "eval",
+        f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
+        *support.override(broken),
+        check=False,
+    )
     assert proc.returncode != 0
     assert "cutlass-source: hash mismatch" in proc.stderr
     assert "cannot target CUDA capability" not in proc.stderr
@@ -352,7 +409,7 @@ def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
     """Issue #15: validity comes from [pin] in nix/variants.toml. With [pin] taken out,
     every combination is offered, and the stand-in (which carries the real lists)
     must refuse exactly the ones [pin] disables: the facts are the pin's, not hopes."""
-    import tomllib
+    from vllm_variants.matrix import tomllib  # tomli on Python 3.10
 
     root = support.make_project(tmp_path / "p", git_init=False)
     toml = root / "nix" / "variants.toml"
@@ -364,10 +421,19 @@ def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
     assert "pin" not in tomllib.loads(toml.read_text())
     names = [v.name for v in unchecked.enabled]
     env = {**support.nix_env(), "VLLM_VARIANTS_EVAL_NAMES": json.dumps(names)}
-    got = json.loads(support.nix(
-        "eval", "--json", "--impure", f"{support.flake_ref(root)}#lib.resolve",
-        "--apply", 'resolve: builtins.mapAttrs (n: r: r.ok) (resolve (builtins.fromJSON '
-                   '(builtins.getEnv "VLLM_VARIANTS_EVAL_NAMES")))', *support.override(), env=env).stdout)
+    got = json.loads(
+        support.nix(
+            "eval",
+            "--json",
+            "--impure",
+            f"{support.flake_ref(root)}#lib.resolve",
+            "--apply",
+            "resolve: builtins.mapAttrs (n: r: r.ok) (resolve (builtins.fromJSON "
+            '(builtins.getEnv "VLLM_VARIANTS_EVAL_NAMES")))',
+            *support.override(),
+            env=env,
+        ).stdout
+    )
     offered = {v.name for v in MATRIX.enabled}
     assert {n for n, ok in got.items() if ok} == offered & set(names)
     refused = {n for n, ok in got.items() if not ok}

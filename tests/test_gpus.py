@@ -82,24 +82,35 @@ def test_captured_bad_field_says_the_driver_is_too_old(tmp_path):
     smi = gpu_replay.smi(tmp_path, bad.output, status=bad.exit)  # the real answer to an unknown field
     with pytest.raises(GpuError) as exc:
         detect(str(smi))
-    assert one_line(exc) == ("nvidia-smi does not know the query field 'not_a_field' (exit 2): this driver is too "
-                             "old; install a current NVIDIA driver (CUDA 12.9 needs >= 575)")
+    assert one_line(exc) == (
+        "nvidia-smi does not know the query field 'not_a_field' (exit 2): this driver is too "
+        "old; install a current NVIDIA driver (CUDA 12.9 needs >= 575)"
+    )
 
 
-DRIVER_NOT_LOADED = (b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
-                     b"Make sure that the latest NVIDIA driver is installed and running.\n\n")
+DRIVER_NOT_LOADED = (
+    b"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    b"Make sure that the latest NVIDIA driver is installed and running.\n\n"
+)
 
 
 @pytest.mark.parametrize(
     "output, status, expected",
     [
-        (DRIVER_NOT_LOADED, 9, "nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it couldn't communicate "
-                               "with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and "
-                               "running. (the NVIDIA kernel driver is not loaded: load it (modprobe nvidia) or "
-                               "reinstall the driver and reboot)"),
-        (b"Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 535.161\n", 18,
-         "nvidia-smi failed (exit 18): Failed to initialize NVML: Driver/library version mismatch (the loaded "
-         "kernel driver and the NVML library differ (usually after a driver upgrade): reboot)"),
+        (
+            DRIVER_NOT_LOADED,
+            9,
+            "nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it couldn't communicate "
+            "with the NVIDIA driver. Make sure that the latest NVIDIA driver is installed and "
+            "running. (the NVIDIA kernel driver is not loaded: load it (modprobe nvidia) or "
+            "reinstall the driver and reboot)",
+        ),
+        (
+            b"Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 535.161\n",
+            18,
+            "nvidia-smi failed (exit 18): Failed to initialize NVML: Driver/library version mismatch (the loaded "
+            "kernel driver and the NVML library differ (usually after a driver upgrade): reboot)",
+        ),
         (b"", 255, "nvidia-smi failed (exit 255)"),
     ],
 )

@@ -73,12 +73,16 @@ class Registry:
         if readonly:
             storage["maintenance"] = {"readonly": {"enabled": True}}
         config = root / "config.yml"  # YAML is a superset of JSON
-        config.write_text(json.dumps({
-            "version": 0.1,
-            "log": {"level": "info", "formatter": "text"},
-            "storage": storage,
-            "http": {"addr": self.host, "secret": "vllm-variants-tests"},
-        }))
+        config.write_text(
+            json.dumps(
+                {
+                    "version": 0.1,
+                    "log": {"level": "info", "formatter": "text"},
+                    "storage": storage,
+                    "http": {"addr": self.host, "secret": "vllm-variants-tests"},
+                }
+            )
+        )
         self.log = root / "registry.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=log)
@@ -132,10 +136,17 @@ class Built:
         self.paths = support.build_results(self.project, self.standin, (SM90, SM80))
 
     def image(self, *args: str, env=None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "invoke", "image", *args, "--nixpkgs", str(self.standin)],
-                              cwd=self.project, capture_output=True, text=True, env=env or support.nix_env())
+        proc = subprocess.run(
+            [sys.executable, "-m", "invoke", "image", *args, "--nixpkgs", str(self.standin)],
+            cwd=self.project,
+            capture_output=True,
+            text=True,
+            env=env or support.nix_env(),
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"invoke image {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"invoke image {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def conf(self, variant) -> dict:
@@ -183,8 +194,13 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     env = dict(item.split("=", 1) for item in cfg["Env"])
     # libcuda.so where nixpkgs looks (NixOS) and where the NVIDIA toolkit mounts it
     # (/usr/lib64 in an image without /etc/debian_version, /usr/lib/<triplet> under CDI)
-    assert env["LD_LIBRARY_PATH"].split(":") == ["/run/opengl-driver/lib", "/usr/lib64", "/usr/lib/x86_64-linux-gnu",
-                                                 "/usr/local/nvidia/lib64", "/usr/lib"]
+    assert env["LD_LIBRARY_PATH"].split(":") == [
+        "/run/opengl-driver/lib",
+        "/usr/lib64",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/local/nvidia/lib64",
+        "/usr/lib",
+    ]
     assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility" and env["NVIDIA_REQUIRE_CUDA"] == "cuda>=12.9"
     assert env["SSL_CERT_FILE"].endswith("/etc/ssl/certs/ca-bundle.crt") and Path(env["SSL_CERT_FILE"]).is_file()
     assert env["PATH"] == f"{env_path}/bin"
@@ -192,7 +208,12 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
     assert labels["org.opencontainers.image.version"] == "0.15.1"
     assert labels["org.opencontainers.image.source"] == "https://github.com/vllm-project/vllm"
     assert {k: labels[f"io.vllm-variants.{k}"] for k in ("sm", "capability", "min-driver", "cuda", "variant")} == {
-        "sm": "90", "capability": "9.0", "min-driver": "575", "cuda": "12.9", "variant": SM90.name}
+        "sm": "90",
+        "capability": "9.0",
+        "min-driver": "575",
+        "cuda": "12.9",
+        "variant": SM90.name,
+    }
     assert labels["io.vllm-variants.pin"].startswith("nixpkgs ")
     assert config["architecture"] == "amd64" and config["os"] == "linux"
 
@@ -215,7 +236,11 @@ def test_skopeo_reads_config_entrypoint_labels_and_layers(built, tmp_path):
 
     with tarfile.open(Path(conf["customisation_layer"]) / "layer.tar") as layer:
         members = {m.name.removeprefix("./"): m for m in layer.getmembers()}
-    for bundle in ("etc/ssl/certs/ca-bundle.crt", "etc/ssl/certs/ca-certificates.crt", "etc/pki/tls/certs/ca-bundle.crt"):
+    for bundle in (
+        "etc/ssl/certs/ca-bundle.crt",
+        "etc/ssl/certs/ca-certificates.crt",
+        "etc/pki/tls/certs/ca-bundle.crt",
+    ):
         assert members[bundle].issym() and os.path.realpath(members[bundle].linkname) == env["SSL_CERT_FILE"]
     assert members["tmp"].isdir() and members["tmp"].mode & 0o7777 == 0o1777
     assert members["root"].isdir() and env["HOME"] == "/root"
@@ -228,7 +253,9 @@ def test_dry_run_lists_layers_and_sizes_and_copies_nothing(built, tmp_path):
     size = json.loads(support.nix("path-info", "--json", torch).stdout)[torch]["narSize"]
     from vllm_variants.resources import format_bytes
 
-    assert re.search(rf"layer +\d+ +{re.escape(format_bytes(size))}  python3.12-torch-2.9.1$", proc.stdout, re.M), proc.stdout
+    assert re.search(rf"layer +\d+ +{re.escape(format_bytes(size))}  python3.12-torch-2.9.1$", proc.stdout, re.M), (
+        proc.stdout
+    )
     assert "nothing was copied" in proc.stdout and "skopeo copy" not in proc.stderr
 
 
@@ -263,14 +290,26 @@ def test_push_pull_same_digest_and_second_variant_reuses_shared_layers(built, re
     assert not any("torch" in n or "vllm" in n for n in names), names
 
     layers90 = set(skopeo("inspect", "--tls-verify=false", remote)["Layers"])
-    layers80 = skopeo("inspect", "--tls-verify=false",
-                      f"docker://{registry.host}/fleet/vllm-sm80:{conf80['repo_tag'].rpartition(':')[2]}")["Layers"]
+    layers80 = skopeo(
+        "inspect",
+        "--tls-verify=false",
+        f"docker://{registry.host}/fleet/vllm-sm80:{conf80['repo_tag'].rpartition(':')[2]}",
+    )["Layers"]
     shared = layers90 & set(layers80)
     # the shared store layers, and the customisation layer (the same links to the CA bundle)
     assert len(shared) == len(same) + 1
-    raw80 = json.loads(support.run([SKOPEO, "inspect", "--raw", "--tls-verify=false",
-                                    f"docker://{registry.host}/fleet/vllm-sm80:{conf80['repo_tag'].rpartition(':')[2]}"],
-                                   env=os.environ).stdout)
+    raw80 = json.loads(
+        support.run(
+            [
+                SKOPEO,
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                f"docker://{registry.host}/fleet/vllm-sm80:{conf80['repo_tag'].rpartition(':')[2]}",
+            ],
+            env=os.environ,
+        ).stdout
+    )
     # Uploaded for SM 80: its own layers and its config, never a shared layer.
     assert uploaded_second == (set(layers80) - shared) | {raw80["config"]["digest"]}
     bytes_second = sum(registry.blob_bytes(d) for d in uploaded_second)
@@ -292,10 +331,12 @@ def _path_without(tmp_path: Path, *missing: str) -> str:
 
 
 def test_bad_destinations_are_refused_before_anything_is_built(built):
-    for to, says in (("ftp://host/x", "unknown destination"),
-                     ("docker://Registry.Example/UPPER", "not a registry reference"),
-                     ("docker://reg.example/x@sha256:abcd", "not a registry reference"),
-                     ("oci-archive:/no/such/dir/x.tar", "no such directory /no/such/dir")):
+    for to, says in (
+        ("ftp://host/x", "unknown destination"),
+        ("docker://Registry.Example/UPPER", "not a registry reference"),
+        ("docker://reg.example/x@sha256:abcd", "not a registry reference"),
+        ("oci-archive:/no/such/dir/x.tar", "no such directory /no/such/dir"),
+    ):
         proc = built.image("--sm", "90", "--to", to, check=False)
         line = one_line_error(proc)
         assert line.startswith(f"error: --to {to}: {says}"), line
@@ -313,25 +354,47 @@ def test_bad_destinations_are_refused_before_anything_is_built(built):
 def test_missing_skopeo_and_docker_are_refused_saying_how_to_get_them(built, tmp_path):
     env = support.nix_env(PATH=_path_without(tmp_path, "skopeo", "docker"))
     proc = built.image("--sm", "90", "--to", f"oci-archive:{tmp_path / 'x.tar'}", env=env, check=False)
-    assert one_line_error(proc) == ("error: 'skopeo' was not found on PATH: install it: apt-get install skopeo "
-                                    "(Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)")
+    assert one_line_error(proc) == (
+        "error: 'skopeo' was not found on PATH: install it: apt-get install skopeo "
+        "(Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)"
+    )
     assert proc.stdout == "" and not (tmp_path / "x.tar").exists()
     proc = built.image("--sm", "90", "--load", env=env, check=False)
-    assert one_line_error(proc) == ("error: 'docker' was not found on PATH: --load needs docker or podman "
-                                    "(apt-get install docker.io, or podman); or give --to docker://REGISTRY/NAME "
-                                    "or --to oci-archive:PATH instead")
+    assert one_line_error(proc) == (
+        "error: 'docker' was not found on PATH: --load needs docker or podman "
+        "(apt-get install docker.io, or podman); or give --to docker://REGISTRY/NAME "
+        "or --to oci-archive:PATH instead"
+    )
     # Listing the layers needs neither.
     assert built.image("--sm", "90", "--dry-run", env=env).returncode == 0
 
 
 def test_an_unbuilt_variant_is_refused_and_nothing_is_built(built, tmp_path, standin):
     other = standin(salt=f"image-unbuilt-{os.getpid()}-{time.time_ns()}")
-    proc = subprocess.run([sys.executable, "-m", "invoke", "image", "--sm", "90", "--to",
-                           f"oci-archive:{tmp_path / 'x.tar'}", "--nixpkgs", str(other)],
-                          cwd=built.project, capture_output=True, text=True, env=support.nix_env())
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "image",
+            "--sm",
+            "90",
+            "--to",
+            f"oci-archive:{tmp_path / 'x.tar'}",
+            "--nixpkgs",
+            str(other),
+        ],
+        cwd=built.project,
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
     line = one_line_error(proc)
-    assert re.fullmatch(rf"error: {SM90.name} is not built \(/nix/store/\S+-{SM90.name}-0\.15\.1 is not in the "
-                        r"Nix store\); build it with `invoke build --sm 90` first", line), line
+    assert re.fullmatch(
+        rf"error: {SM90.name} is not built \(/nix/store/\S+-{SM90.name}-0\.15\.1 is not in the "
+        r"Nix store\); build it with `invoke build --sm 90` first",
+        line,
+    ), line
     out = re.search(r"\((/nix/store/\S+) is not", line)[1]
     assert support.nix("path-info", out, check=False).returncode != 0  # still not built
     assert not (tmp_path / "x.tar").exists()
@@ -342,8 +405,16 @@ def test_a_registry_that_refuses_the_push_is_one_line_and_leaves_no_archive(buil
     try:
         work = tmp_path / "work"
         work.mkdir()
-        proc = built.image("--sm", "90", "--to", f"docker://{readonly.host}/fleet/vllm", "--insecure",
-                           "--tmpdir", str(work), check=False)
+        proc = built.image(
+            "--sm",
+            "90",
+            "--to",
+            f"docker://{readonly.host}/fleet/vllm",
+            "--insecure",
+            "--tmpdir",
+            str(work),
+            check=False,
+        )
     finally:
         readonly.stop()
     line = one_line_error(proc)
@@ -360,8 +431,10 @@ def test_a_registry_that_refuses_the_push_is_one_line_and_leaves_no_archive(buil
 
 
 def _stand_in_image(args: str, attr: str = "", *, check: bool = True):
-    expr = (f"let pkgs = import {support.STANDIN} {{ system = \"x86_64-linux\"; }}; "
-            f"in (pkgs.dockerTools.streamLayeredImage ({args})){attr}")
+    expr = (
+        f'let pkgs = import {support.STANDIN} {{ system = "x86_64-linux"; }}; '
+        f"in (pkgs.dockerTools.streamLayeredImage ({args})){attr}"
+    )
     return support.nix("eval", "--impure", "--json", "--expr", expr, check=check)
 
 
@@ -383,9 +456,11 @@ def test_stand_in_layers_by_popularity_within_max_layers(built, tmp_path):
     Only store paths the config carries as string context are in the image
     (builtins.storePath here; "${env}" in nix/image.nix)."""
     env_path = built.paths[SM90.name]
-    expr = (f"let pkgs = import {built.standin} {{ system = \"x86_64-linux\"; }}; "
-            f"in pkgs.dockerTools.streamLayeredImage {{ name = \"small\"; maxLayers = 4; "
-            f"config.Entrypoint = [ \"${{builtins.storePath {env_path}}}/bin/vllm\" ]; }}")
+    expr = (
+        f'let pkgs = import {built.standin} {{ system = "x86_64-linux"; }}; '
+        f'in pkgs.dockerTools.streamLayeredImage {{ name = "small"; maxLayers = 4; '
+        f'config.Entrypoint = [ "${{builtins.storePath {env_path}}}/bin/vllm" ]; }}'
+    )
     script = support.nix("build", "--impure", "--no-link", "--print-out-paths", "--expr", expr).stdout.strip()
     conf = conf_of(Nix(env=support.nix_env()), script)
     layers = conf["store_layers"]
@@ -443,22 +518,48 @@ def test_podman_runs_the_image_and_its_python_imports_vllm(built, tmp_path, requ
 
     runroot = tempfile.mkdtemp(prefix="vv-podman-", dir="/tmp")  # podman wants it under 50 characters
     request.addfinalizer(lambda: shutil.rmtree(runroot, ignore_errors=True))
-    base = [podman, "--root", tmp_path / "storage", "--runroot", runroot, "--storage-driver", "vfs",
-            "--runtime", runc, "--cgroup-manager", "cgroupfs"]
+    base = [
+        podman,
+        "--root",
+        tmp_path / "storage",
+        "--runroot",
+        runroot,
+        "--storage-driver",
+        "vfs",
+        "--runtime",
+        runc,
+        "--cgroup-manager",
+        "cgroupfs",
+    ]
     loaded = support.run([*base, "load", "-i", archive], env=env).stdout
     (image,) = re.findall(r"^Loaded image(?:\(s\))?: (\S+)$", loaded, re.M)
     assert image == f"localhost/{built.conf(SM90)['repo_tag']}"  # the archive names it NAME:TAG
     python = f"{built.paths[SM90.name]}/bin/python"
     mounts = [arg for d in ("/usr", "/bin", "/lib", "/lib64") if Path(d).is_dir() for arg in ("-v", f"{d}:{d}:ro")]
-    proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, "--entrypoint", python,
-                        image, "-c",
-                        "import os, vllm; print(vllm.__version__, os.environ['LD_LIBRARY_PATH'])"],
-                       env=env, check=False)
+    proc = support.run(
+        [
+            *base,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            *mounts,
+            "--entrypoint",
+            python,
+            image,
+            "-c",
+            "import os, vllm; print(vllm.__version__, os.environ['LD_LIBRARY_PATH'])",
+        ],
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0 and re.search(r"OCI runtime|crun:|runc:|cgroup|not permitted", proc.stderr):
         pytest.skip(f"podman cannot run containers here: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["0.15.1", "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu"
-                                   ":/usr/local/nvidia/lib64:/usr/lib"]
+    assert proc.stdout.split() == [
+        "0.15.1",
+        "/run/opengl-driver/lib:/usr/lib64:/usr/lib/x86_64-linux-gnu:/usr/local/nvidia/lib64:/usr/lib",
+    ]
     # The default entrypoint is vllm's CLI.
     proc = support.run([*base, "run", "--rm", "--network", "none", *mounts, image, "--help"], env=env, check=False)
     assert "usage: vllm [--version] {serve," in proc.stdout + proc.stderr
@@ -492,8 +593,15 @@ def test_load_streams_the_image_into_podman_without_docker(built, tmp_path, requ
 def test_labels_given_as_an_argument_fail_evaluation(tmp_path):
     from test_standin import mutated
 
-    flake = mutated(tmp_path, {"nix/image.nix": [("    Labels = labels;\n", ""),
-                                                 ("  name = variant.name;\n", "  name = variant.name;\n  labels = labels;\n")]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/image.nix": [
+                ("    Labels = labels;\n", ""),
+                ("  name = variant.name;\n", "  name = variant.name;\n  labels = labels;\n"),
+            ]
+        },
+    )
     proc = support.nix("eval", f"{flake}#images.x86_64-linux.{SM90.name}.drvPath", *support.override(), check=False)
     assert proc.returncode != 0 and "unexpected argument 'labels'" in proc.stderr
 
@@ -503,12 +611,21 @@ def test_an_entrypoint_without_string_context_leaves_vllm_out_of_the_image(tmp_p
     context of its config: a path written as a plain string is not in the image."""
     from test_standin import mutated
 
-    flake = mutated(tmp_path, {"nix/image.nix": [
-        ('Entrypoint = [ "${env}/bin/vllm" ];', 'Entrypoint = [ "${builtins.unsafeDiscardStringContext env.outPath}/bin/vllm" ];'),
-        ('"PATH=${env}/bin"', '"PATH=${builtins.unsafeDiscardStringContext env.outPath}/bin"'),
-    ]})
-    script = support.nix("build", "--no-link", "--print-out-paths", f"{flake}#images.x86_64-linux.{SM90.name}",
-                         *support.override()).stdout.strip()
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/image.nix": [
+                (
+                    'Entrypoint = [ "${env}/bin/vllm" ];',
+                    'Entrypoint = [ "${builtins.unsafeDiscardStringContext env.outPath}/bin/vllm" ];',
+                ),
+                ('"PATH=${env}/bin"', '"PATH=${builtins.unsafeDiscardStringContext env.outPath}/bin"'),
+            ]
+        },
+    )
+    script = support.nix(
+        "build", "--no-link", "--print-out-paths", f"{flake}#images.x86_64-linux.{SM90.name}", *support.override()
+    ).stdout.strip()
     env_path = support.nix("eval", "--raw", f"{flake}#{SM90.attr_path()}.outPath", *support.override()).stdout
     stored = [p for layer in conf_of(Nix(env=support.nix_env()), script)["store_layers"] for p in layer]
     assert stored and env_path not in stored and not any("-vllm-" in p for p in stored)
@@ -519,12 +636,14 @@ def test_arm64_images_are_arm64_with_the_aarch64_driver_path(tmp_path):
     the arm64 image's base JSON holds."""
     arm = MATRIX.resolve("90", arm64=True)
     root = support.make_project(tmp_path / "p", git_init=False)
-    drv = support.nix("eval", "--raw", f"{support.flake_ref(root)}#images.aarch64-linux.{arm.name}.drvPath",
-                      *support.override()).stdout
+    drv = support.nix(
+        "eval", "--raw", f"{support.flake_ref(root)}#images.aarch64-linux.{arm.name}.drvPath", *support.override()
+    ).stdout
     shown = json.loads(support.nix("derivation", "show", "--recursive", drv).stdout)
     (base,) = [d for d in shown.values() if d["env"].get("name", "").endswith("-base.json")]
     data = json.loads(base["env"]["text"])
     assert data["architecture"] == "arm64" and data["config"]["Labels"]["io.vllm-variants.system"] == "aarch64-linux"
     env = dict(item.split("=", 1) for item in data["config"]["Env"])
-    assert env["LD_LIBRARY_PATH"] == ("/run/opengl-driver/lib:/usr/lib64:/usr/lib/aarch64-linux-gnu"
-                                      ":/usr/local/nvidia/lib64:/usr/lib")
+    assert env["LD_LIBRARY_PATH"] == (
+        "/run/opengl-driver/lib:/usr/lib64:/usr/lib/aarch64-linux-gnu:/usr/local/nvidia/lib64:/usr/lib"
+    )

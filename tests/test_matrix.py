@@ -15,7 +15,7 @@ from vllm_variants.matrix import Matrix, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
-# The default set: the ten variants DEVELOPERS.md and issue #7 name (torch built
+# The default set: the ten variants issue #7 names (torch built
 # for the SM), the torch-bin row of issue #14, and the SMs issue #15 adds where
 # the pin supports them on python312 / CUDA 12.9: the spec, not a derivation.
 EXPECTED = {
@@ -75,16 +75,19 @@ def test_lib_variants_never_imports_nixpkgs(matrix, tmp_path):
     """lib.variants evaluates even when nixpkgs is poison to touch."""
     poison = tmp_path / "poison"
     poison.mkdir()
-    (poison / "flake.nix").write_text(
-        '{ outputs = { self }: throw "poisoned nixpkgs was evaluated"; }\n'
-    )
+    (poison / "flake.nix").write_text('{ outputs = { self }: throw "poisoned nixpkgs was evaluated"; }\n')
     (poison / "default.nix").write_text('abort "poisoned nixpkgs was imported"\n')
     root = support.make_project(tmp_path / "p", git_init=False)
     ref = support.flake_ref(root)
     assert support.nix_eval(ref, "lib.variants", standin=poison) == matrix.to_json()
     # ...while anything that needs nixpkgs does hit the poison (the guard works).
-    proc = support.nix("eval", "--json", f"{ref}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.name",
-                       *support.override(poison), check=False)
+    proc = support.nix(
+        "eval",
+        "--json",
+        f"{ref}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.name",
+        *support.override(poison),
+        check=False,
+    )
     assert proc.returncode != 0 and "poisoned nixpkgs" in proc.stderr
 
 
@@ -130,8 +133,13 @@ def test_adding_an_sm_is_one_table_and_an_explicit_row_still_works(tmp_path):
     assert support.nix_eval(ref, "lib.variants") == python_view.to_json()
     packages = support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
     assert twin in set(packages)
-    versions = support.nix_eval(ref, "packages.x86_64-linux", apply=(
-        f'p: {{ a = p."vllm-python313-cuda12_9-sm90".passthru.versions; b = p."{twin}".passthru.versions.cuda; }}'))
+    versions = support.nix_eval(
+        ref,
+        "packages.x86_64-linux",
+        apply=(
+            f'p: {{ a = p."vllm-python313-cuda12_9-sm90".passthru.versions; b = p."{twin}".passthru.versions.cuda; }}'
+        ),
+    )
     assert versions["a"]["python"] == "3.13.9" and versions["a"]["cuda"] == "12.9" and versions["b"] == "12.8"
 
 
@@ -154,19 +162,22 @@ def test_disabled_variant_stays_listed_without_a_package(tmp_path):
 
 
 BAD_TABLES = [
-    ("gpu = [\"X\"]\n", "unknown key"),
-    ("capability = \"9.1\"\n", "does not match sm"),
-    ("system = \"riscv64-linux\"\n", "is not one of"),
-    ("torch = \"conda\"\n", "torch 'conda' is not one of source, wheel"),
+    ('gpu = ["X"]\n', "unknown key"),
+    ('capability = "9.1"\n', "does not match sm"),
+    ('system = "riscv64-linux"\n', "is not one of"),
+    ('torch = "conda"\n', "torch 'conda' is not one of source, wheel"),
     # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
-    ("system = \"aarch64-linux\"\n",  # the first [[variant]] is the torch-bin row
-     "needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on aarch64-linux"),
+    (
+        'system = "aarch64-linux"\n',  # the first [[variant]] is the torch-bin row
+        "needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on aarch64-linux",
+    ),
 ]
 
 
 @pytest.mark.nix
-@pytest.mark.parametrize("replacement, message", BAD_TABLES,
-                         ids=["typo", "capability", "system", "torch-kind", "torch-wheel-arm64"])
+@pytest.mark.parametrize(
+    "replacement, message", BAD_TABLES, ids=["typo", "capability", "system", "torch-kind", "torch-wheel-arm64"]
+)
 def test_malformed_matrix_fails_on_both_sides(tmp_path, replacement, message):
     root = support.make_project(tmp_path / "p", git_init=False)
     matrix_file = root / "nix" / "variants.toml"
@@ -197,59 +208,73 @@ def _first(data):
 WRONG_TYPES = {
     "min_driver a full version": (
         lambda d: d["defaults"].update(min_driver="525.60.13"),
-        '{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver\'s major version), '
-        'not "525.60.13"'),
+        "{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver's major version), "
+        'not "525.60.13"',
+    ),
     "min_driver a float in a variant": (
         lambda d: _first(d).update(min_driver=525.6),
         "{where}: variant #1: min_driver must be a positive whole number like 560 (the driver's major version), "
-        "not the number 525.6"),
+        "not the number 525.6",
+    ),
     "min_driver true": (
         lambda d: d["defaults"].update(min_driver=True),
         "{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver's major version), "
-        "not true"),
+        "not true",
+    ),
     "defaults not a table": (
         lambda d: d.update(defaults="python312"),
-        '{where}: [defaults] must be a table (holding python, cuda, min_driver, torch), not "python312"'),
+        '{where}: [defaults] must be a table (holding python, cuda, min_driver, torch), not "python312"',
+    ),
     "sm a number": (
         lambda d: _first(d).update(sm=70),
-        '{where}: variant #1: sm must be a string like "90", not the number 70'),
+        '{where}: variant #1: sm must be a string like "90", not the number 70',
+    ),
     "cuda a number": (
         lambda d: d["defaults"].update(cuda=12.9),
-        '{where}: [defaults]: cuda must be a string like "12.9", not the number 12.9'),
+        '{where}: [defaults]: cuda must be a string like "12.9", not the number 12.9',
+    ),
     "capability a number": (
         lambda d: _first(d).update(capability=7.0),
-        '{where}: variant #1: capability must be a string like "9.0", not the number 7.0'),
+        '{where}: variant #1: capability must be a string like "9.0", not the number 7.0',
+    ),
     "arch empty": (
         lambda d: _first(d).update(arch=" "),
-        '{where}: variant #1: arch must be a string like "Hopper", not " "'),
+        '{where}: variant #1: arch must be a string like "Hopper", not " "',
+    ),
     "python a table": (
         lambda d: _first(d).update(python={"version": "3.12"}),
-        '{where}: variant #1: python must be a string like "python312", not a table'),
+        '{where}: variant #1: python must be a string like "python312", not a table',
+    ),
     "system an array": (
         lambda d: _first(d).update(system=["x86_64-linux"]),
-        '{where}: variant #1: system must be a string like "x86_64-linux", not an array'),
+        '{where}: variant #1: system must be a string like "x86_64-linux", not an array',
+    ),
     "variant not a table": (
         lambda d: d["variant"].insert(0, "sm90"),
         "{where}: variant #1 must be a table (holding arch, capability, cuda, default, disabled, gpus, min_driver, "
-        'python, sm, system, torch), not "sm90"'),
-    "variant a string": (
-        lambda d: d.update(variant="sm90"),
-        '{where}: variant must be [[variant]] tables, not "sm90"'),
+        'python, sm, system, torch), not "sm90"',
+    ),
+    "variant a string": (lambda d: d.update(variant="sm90"), '{where}: variant must be [[variant]] tables, not "sm90"'),
     "systems entry not a table": (
         lambda d: d["systems"].update({"x86_64-linux": ""}),
-        '{where}: [systems.x86_64-linux] must be a table (holding exactly `suffix`), not ""'),
+        '{where}: [systems.x86_64-linux] must be a table (holding exactly `suffix`), not ""',
+    ),
     "suffix a number": (
         lambda d: d["systems"]["aarch64-linux"].update(suffix=64),
-        '{where}: [systems.aarch64-linux]: suffix must be a string like "-arm64" (or ""), not the number 64'),
+        '{where}: [systems.aarch64-linux]: suffix must be a string like "-arm64" (or ""), not the number 64',
+    ),
     "build not a table": (
         lambda d: d.update(build=8),
-        "{where}: [build] must be a table (holding ram_per_job_gib), not the number 8"),
+        "{where}: [build] must be a table (holding ram_per_job_gib), not the number 8",
+    ),
     "ram_per_job_gib a float": (
         lambda d: d["build"].update(ram_per_job_gib=7.5),
-        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 7.5"),
+        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 7.5",
+    ),
     "ram_per_job_gib zero": (
         lambda d: d["build"].update(ram_per_job_gib=0),
-        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 0"),
+        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 0",
+    ),
 }
 
 
@@ -266,14 +291,21 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_key_and_valid_form(change)
 def test_duplicate_names_are_refused(tmp_path):
     text = MATRIX.read_text()
     path = tmp_path / "variants.toml"  # an explicit row that the product already holds
-    path.write_text(text + '\n[[variant]]\nsm = "70"\ncapability = "7.0"\narch = "Volta"\ngpus = ["V100"]\n'
-                    'system = "x86_64-linux"\n')
+    path.write_text(
+        text + '\n[[variant]]\nsm = "70"\ncapability = "7.0"\narch = "Volta"\ngpus = ["V100"]\n'
+        'system = "x86_64-linux"\n'
+    )
     with pytest.raises(MatrixError, match="duplicate variant name.*sm70"):
         Matrix.load(path)
     # nix/matrix.nix refuses the same, naming each duplicate once (a linear check: issue #13)
-    proc = support.nix("eval", "--impure", "--json", "--expr",
-                       f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {path}); }})"
-                       ".variants", check=False)
+    proc = support.nix(
+        "eval",
+        "--impure",
+        "--json",
+        "--expr",
+        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {path}); }}).variants",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "nix/variants.toml: duplicate variant name(s): vllm-python312-cuda12_9-sm70\n" in proc.stderr, proc.stderr
 
@@ -296,8 +328,12 @@ def test_resolve_accepts_the_usual_spellings(matrix, token, arm64, expected):
 @pytest.mark.parametrize(
     "token, arm64, message",
     [
-        ("91", False, "unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, 120 (x86_64-linux); "
-                      "90, 100, 103, 121 (aarch64-linux, with --arm64)"),
+        (
+            "91",
+            False,
+            "unknown SM '91'; valid SMs: 61, 70, 75, 80, 86, 89, 90, 100, 103, 120 (x86_64-linux); "
+            "90, 100, 103, 121 (aarch64-linux, with --arm64)",
+        ),
         ("80", True, "SM 80 has no arm64 variant; arm64 variants exist for SM 90, 100"),
         ("hopper", False, "'hopper' is not an SM"),
         ("vllm-python312-cuda12_9-sm90", True, "--arm64 conflicts"),
@@ -334,8 +370,9 @@ def test_select_combines_lists_systems_and_all(matrix):
     full = lambda vs: [v.name for v in vs]  # noqa: E731
     assert full(matrix.select(["90"], python="313")) == ["vllm-python313-cuda12_9-sm90"]
     assert full(matrix.select(["90"], python="3.13", cuda="12.8")) == ["vllm-python313-cuda12_8-sm90"]
-    assert len(matrix.select(all=True, cuda="12.8")) == len([v for v in matrix.enabled if v.cuda == "12.8"
-                                                             and v.python == "python312"])
+    assert len(matrix.select(all=True, cuda="12.8")) == len(
+        [v for v in matrix.enabled if v.cuda == "12.8" and v.python == "python312"]
+    )
     with pytest.raises(SelectionError, match="unknown Python line 'python311'; valid: 312, 313"):
         matrix.select(["90"], python="311")
     with pytest.raises(SelectionError, match="unknown CUDA line '13.0'; valid: 12.8, 12.9"):
@@ -346,13 +383,16 @@ def test_select_combines_lists_systems_and_all(matrix):
         matrix.select(systems=["x86_64-darwin"])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"sms": ["90"], "all": True}, "--sm and --all conflict"),
-    ({"sms": ["90"], "systems": ["x86_64-linux"]}, "--sm and --system conflict"),
-    ({"all": True, "systems": ["aarch64-linux"]}, "--all and --system conflict"),
-    ({"arm64": True, "systems": ["aarch64-linux"]}, "--arm64 applies to --sm only"),
-    ({"arm64": True}, "--arm64 applies to --sm only"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sms": ["90"], "all": True}, "--sm and --all conflict"),
+        ({"sms": ["90"], "systems": ["x86_64-linux"]}, "--sm and --system conflict"),
+        ({"all": True, "systems": ["aarch64-linux"]}, "--all and --system conflict"),
+        ({"arm64": True, "systems": ["aarch64-linux"]}, "--arm64 applies to --sm only"),
+        ({"arm64": True}, "--arm64 applies to --sm only"),
+    ],
+)
 @pytest.mark.parametrize("none_means_all", [False, True])
 def test_conflicting_selections_are_refused_not_joined(matrix, kwargs, message, none_means_all):
     with pytest.raises(SelectionError, match=rf"^{re.escape(message)}"):
@@ -401,7 +441,11 @@ def test_the_flox_product_fits_in_thirty_lines_and_both_sides_read_it(tmp_path):
     assert {(v.sm, v.cuda) for v in refused} == {("103", "12.8"), ("121", "12.8")}
     assert all("needs CUDA 12.9 or newer" in v.disabled for v in refused)
     assert len(product.default_set) == 14
-    nix_view = support.nix("eval", "--json", "--impure", "--expr",
-                           f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML "
-                           f"(builtins.readFile {FLOX}); }}).variants").stdout
+    nix_view = support.nix(
+        "eval",
+        "--json",
+        "--impure",
+        "--expr",
+        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {FLOX}); }}).variants",
+    ).stdout
     assert json.loads(nix_view) == product.to_json()

@@ -46,16 +46,18 @@ def test_config_show_is_named_as_that_nix_names_it(version, command):
     """`nix config show` is new in Nix 2.20 (release notes, NixOS/nix#9477); 2.19 has only
     `nix show-config`, which later Nix keeps as an alias, so both run here for real."""
     nix = at_version(version, options=[("cores", "7")])
-    assert nix.config_argv()[1:] == [*command, "--extra-experimental-features", "nix-command",
-                                     "--option", "cores", "7"]
+    assert nix.config_argv()[1:] == [*command, "--extra-experimental-features", "nix-command", "--option", "cores", "7"]
     assert nix.setting("cores") == "7" and "flakes" in nix.setting("experimental-features").split()
 
 
-@pytest.mark.parametrize(("version", "expected"), [
-    ((2, 18, 1), ["--json"]),
-    ((2, 32, 9), ["--json"]),  # 2.32 rejects --json-format
-    ((2, 33, 0), ["--json", "--json-format", "1"]),  # 2.33 warns without it (NixOS/nix#14704)
-])
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ((2, 18, 1), ["--json"]),
+        ((2, 32, 9), ["--json"]),  # 2.32 rejects --json-format
+        ((2, 33, 0), ["--json", "--json-format", "1"]),  # 2.33 warns without it (NixOS/nix#14704)
+    ],
+)
 def test_path_info_asks_for_the_keyed_json_where_nix_has_the_flag(version, expected):
     assert at_version(version).path_info_json() == expected
 

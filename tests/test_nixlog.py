@@ -22,8 +22,9 @@ def at(**event) -> str:
 
 
 def start_build(ident: int, drv: str, machine: str = "") -> str:
-    return at(action="start", id=ident, level=3, parent=0, text=f"building '{drv}'", type=105,
-              fields=[drv, machine, 1, 1])
+    return at(
+        action="start", id=ident, level=3, parent=0, text=f"building '{drv}'", type=105, fields=[drv, machine, 1, 1]
+    )
 
 
 def progress(done: int, expected: int, running: int = 0, failed: int = 0) -> str:
@@ -44,12 +45,16 @@ class Clock:
 def test_a_build_goes_through_phases_and_log_lines():
     clock = Clock()
     log = NixLog(clock=clock)
-    events = log.feed_all([
-        BUILDS, progress(0, 2),
-        start_build(7, TORCH, "ssh-ng://big"), progress(0, 2, 1),
-        at(action="result", id=7, type=104, fields=["buildPhase"]),
-        at(action="result", id=7, type=101, fields=["\x1b[1m[1/3] nvcc kernel.cu\x1b[0m"]),
-    ])
+    events = log.feed_all(
+        [
+            BUILDS,
+            progress(0, 2),
+            start_build(7, TORCH, "ssh-ng://big"),
+            progress(0, 2, 1),
+            at(action="result", id=7, type=104, fields=["buildPhase"]),
+            at(action="result", id=7, type=101, fields=["\x1b[1m[1/3] nvcc kernel.cu\x1b[0m"]),
+        ]
+    )
     assert [e.kind for e in events] == ["progress", "build-start", "progress", "phase", "log"]
     (build,) = log.active()
     assert (build.name, build.machine, build.phase) == ("python3.12-torch-2.9.1", "ssh-ng://big", "buildPhase")
@@ -60,22 +65,29 @@ def test_a_build_goes_through_phases_and_log_lines():
     assert (log.done, log.expected) == (1, 2) and log.active() == [] and log.finished() == [build]
 
 
-@pytest.mark.parametrize("message", [
-    # Nix 2.18 .. 2.2x
-    f"\x1b[31;1merror:\x1b[0m builder for '\x1b[35;1m{TORCH}\x1b[0m' failed with exit code 1",
-    # Nix master (derivation-building-goal.cc)
-    f"error: Cannot build '{TORCH}'.\nReason: builder failed with exit code 2.",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        # Nix 2.18 .. 2.2x
+        f"\x1b[31;1merror:\x1b[0m builder for '\x1b[35;1m{TORCH}\x1b[0m' failed with exit code 1",
+        # Nix master (derivation-building-goal.cc)
+        f"error: Cannot build '{TORCH}'.\nReason: builder failed with exit code 2.",
+    ],
+)
 def test_the_failed_derivation_is_the_started_one_an_error_names(message):
     log = NixLog()
-    log.feed_all([
-        BUILDS, start_build(7, TORCH), start_build(8, CUPY),
-        at(action="msg", level=0, msg=message),
-        at(action="stop", id=7),
-        # Nix gives up (no --keep-going): cupy is stopped without being counted done
-        at(action="stop", id=8),
-        at(action="msg", level=0, msg=f"error: 1 dependencies of derivation '{ENV}' failed to build"),
-    ])
+    log.feed_all(
+        [
+            BUILDS,
+            start_build(7, TORCH),
+            start_build(8, CUPY),
+            at(action="msg", level=0, msg=message),
+            at(action="stop", id=7),
+            # Nix gives up (no --keep-going): cupy is stopped without being counted done
+            at(action="stop", id=8),
+            at(action="msg", level=0, msg=f"error: 1 dependencies of derivation '{ENV}' failed to build"),
+        ]
+    )
     assert [b.drv for b in log.failed_builds()] == [TORCH]  # not ENV: never started
     assert log.by_drv[CUPY].result == "stopped"
     assert log.errors[0].startswith("error: ")
@@ -85,7 +97,10 @@ def test_lines_that_are_not_structured_are_kept_as_text():
     log = NixLog()
     events = log.feed_all(["warning: something plain\n", "@nix {not json", "", at(action="msg", level=3, msg="hi")])
     assert [(e.kind, e.text) for e in events] == [
-        ("text", "warning: something plain"), ("text", "@nix {not json"), ("message", "hi")]
+        ("text", "warning: something plain"),
+        ("text", "@nix {not json"),
+        ("message", "hi"),
+    ]
 
 
 def test_dry_run_plan_with_counts_and_sizes():
@@ -106,9 +121,11 @@ these 2 paths will be fetched (1234.56 MiB download, 4567.00 MiB unpacked):
 
 
 def test_dry_run_plan_singular_and_old_forms():
-    single = parse_dry_run(f"this derivation will be built:\n  {ENV}\n"
-                           "this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):\n"
-                           "  /nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux\n")
+    single = parse_dry_run(
+        f"this derivation will be built:\n  {ENV}\n"
+        "this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):\n"
+        "  /nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux\n"
+    )
     assert single.will_build == (ENV,) and single.unpacked_bytes == round(0.01 * 1024**2)
     old = parse_dry_run(f"these derivations will be built:\n  {ENV}\n")  # before the count was printed
     assert old.will_build == (ENV,)
@@ -118,25 +135,39 @@ def test_dry_run_plan_singular_and_old_forms():
 STDENV = "/nix/store/667jjxgivb5ya8d9yxpr7vb1agamv3zi-stdenv-linux"
 
 
-@pytest.mark.parametrize(("head", "download", "unpacked"), [
-    # Nix 2.18 .. 2.32: always MiB, two decimals ("%.2f MiB", printMissing)
-    ("these 75 paths will be fetched (116.25 MiB download, 554.76 MiB unpacked):",
-     round(116.25 * 1024**2), round(554.76 * 1024**2)),
-    ("this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):", 0, round(0.01 * 1024**2)),
-    # Nix before the count was printed
-    ("these paths will be fetched (0.16 MiB download, 0.53 MiB unpacked):",
-     round(0.16 * 1024**2), round(0.53 * 1024**2)),
-    # Nix 2.33+: renderSize(), "%.1f %ciB" in the unit that fits, never below KiB
-    ("this path will be fetched (0.1 KiB download, 0.5 KiB unpacked):", round(0.1 * 1024), 512),
-    ("these 75 paths will be fetched (116.3 MiB download, 554.8 MiB unpacked):",
-     round(116.3 * 1024**2), round(554.8 * 1024**2)),
-    ("these 412 paths will be fetched (1.9 GiB download, 7.4 GiB unpacked):",
-     round(1.9 * 1024**3), round(7.4 * 1024**3)),
-    ("these 3 paths will be fetched (980.0 MiB download, 1.2 TiB unpacked):",
-     980 * 1024**2, round(1.2 * 1024**4)),
-    # units Nix has not printed here, read the same way if it ever does
-    ("these 2 paths will be fetched (512 B download, 3.5 MB unpacked):", 512, round(3.5 * 1024**2)),
-])
+@pytest.mark.parametrize(
+    ("head", "download", "unpacked"),
+    [
+        # Nix 2.18 .. 2.32: always MiB, two decimals ("%.2f MiB", printMissing)
+        (
+            "these 75 paths will be fetched (116.25 MiB download, 554.76 MiB unpacked):",
+            round(116.25 * 1024**2),
+            round(554.76 * 1024**2),
+        ),
+        ("this path will be fetched (0.00 MiB download, 0.01 MiB unpacked):", 0, round(0.01 * 1024**2)),
+        # Nix before the count was printed
+        (
+            "these paths will be fetched (0.16 MiB download, 0.53 MiB unpacked):",
+            round(0.16 * 1024**2),
+            round(0.53 * 1024**2),
+        ),
+        # Nix 2.33+: renderSize(), "%.1f %ciB" in the unit that fits, never below KiB
+        ("this path will be fetched (0.1 KiB download, 0.5 KiB unpacked):", round(0.1 * 1024), 512),
+        (
+            "these 75 paths will be fetched (116.3 MiB download, 554.8 MiB unpacked):",
+            round(116.3 * 1024**2),
+            round(554.8 * 1024**2),
+        ),
+        (
+            "these 412 paths will be fetched (1.9 GiB download, 7.4 GiB unpacked):",
+            round(1.9 * 1024**3),
+            round(7.4 * 1024**3),
+        ),
+        ("these 3 paths will be fetched (980.0 MiB download, 1.2 TiB unpacked):", 980 * 1024**2, round(1.2 * 1024**4)),
+        # units Nix has not printed here, read the same way if it ever does
+        ("these 2 paths will be fetched (512 B download, 3.5 MB unpacked):", 512, round(3.5 * 1024**2)),
+    ],
+)
 def test_fetch_sizes_in_every_unit_nix_prints_are_bytes(head, download, unpacked):
     plan = parse_dry_run(f"{head}\n  {STDENV}\n")
     assert plan.will_fetch == (STDENV,)
@@ -153,7 +184,10 @@ def test_names_follow_nix_drvname():
     assert package_name(TORCH) == "torch" and version_of(TORCH) == "2.9.1"
     assert package_name(VLLM) == "vllm-python312-cuda12_9-sm90" and version_of(VLLM) == "0.15.1"
     assert package_name("/nix/store/pdz918pnsfqybqr9q3lzflijs3y6m60l-nccl-2.27.3.drv") == "nccl"
-    assert package_name("/nix/store/yni1xywfhvjsxq0h0zd8d4kc3wj98ibf-cuda12.9-cuda_nvcc-12.9.86.drv") == "cuda12.9-cuda_nvcc"
+    assert (
+        package_name("/nix/store/yni1xywfhvjsxq0h0zd8d4kc3wj98ibf-cuda12.9-cuda_nvcc-12.9.86.drv")
+        == "cuda12.9-cuda_nvcc"
+    )
 
 
 def test_a_silent_pipe_yields_none_then_its_lines_as_they_come():

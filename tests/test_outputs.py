@@ -18,8 +18,9 @@ from vllm_variants.outputs import check_dir, check_file, write_text
 
 
 def invoke(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True,
-                          env=support.nix_env())
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True, env=support.nix_env()
+    )
 
 
 def dry_run_json(root: Path, target: str) -> subprocess.CompletedProcess[str]:
@@ -57,15 +58,32 @@ def test_build_json_to_dev_stdout_redirected_to_a_file_lands_in_order(project, t
     out.write_text("")
     inode = out.stat().st_ino
     with out.open("a") as stdout:
-        proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--sm", "90", "--dry-run", "--nixpkgs",
-                               str(support.STANDIN), "--json", target], cwd=project, stdout=stdout,
-                              stderr=subprocess.PIPE, text=True, env=support.nix_env())
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "invoke",
+                "build",
+                "--sm",
+                "90",
+                "--dry-run",
+                "--nixpkgs",
+                str(support.STANDIN),
+                "--json",
+                target,
+            ],
+            cwd=project,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=support.nix_env(),
+        )
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
     assert out.stat().st_ino == inode
     assert lines[0].startswith("plan: 1 variant") and lines[-1].startswith("dry run: nothing was built")
     start, end = lines.index("{"), lines.index("}")
-    assert json.loads("\n".join(lines[start:end + 1]))["dry_run"] is True
+    assert json.loads("\n".join(lines[start : end + 1]))["dry_run"] is True
 
 
 def test_a_fifo_is_written_to_not_replaced(tmp_path):
@@ -109,12 +127,15 @@ def test_a_regular_file_is_replaced_whole_with_its_mode(tmp_path):
     assert (tmp_path / "deeper" / "new.json").read_text() == "made\n"
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("", "--json '' is empty; give a file path (or - for standard output)"),
-    (".", "--json .: is a directory; give a file path (EISDIR)"),
-    ("notes/x.json", "--json notes/x.json: notes is not a directory (ENOTDIR)"),
-    ("dangling/x.json", "--json dangling/x.json: dangling is a dangling symlink (ENOENT)"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "--json '' is empty; give a file path (or - for standard output)"),
+        (".", "--json .: is a directory; give a file path (EISDIR)"),
+        ("notes/x.json", "--json notes/x.json: notes is not a directory (ENOTDIR)"),
+        ("dangling/x.json", "--json dangling/x.json: dangling is a dangling symlink (ENOENT)"),
+    ],
+)
 def test_check_file_refuses_what_cannot_be_written(tmp_path, value, message):
     (tmp_path / "notes").write_text("mine\n")
     (tmp_path / "dangling").symlink_to(tmp_path / "gone")

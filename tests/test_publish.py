@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -56,8 +55,9 @@ class Key:
         self.name = f"{role}-{secrets.token_hex(4)}-1"
         self.secret = folder / f"{self.name}.sec"
         self.secret.write_text(support.nix("key", "generate-secret", "--key-name", self.name).stdout)
-        self.public = support.run([support.nix_executable(), "key", "convert-secret-to-public"],
-                                  input=self.secret.read_text()).stdout.strip()
+        self.public = support.run(
+            [support.nix_executable(), "key", "convert-secret-to-public"], input=self.secret.read_text()
+        ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,9 @@ def other_key(tmp_path_factory) -> Key:
 
 
 def invoke(root: Path, *args: str, env=None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True,
-                          env=env or support.nix_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=root, capture_output=True, text=True, env=env or support.nix_env()
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"invoke {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -80,9 +81,21 @@ def invoke(root: Path, *args: str, env=None, check: bool = True) -> subprocess.C
 
 def fetch(cache: Path, path: str, public_key: str, dest: Path) -> subprocess.CompletedProcess[str]:
     """A second store reads `path` from the cache, accepting only `public_key`'s signatures."""
-    return support.nix("copy", "--from", f"file://{cache}", "--to", f"local?root={dest}", path,
-                       "--option", "require-sigs", "true", "--option", "trusted-public-keys", public_key,
-                       check=False)
+    return support.nix(
+        "copy",
+        "--from",
+        f"file://{cache}",
+        "--to",
+        f"local?root={dest}",
+        path,
+        "--option",
+        "require-sigs",
+        "true",
+        "--option",
+        "trusted-public-keys",
+        public_key,
+        check=False,
+    )
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -155,8 +168,14 @@ def test_check_evaluates_every_variant_in_one_nix_process(built, tmp_path):
     nix = Recording(env=support.nix_env())
     out = io.StringIO()
     with pytest.raises(PublishError, match=f"lacks {SM80.name}, {arm.name}: "):
-        check(Project(built.project), [SM90, SM80, arm], to=cache,
-              overrides={"nixpkgs": support.standin_ref(built.standin)}, nix=nix, out=out)
+        check(
+            Project(built.project),
+            [SM90, SM80, arm],
+            to=cache,
+            overrides={"nixpkgs": support.standin_ref(built.standin)},
+            nix=nix,
+            out=out,
+        )
     for variant in (SM90, SM80):  # the evaluated out paths are the built ones, each by its name
         assert f"  {variant.name}  {built.paths[variant.name]}" in out.getvalue()
     evaluating = [c for c in commands if c[0] in ("eval", "build", "derivation")]
@@ -169,8 +188,14 @@ def test_check_evaluates_only_the_variants_asked_for(built, tmp_path, standin):
     no_blackwell = standin(vllmSupportedCapabilities=["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"])
     out = io.StringIO()
     with pytest.raises(PublishError, match=f"lacks {SM90.name}: "):
-        check(Project(built.project), [SM90], to=f"file://{tmp_path / 'cache'}",
-              overrides={"nixpkgs": support.standin_ref(no_blackwell)}, nix=Nix(env=support.nix_env()), out=out)
+        check(
+            Project(built.project),
+            [SM90],
+            to=f"file://{tmp_path / 'cache'}",
+            overrides={"nixpkgs": support.standin_ref(no_blackwell)},
+            nix=Nix(env=support.nix_env()),
+            out=out,
+        )
     assert f"missing  {SM90.name}  /nix/store/" in out.getvalue()
 
 
@@ -178,13 +203,17 @@ def test_check_never_writes_flake_lock(tmp_path):
     """Without --nixpkgs too: a checkout whose flake.lock is missing stays without one."""
     root = support.make_project(tmp_path / "p")
     flake = root / "flake.nix"
-    flake.write_text(re.sub(r'inputs\.nixpkgs\.url = "[^"]*";', f'inputs.nixpkgs.url = "{support.standin_ref()}";',
-                            flake.read_text()))
+    flake.write_text(
+        re.sub(
+            r'inputs\.nixpkgs\.url = "[^"]*";', f'inputs.nixpkgs.url = "{support.standin_ref()}";', flake.read_text()
+        )
+    )
     (root / "flake.lock").unlink()
     support.commit_all(root, "pin the stand-in, unlocked")
     with pytest.raises(PublishError, match="lacks"):
-        check(Project(root), [SM90], to=f"file://{tmp_path / 'cache'}", nix=Nix(env=support.nix_env()),
-              out=io.StringIO())
+        check(
+            Project(root), [SM90], to=f"file://{tmp_path / 'cache'}", nix=Nix(env=support.nix_env()), out=io.StringIO()
+        )
     assert not (root / "flake.lock").exists()
 
 
@@ -216,8 +245,19 @@ def test_held_paths_asks_path_by_path_when_the_batch_fails(built, tmp_path):
 
 def test_dry_run_prints_the_plan_and_changes_nothing(built, key, tmp_path):
     cache = tmp_path / "cache"
-    proc = invoke(built.project, "publish", "--to", f"file://{cache}", "--sm", "90", "--sm", "80",
-                  "--sign-key", str(key.secret), "--dry-run")
+    proc = invoke(
+        built.project,
+        "publish",
+        "--to",
+        f"file://{cache}",
+        "--sm",
+        "90",
+        "--sm",
+        "80",
+        "--sign-key",
+        str(key.secret),
+        "--dry-run",
+    )
     for variant in (SM90, SM80):
         assert f"  {variant.name}  {built.paths[variant.name]}" in proc.stdout
     union = {**built.closure(SM90), **built.closure(SM80)}
@@ -273,13 +313,27 @@ def test_bad_keys_are_one_line(built, key, tmp_path):
         str(tmp_path / "absent"): "cannot read the signing key",
     }
     for key_file, message in cases.items():
-        proc = invoke(built.project, "publish", "--to", f"file://{tmp_path / 'c'}", "--sm", "90",
-                      "--sign-key", key_file, check=False)
+        proc = invoke(
+            built.project,
+            "publish",
+            "--to",
+            f"file://{tmp_path / 'c'}",
+            "--sm",
+            "90",
+            "--sign-key",
+            key_file,
+            check=False,
+        )
         assert message in one_line_error(proc)
     assert not (tmp_path / "c").exists()
     with pytest.raises(PublishError, match="already names a secret-key"):
-        make_plan(Project(built.project), [SM90], f"file://{tmp_path}/c?secret-key={key.secret}",
-                  SigningKey.read(key.secret), nix=None)  # refused before any Nix call
+        make_plan(
+            Project(built.project),
+            [SM90],
+            f"file://{tmp_path}/c?secret-key={key.secret}",
+            SigningKey.read(key.secret),
+            nix=None,
+        )  # refused before any Nix call
 
 
 def test_store_uri_helpers():
@@ -290,12 +344,15 @@ def test_store_uri_helpers():
     assert [format_bytes(n) for n in (0, 1023, 1536, 5 * 1024**3)] == ["0 B", "1023 B", "1.5 KiB", "5.0 GiB"]
 
 
-@pytest.mark.parametrize(("to", "message"), [
-    # the plan cannot ask the store: one line carrying Nix's reason
-    ("bogus://somewhere", "nix path-info --json --store ...: error: don't know how to open Nix store"),
-    # the copy fails: Nix's own progress and error went to stderr just before
-    ("file:///dev/null/cache", "nix copy --to file:///dev/null/cache ...: see nix's error above"),
-])
+@pytest.mark.parametrize(
+    ("to", "message"),
+    [
+        # the plan cannot ask the store: one line carrying Nix's reason
+        ("bogus://somewhere", "nix path-info --json --store ...: error: don't know how to open Nix store"),
+        # the copy fails: Nix's own progress and error went to stderr just before
+        ("file:///dev/null/cache", "nix copy --to file:///dev/null/cache ...: see nix's error above"),
+    ],
+)
 def test_store_failures_end_in_one_line(built, to, message):
     proc = invoke(built.project, "publish", "--to", to, "--sm", "90", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -99,22 +99,38 @@ def test_check_fails_when_versions_move_or_describe_another_pin(tmp_path):
         readme.update(Project(root), check=True)
 
 
-@pytest.mark.parametrize(("lock", "message"), [
-    (None, "error: flake.lock is missing: it records the nixpkgs commit; restore it with `git checkout -- flake.lock`"),
-    ("{ not json", "error: flake.lock is not valid JSON (Expecting property name enclosed in double quotes: "
-                   "line 1 column 3 (char 2)); restore it from git"),
-    ("[]", "error: flake.lock is not a Nix lock file (no nodes/root); restore it from git"),
-    ('{"nodes": {"root": {"inputs": {}}}, "root": "root"}',
-     "error: flake.lock locks no nixpkgs commit; run `invoke bump-pin "),
-])
+@pytest.mark.parametrize(
+    ("lock", "message"),
+    [
+        (
+            None,
+            "error: flake.lock is missing: it records the nixpkgs commit; restore it with `git checkout -- flake.lock`",
+        ),
+        (
+            "{ not json",
+            "error: flake.lock is not valid JSON (Expecting property name enclosed in double quotes: "
+            "line 1 column 3 (char 2)); restore it from git",
+        ),
+        ("[]", "error: flake.lock is not a Nix lock file (no nodes/root); restore it from git"),
+        (
+            '{"nodes": {"root": {"inputs": {}}}, "root": "root"}',
+            "error: flake.lock locks no nixpkgs commit; run `invoke bump-pin ",
+        ),
+    ],
+)
 def test_a_broken_flake_lock_is_one_line(tmp_path, lock, message):
     root = support.make_project(tmp_path / "p", git_init=False)
     if lock is None:
         (root / "flake.lock").unlink()
     else:
         (root / "flake.lock").write_text(lock)
-    proc = subprocess.run([sys.executable, "-m", "invoke", "readme", "--check"], cwd=root, capture_output=True,
-                          text=True, env=support.nix_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "readme", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.splitlines() == [proc.stderr.splitlines()[0]]
     assert proc.stderr.startswith(message), proc.stderr
@@ -133,7 +149,9 @@ def test_check_fails_when_the_evaluated_nixpkgs_is_not_the_locked_one(tmp_path):
     del data["nixpkgs"]["unverified"]
     data["nixpkgs"]["narHash"] = "sha256-" + "A" * 43 + "="
     data_file.write_text(json.dumps(data))
-    with pytest.raises(VariantsError, match=f"evaluated from nixpkgs narHash sha256-A+=, but flake.lock locks {locked}"):
+    with pytest.raises(
+        VariantsError, match=f"evaluated from nixpkgs narHash sha256-A+=, but flake.lock locks {locked}"
+    ):
         readme.update(Project(root), check=True)
 
     data["nixpkgs"]["narHash"] = locked

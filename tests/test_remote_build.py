@@ -77,18 +77,18 @@ class Builder:
         host_key = root / "host_key"
         for key in (self.client_key, host_key):
             support.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key.name, "-f", key], env=os.environ)
-        remote_config = "\n".join([
-            "extra-platforms = aarch64-linux",
-            "substituters =",
-            "builders =",
-            "sandbox = false",
-            "experimental-features = nix-command flakes",
-        ])
+        remote_config = "\n".join(
+            [
+                "extra-platforms = aarch64-linux",
+                "substituters =",
+                "builders =",
+                "sandbox = false",
+                "experimental-features = nix-command flakes",
+            ]
+        )
         self.remote_nix = root / "remote-nix"
         self.remote_nix.write_text(
-            "#!/bin/sh\n"
-            f"export NIX_CONFIG='{remote_config}'\n"
-            f"exec {shutil.which('nix-daemon')} --stdio\n"
+            f"#!/bin/sh\nexport NIX_CONFIG='{remote_config}'\nexec {shutil.which('nix-daemon')} --stdio\n"
         )
         self.remote_nix.chmod(0o755)
         (root / "authorized_keys").write_text(
@@ -105,22 +105,27 @@ class Builder:
 
     def _start(self, port: int) -> bool:
         config = self.root / "sshd_config"
-        config.write_text("\n".join([
-            "ListenAddress 127.0.0.1",
-            f"Port {port}",
-            f"HostKey {self.root / 'host_key'}",
-            f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
-            f"PidFile {self.root / 'sshd.pid'}",
-            "StrictModes no",  # tmp_path's modes are the test runner's
-            "UsePAM no",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {port}",
+                    f"HostKey {self.root / 'host_key'}",
+                    f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                    f"PidFile {self.root / 'sshd.pid'}",
+                    "StrictModes no",  # tmp_path's modes are the test runner's
+                    "UsePAM no",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "",
+                ]
+            )
+        )
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", config], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if "Server listening" in self.log.read_text():
@@ -145,8 +150,10 @@ class Builder:
 
     @property
     def sshopts(self) -> str:
-        return (f"-F /dev/null -p {self.port} -o UserKnownHostsFile={self.root / 'known_hosts'} "
-                "-o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes")
+        return (
+            f"-F /dev/null -p {self.port} -o UserKnownHostsFile={self.root / 'known_hosts'} "
+            "-o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes"
+        )
 
     def logins(self) -> int:
         return self.log.read_text().count("Accepted publickey for")
@@ -197,8 +204,7 @@ def test_arm64_variant_builds_on_the_remote_builder(builder, tmp_path):
     link = project / f"result-{ARM.name}"
 
     def build(*builders: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "invoke", "build", "--sm", "90", "--arm64", *builders,
-                "--nixpkgs", str(standin)]
+        argv = [sys.executable, "-m", "invoke", "build", "--sm", "90", "--arm64", *builders, "--nixpkgs", str(standin)]
         return support.run(argv, cwd=project, env=env, check=False)
 
     # Without the builder nothing can build it (the client has no builds of its
@@ -217,8 +223,11 @@ def test_arm64_variant_builds_on_the_remote_builder(builder, tmp_path):
     assert builder.logins() > 0
     (log,) = (project / "logs").glob(f"{ARM.name}-*.log")
     text = log.read_text()
-    vllm_drv = [line for line in text.splitlines()
-                if line.startswith("building '") and f"-{ARM.name}-" in line and " on ssh-ng://" in line]
+    vllm_drv = [
+        line
+        for line in text.splitlines()
+        if line.startswith("building '") and f"-{ARM.name}-" in line and " on ssh-ng://" in line
+    ]
     assert vllm_drv, text[-4000:]
     assert "Running phase: vllmVariantsClampJobsPhase" in text  # the remote really built it
 

@@ -33,8 +33,9 @@ def test_another_machine_s_binary_is_one_line(tmp_path, start):
     python = executable(tmp_path / "result" / "bin" / "python", GARBAGE_ELF)
     with pytest.raises(CannotRun) as raised:
         start([python, "-c", "pass"])
-    assert str(raised.value) == (f"cannot run '{python}': not a program this machine can run "
-                                 "(built for another system?)")
+    assert str(raised.value) == (
+        f"cannot run '{python}': not a program this machine can run (built for another system?)"
+    )
     assert isinstance(raised.value, ToolMissing)  # smoke and doctor go on without it
 
 
@@ -43,8 +44,9 @@ def test_a_file_that_is_not_executable_is_one_line(tmp_path, start):
     smi = executable(tmp_path / "nvidia-smi", b"#!/bin/sh\necho hi\n", mode=0o644)
     with pytest.raises(CannotRun) as raised:
         start([smi, "-L"])
-    assert str(raised.value) == (f"cannot run '{smi}': permission denied (not executable, or in a directory "
-                                 "you cannot enter)")
+    assert str(raised.value) == (
+        f"cannot run '{smi}': permission denied (not executable, or in a directory you cannot enter)"
+    )
 
 
 def test_a_relative_program_is_looked_for_in_cwd_not_here(tmp_path):
@@ -72,9 +74,16 @@ def test_doctor_and_which_name_an_unrunnable_nvidia_smi(tmp_path):
     """Given as --nvidia-smi, a file that is not executable is an error that says
     so, not "no GPU here" (which would be the answer for a missing one)."""
     smi = executable(tmp_path / "nvidia-smi", b"#!/bin/sh\n", mode=0o644)
-    report = diagnose(Project(support.REPO), nix=None, env=support.nix_env(), smi=str(smi),
-                      host=Host(cores=4, mem_bytes=64 * GIB), system="x86_64-linux")
+    report = diagnose(
+        Project(support.REPO),
+        nix=None,
+        env=support.nix_env(),
+        smi=str(smi),
+        host=Host(cores=4, mem_bytes=64 * GIB),
+        system="x86_64-linux",
+    )
     assert [p.text for p in report.problems if p.severity == "error"] == [
-        f"cannot run '{smi}': permission denied (not executable, or in a directory you cannot enter)"]
+        f"cannot run '{smi}': permission denied (not executable, or in a directory you cannot enter)"
+    ]
     with pytest.raises(VariantsError, match=f"^cannot run '{smi}': permission denied"):
         auto_variants(Matrix.load(support.REPO / "nix" / "variants.toml"), smi=str(smi))

@@ -209,7 +209,8 @@ def test_sm80_result_on_an_sm86_gpu_fails_check_4_saying_it_would_run(checkout, 
     assert check["status"] == "fail" and failure is not None
     assert check["reason"] == (
         "the sm80 build is not built for GPU 0, NVIDIA A10 (capability 8.6): its capability 8.0 SASS runs there, "
-        "but no kernel is compiled for that GPU; use the sm86 variant (invoke build --sm 86)")
+        "but no kernel is compiled for that GPU; use the sm86 variant (invoke build --sm 86)"
+    )
 
 
 @pytest.mark.parametrize("gpus", [H100, None], ids=["gpu", "no-gpu"])
@@ -232,8 +233,7 @@ def test_generate_on_a_simulated_gpu_fails_with_a_clear_reason(checkout, hardwar
         "the engine did not start: RuntimeError: the vllm-variants stand-in has no kernels to run a model with"
     )
     assert check["details"]["model"]["num_hidden_layers"] == 2
-    assert statuses(checks_of(report)) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass",
-                                           7: "fail"}
+    assert statuses(checks_of(report)) == {1: "pass", 2: "pass", 3: "pass", 4: "pass", 5: "pass", 6: "pass", 7: "fail"}
 
 
 def test_a_check_process_that_dies_keeps_what_it_finished(checkout, hardware, results, tmp_path):
@@ -247,7 +247,9 @@ def test_a_check_process_that_dies_keeps_what_it_finished(checkout, hardware, re
     (wrapped / "bin").mkdir(parents=True)
     (wrapped / "share").symlink_to(results["sm90"] / "share")
     python = wrapped / "bin" / "python"
-    python.write_text(f'#!/bin/sh\nPYTHONPATH={crash}${{PYTHONPATH:+:$PYTHONPATH}} exec {results["sm90"]}/bin/python "$@"\n')
+    python.write_text(
+        f'#!/bin/sh\nPYTHONPATH={crash}${{PYTHONPATH:+:$PYTHONPATH}} exec {results["sm90"]}/bin/python "$@"\n'
+    )
     python.chmod(0o755)
     root = checkout()
     report, _, failure = run_smoke(root, str(wrapped), generate=True)
@@ -272,8 +274,7 @@ def test_a_result_this_machine_cannot_run_is_its_own_failure(checkout, hardware,
     root = checkout("sm90")
     report, _, failure = run_smoke(root, str(foreign), SM90.name)
     first, second = report["results"]
-    assert first["error"] == (f"cannot run '{python}': not a program this machine can run "
-                              "(built for another system?)")
+    assert first["error"] == (f"cannot run '{python}': not a program this machine can run (built for another system?)")
     assert all(c["status"] == "fail" for c in first["checks"])
     assert second["store_path"] == str(results["sm90"]) and second["error"] is None
     assert failure is not None
@@ -322,8 +323,10 @@ def test_a_dangling_result_link_fails_that_result_and_the_others_are_checked(che
     assert [r["name"] for r in report["results"]] == ["result-gone", SM90.name]
     dangling, sm90 = report["results"]
     assert dangling["ok"] is False
-    assert dangling["error"] == f"{root / 'result-gone'} points to {gone}, which no longer exists " \
-                                "(garbage-collected?); rebuild it"
+    assert (
+        dangling["error"] == f"{root / 'result-gone'} points to {gone}, which no longer exists "
+        "(garbage-collected?); rebuild it"
+    )
     assert {c["status"] for c in dangling["checks"]} == {"fail"} and len(dangling["checks"]) == len(CHECKS)
     assert sm90["ok"] is True and sm90["error"] is None
     assert failure is not None and str(failure).startswith("smoke failed, 7 of 14 checks: result-gone: 1 ")
@@ -340,10 +343,17 @@ def test_a_signal_to_smoke_stops_the_checks_and_exits_at_once(checkout, tmp_path
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
         f"import os, sys, time\nif os.path.realpath(sys.executable) != {os.path.realpath(sys.executable)!r}:\n"
-        "    time.sleep(300)\n")
+        "    time.sleep(300)\n"
+    )
     env = {**support.nix_env(), "PYTHONPATH": str(slow)}
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "smoke", "--allow-no-gpu"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "smoke", "--allow-no-gpu"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:  # both results' check processes started
@@ -372,8 +382,9 @@ def test_json_and_junit_are_valid_and_match_the_table(checkout, hardware):
     """`invoke smoke` for real, two results at once: the table, the JSON and the JUnit agree."""
     hardware(gpus=H100, driver=DRIVER)
     root = checkout("sm90", "broken")
-    proc = subprocess.run([sys.executable, "-m", "invoke", "smoke", "--generate"], cwd=root,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "smoke", "--generate"], cwd=root, capture_output=True, text=True
+    )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: smoke failed, ")
 
@@ -417,8 +428,12 @@ def test_nox_session_runs_for_real(checkout, hardware, allow, tmp_path):
     hardware()
     root = checkout("sm90")
     args = ["sm90", "--report-dir", str(tmp_path / "reports"), *(["--allow-no-gpu"] if allow else [])]
-    proc = subprocess.run([sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", *args],
-                          cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     report = json.loads((tmp_path / "reports" / REPORT_JSON).read_text())
     assert report["ok"] is allow and report["allow_no_gpu"] is allow
     ET.parse(tmp_path / "reports" / JUNIT_XML)
@@ -430,23 +445,43 @@ def test_nox_session_runs_for_real(checkout, hardware, allow, tmp_path):
 
 def test_nox_posargs_errors_are_one_line(checkout):
     root = checkout("sm90")
-    proc = subprocess.run([sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", "--bogus"],
-                          cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", "--bogus"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     line = next(line for line in proc.stderr.splitlines() if "aborted" in line)
     assert "unrecognized arguments: --bogus; usage: nox -s smoke -- " in line
 
 
 def test_invoke_help_describes_every_parameter():
-    proc = subprocess.run([sys.executable, "-m", "invoke", "--help", "smoke"], cwd=support.REPO,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "--help", "smoke"],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for flag in ("--results", "--generate", "--allow-no-gpu", "--jobs", "--report-dir"):
         line = next(line for line in proc.stdout.splitlines() if flag in line)
         assert len(line.split(flag, 1)[1].strip()) > 10, line
 
 
 def test_benchmark_script_runs(results):
-    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_smoke.py"), str(results["sm90"]),
-                           "--runs", "1", "--no-targets"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(support.REPO / "benchmarks" / "bench_smoke.py"),
+            str(results["sm90"]),
+            "--runs",
+            "1",
+            "--no-targets",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert re.search(r"check / import vllm: \d+\.\d+x \(target <= 1\.3x\)", proc.stdout), proc.stdout
     assert "invoke smoke / import vllm:" in proc.stdout

@@ -26,16 +26,13 @@ FIXTURES = support.REPO / "tests" / "fixtures"
 VARIANT_SM90 = FIXTURES / "smoke" / "variant-sm90.json"
 H100 = FIXTURES / "gpu" / "h100"
 GPU_CAPTURE = H100 / "smoke-check.json"
-# INTEGRATOR: set to True in the commit that adds tests/fixtures/gpu/h100/smoke-check.json
-# (the device command is in issue #3's report). From then on a missing capture FAILS
-# test_check_script_on_a_real_h100 instead of skipping it.
-GPU_CAPTURE_REQUIRED = True
 HAS_NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia/version")
 
 
 def run_check(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict]:
-    proc = subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True,
-                          env=env, cwd=support.REPO)
+    proc = subprocess.run(
+        [sys.executable, str(CHECK), *args], capture_output=True, text=True, env=env, cwd=support.REPO
+    )
     return proc, (json.loads(proc.stdout) if proc.stdout.strip() else {})
 
 
@@ -106,11 +103,14 @@ def test_missing_metadata_fails_the_checks_that_need_it(tmp_path):
     assert report["variant"] is None
 
 
-@pytest.mark.parametrize(("args", "code", "text"), [
-    (["--help"], 0, "usage: check.py"),
-    (["--bogus"], 2, "check.py: unknown argument '--bogus'"),
-    (["--variant-json"], 2, "check.py: --variant-json needs a value"),
-])
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["--help"], 0, "usage: check.py"),
+        (["--bogus"], 2, "check.py: unknown argument '--bogus'"),
+        (["--variant-json"], 2, "check.py: --variant-json needs a value"),
+    ],
+)
 def test_arguments(args, code, text):
     proc = subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True)
     assert proc.returncode == code
@@ -120,12 +120,7 @@ def test_arguments(args, code, text):
 def test_the_h100_capture_holds_a_real_gpu_run():
     """A capture check only: what the GPU machine's run recorded (python3 3.12, its own CUDA PyTorch, no vllm,
     --generate). test_todays_checks_on_the_h100s_torch runs today's checks on the same facts."""
-    if not GPU_CAPTURE.exists():
-        message = (f"{GPU_CAPTURE.relative_to(support.REPO)} is not captured yet: run the device command "
-                   "from issue #3's report")
-        if GPU_CAPTURE_REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+    # captured on the GPU machine (the device command is in issue #3's report); missing, this fails
     report = json.loads(GPU_CAPTURE.read_text())
     checks = by_id(report)
     # no vllm on that machine: 1, 2 and 5 fail, and say so
@@ -148,8 +143,15 @@ def test_the_h100_capture_holds_a_real_gpu_run():
     # 7: a GPU is there, vllm is not
     assert checks[7]["status"] == "fail" and checks[7]["reason"].startswith("cannot import vllm (check 1)")
     # the runner's reports take it as it is
-    result = ResultReport(name="h100", result=Path("h100"), store_path="h100", variant=report["variant"],
-                          checks=report["checks"], exit_code=1, seconds=report["seconds"])
+    result = ResultReport(
+        name="h100",
+        result=Path("h100"),
+        store_path="h100",
+        variant=report["variant"],
+        checks=report["checks"],
+        exit_code=1,
+        seconds=report["seconds"],
+    )
     suite = reporting.junit_tree(SmokeReport([result], Options(generate=True))).getroot()[0]
     assert [case.get("name") for case in suite.iter("testcase")] == [f"{i} {n}" for i, n in CHECKS]
 
@@ -186,22 +188,46 @@ def test_todays_checks_on_the_h100s_torch(tmp_path):
         assert ours["details"] == captured[check_id]["details"]
 
 
-@pytest.mark.parametrize(("built", "gpu", "runs"), [
-    ("8.0", "8.6", True), ("8.0", "8.9", True), ("8.6", "8.0", False), ("9.0", "8.0", False),
-    ("8.0", "9.0", False), ("9.0a", "9.0", True), ("9.0a", "9.0a", True), ("10.0a", "10.3", False),
-    ("10.0", "10.3", True), ("12.0", "12.1", True), ("10.0f", "10.3", True), ("10.3f", "10.0", False),
-    ("12.0f", "12.1", True), ("12.0f", "10.0", False), ("sm_90a", "9.0", True), ("sm_80", "sm_86", True),
-])
+@pytest.mark.parametrize(
+    ("built", "gpu", "runs"),
+    [
+        ("8.0", "8.6", True),
+        ("8.0", "8.9", True),
+        ("8.6", "8.0", False),
+        ("9.0", "8.0", False),
+        ("8.0", "9.0", False),
+        ("9.0a", "9.0", True),
+        ("9.0a", "9.0a", True),
+        ("10.0a", "10.3", False),
+        ("10.0", "10.3", True),
+        ("12.0", "12.1", True),
+        ("10.0f", "10.3", True),
+        ("10.3f", "10.0", False),
+        ("12.0f", "12.1", True),
+        ("12.0f", "10.0", False),
+        ("sm_90a", "9.0", True),
+        ("sm_80", "sm_86", True),
+    ],
+)
 def test_sass_compatibility_rule(built, gpu, runs):
     assert sass_runs_on(built, gpu) is runs
 
 
 def test_check_py_and_the_package_share_one_rule():
     """check.py run as a top-level module (as inside a result) loads vllm_variants/compat.py by path."""
-    proc = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import check; "
-                           "print(check.sass_runs_on.__module__, check.sass_runs_on('8.0', '8.6'))", str(CHECK.parent)],
-                          capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-                          cwd="/")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import check; "
+            "print(check.sass_runs_on.__module__, check.sass_runs_on('8.0', '8.6'))",
+            str(CHECK.parent),
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd="/",
+    )
     assert proc.stdout.split() == ["vllm_variants_compat", "True"], proc.stderr
     from vllm_variants import compat
     from vllm_variants.smoke import check
@@ -213,10 +239,19 @@ def test_junit_carries_any_text_the_checked_packages_printed():
     """Colour codes and control characters from torch or vllm must not make the XML unreadable."""
     import xml.etree.ElementTree as ET
 
-    checks = [{"id": i, "name": n, "status": "fail", "reason": f"\x1b[31mboom\x1b[0m {i}\x00\x07 done"}
-              for i, n in CHECKS]
-    result = ResultReport(name="sm90\x1b", result=Path("r\x01"), store_path="/nix/store/x", variant=None,
-                          checks=checks, exit_code=1, seconds=1.0, stderr_tail="\x1b[1mWARNING\x1b[0m \x0c tail")
+    checks = [
+        {"id": i, "name": n, "status": "fail", "reason": f"\x1b[31mboom\x1b[0m {i}\x00\x07 done"} for i, n in CHECKS
+    ]
+    result = ResultReport(
+        name="sm90\x1b",
+        result=Path("r\x01"),
+        store_path="/nix/store/x",
+        variant=None,
+        checks=checks,
+        exit_code=1,
+        seconds=1.0,
+        stderr_tail="\x1b[1mWARNING\x1b[0m \x0c tail",
+    )
     text = ET.tostring(reporting.junit_tree(SmokeReport([result], Options())).getroot(), encoding="unicode")
     root = ET.fromstring(text)  # parses again
     failures = [f.get("message") for f in root.iter("failure")]

@@ -42,8 +42,9 @@ def build(flake: str, attr: str = SM90, check: bool = True, standin: Path = supp
 def built_info(flake: str, module: str, attr: str = SM90) -> dict:
     out = json.loads(build(flake, attr).stdout)[0]["outputs"]["out"]
     probe = f"import json, {module}, pathlib; print((pathlib.Path({module}.__file__).parent / '_nix_build.json').read_text())"
-    return json.loads(subprocess.run([f"{out}/bin/python", "-c", probe], capture_output=True, text=True,
-                                     check=True).stdout)
+    return json.loads(
+        subprocess.run([f"{out}/bin/python", "-c", probe], capture_output=True, text=True, check=True).stdout
+    )
 
 
 def test_guard_removed_flake_still_builds(tmp_path):
@@ -67,8 +68,15 @@ def test_typo_in_a_config_key_builds_every_default_arch(tmp_path):
 
 
 def test_without_the_cuda_overlay_the_build_uses_cuda_12_8(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [("cudaPackages = final.${variant.cuda_packages};", ""),
-                                                   ('"cudaPackages_${cudaMajor}" = final.${variant.cuda_packages};', "")]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/cuda.nix": [
+                ("cudaPackages = final.${variant.cuda_packages};", ""),
+                ('"cudaPackages_${cudaMajor}" = final.${variant.cuda_packages};', ""),
+            ]
+        },
+    )
     info = built_info(flake, "vllm")
     assert info["cuda"]["cuda"] == "12.8"
 
@@ -80,7 +88,9 @@ def test_forward_compat_left_on_is_visible_in_flags(tmp_path):
 
 
 def test_bitsandbytes_for_every_arch_hits_the_cccl_bug(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [("postPatch = (old.postPatch or \"\") + bitsandbytesOneSm;", "")]})
+    flake = mutated(
+        tmp_path, {"nix/overlays/bitsandbytes.nix": [('postPatch = (old.postPatch or "") + bitsandbytesOneSm;', "")]}
+    )
     proc = build(flake, check=False)
     assert proc.returncode != 0
     assert "_CCCL_PP_SPLICE_WITH_IMPL20" in proc.stderr
@@ -91,9 +101,17 @@ def test_a_compute_capability_cmake_flag_reaches_the_second_cmake_run_glued_on(t
     gets it, but nixpkgs' scikit-build-core hook hands cmakeFlags to the second
     run as one argument, so COMPUTE_BACKEND swallows it and that run builds the
     CPU library (or, per-arg, is fine): a flake that relied on it is wrong."""
-    flake = mutated(tmp_path, {"nix/overlay.nix": [(
-        "postPatch = (old.postPatch or \"\") + bitsandbytesOneSm;",
-        "cmakeFlags = (old.cmakeFlags or [ ]) ++ [ (lib.cmakeFeature \"COMPUTE_CAPABILITY\" variant.sm) ];")]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/bitsandbytes.nix": [
+                (
+                    'postPatch = (old.postPatch or "") + bitsandbytesOneSm;',
+                    'cmakeFlags = (old.cmakeFlags or [ ]) ++ [ (lib.cmakeFeature "COMPUTE_CAPABILITY" variant.sm) ];',
+                )
+            ]
+        },
+    )
     runs = built_info(flake, "bitsandbytes")["cmakeRuns"]
     assert [(r["run"], r["COMPUTE_BACKEND"], r["COMPUTE_CAPABILITY"]) for r in runs] == [
         ("cmake-phase", "cuda", "90"),
@@ -103,10 +121,20 @@ def test_a_compute_capability_cmake_flag_reaches_the_second_cmake_run_glued_on(t
 
 def test_bitsandbytes_swapped_only_in_vllm_inputs_still_builds_the_stock_one(tmp_path):
     """compressed-tensors keeps the stock bitsandbytes, which fails under 12.9."""
-    flake = mutated(tmp_path, {"nix/overlay.nix": [
-        ("bitsandbytes = pyPrev.bitsandbytes.overrideAttrs", "bnbPerSm = pyPrev.bitsandbytes.overrideAttrs"),
-        ("vllm = (clampJobs pyPrev.vllm)", "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bnbPerSm; }))"),
-    ]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/bitsandbytes.nix": [
+                ("bitsandbytes = pyPrev.bitsandbytes.overrideAttrs", "bnbPerSm = pyPrev.bitsandbytes.overrideAttrs"),
+            ],
+            "nix/overlays/vllm.nix": [
+                (
+                    "vllm = (clampJobs pyPrev.vllm)",
+                    "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bnbPerSm; }))",
+                ),
+            ],
+        },
+    )
     proc = build(flake, check=False)
     assert proc.returncode != 0
     assert "python3.12-bitsandbytes-0.48.2.drv' failed" in proc.stderr
@@ -114,11 +142,18 @@ def test_bitsandbytes_swapped_only_in_vllm_inputs_still_builds_the_stock_one(tmp
 
 
 def test_two_bitsandbytes_in_the_closure_fail_the_build(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [
-        ("vllm = (clampJobs pyPrev.vllm)",
-         "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bitsandbytes.overrideAttrs"
-         " { NVCC_APPEND_FLAGS = \"-lineinfo\"; }; }))"),
-    ]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/vllm.nix": [
+                (
+                    "vllm = (clampJobs pyPrev.vllm)",
+                    "vllm = (clampJobs (pyPrev.vllm.override { bitsandbytes = pyFinal.bitsandbytes.overrideAttrs"
+                    ' { NVCC_APPEND_FLAGS = "-lineinfo"; }; }))',
+                ),
+            ]
+        },
+    )
     proc = build(flake, check=False)
     assert proc.returncode != 0
     assert "Found duplicated packages in closure for dependency 'bitsandbytes'" in proc.stderr
@@ -126,8 +161,14 @@ def test_two_bitsandbytes_in_the_closure_fail_the_build(tmp_path):
 
 def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
     """ps.vllm stays the stock one when the per-SM vllm is an overrideAttrs beside the set."""
-    flake = mutated(tmp_path, {"nix/overlay.nix": [("vllm = (clampJobs pyPrev.vllm).overrideAttrs",
-                                                   "vllmPerSm = (clampJobs pyPrev.vllm).overrideAttrs")]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/vllm.nix": [
+                ("vllm = (clampJobs pyPrev.vllm).overrideAttrs", "vllmPerSm = (clampJobs pyPrev.vllm).overrideAttrs")
+            ]
+        },
+    )
     info = built_info(flake, "vllm")
     assert "big-parallel" not in info.get("requiredSystemFeatures", "")
     assert "buildJobsFrom" in info and info["pname"] == "vllm"
@@ -147,20 +188,32 @@ WHEEL_PASSTHRU = """passthru = (old.passthru or { }) // {
 
 def test_torch_bin_as_is_does_not_evaluate_under_xformers(tmp_path):
     """torch-bin has no passthru.cudaCapabilities (nor cudaSupport): swapping it in bare fails."""
-    flake = mutated(tmp_path, {"nix/overlay.nix": [(WHEEL_PASSTHRU, "")]})
+    flake = mutated(tmp_path, {"nix/overlays/torch-bin.nix": [(WHEEL_PASSTHRU, "")]})
     proc = support.nix("eval", f"{flake}#{SM90_WHEEL}.drvPath", *support.override(), check=False)
     assert proc.returncode != 0
     assert "attribute 'cudaCapabilities' missing" in proc.stderr or "attribute 'cudaSupport' missing" in proc.stderr
 
 
 def test_torch_bin_swapped_in_vllm_alone_gives_two_torches(tmp_path):
-    flake = mutated(tmp_path, {"nix/overlay.nix": [
-        ("        if torchIsWheel then\n          pyPrev.torch-bin.overrideAttrs",
-         "        if false then\n          pyPrev.torch-bin.overrideAttrs"),
-        ("vllm = (clampJobs pyPrev.vllm)",
-         "vllm = (clampJobs (pyPrev.vllm.override { torch = pyPrev.torch-bin.overrideAttrs (old: { "
-         + WHEEL_PASSTHRU + " }); }))"),
-    ]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/torch-bin.nix": [
+                (
+                    "        if torchIsWheel then\n          pyPrev.torch-bin.overrideAttrs",
+                    "        if false then\n          pyPrev.torch-bin.overrideAttrs",
+                ),
+            ],
+            "nix/overlays/vllm.nix": [
+                (
+                    "vllm = (clampJobs pyPrev.vllm)",
+                    "vllm = (clampJobs (pyPrev.vllm.override { torch = pyPrev.torch-bin.overrideAttrs (old: { "
+                    + WHEEL_PASSTHRU
+                    + " }); }))",
+                ),
+            ],
+        },
+    )
     proc = build(flake, SM90_WHEEL, check=False)
     assert proc.returncode != 0
     assert "Found duplicated packages in closure for dependency 'torch'" in proc.stderr
@@ -171,8 +224,17 @@ def test_torch_bin_lagging_vllm_pin_fails_unless_relaxed(tmp_path, standin):
     strict = standin(vllmRelaxDeps=[])
     info = built_info_with(support.flake_ref(support.make_project(tmp_path / "p", git_init=False)), strict)
     assert info["version"] == "0.15.1"
-    flake = mutated(tmp_path, {"nix/overlay.nix": [
-        ("lib.optionalAttrs (torchIsWheel && pyFinal.torch.version != pyPrev.torch.version)", "lib.optionalAttrs false")]})
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/vllm.nix": [
+                (
+                    "lib.optionalAttrs (torchIsWheel && pyFinal.torch.version != pyPrev.torch.version)",
+                    "lib.optionalAttrs false",
+                )
+            ]
+        },
+    )
     proc = build(flake, SM90_WHEEL, check=False, standin=strict)
     assert proc.returncode != 0
     assert "torch==2.9.1 not satisfied by version 2.9.0" in proc.stderr
@@ -186,91 +248,118 @@ def built_info_with(flake: str, standin: Path) -> dict:
 
 # -- nixpkgs semantics, directly -------------------------------------------------
 
+
 def standin_eval(expr: str, *, standin: Path = support.STANDIN, check: bool = True):
-    return support.nix("eval", "--json", "--impure", "--expr",
-                       f"let nixpkgs = {standin}; in {expr}", check=check)
+    return support.nix("eval", "--json", "--impure", "--expr", f"let nixpkgs = {standin}; in {expr}", check=check)
 
 
 def test_default_cuda_is_12_8_and_12_9_is_its_own_set():
-    got = json.loads(standin_eval("""
+    got = json.loads(
+        standin_eval("""
       let pkgs = import nixpkgs { system = "x86_64-linux"; }; in {
         default = pkgs.cudaPackages.cudaMajorMinorVersion;
         twelve = pkgs.cudaPackages_12.cudaMajorMinorVersion;
         v129 = pkgs.cudaPackages_12_9.cudaMajorMinorVersion;
         defaults129 = pkgs.cudaPackages_12_9.flags.cudaCapabilities;
-      }""").stdout)
-    assert got == {"default": "12.8", "twelve": "12.8", "v129": "12.9",
-                   "defaults129": ["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"]}
+      }""").stdout
+    )
+    assert got == {
+        "default": "12.8",
+        "twelve": "12.8",
+        "v129": "12.9",
+        "defaults129": ["7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"],
+    }
 
 
 def test_flags_follow_nixpkgs_format_capabilities():
-    flags = json.loads(standin_eval("""
+    flags = json.loads(
+        standin_eval("""
       builtins.removeAttrs (import nixpkgs { system = "x86_64-linux"; config.cudaCapabilities = [ "7.5" "8.6" ]; })
         .cudaPackages.flags [ "dropDots" ]
-    """).stdout)
+    """).stdout
+    )
     assert {k: flags[k] for k in ("archNames", "realArches", "arches", "gencode", "cmakeCudaArchitecturesString")} == {
         "archNames": ["Ampere", "Turing"],
         "realArches": ["sm_75", "sm_86"],
         "arches": ["sm_75", "sm_86", "compute_86"],
-        "gencode": ["-gencode=arch=compute_75,code=sm_75", "-gencode=arch=compute_86,code=sm_86",
-                    "-gencode=arch=compute_86,code=compute_86"],
+        "gencode": [
+            "-gencode=arch=compute_75,code=sm_75",
+            "-gencode=arch=compute_86,code=sm_86",
+            "-gencode=arch=compute_86,code=compute_86",
+        ],
         "cmakeCudaArchitecturesString": "75;86",
     }
 
 
 def test_unknown_config_keys_pass_silently_unless_warned():
-    quiet = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config.cudaCapabilites = [ \"9.0\" ]; })"
-                         ".cudaPackages.flags.cudaCapabilities")
+    quiet = standin_eval(
+        '(import nixpkgs { system = "x86_64-linux"; config.cudaCapabilites = [ "9.0" ]; })'
+        ".cudaPackages.flags.cudaCapabilities"
+    )
     assert "undeclared" not in quiet.stderr and json.loads(quiet.stdout)[0] == "7.5"
-    loud = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config = { warnUndeclaredOptions = true;"
-                        " cudaCapabilites = [ \"9.0\" ]; }; }).cudaPackages.flags.cudaCapabilities")
+    loud = standin_eval(
+        '(import nixpkgs { system = "x86_64-linux"; config = { warnUndeclaredOptions = true;'
+        ' cudaCapabilites = [ "9.0" ]; }; }).cudaPackages.flags.cudaCapabilities'
+    )
     assert "undeclared Nixpkgs option set: config.cudaCapabilites" in loud.stderr
 
 
 def test_declared_options_are_type_checked():
-    proc = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; config.cudaCapabilities = \"9.0\"; }).config",
-                        check=False)
+    proc = standin_eval(
+        '(import nixpkgs { system = "x86_64-linux"; config.cudaCapabilities = "9.0"; }).config', check=False
+    )
     assert "is not of type `list of string'" in proc.stderr
 
 
 def test_unsupported_capability_fails_as_soon_as_flags_are_read():
     """The capability assertions live with backendStdenv; nixpkgs derives flags
     from it, so reading flags alone fails (NIXPKGS-FACTS.md)."""
-    proc = standin_eval("""
+    proc = standin_eval(
+        """
       (import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
         cudaCapabilities = [ "10.3" ]; }; }).cudaPackages.flags.cudaCapabilities
-    """, check=False)
-    assert proc.returncode != 0 and "Unsupported CUDA capabilities: [\"10.3\"]" in proc.stderr
+    """,
+        check=False,
+    )
+    assert proc.returncode != 0 and 'Unsupported CUDA capabilities: ["10.3"]' in proc.stderr
 
 
 def test_torch_keeps_the_duplicate_in_its_capability_list():
     """torch 2.9.1's list holds "10.0" twice (nixpkgs 6b516b42) and intersectLists
     keeps duplicates: nixpkgs itself accepts ["10.0" "10.0"]."""
-    got = json.loads(standin_eval("""
+    got = json.loads(
+        standin_eval("""
       let torchFor = cap: (import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true;
         cudaSupport = true; cudaCapabilities = [ cap ]; }; }).python312Packages.torch;
       in { b200 = (torchFor "10.0").cudaCapabilities; h100 = (torchFor "9.0").cudaCapabilities;
            thor = (torchFor "10.1").cudaCapabilities;
-           thor13 = builtins.tryEval (builtins.deepSeq (torchFor "11.0").cudaCapabilities true); }""").stdout)
+           thor13 = builtins.tryEval (builtins.deepSeq (torchFor "11.0").cudaCapabilities true); }""").stdout
+    )
     # 10.1 (Jetson Thor before CUDA 13) is on torch 2.9.1's list; 11.0 is not, and CUDA 12.8 refuses it
-    assert got == {"b200": ["10.0", "10.0"], "h100": ["9.0"], "thor": ["10.1"],
-                   "thor13": {"success": False, "value": False}}
+    assert got == {
+        "b200": ["10.0", "10.0"],
+        "h100": ["9.0"],
+        "thor": ["10.1"],
+        "thor13": {"success": False, "value": False},
+    }
 
 
 def test_vllm_intersection_order_and_gpu_targets_priority():
-    got = json.loads(standin_eval("""
+    got = json.loads(
+        standin_eval("""
       let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
         cudaCapabilities = [ "9.0" "8.0" ]; }; };
       in {
         default = pkgs.python312Packages.vllm.cmakeFlags;
         forced = (pkgs.python312Packages.vllm.override { gpuTargets = [ "8.9" ]; }).cmakeFlags;
-      }""").stdout)
+      }""").stdout
+    )
     assert got["default"][0] == "-DTORCH_CUDA_ARCH_LIST:STRING=8.0;9.0"  # vllm's list order
     assert got["forced"][0] == "-DTORCH_CUDA_ARCH_LIST:STRING=8.9"
 
 
 def test_overlays_must_be_a_list_of_functions():
-    proc = standin_eval("(import nixpkgs { system = \"x86_64-linux\"; overlays = [ {} ]; }).stdenv", check=False)
+    proc = standin_eval('(import nixpkgs { system = "x86_64-linux"; overlays = [ {} ]; }).stdenv', check=False)
     assert "All overlays passed to nixpkgs must be functions." in proc.stderr
 
 
@@ -279,21 +368,30 @@ def test_system_is_required_in_pure_evaluation(tmp_path):
     flake.mkdir()
     (flake / "flake.nix").write_text(
         '{ inputs.nixpkgs.url = "path:%s"; outputs = { self, nixpkgs }: { x = (import nixpkgs { }).stdenv.hostPlatform.system; }; }'
-        % support.STANDIN)
+        % support.STANDIN
+    )
     proc = support.nix("eval", f"path:{flake}#x", "--no-write-lock-file", check=False)
     assert proc.returncode != 0 and "currentSystem" in proc.stderr
 
 
 def test_torch_bin_is_the_wheel_with_no_passthru():
-    got = json.loads(standin_eval("""
+    got = json.loads(
+        standin_eval("""
       let pkgsFor = system: import nixpkgs { inherit system; config = { allowUnfree = true; cudaSupport = true;
         cudaCapabilities = [ "9.0" ]; }; };
           bin = (pkgsFor "x86_64-linux").python312Packages.torch-bin;
           arm = (pkgsFor "aarch64-linux").python312Packages.torch-bin;
       in { inherit (bin) pname version; caps = bin ? cudaCapabilities; support = bin ? cudaSupport;
-           x86Cuda = bin ? CUDA_HOME; armCuda = arm ? CUDA_HOME; }""").stdout)
-    assert got == {"pname": "torch", "version": "2.9.0", "caps": False, "support": False,
-                   "x86Cuda": True, "armCuda": False}
+           x86Cuda = bin ? CUDA_HOME; armCuda = arm ? CUDA_HOME; }""").stdout
+    )
+    assert got == {
+        "pname": "torch",
+        "version": "2.9.0",
+        "caps": False,
+        "support": False,
+        "x86Cuda": True,
+        "armCuda": False,
+    }
 
 
 def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tmp_path):
@@ -312,7 +410,14 @@ def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tm
     assert len(libs["80"]) == 100 and libs["80"] == libs["90"]
     assert len(kernels["80"]) == len(kernels["90"]) == 7 and not kernels["80"] & kernels["90"]
     # the default adds nothing: the closure of the stand-in as committed
-    plain = support.nix("eval", "--raw", f"{support.flake_ref(project)}#packages.x86_64-linux."
-                        "vllm-python312-cuda12_9-sm90.drvPath", *support.override()).stdout
-    assert not [p for p in support.nix("path-info", "--recursive", plain).stdout.split()
-                if "-standin-lib-" in p or "-standin-cuda-kernels-" in p]
+    plain = support.nix(
+        "eval",
+        "--raw",
+        f"{support.flake_ref(project)}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90.drvPath",
+        *support.override(),
+    ).stdout
+    assert not [
+        p
+        for p in support.nix("path-info", "--recursive", plain).stdout.split()
+        if "-standin-lib-" in p or "-standin-cuda-kernels-" in p
+    ]

@@ -32,8 +32,13 @@ def test_list_shows_every_task_with_its_summary():
 
 
 def test_list_imports_nothing_heavy():
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "invoke", "--list"], cwd=support.REPO,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "invoke", "--list"],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     heavy = sorted(m for m in imported if m.split(".")[0] in HEAVY)
     assert heavy == [], f"invoke --list imported {heavy}"
@@ -47,22 +52,37 @@ def test_variants_json_is_the_matrix():
 
 def test_variants_table_lists_every_variant_without_starting_nix():
     matrix = Matrix.load(support.REPO / "nix" / "variants.toml")
-    everything = subprocess.run([*INVOKE, "variants", "--all"], cwd=support.REPO, capture_output=True, text=True,
-                                env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
+    everything = subprocess.run(
+        [*INVOKE, "variants", "--all"],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        env={**support.nix_env(), "PATH": "/nonexistent"},
+        check=True,
+    )
     for variant in matrix.variants:  # every combination, the disabled with their reason
         assert variant.name in everything.stdout
     assert "vllm-python312-cuda12_8-sm121-arm64 (disabled: capability 12.1 needs CUDA 12.9" in everything.stdout
-    default = subprocess.run([*INVOKE, "variants"], cwd=support.REPO, capture_output=True, text=True,
-                             env={**support.nix_env(), "PATH": "/nonexistent"}, check=True)
-    assert [v.name for v in matrix.variants if v.name in default.stdout.split()] == [
-        v.name for v in matrix.default_set]
+    default = subprocess.run(
+        [*INVOKE, "variants"],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+        env={**support.nix_env(), "PATH": "/nonexistent"},
+        check=True,
+    )
+    assert [v.name for v in matrix.variants if v.name in default.stdout.split()] == [v.name for v in matrix.default_set]
 
 
 @pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ('arch = "Volta"', 'arhc = "Volta"', "unknown key(s) arhc"),
-    ("min_driver = 575", 'min_driver = "575.51.03"', 'min_driver must be a positive whole number like 575'),
-], ids=["typo", "type"])
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('arch = "Volta"', 'arhc = "Volta"', "unknown key(s) arhc"),
+        ("min_driver = 575", 'min_driver = "575.51.03"', "min_driver must be a positive whole number like 575"),
+    ],
+    ids=["typo", "type"],
+)
 def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task, old, new, message):
     root = support.make_project(tmp_path / "p", git_init=False)
     matrix_file = root / "nix" / "variants.toml"
@@ -77,8 +97,12 @@ def test_a_broken_matrix_is_one_line_and_exit_1(tmp_path, task, old, new, messag
 
 
 def test_benchmark_script_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(support.REPO / "benchmarks" / "bench_tasks.py"), "--runs", "1",
-                           "--no-targets"], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(support.REPO / "benchmarks" / "bench_tasks.py"), "--runs", "1", "--no-targets"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "invoke --list" in proc.stdout and "x" in proc.stdout
 
 
@@ -86,9 +110,23 @@ def test_build_documents_every_option():
     out = invoke(support.REPO, "--help", "build").stdout
     options = re.findall(r"^\s+(--[a-z0-9-]+)(?:=STRING)?\s+(\S.*)$", out, re.M)
     assert {name for name, _ in options} == {
-        "--sm", "--arm64", "--all", "--system", "--dry-run", "--cores", "--max-jobs", "--builders",
-        "--keep-going", "--option", "--nixpkgs", "--json", "--python", "--cuda", "--eval-jobs",
-        "--eval-max-memory"}
+        "--sm",
+        "--arm64",
+        "--all",
+        "--system",
+        "--dry-run",
+        "--cores",
+        "--max-jobs",
+        "--builders",
+        "--keep-going",
+        "--option",
+        "--nixpkgs",
+        "--json",
+        "--python",
+        "--cuda",
+        "--eval-jobs",
+        "--eval-max-memory",
+    }
     assert all(len(text) > 10 for _, text in options)
     assert re.search(r"^  build +Build variants with Nix", invoke(support.REPO, "--list").stdout, re.M)
 

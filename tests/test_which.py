@@ -17,7 +17,7 @@ import support
 
 from vllm_variants.errors import SelectionError
 from vllm_variants.gpus import GPU, parse_query
-from vllm_variants.matrix import Matrix
+from vllm_variants.matrix import Matrix, tomllib
 from vllm_variants.project import Project
 from vllm_variants.which import auto_variants, host_system, local_variants, match, nearest, show
 
@@ -32,7 +32,11 @@ def gpus(text: str) -> list[GPU]:
 def test_host_system_names_the_nix_system():
     kernel = "linux" if sys.platform.startswith("linux") else sys.platform
     assert [host_system(m) for m in ("x86_64", "AMD64", "aarch64", "arm64")] == [
-        f"x86_64-{kernel}", f"x86_64-{kernel}", f"aarch64-{kernel}", f"aarch64-{kernel}"]
+        f"x86_64-{kernel}",
+        f"x86_64-{kernel}",
+        f"aarch64-{kernel}",
+        f"aarch64-{kernel}",
+    ]
 
 
 def test_one_gpu_from_the_replayed_h100(tmp_path):
@@ -41,8 +45,10 @@ def test_one_gpu_from_the_replayed_h100(tmp_path):
 
 
 def test_mixed_sms_each_listed_each_variant_once():
-    mixed = gpus("0, NVIDIA H100 80GB HBM3, 9.0, 580.159.04, 81559\n1, NVIDIA L4, 8.9, 580.159.04, 23034\n"
-                 "2, NVIDIA H100 80GB HBM3, 9.0, 580.159.04, 81559\n")
+    mixed = gpus(
+        "0, NVIDIA H100 80GB HBM3, 9.0, 580.159.04, 81559\n1, NVIDIA L4, 8.9, 580.159.04, 23034\n"
+        "2, NVIDIA H100 80GB HBM3, 9.0, 580.159.04, 81559\n"
+    )
     assert [(m.gpu.index, m.variant.sm) for m in match(MATRIX, mixed, X86)] == [(0, "90"), (1, "89"), (2, "90")]
     assert [v.sm for v in local_variants(MATRIX, mixed, X86)] == ["89", "90"]  # matrix order, once each
 
@@ -56,14 +62,22 @@ def test_arm64_host_gets_the_arm64_variant():
 def test_the_new_sms_map_their_gpus_to_the_default_line():
     """Issue #15: B300 / GB300 (10.3), DGX Spark GB10 (12.1), P40 (6.1); Jetson Thor (11.0)
     is listed but disabled at this pin, with the reason."""
-    assert match(MATRIX, gpus("0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n"), X86)[0].variant.name == \
-        "vllm-python312-cuda12_9-sm103"
-    assert match(MATRIX, gpus("0, NVIDIA GB300, 10.3, 580.159.04, 275040\n"), ARM)[0].variant.name == \
-        "vllm-python312-cuda12_9-sm103-arm64"
-    assert match(MATRIX, gpus("0, NVIDIA GB10, 12.1, 580.95.05, [N/A]\n"), ARM)[0].variant.name == \
-        "vllm-python312-cuda12_9-sm121-arm64"
-    assert match(MATRIX, gpus("0, Tesla P40, 6.1, 580.159.04, 23040\n"), X86)[0].variant.name == \
-        "vllm-python312-cuda12_9-sm61"
+    assert (
+        match(MATRIX, gpus("0, NVIDIA B300 SXM6 AC, 10.3, 580.159.04, 275040\n"), X86)[0].variant.name
+        == "vllm-python312-cuda12_9-sm103"
+    )
+    assert (
+        match(MATRIX, gpus("0, NVIDIA GB300, 10.3, 580.159.04, 275040\n"), ARM)[0].variant.name
+        == "vllm-python312-cuda12_9-sm103-arm64"
+    )
+    assert (
+        match(MATRIX, gpus("0, NVIDIA GB10, 12.1, 580.95.05, [N/A]\n"), ARM)[0].variant.name
+        == "vllm-python312-cuda12_9-sm121-arm64"
+    )
+    assert (
+        match(MATRIX, gpus("0, Tesla P40, 6.1, 580.159.04, 23040\n"), X86)[0].variant.name
+        == "vllm-python312-cuda12_9-sm61"
+    )
     (thor,) = match(MATRIX, gpus("0, NVIDIA Thor, 11.0, 580.00, [N/A]\n"), ARM)
     assert thor.variant is None and "capability 11.0 needs CUDA 13.0 or newer" in thor.problem
 
@@ -74,9 +88,11 @@ def test_unknown_sm_names_the_nearest_choices_and_how_to_add_one():
         local_variants(MATRIX, p100, X86)
     text = str(exc.value)
     assert "\n" not in text
-    assert text.startswith("GPU 0 (Tesla P100-PCIE-16GB, capability 6.0) has no x86_64-linux variant; nearest: "
-                           "vllm-python312-cuda12_9-sm61 (SM 61 code does not run on 6.0); "
-                           "vllm-python312-cuda12_9-sm70 (SM 70 code does not run on 6.0); to add it")
+    assert text.startswith(
+        "GPU 0 (Tesla P100-PCIE-16GB, capability 6.0) has no x86_64-linux variant; nearest: "
+        "vllm-python312-cuda12_9-sm61 (SM 61 code does not run on 6.0); "
+        "vllm-python312-cuda12_9-sm70 (SM 70 code does not run on 6.0); to add it"
+    )
     assert 'append one [[sm]] table to nix/variants.toml (sm = "60", capability = "6.0"' in text
 
 
@@ -105,12 +121,13 @@ def test_sm_built_only_for_the_other_system_says_so():
 
 
 def test_disabled_variant_gives_its_reason():
-    data = __import__("tomllib").loads((support.REPO / "nix" / "variants.toml").read_text())
+    data = tomllib.loads((support.REPO / "nix" / "variants.toml").read_text())
     next(row for row in data["sm"] if row["sm"] == "89")["disabled"] = "broken at this pin"
     matrix = Matrix.from_toml(data)
     (m,) = match(matrix, gpus("0, NVIDIA L4, 8.9, 580.159.04, 23034\n"), X86)
-    assert m.variant is None and m.problem.endswith("vllm-python312-cuda12_9-sm89 is disabled in "
-                                                    "nix/variants.toml: broken at this pin")
+    assert m.variant is None and m.problem.endswith(
+        "vllm-python312-cuda12_9-sm89 is disabled in nix/variants.toml: broken at this pin"
+    )
 
 
 def test_no_gpu_says_so(tmp_path):
@@ -127,8 +144,10 @@ def test_show_lists_each_gpu_and_json(tmp_path):
     smi = str(gpu_replay.smi(tmp_path))
     out = io.StringIO()
     show(Project(support.REPO), smi=smi, system=X86, out=out)
-    assert out.getvalue() == ("GPU 0: NVIDIA H100 80GB HBM3 (capability 9.0, driver 580.159.04) -> "
-                              "vllm-python312-cuda12_9-sm90 (invoke build --sm 90)\n")
+    assert out.getvalue() == (
+        "GPU 0: NVIDIA H100 80GB HBM3 (capability 9.0, driver 580.159.04) -> "
+        "vllm-python312-cuda12_9-sm90 (invoke build --sm 90)\n"
+    )
     out = io.StringIO()
     show(Project(support.REPO), smi=smi, system=ARM, out=out, as_json=True)
     data = json.loads(out.getvalue())
@@ -148,8 +167,9 @@ def test_show_prints_every_unmatched_gpu_as_one_error_line(tmp_path):
 
 def which_cli(tmp_path, *args: str, path: str) -> subprocess.CompletedProcess[str]:
     env = {**support.nix_env(), "PATH": path}
-    return subprocess.run([sys.executable, "-m", "invoke", "which", *args], cwd=support.REPO, env=env,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "which", *args], cwd=support.REPO, env=env, capture_output=True, text=True
+    )
 
 
 def test_invoke_which_with_a_replayed_gpu_and_without_one(tmp_path):
@@ -170,7 +190,11 @@ def test_invoke_which_with_a_replayed_gpu_and_without_one(tmp_path):
 
 
 def test_python_m_which_with_a_replayed_gpu(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vllm_variants.which", "--json", "--nvidia-smi",
-                           str(gpu_replay.smi(tmp_path))], cwd=support.REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vllm_variants.which", "--json", "--nvidia-smi", str(gpu_replay.smi(tmp_path))],
+        cwd=support.REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["gpus"][0]["gpu"]["name"] == "NVIDIA H100 80GB HBM3"

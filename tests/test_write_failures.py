@@ -27,8 +27,9 @@ pytestmark = pytest.mark.nix
 
 SM90 = Matrix.load(support.REPO / "nix" / "variants.toml").resolve("90")
 ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT or shutil.which("unshare") is None,
-                                reason="a tmpfs in a private mount namespace needs root and unshare")
+needs_root = pytest.mark.skipif(
+    not ROOT or shutil.which("unshare") is None, reason="a tmpfs in a private mount namespace needs root and unshare"
+)
 
 
 def invoke(root: Path, *args: str, mounts: str = "") -> subprocess.CompletedProcess[str]:
@@ -36,8 +37,9 @@ def invoke(root: Path, *args: str, mounts: str = "") -> subprocess.CompletedProc
     argv = [sys.executable, "-m", "invoke", *args]
     if mounts:
         argv = ["unshare", "-m", "--propagation", "private", "sh", "-ec", f'{mounts}\nexec "$@"', "sh", *argv]
-    return subprocess.run(argv, cwd=root, capture_output=True, text=True, env=support.nix_env(),
-                          stdin=subprocess.DEVNULL, timeout=300)
+    return subprocess.run(
+        argv, cwd=root, capture_output=True, text=True, env=support.nix_env(), stdin=subprocess.DEVNULL, timeout=300
+    )
 
 
 def read_only(path: Path) -> str:
@@ -48,8 +50,7 @@ def read_only(path: Path) -> str:
 def full_disk(path: Path, free_pages: int = 1) -> str:
     """A tmpfs at path with `free_pages` pages (4 KiB) free: writes past them fail with ENOSPC."""
     q = shlex.quote(str(path))
-    return (f"mount -t tmpfs -o size={(free_pages + 1) * 4}k tmpfs {q}\n"
-            f"head -c 4096 /dev/zero > {q}/.filler")
+    return f"mount -t tmpfs -o size={(free_pages + 1) * 4}k tmpfs {q}\nhead -c 4096 /dev/zero > {q}/.filler"
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -67,8 +68,11 @@ def built_result(tmp_path: Path) -> Path:
 
 
 def state(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else "" for p in sorted(root.rglob("*"))
-            if ".git" not in p.parts}
+    return {
+        str(p.relative_to(root)): os.readlink(p) if p.is_symlink() else ""
+        for p in sorted(root.rglob("*"))
+        if ".git" not in p.parts
+    }
 
 
 def make_read_only(root: Path) -> str:
@@ -134,12 +138,14 @@ def test_a_full_disk_under_the_reports_is_one_line_after_the_checks(project, tmp
     (project / f"result-{SM90.name}").symlink_to(built_result(tmp_path))
     reports = tmp_path / "reports"
     reports.mkdir()
-    proc = invoke(project, "smoke", "--allow-no-gpu", "--report-dir", str(reports),
-                  mounts=full_disk(reports, free_pages=0))
+    proc = invoke(
+        project, "smoke", "--allow-no-gpu", "--report-dir", str(reports), mounts=full_disk(reports, free_pages=0)
+    )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     # after its progress line ("smoke: checking 1 result(s)"), one error line
-    assert proc.stderr.splitlines()[1:] == [f"error: cannot write {reports / 'smoke-report.json'}: No space left "
-                                            "on device (ENOSPC)"], proc.stderr
+    assert proc.stderr.splitlines()[1:] == [
+        f"error: cannot write {reports / 'smoke-report.json'}: No space left on device (ENOSPC)"
+    ], proc.stderr
 
 
 def _nix_processes_of(drv: str) -> list[bytes]:
@@ -161,8 +167,9 @@ def test_a_full_disk_under_logs_stops_nix_and_keeps_the_old_link(project, standi
     link.symlink_to(built_result(tmp_path))
     before = os.readlink(link)
     nixpkgs = standin(salt=f"full-{uuid.uuid4()}", slowBuild={"vllm": 300})
-    drv = support.nix("eval", "--raw", f"{support.flake_ref(project)}#{SM90.attr_path()}.drvPath",
-                      *support.override(nixpkgs)).stdout
+    drv = support.nix(
+        "eval", "--raw", f"{support.flake_ref(project)}#{SM90.attr_path()}.drvPath", *support.override(nixpkgs)
+    ).stdout
     (project / "logs").mkdir()
     proc = invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs), mounts=full_disk(project / "logs"))
     assert proc.returncode == 1

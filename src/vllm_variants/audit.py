@@ -22,7 +22,7 @@ of its .nv_fatbin), so no temporary copy and no extra disk. Only the
 cuobjdump reader needs a member on disk: it extracts each ELF member to a
 temporary file in turn (disk: the largest member, 308 MB for vllm 0.33.0).
 
-Library API (smoke calls it): audit(target, variant=..., reader=...) -> Report.
+Library API (`show`, behind `invoke audit`, calls it): audit(target, variant=..., reader=...) -> AuditReport.
 """
 
 from __future__ import annotations
@@ -37,15 +37,25 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from . import compat
 from .errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
-from .fatbin import ELF_MAGIC, DeviceCode, Entry, FileSource, InvalidBinary, Source, StreamSource, Unsupported, read_device_code
-from .matrix import Matrix, Variant, normalise_sm, sm_number
+from .fatbin import (
+    ELF_MAGIC,
+    CodeEntry,
+    DeviceCode,
+    FileSource,
+    InvalidBinary,
+    Source,
+    StreamSource,
+    Unsupported,
+    read_device_code,
+)
+from .matrix import Matrix, Variant, normalise_sm, sm_number, sm_tokens, split_auto
 from .resources import format_bytes
 from .runner import HINTS, run
 
@@ -95,8 +105,10 @@ def cuobjdump_listing(cuobjdump: str, path: Path, shown: str | None = None) -> t
         if proc.returncode != 0 and "does not contain device code" not in text:
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             said = next((line for line in lines if "fatal" in line.lower()), lines[-1] if lines else "")
-            raise CuobjdumpFailed(f"cuobjdump {flag} {shown or path} failed (exit {proc.returncode}): "
-                                  + said.replace(str(path), shown or str(path)))
+            raise CuobjdumpFailed(
+                f"cuobjdump {flag} {shown or path} failed (exit {proc.returncode}): "
+                + said.replace(str(path), shown or str(path))
+            )
         try:
             found.append(parse_cuobjdump(text))
         except AuditError as exc:
@@ -114,11 +126,14 @@ def find_cuobjdump(explicit: str | None = None) -> str | None:
             raise ToolMissing(explicit, HINTS["cuobjdump"])
         return found
     if not os.path.lexists(explicit):
-        raise PreflightError(f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
-                             f"({HINTS['cuobjdump']}), or --reader fatbin")
+        raise PreflightError(
+            f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
+            f"({HINTS['cuobjdump']}), or --reader fatbin"
+        )
     if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-        raise PreflightError(f"--cuobjdump {explicit}: not an executable file; give the path of cuobjdump, "
-                             "or --reader fatbin")
+        raise PreflightError(
+            f"--cuobjdump {explicit}: not an executable file; give the path of cuobjdump, or --reader fatbin"
+        )
     return explicit
 
 
@@ -133,21 +148,21 @@ _RANK = (EXACT, RUNS, JIT, SHADOWED, NEVER)
 UNUSED = (SHADOWED, NEVER)
 
 
-def _runs(entry: Entry, sm: str) -> bool:
+def _runs(entry: CodeEntry, sm: str) -> bool:
     try:
         return compat.runs_on(entry.kind, entry.arch, sm)
     except ValueError:  # an SM spelling no rule covers: nothing runs it
         return False
 
 
-def _same_target(entry: Entry, sm: str) -> bool:
+def _same_target(entry: CodeEntry, sm: str) -> bool:
     try:
         return compat.parse(entry.arch)[:2] == compat.parse(sm)[:2]
     except ValueError:
         return False
 
 
-def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
+def usage(entries: Sequence[CodeEntry], own_sms: Sequence[str]) -> list[str | None]:
     """For each entry, how the own SMs use it (EXACT ... NEVER); None for each when no own SM is known.
 
     A fatbin container is one translation unit built for several targets;
@@ -157,9 +172,14 @@ def usage(entries: Sequence[Entry], own_sms: Sequence[str]) -> list[str | None]:
     """
     if not own_sms:
         return [None] * len(entries)
-    runnable = {(e.container, sm) for e in entries if e.kind == "sass" and e.container is not None
-                for sm in own_sms if _runs(e, sm)}
-    verdicts = []
+    runnable = {
+        (e.container, sm)
+        for e in entries
+        if e.kind == "sass" and e.container is not None
+        for sm in own_sms
+        if _runs(e, sm)
+    }
+    verdicts: list[str | None] = []
     for entry in entries:
         best = NEVER
         for sm in own_sms:
@@ -179,7 +199,7 @@ class Library:
     path: str  # as shown: relative to the target; 'x.whl!pkg/lib.so' inside a wheel
     file_bytes: int
     fatbin_bytes: int
-    entries: list[Entry]
+    entries: list[CodeEntry]
     reader: str  # "fatbin" or "cuobjdump"
     note: str | None = None
     disagreement: str | None = None  # how cuobjdump and the headers differ, when they do
@@ -202,7 +222,8 @@ def is_torch_library(path: str) -> bool:
     """A library of the Python package torch ('.../site-packages/torch/lib/libtorch_cuda.so')."""
     parts = PurePosixPath(path.replace("!", "/")).parts
     return any(a == "site-packages" and b == "torch" for a, b in zip(parts, parts[1:])) or (
-        bool(parts) and parts[0] == "torch")
+        bool(parts) and parts[0] == "torch"
+    )
 
 
 def _arch_key(arch: str) -> tuple[int, str]:
@@ -210,13 +231,14 @@ def _arch_key(arch: str) -> tuple[int, str]:
     return (int(match.group(1)), match.group(2)) if match else (10**6, arch)
 
 
-def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tuple[Entry, str | None]]:
+def _used(libraries: Iterable[Library], own_sms: Sequence[str]) -> Iterator[tuple[CodeEntry, str | None]]:
     for library in libraries:
         yield from zip(library.entries, usage(library.entries, own_sms))
 
 
-def summarise(entries: Sequence[Entry], own_sms: Sequence[str],
-              uses: Sequence[str | None] | None = None) -> dict[str, dict[str, Any]]:
+def summarise(
+    entries: Sequence[CodeEntry], own_sms: Sequence[str], uses: Sequence[str | None] | None = None
+) -> dict[str, dict[str, Any]]:
     """{arch: {sass, ptx, other, bytes, unused_bytes, foreign}} in SM order.
 
     foreign: some of the row's code is used by no own SM (never without own SMs).
@@ -224,8 +246,9 @@ def summarise(entries: Sequence[Entry], own_sms: Sequence[str],
     uses = usage(entries, own_sms) if uses is None else uses
     summary: dict[str, dict[str, Any]] = {}
     for entry, use in zip(entries, uses):
-        row = summary.setdefault(entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0, "unused_bytes": 0,
-                                              "foreign": False})
+        row = summary.setdefault(
+            entry.arch, {"sass": 0, "ptx": 0, "other": 0, "bytes": 0, "unused_bytes": 0, "foreign": False}
+        )
         row[entry.kind] += 1
         row["bytes"] = _add(row["bytes"], entry.stored_bytes)
         if use in UNUSED:
@@ -253,7 +276,7 @@ class SmFigures:
 
 
 @dataclass
-class Report:
+class AuditReport:
     target: str
     resolved: str
     reader: str
@@ -271,7 +294,7 @@ class Report:
         """The libraries --check holds to the own SMs: all but an exempt torch's."""
         return [lib for lib in self.libraries if not (self.torch_exempt and is_torch_library(lib.path))]
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self) -> Iterator[CodeEntry]:
         for library in self.libraries:
             yield from library.entries
 
@@ -348,7 +371,9 @@ def _family_blind(arch: str) -> str:
     return arch[:-1] if arch.endswith("f") else arch
 
 
-def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str]) -> tuple[list[Entry], str | None]:
+def reconcile(
+    entries: Sequence[CodeEntry], sass: Sequence[str], ptx: Sequence[str]
+) -> tuple[list[CodeEntry], str | None]:
     """The headers' entries against cuobjdump's listing: (entries, None) when they agree.
 
     They agree when cuobjdump lists the same targets in the same order, the
@@ -367,9 +392,11 @@ def reconcile(entries: Sequence[Entry], sass: Sequence[str], ptx: Sequence[str])
         for arch in listed:
             if missing[_family_blind(arch)] > 0:
                 missing[_family_blind(arch)] -= 1
-                extra.append(Entry(kind, arch))
-    counts = (f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
-              f"{len(ours['sass'])} and {len(ours['ptx'])}")
+                extra.append(CodeEntry(kind, arch))
+    counts = (
+        f"cuobjdump lists {len(sass)} cubins and {len(ptx)} PTX, the fatbin headers "
+        f"{len(ours['sass'])} and {len(ours['ptx'])}"
+    )
     if not extra:
         same = len(sass) == len(ours["sass"]) and len(ptx) == len(ours["ptx"])
         return list(entries), counts + ("; the same targets in another order" if same else "")
@@ -401,8 +428,12 @@ class _Auditor:
         except InvalidBinary as exc:
             self._bad(shown, str(exc), InvalidBinary(f"{shown} is not a valid ELF library: {exc}"), strict=strict)
         except OSError as exc:
-            error = AuditError(f"cannot read {shown}: {exc.strerror}")
-            self._bad(shown, f"cannot read it: {exc.strerror}", error, strict=strict)
+            self._bad(
+                shown,
+                f"cannot read it: {exc.strerror}",
+                AuditError(f"cannot read {shown}: {exc.strerror}"),
+                strict=strict,
+            )
         return None
 
     def elf(self, path: Path, shown: str, *, strict: bool) -> None:
@@ -504,7 +535,7 @@ class _Auditor:
                 seen.add((info.st_dev, info.st_ino))
                 self.file(path, shown, strict=False)
 
-    def _walk_error(self, root: Path):
+    def _walk_error(self, root: Path) -> Callable[[OSError], None]:
         def record(exc: OSError) -> None:
             where = Path(exc.filename).relative_to(root) if exc.filename else root
             self.skipped.append((str(where), f"cannot read it: {exc.strerror}"))
@@ -546,13 +577,13 @@ def audit(
     own_sms: Sequence[str] = (),
     reader: str = "auto",
     cuobjdump: str | None = None,
-) -> Report:
+) -> AuditReport:
     """Audit a result link, store path, directory, ELF library or wheel.
 
     own_sms ('90', ...) default to the variant's SM; entries of any other SM
     are foreign. reader: 'auto' (cuobjdump if found, else the fatbin headers),
     'fatbin' or 'cuobjdump'. Raises AuditError (one line) for a missing,
-    unreadable or invalid target; a target without CUDA code gives a Report
+    unreadable or invalid target; a target without CUDA code gives a AuditReport
     with no libraries (see require_cuda).
     """
     if reader not in READERS:
@@ -581,7 +612,7 @@ def audit(
     fell_back = sum(1 for lib in auditor.libraries if lib.reader != auditor.reader)
     if fell_back:
         note = f"cuobjdump failed on {fell_back} of {len(auditor.libraries)} libraries, read from the fatbin headers"
-    return Report(
+    return AuditReport(
         target=shown,
         resolved=str(resolved),
         reader=auditor.reader,
@@ -595,7 +626,7 @@ def audit(
     )
 
 
-def require_cuda(report: Report) -> Report:
+def require_cuda(report: AuditReport) -> AuditReport:
     """The report, or NoCudaCode (one line) when the target holds no device code."""
     if not report.libraries:
         if Path(report.resolved).is_file() and not report.resolved.endswith(".whl"):
@@ -628,7 +659,11 @@ def variant_in_path(matrix: Matrix, target: Path | str) -> Variant | None:
 
 
 def own_sms_for(
-    matrix: Matrix | None, target: Path | str, *, sm: str | None = None, variant: str | None = None,
+    matrix: Matrix | None,
+    target: Path | str,
+    *,
+    sm: str | None = None,
+    variant: str | None = None,
     smi: str = "nvidia-smi",
 ) -> tuple[tuple[str, ...], Variant | None]:
     """(own SMs, variant) from --sm (a list, or 'auto' for the local GPUs), --variant, or the path's name."""
@@ -639,21 +674,22 @@ def own_sms_for(
             raise SelectionError("--variant needs a vllm-variants checkout (for nix/variants.toml); use --sm")
         chosen = matrix.resolve(variant, arm64=variant.endswith("-arm64"))
         return (chosen.sm_number,), chosen
-    if sm == "auto":
-        if matrix is None:
-            raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
-        from .which import auto_variants
-
-        found = auto_variants(matrix, smi=smi)
-        return tuple(dict.fromkeys(v.sm_number for v in found)), (found[0] if len(found) == 1 else None)
     if sm:
-        sms = []
-        for token in sm.split(","):
-            normal = normalise_sm(token.strip())
+        named, auto = split_auto(sm_tokens([sm]))
+        detected: list[Variant] = []
+        if auto:
+            if matrix is None:
+                raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
+            from .which import auto_variants
+
+            detected = auto_variants(matrix, smi=smi)
+        sms = [v.sm_number for v in detected]
+        for token in named:
+            normal = normalise_sm(token)
             if normal is None:
                 raise SelectionError(f"'{token}' is not an SM; give a number like 90, sm_90, 9.0, or 'auto'")
             sms.append(sm_number(normal))
-        return tuple(dict.fromkeys(sms)), None
+        return tuple(dict.fromkeys(sms)), (detected[0] if len(detected) == 1 and not named else None)
     found = variant_in_path(matrix, target) if matrix else None
     return ((found.sm_number,) if found else ()), found
 
@@ -679,26 +715,30 @@ def _share(part: int, total: int) -> str:
     return f"{100 * part / total:.1f} %" if total else "-"
 
 
-def sm_line(report: Report, sm: str) -> str:
+def sm_line(report: AuditReport, sm: str) -> str:
     """'SM 86: runs 290.9 MiB of 510.9 MiB of CUDA code (56.9 %); built for exactly SM 86: 3.1 MiB; JIT-able PTX: ...'."""
     f = report.figures(sm)
-    return (f"SM {sm}: runs {human(f.runs)} of {human(f.total)} of {_code(report)} ({_share(f.runs, f.total)}); "
-            f"built for exactly SM {sm}: {human(f.exact)}; JIT-able PTX: {human(f.jit_ptx)}")
+    return (
+        f"SM {sm}: runs {human(f.runs)} of {human(f.total)} of {_code(report)} ({_share(f.runs, f.total)}); "
+        f"built for exactly SM {sm}: {human(f.exact)}; JIT-able PTX: {human(f.jit_ptx)}"
+    )
 
 
-def requested_line(report: Report) -> str | None:
+def requested_line(report: AuditReport) -> str | None:
     """One line per own SM (sm_line), then what none of them uses; None without own SMs."""
     if not report.own_sms:
         return None
     lines = [sm_line(report, sm) for sm in report.own_sms]
     total, used = report.total_bytes, report.own_bytes or 0
     if report.foreign:
-        lines.append(f"not used by SM {', '.join(report.own_sms)}: {human(total - used)} ({_share(total - used, total)}"
-                     f"; {', '.join(report.foreign)})")
+        lines.append(
+            f"not used by SM {', '.join(report.own_sms)}: {human(total - used)} ({_share(total - used, total)}"
+            f"; {', '.join(report.foreign)})"
+        )
     return "\n".join(lines)
 
 
-def _code(report: Report) -> str:
+def _code(report: AuditReport) -> str:
     """'CUDA code', or which part of it the byte counts cover when some sizes are unknown."""
     if report.sizes_complete:
         return "CUDA code"
@@ -706,7 +746,7 @@ def _code(report: Report) -> str:
     return f"the CUDA code of known size (unknown in {unknown} of {len(report.libraries)} libraries)"
 
 
-def unused_text(report: Report) -> str:
+def unused_text(report: AuditReport) -> str:
     """'sm_80 SASS (1.2 KiB), sm_90 PTX (3.4 KiB, beside SASS that runs)': what --check fails on."""
     groups: dict[tuple[str, str, str], int | None] = {}
     for entry, use in _used(report.checked_libraries(), report.own_sms):
@@ -720,14 +760,13 @@ def unused_text(report: Report) -> str:
     return ", ".join(parts)
 
 
-def render(report: Report, out: TextIO) -> None:
-    from rich.console import Console
+def render(report: AuditReport, out: TextIO) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=out, highlight=False)
-    if not console.is_terminal:
-        console.width = 160
+    from .console import console_for
+
+    console = console_for(out, highlight=False)
     where = report.target if report.target == report.resolved else f"{report.target} -> {report.resolved}"
     title = f"CUDA code in {where}"
     if report.variant:
@@ -743,7 +782,9 @@ def render(report: Report, out: TextIO) -> None:
     for library in report.libraries:
         archs = summarise(library.entries, report.own_sms)
         sizes = [e.stored_bytes for e in library.entries]
-        size = None if None in sizes else sum(sizes)  # unknown where cuobjdump and the headers disagreed
+        size = (
+            None if None in sizes else sum(s for s in sizes if s is not None)
+        )  # unknown where cuobjdump and the headers disagreed
         name = escape(library.path) + (f"\n[dim]{escape(library.note)}[/]" if library.note else "")
         if report.torch_exempt and is_torch_library(library.path):
             name += "\n[dim]torch-bin, the upstream wheel: every SM; the one library --check exempts[/]"
@@ -761,10 +802,14 @@ def render(report: Report, out: TextIO) -> None:
         summary.add_row(arch, str(row["sass"]), str(row["ptx"]), human(row["bytes"]), mark)
     console.print(summary)
     line = requested_line(report)
-    console.print(escape(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries"))
+    console.print(
+        escape(line or f"{human(report.total_bytes)} of {_code(report)} in {len(report.libraries)} libraries")
+    )
     if report.disagreements:
-        console.print(f"[bold red]cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
-                      f"of {len(report.libraries)} libraries[/] (both listings kept; --check fails)")
+        console.print(
+            f"[bold red]cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+            f"of {len(report.libraries)} libraries[/] (both listings kept; --check fails)"
+        )
     reader = f"reader: {report.reader}" + (f" ({report.reader_note})" if report.reader_note else "")
     console.print(f"[dim]{escape(reader)}; {report.examined} ELF file(s) examined[/]")
     for path, reason in report.skipped:
@@ -792,7 +837,7 @@ def show(
     cuobjdump: str | None = None,
     check: bool = False,
     out: TextIO | None = None,
-) -> Report:
+) -> AuditReport:
     """`invoke audit`: print the report; NoCudaCode without device code; with check, fail on foreign code."""
     out = out or sys.stdout
     _refuse_empty(target, sm=sm, variant=variant)
@@ -808,9 +853,11 @@ def show(
             raise SelectionError("--check needs the variant's SM: give --variant or --sm")
         if report.disagreements:
             first = report.disagreements[0]
-            raise AuditError(f"{target}: cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
-                             f"libraries (first: {first.path}: {first.disagreement}); nothing is checked on a "
-                             "disagreement, see --reader fatbin/cuobjdump")
+            raise AuditError(
+                f"{target}: cuobjdump and the fatbin headers disagree on {len(report.disagreements)} "
+                f"libraries (first: {first.path}: {first.disagreement}); nothing is checked on a "
+                "disagreement, see --reader fatbin/cuobjdump"
+            )
         if report.foreign:
             raise AuditError(f"{target} carries code SM {', '.join(report.own_sms)} never uses: {unused_text(report)}")
     return report
@@ -831,8 +878,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--reader", choices=READERS, default="auto", help="how to read the device code")
     parser.add_argument("--cuobjdump", help="the cuobjdump to use (default: the one on PATH)")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 when some code is never used by the SM(s), or the two readers disagree")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 when some code is never used by the SM(s), or the two readers disagree",
+    )
     args = parser.parse_args(argv)
 
     def go() -> None:
@@ -840,8 +890,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             matrix: Matrix | None = Project.find().matrix
         except PreflightError:
             matrix = None  # outside a checkout: --sm still works
-        show(args.target, matrix=matrix, sm=args.sm, variant=args.variant, as_json=args.json,
-             reader=args.reader, cuobjdump=args.cuobjdump, check=args.check)
+        show(
+            args.target,
+            matrix=matrix,
+            sm=args.sm,
+            variant=args.variant,
+            as_json=args.json,
+            reader=args.reader,
+            cuobjdump=args.cuobjdump,
+            check=args.check,
+        )
 
     return run_main(go)
 

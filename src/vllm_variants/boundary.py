@@ -97,8 +97,9 @@ def project_main(module: str, show: Callable[..., Any], argv: list[str] | None =
 
     from .project import Project
 
-    parser = argparse.ArgumentParser(prog=f"python -m vllm_variants.{module}",
-                                     description=(show.__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m vllm_variants.{module}", description=(show.__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--nvidia-smi", default="nvidia-smi", help="the nvidia-smi to run")
     args = parser.parse_args(argv)

@@ -62,9 +62,7 @@ _DOWNLOAD = re.compile(r"unable to download", re.IGNORECASE)
 def check_rev(rev: str) -> str:
     """A full commit (40 hex digits), lower-cased; anything else is refused."""
     if not _REV.fullmatch(rev.lower()):
-        raise PinError(
-            f"'{rev}' is not a full commit: give all 40 hex digits of a nixpkgs commit, e.g. {EXAMPLE_REV}"
-        )
+        raise PinError(f"'{rev}' is not a full commit: give all 40 hex digits of a nixpkgs commit, e.g. {EXAMPLE_REV}")
     return rev.lower()
 
 
@@ -88,7 +86,7 @@ def flake_url(flake_nix: str) -> str:
         raise PinError(
             f'flake.nix must set `inputs.nixpkgs.url = "...";` on a line of its own, once (found {len(found)})'
         )
-    return found[0][1]
+    return str(found[0][1])
 
 
 def with_url(flake_nix: str, url: str) -> str:
@@ -114,7 +112,7 @@ class BranchPlan:
 
 
 @dataclass(frozen=True)
-class Plan:
+class BumpPlan:
     rev: str
     url: str
     branches: tuple[BranchPlan, ...]
@@ -145,7 +143,8 @@ class Plan:
         todo = len(self.todo)
         lines.append(
             f"then move {todo} branch(es) in one ref transaction; if any branch fails, none moves"
-            if todo else "nothing to do: every branch is at this pin"
+            if todo
+            else "nothing to do: every branch is at this pin"
         )
         return lines
 
@@ -161,7 +160,7 @@ def make_plan(
     branches: Sequence[str] = (),
     globs: Sequence[str] = (),
     release_branch: bool = False,
-) -> Plan:
+) -> BumpPlan:
     """Check the request and read each branch's pin; runs git reads only."""
     rev = check_rev(rev)
     url = pin_url(url_template, rev)
@@ -178,7 +177,7 @@ def make_plan(
             _refuse_changes(git, worktree.path, f"the worktree of {worktree.branch}")
     plans = tuple(_branch_plan(git, name, rev, url) for name in names)
     release = _release_branch(git, plans) if release_branch else None
-    return Plan(rev=rev, url=url, branches=plans, release=release)
+    return BumpPlan(rev=rev, url=url, branches=plans, release=release)
 
 
 def _refuse_changes(git: Git, worktree: Path, what: str) -> None:
@@ -250,8 +249,8 @@ class BranchResult:
 
 
 @dataclass
-class Outcome:
-    plan: Plan
+class BumpOutcome:
+    plan: BumpPlan
     results: list[BranchResult] = field(default_factory=list)
     moved: dict[str, tuple[str, str]] = field(default_factory=dict)  # branch -> (old, new)
     created: dict[str, str] = field(default_factory=dict)  # branch -> commit
@@ -272,12 +271,12 @@ def fetch(nix: Nix, url: str, rev: str) -> None:
 
 def fetch_failure(url: str, rev: str, stderr: str) -> str:
     """One line: why Nix could not fetch the pin (network, repository, commit)."""
+
     def line(pattern: re.Pattern[str]) -> str:
         found = next(text for text in stderr.splitlines() if pattern.search(text))
         return re.sub(r"^(\s*(fatal|warning|error):)+\s*", "", found).strip()
 
-    network = ("the network failed ({}); check the connection, or use --url-template with a mirror "
-               "you can reach")
+    network = "the network failed ({}); check the connection, or use --url-template with a mirror you can reach"
     if _NETWORK.search(stderr):
         return f"cannot fetch {url}: " + network.format(line(_NETWORK))
     if _NO_REPOSITORY.search(stderr):
@@ -307,7 +306,7 @@ def commit_message(branch: BranchPlan, rev: str, url: str, after: PinVersions) -
     return subject, "\n".join(body)
 
 
-def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: Path | None = None) -> BranchResult:
+def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdir: Path | None = None) -> BranchResult:
     """Relock, evaluate, regenerate and commit one branch in a temporary worktree; refs untouched."""
     result = BranchResult(plan=branch)
     stage = "to check out"
@@ -340,7 +339,7 @@ def bump_branch(git: Git, nix: Nix, plan: Plan, branch: BranchPlan, *, tmpdir: P
     return result
 
 
-def release_update(plan: Plan, results: Sequence[BranchResult]) -> RefUpdate | None:
+def release_update(plan: BumpPlan, results: Sequence[BranchResult]) -> RefUpdate | None:
     """The release branch to create, if main's vllm got newer."""
     main = next((r for r in results if r.plan.name == RELEASE_SOURCE), None)
     if not plan.release or main is None or main.after is None:
@@ -351,8 +350,8 @@ def release_update(plan: Plan, results: Sequence[BranchResult]) -> RefUpdate | N
     return RefUpdate(f"refs/heads/{plan.release}", main.plan.commit, None)
 
 
-def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None = None) -> Outcome:
-    outcome = Outcome(plan=plan)
+def execute(plan: BumpPlan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None = None) -> BumpOutcome:
+    outcome = BumpOutcome(plan=plan)
     for branch in plan.branches:
         if branch.current:
             print(f"{branch.name}: already at nixpkgs {short(plan.rev)}; nothing to do", file=out)
@@ -399,20 +398,28 @@ def execute(plan: Plan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | None 
     outcome.moved = moving
     if release and plan.release:
         outcome.created[plan.release] = release.new
-    print("moved " + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
-          + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()), file=out)
+    print(
+        "moved "
+        + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
+        + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()),
+        file=out,
+    )
     _follow(git, followers, outcome.moved, out)
     return outcome
 
 
 def _followers(git: Git, moving: Mapping[str, tuple[str, str]]) -> list[Worktree]:
     """Worktrees (your checkout included) on a branch about to move, at its old commit."""
-    return [w for w in git.worktrees()
-            if w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]]
+    return [
+        w
+        for w in git.worktrees()
+        if w.branch is not None and w.branch in moving and w.path.exists() and w.head == moving[w.branch][0]
+    ]
 
 
-def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
-                                 moving: Mapping[str, tuple[str, str]]) -> None:
+def _refuse_followers_in_the_way(
+    git: Git, followers: Sequence[Worktree], moving: Mapping[str, tuple[str, str]]
+) -> None:
     """Refuse, before any branch moves, what would stop a follower getting its branch's new files.
 
     make_plan refused uncommitted changes, but the bump takes minutes: files
@@ -427,6 +434,7 @@ def _refuse_followers_in_the_way(git: Git, followers: Sequence[Worktree],
                 f"no branch moved: {what} got uncommitted changes while bump-pin ran ({_some(changed)}); "
                 "commit or stash them and run it again"
             )
+        assert worktree.branch is not None  # _followers: on a moving branch
         old, new = moving[worktree.branch]
         try:
             git.fast_forward(worktree.path, old, new, dry_run=True)
@@ -444,6 +452,7 @@ def _follow(git: Git, followers: Sequence[Worktree], moved: Mapping[str, tuple[s
     moved (_refuse_followers_in_the_way); untracked files stay.
     """
     for worktree in followers:
+        assert worktree.branch is not None  # _followers: on a moving branch
         old, new = moved[worktree.branch]
         try:
             git.fast_forward(worktree.path, old, new)
@@ -469,13 +478,12 @@ def bump_pin(
     nix: Nix | None = None,
     tmpdir: Path | None = None,
     out: TextIO | None = None,
-) -> Plan | Outcome:
+) -> BumpPlan | BumpOutcome:
     """Plan, then (unless dry_run) bump every branch and move them all at once."""
     out = out or sys.stdout
     git = Git(Path(root), env=env)
     template = DEFAULT_URL_TEMPLATE if url_template is None else url_template  # '' is a mistake, not the default
-    plan = make_plan(git, rev, url_template=template, branches=branches,
-                     globs=globs, release_branch=release_branch)
+    plan = make_plan(git, rev, url_template=template, branches=branches, globs=globs, release_branch=release_branch)
     if dry_run:
         print("\n".join([*plan.lines(), "dry run: nothing changed"]), file=out)
         return plan

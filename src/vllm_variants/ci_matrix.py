@@ -47,13 +47,22 @@ def github_matrix(variants: Iterable[Variant]) -> dict[str, list[dict[str, Any]]
     return {"include": [entry(v) for v in variants]}
 
 
-def show(project: Project, *, fmt: str = "github", sms: Iterable[str] = (), arm64: bool = False,
-         systems: Iterable[str] = (), out: TextIO | None = None, python: str | None = None,
-         cuda: str | None = None) -> None:
+def show(
+    project: Project,
+    *,
+    fmt: str = "github",
+    sms: Iterable[str] = (),
+    arm64: bool = False,
+    systems: Iterable[str] = (),
+    out: TextIO | None = None,
+    python: str | None = None,
+    cuda: str | None = None,
+) -> None:
     if fmt not in FORMATS:
         raise SelectionError(f"unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
     # the default set, or what --sm / --system (on a --python / --cuda line) ask for
-    data = github_matrix(project.matrix.select(sms, arm64=arm64, systems=systems, none_means_all=True,
-                                               python=python, cuda=cuda))
+    data = github_matrix(
+        project.matrix.select(sms, arm64=arm64, systems=systems, none_means_all=True, python=python, cuda=cuda)
+    )
     # One line: a step writes it to $GITHUB_OUTPUT as `matrix=<json>`.
     print(json.dumps(data, separators=(",", ":")), file=out or sys.stdout)

@@ -23,13 +23,15 @@ this file by its path inside a built result's own Python, where
 vllm_variants is not installed.
 """
 
+from __future__ import annotations
+
 import re
 
 # 'sm_90a', 'compute_100f', 'sm90', '90a', '9.0a', '12.1'
 _TARGET = re.compile(r"^(?:sm_?|compute_?)?(?:(\d{1,2})\.(\d)|(\d{1,2})(\d))([af]?)$")
 
 
-def parse(target):
+def parse(target: object) -> tuple[int, int, str]:
     """(major, minor, suffix) of an SM or capability: 'sm_100f' -> (10, 0, 'f'), '8.6' -> (8, 6, '').
 
     Raises ValueError for anything else.
@@ -41,19 +43,19 @@ def parse(target):
     return int(major), int(minor), match.group(5)
 
 
-def base_capability(capability):
+def base_capability(capability: object) -> str:
     """'9.0a' -> '9.0': the suffix names a code target, not a different GPU."""
     major, minor, _ = parse(capability)
     return "%d.%d" % (major, minor)
 
 
-def sm_of(capability):
+def sm_of(capability: object) -> str:
     """'9.0a' -> '90', '12.1' -> '121': the SM number a GPU of that capability reports."""
     major, minor, _ = parse(capability)
     return "%d%d" % (major, minor)
 
 
-def sass_runs_on(target, gpu):
+def sass_runs_on(target: object, gpu: object) -> bool:
     """Whether SASS built for `target` (sm_90a, 8.0, 100f) runs on a GPU of capability `gpu`."""
     major, minor, suffix = parse(target)
     g_major, g_minor, _ = parse(gpu)
@@ -63,7 +65,7 @@ def sass_runs_on(target, gpu):
     return major == g_major and minor <= g_minor
 
 
-def ptx_jits_on(target, gpu):
+def ptx_jits_on(target: object, gpu: object) -> bool:
     """Whether PTX for `target` (compute_90, sm_80 as cuobjdump spells it) can be JIT-compiled on `gpu`."""
     major, minor, suffix = parse(target)
     g_major, g_minor, _ = parse(gpu)
@@ -74,7 +76,7 @@ def ptx_jits_on(target, gpu):
     return (major, minor) <= (g_major, g_minor)
 
 
-def runs_on(kind, target, gpu):
+def runs_on(kind: str, target: object, gpu: object) -> bool:
     """Whether code of `kind` ('sass' or 'ptx') for `target` can execute on `gpu`; other kinds never."""
     if kind == "sass":
         return sass_runs_on(target, gpu)

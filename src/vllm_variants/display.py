@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -21,7 +21,7 @@ from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
 from .resources import format_bytes
 
 if TYPE_CHECKING:
-    from .build import BuildPlan, Outcome
+    from .build import BuildOutcome, BuildPlan
 
 HEARTBEAT_S = 300.0
 
@@ -35,7 +35,7 @@ def make_display(plan: BuildPlan, out: TextIO, *, interactive: bool | None = Non
 class Display:
     """Plain lines: one per build started or finished, fetch, Nix message."""
 
-    def __init__(self, plan: BuildPlan, out: TextIO, clock=time.monotonic) -> None:
+    def __init__(self, plan: BuildPlan, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
         self.out = out
         self.clock = clock
@@ -51,8 +51,10 @@ class Display:
         self.reader, self.started = reader, started
         self._last_line = started
         n = len(self.plan.variants)
-        self.say(f"building {n} variant{'s' * (n != 1)} with Nix; logs in "
-                 f"{self.plan.project.logs.relative_to(self.plan.project.root)}/")
+        self.say(
+            f"building {n} variant{'s' * (n != 1)} with Nix; logs in "
+            f"{self.plan.project.logs.relative_to(self.plan.project.root)}/"
+        )
         yield
 
     def say(self, text: str) -> None:
@@ -102,12 +104,14 @@ class Display:
         return f"{self.count()} {duration_text(now - self.started)} elapsed; running: {active or 'nothing'}"
 
     def interrupted(self, logs: dict[str, Path]) -> None:
-        self.say("interrupted: nix was stopped; no result link was changed; partial logs: "
-                 + ", ".join(relative(p, self.plan.project.root) for p in logs.values()))
+        self.say(
+            "interrupted: nix was stopped; no result link was changed; partial logs: "
+            + ", ".join(relative(p, self.plan.project.root) for p in logs.values())
+        )
 
     # -- afterwards -------------------------------------------------------
 
-    def report(self, outcomes: list[Outcome]) -> None:
+    def report(self, outcomes: list[BuildOutcome]) -> None:
         root = self.plan.project.root
         for build in self.reader.failed_builds():
             logs = [relative(o.log, root) for o in outcomes if o.log and build.drv in o.failed]
@@ -126,25 +130,32 @@ class Display:
         for o in outcomes:
             if o.link_error:
                 self.say("")
-                self.say(f"not linked: {o.variant.name} was built ({o.store_path}), but its result link was "
-                         f"not updated: {o.link_error}")
+                self.say(
+                    f"not linked: {o.variant.name} was built ({o.store_path}), but its result link was "
+                    f"not updated: {o.link_error}"
+                )
         self.say("")
         self.summary(outcomes)
 
-    def summary(self, outcomes: list[Outcome]) -> None:
+    def summary(self, outcomes: list[BuildOutcome]) -> None:
         from rich import box
-        from rich.console import Console
         from rich.table import Table
+
+        from .console import console_for
 
         table = Table(title="build summary", title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("Variant", "Status", "Closure", "Duration", "Store path"):
             table.add_column(column, no_wrap=column != "Store path", overflow="fold")
         for o in outcomes:
-            table.add_row(o.variant.name, o.status, format_bytes(o.closure_size), duration_text(o.duration_s),
-                          o.store_path or "-", style=None if o.ok else "red")
-        console = Console(file=self.out, highlight=False)
-        if not console.is_terminal:
-            console.width = 200  # a log or a pipe: one row per line
+            table.add_row(
+                o.variant.name,
+                o.status,
+                format_bytes(o.closure_size),
+                duration_text(o.duration_s),
+                o.store_path or "-",
+                style=None if o.ok else "red",
+            )
+        console = console_for(self.out, highlight=False, pipe_width=200)  # a log or a pipe: one row per line
         console.print(table)
         logs = [relative(o.log, self.plan.project.root) for o in outcomes if o.log]
         if logs:
@@ -202,15 +213,25 @@ class LiveDisplay(Display):
         lines: list[Any] = [head, ProgressBar(total=float(r.expected or 1), completed=float(r.done), width=50)]
         for build in r.active():
             line = Text.assemble(
-                (build.name, "bold"), f"{self.detail(build)}  {build.phase or 'starting'}  ",
-                duration_text(build.elapsed(now)), "  ", (build.tail[-1] if build.tail else "", "dim"),
-                no_wrap=True, overflow="ellipsis",
+                (build.name, "bold"),
+                f"{self.detail(build)}  {build.phase or 'starting'}  ",
+                duration_text(build.elapsed(now)),
+                "  ",
+                (build.tail[-1] if build.tail else "", "dim"),
+                no_wrap=True,
+                overflow="ellipsis",
             )
             lines.append(line)
         fetching = [store_name(p) for p in list(r.fetching.values())]
         if fetching:
-            lines.append(Text(f"fetching {', '.join(fetching[:4])}" + (" ..." if len(fetching) > 4 else ""),
-                              "dim", no_wrap=True, overflow="ellipsis"))
+            lines.append(
+                Text(
+                    f"fetching {', '.join(fetching[:4])}" + (" ..." if len(fetching) > 4 else ""),
+                    "dim",
+                    no_wrap=True,
+                    overflow="ellipsis",
+                )
+            )
         return Group(*lines)
 
 

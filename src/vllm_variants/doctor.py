@@ -43,7 +43,7 @@ class DoctorFailed(VariantsError):
 
 
 @dataclass
-class Report:
+class DoctorReport:
     nix: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +68,7 @@ class Report:
         }
 
 
-def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
+def _check_nix(report: DoctorReport, nix: Nix) -> BuildCapabilities | None:
     """Nix's own problems (those `invoke build` stops at), then what it can build."""
     report.nix = {"version": None, "flakes": None, "min_version": ".".join(map(str, MIN_VERSION))}
     for problem in nix.problems():
@@ -90,14 +90,17 @@ def _check_nix(report: Report, nix: Nix) -> BuildCapabilities | None:
     return caps
 
 
-def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, needed: Sequence[str]) -> None:
+def _check_builds(report: DoctorReport, caps: BuildCapabilities, matrix: Matrix, needed: Sequence[str]) -> None:
     """This system, what it can build for, big-parallel; an error when a needed system has no builder."""
     big_parallel = set(REQUIRED_FEATURES) <= set(caps.features)
     systems: dict[str, dict[str, Any]] = {}
     for system in matrix.systems:
         builders = [b.uri for b in caps.builders_for(system)]
-        systems[system] = {"local": caps.local_can_build(system), "builders": builders,
-                           "buildable": caps.can_build(system)}
+        systems[system] = {
+            "local": caps.local_can_build(system),
+            "builders": builders,
+            "buildable": caps.can_build(system),
+        }
     report.build = {
         "system": caps.system,
         "extra_platforms": list(caps.extra_platforms),
@@ -108,15 +111,18 @@ def _check_builds(report: Report, caps: BuildCapabilities, matrix: Matrix, neede
         "systems": systems,
     }
     if not big_parallel and not caps.builders_for(caps.system):
-        report.add(ERROR, "this Nix lacks the big-parallel system feature that the CUDA builds require: add "
-                          "'system-features = big-parallel' (with your other features) to nix.conf, or a remote "
-                          "builder that offers it")
+        report.add(
+            ERROR,
+            "this Nix lacks the big-parallel system feature that the CUDA builds require: add "
+            "'system-features = big-parallel' (with your other features) to nix.conf, or a remote "
+            "builder that offers it",
+        )
     for system in needed:
         if system in systems and not systems[system]["buildable"]:
             report.add(ERROR, caps.explain_missing(system))
 
 
-def _check_host(report: Report, host: Host, matrix: Matrix) -> None:
+def _check_host(report: DoctorReport, host: Host, matrix: Matrix) -> None:
     cores_setting = report.nix.get("cores_setting") or 0
     cores = min(cores_setting, host.cores) if cores_setting else host.cores
     jobs = host.nvcc_jobs(matrix.ram_per_job_gib, cores=cores)
@@ -129,12 +135,17 @@ def _check_host(report: Report, host: Host, matrix: Matrix) -> None:
         "nvcc_jobs": jobs,
     }
     if host.mem_bytes < matrix.ram_per_job_gib * 1024**3:
-        report.add(WARNING, f"only {host.mem_gib:.1f} GiB of RAM: even one nvcc job wants "
-                            f"{matrix.ram_per_job_gib} GiB and may run out of memory; build on a larger machine or "
-                            "a remote builder")
+        report.add(
+            WARNING,
+            f"only {host.mem_gib:.1f} GiB of RAM: even one nvcc job wants "
+            f"{matrix.ram_per_job_gib} GiB and may run out of memory; build on a larger machine or "
+            "a remote builder",
+        )
 
 
-def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapping[str, str] | None) -> list[str]:
+def _check_gpus(
+    report: DoctorReport, matrix: Matrix, smi: str, system: str, env: Mapping[str, str] | None
+) -> list[str]:
     """GPUs, their variants, driver minimums. Returns the systems the GPUs' variants need."""
     try:
         gpus: list[GPU] = detect(smi, env=env)
@@ -142,9 +153,12 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
         report.add(ERROR, str(exc))
         return []
     except ToolMissing:
-        report.add(WARNING, "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
-                            "run them where a GPU is, or install the NVIDIA driver "
-                            f"(>= {min(v.min_driver for v in matrix.default_set)})")
+        report.add(
+            WARNING,
+            "no NVIDIA GPU found (nvidia-smi is not on PATH): this machine can build variants; "
+            "run them where a GPU is, or install the NVIDIA driver "
+            f"(>= {min(v.min_driver for v in matrix.default_set)})",
+        )
         return []
     except GpuError as exc:
         report.add(ERROR, f"{exc}")
@@ -168,16 +182,22 @@ def _check_gpus(report: Report, matrix: Matrix, smi: str, system: str, env: Mapp
             row.update(variant=v.name, min_driver=v.min_driver, driver_ok=ok, cuda=v.cuda)
             needed.append(v.system)
             if not ok:
-                report.add(ERROR, f"GPU {m.gpu.index} ({m.gpu.name}) has driver {m.gpu.driver}, older than the "
-                                  f"{v.min_driver} that CUDA {v.cuda} needs: install NVIDIA driver >= {v.min_driver}")
+                report.add(
+                    ERROR,
+                    f"GPU {m.gpu.index} ({m.gpu.name}) has driver {m.gpu.driver}, older than the "
+                    f"{v.min_driver} that CUDA {v.cuda} needs: install NVIDIA driver >= {v.min_driver}",
+                )
             elif cuda and _version(cuda) < _version(v.cuda):
-                report.add(ERROR, f"driver {m.gpu.driver} supports CUDA up to {cuda}, but {v.name} uses CUDA "
-                                  f"{v.cuda}: install a newer NVIDIA driver")
+                report.add(
+                    ERROR,
+                    f"driver {m.gpu.driver} supports CUDA up to {cuda}, but {v.name} uses CUDA "
+                    f"{v.cuda}: install a newer NVIDIA driver",
+                )
         report.gpus.append(row)
     return list(dict.fromkeys(needed))
 
 
-def _names_only(report: Report, smi: str, env: Mapping[str, str] | None) -> None:
+def _names_only(report: DoctorReport, smi: str, env: Mapping[str, str] | None) -> None:
     """Where the query failed (an old driver), still name the GPUs from `nvidia-smi -L`."""
     try:
         names = list_names(smi, env=env)
@@ -198,9 +218,9 @@ def diagnose(
     host: Host | None = None,
     system: str | None = None,
     env: Mapping[str, str] | None = None,
-) -> Report:
+) -> DoctorReport:
     """Everything doctor checks, as data; never raises for a problem it can name."""
-    report = Report()
+    report = DoctorReport()
     matrix = project.matrix
     nix = nix or Nix(env=env)
     caps = _check_nix(report, nix)
@@ -228,14 +248,13 @@ def _systems_text(build: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def render(report: Report, out: TextIO) -> None:
-    from rich.console import Console
+def render(report: DoctorReport, out: TextIO) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=out, highlight=False)
-    if not console.is_terminal:
-        console.width = 160
+    from .console import console_for
+
+    console = console_for(out, highlight=False)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
@@ -280,7 +299,7 @@ def render(report: Report, out: TextIO) -> None:
         console.print("[green]nothing blocks building or running here[/]")
 
 
-def show(project: Project, *, as_json: bool = False, out: TextIO | None = None, **kwargs: Any) -> Report:
+def show(project: Project, *, as_json: bool = False, out: TextIO | None = None, **kwargs: Any) -> DoctorReport:
     """Check Nix, builders, cores/RAM and the GPUs (exit 1 when something blocks building or running)."""
     out = out or sys.stdout
     report = diagnose(project, **kwargs)

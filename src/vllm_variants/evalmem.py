@@ -60,20 +60,26 @@ class EvalBudget:
     text: str  # where per_batch came from
 
     def batches(self, items: Sequence[T]) -> list[list[T]]:
-        return [list(items[i:i + self.per_batch]) for i in range(0, len(items), self.per_batch)] or [[]]
+        return [list(items[i : i + self.per_batch]) for i in range(0, len(items), self.per_batch)] or [[]]
 
     def line(self, n_variants: int) -> str:
         n = len(self.batches(list(range(n_variants))))
-        return (f"evaluation: {n_variants} variant{'s' * (n_variants != 1)} in {n} Nix process{'es' * (n != 1)}, "
-                f"at most {self.per_batch} nixpkgs instance{'s' * (self.per_batch != 1)} each ({self.text})")
+        return (
+            f"evaluation: {n_variants} variant{'s' * (n_variants != 1)} in {n} Nix process{'es' * (n != 1)}, "
+            f"at most {self.per_batch} nixpkgs instance{'s' * (self.per_batch != 1)} each ({self.text})"
+        )
 
     def to_json(self, n_variants: int) -> dict[str, object]:
-        return {"per_batch": self.per_batch, "processes": len(self.batches(list(range(n_variants)))),
-                "text": self.text}
+        return {"per_batch": self.per_batch, "processes": len(self.batches(list(range(n_variants)))), "text": self.text}
 
 
-def plan_eval(*, jobs: int | None = None, max_memory: int | None = None, host: Host | None = None,
-              instance_bytes: int = INSTANCE_BYTES) -> EvalBudget:
+def plan_eval(
+    *,
+    jobs: int | None = None,
+    max_memory: int | None = None,
+    host: Host | None = None,
+    instance_bytes: int = INSTANCE_BYTES,
+) -> EvalBudget:
     """The batch size from --eval-jobs, --eval-max-memory, or half of this machine's RAM."""
     if jobs is not None:
         return EvalBudget(jobs, f"--eval-jobs {jobs}; about {format_bytes(jobs * instance_bytes)} projected")
@@ -82,8 +88,9 @@ def plan_eval(*, jobs: int | None = None, max_memory: int | None = None, host: H
         return EvalBudget(max(1, max_memory // instance_bytes), f"--eval-max-memory {format_bytes(max_memory)}, {cost}")
     host = host or Host.detect()
     budget = host.mem_bytes // 2
-    return EvalBudget(max(1, budget // instance_bytes),
-                      f"half of this machine's {format_bytes(host.mem_bytes)} RAM, {cost}")
+    return EvalBudget(
+        max(1, budget // instance_bytes), f"half of this machine's {format_bytes(host.mem_bytes)} RAM, {cost}"
+    )
 
 
 def eval_options(eval_jobs: str | int | None, eval_max_memory: str | int | None) -> tuple[int | None, int | None]:
@@ -93,6 +100,8 @@ def eval_options(eval_jobs: str | int | None, eval_max_memory: str | int | None)
         raise UsageError("--eval-jobs takes a whole number from 1 to 100000, not '0' (variants per Nix evaluation)")
     memory = parse_size("--eval-max-memory", eval_max_memory)
     if jobs is not None and memory is not None:
-        raise UsageError("--eval-jobs and --eval-max-memory conflict: give one (variants per evaluation, "
-                         "or the memory one evaluation may use)")
+        raise UsageError(
+            "--eval-jobs and --eval-max-memory conflict: give one (variants per evaluation, "
+            "or the memory one evaluation may use)"
+        )
     return jobs, memory

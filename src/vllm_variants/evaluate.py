@@ -56,10 +56,12 @@ class Resolution:
         return [
             f"  {self.variant.name}: vLLM {versions.get('vllm')}, torch {versions.get('torch')}, "
             f"Python {versions.get('python')}, CUDA {versions.get('cuda')}",
-            "    arch: " + ", ".join(
+            "    arch: "
+            + ", ".join(
                 f"{key} {caps(arch.get(key))}"
                 for key in ("cudaCapabilities", "torch", "vllm", "xformers", "flashinfer", "bitsandbytes")
-            ) + f"; forward compat {'on' if r.get('forwardCompat') else 'off'}",
+            )
+            + f"; forward compat {'on' if r.get('forwardCompat') else 'off'}",
             "    CUDA in the closure: " + ", ".join(f"{k} {v}" for k, v in sorted(cuda.items())),
             *self._torch_lines(r.get("torch", {}), versions.get("torch")),
         ]
@@ -99,8 +101,12 @@ def resolve(
     together: dict[str, Any] = {}
     for batch in (budget or EvalBudget(max(1, len(variants)), "")).batches(list(variants)):  # issue #13
         env = {**(nix.env if nix.env is not None else os.environ), NAMES_ENV: json.dumps([v.name for v in batch])}
-        proc = run(nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
-                   cwd=project.root, env=env, check=False)
+        proc = run(
+            nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
+            cwd=project.root,
+            env=env,
+            check=False,
+        )
         together.update(json.loads(proc.stdout) if proc.returncode == 0 else {})
     results = []
     for variant in variants:
@@ -108,8 +114,7 @@ def resolve(
         if entry and entry.get("ok"):
             results.append(Resolution(variant, resolved=entry["resolved"]))
             continue
-        alone = nix.run("eval", f"{flake}#{variant.attr_path()}.resolved", *common, cwd=project.root,
-                        check=False)
+        alone = nix.run("eval", f"{flake}#{variant.attr_path()}.resolved", *common, cwd=project.root, check=False)
         if alone.returncode == 0:  # failed only beside the others: report what it resolves to
             results.append(Resolution(variant, resolved=json.loads(alone.stdout)))
         else:
@@ -137,8 +142,9 @@ def main(
     """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
     out = out or sys.stdout
     jobs, memory = eval_options(eval_jobs, eval_max_memory)
-    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=True,
-                                   python=python, cuda=cuda)
+    picked = project.matrix.select(
+        sm, arm64=arm64, systems=systems, all=all, none_means_all=True, python=python, cuda=cuda
+    )
     overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
     nix = nix or Nix()
     nix.preflight()
@@ -152,8 +158,15 @@ def main(
     where = f"nixpkgs {nixpkgs}" if nixpkgs else "the pinned nixpkgs (flake.lock)"
     failed = [r for r in results if not r.ok]
     if as_json:
-        json.dump({"nixpkgs": nixpkgs or "pin", "evaluation": budget.to_json(len(picked)),
-                   "variants": [r.to_json() for r in results]}, out, indent=2)
+        json.dump(
+            {
+                "nixpkgs": nixpkgs or "pin",
+                "evaluation": budget.to_json(len(picked)),
+                "variants": [r.to_json() for r in results],
+            },
+            out,
+            indent=2,
+        )
         out.write("\n")
     else:
         print(f"{len(results) - len(failed)} of {len(results)} variant(s) evaluate against {where}:", file=out)

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, Union
+from typing import IO, Any, Protocol, cast
 
 from .errors import AuditError
 
@@ -67,7 +67,7 @@ _ENTRY = struct.Struct("<HHIQIIHHIIIQQQ")  # 64 bytes
 SHT_NOBITS = 8
 SHN_XINDEX = 0xFFFF
 
-Buffer = Union[bytes, bytearray, memoryview, mmap.mmap]
+Buffer = bytes | bytearray | memoryview | mmap.mmap
 WINDOW = 1 << 20  # bytes read at a time while scanning a section
 TABLE_LIMIT = 16 << 20  # section header / name tables larger than this are refused (real ones are < 64 KiB)
 
@@ -81,7 +81,7 @@ class Unsupported(AuditError):
 
 
 @dataclass(frozen=True)
-class Entry:
+class CodeEntry:
     """One piece of device code: a cubin (SASS) or PTX for one architecture."""
 
     kind: str  # "sass" (an ELF cubin), "ptx", or "other"
@@ -121,7 +121,7 @@ class Section:
 class DeviceCode:
     """What one library's .nv_fatbin holds."""
 
-    entries: tuple[Entry, ...]
+    entries: tuple[CodeEntry, ...]
     section_bytes: int
     containers: int
     unread_bytes: int  # bytes between containers that were neither padding nor a container
@@ -174,7 +174,9 @@ class FileSource:
         while left > 0:
             chunk = os.pread(self.fd, left, at)
             if not chunk:
-                raise InvalidBinary(f"it ends at byte {at - self.base} although {offset + n} were expected (truncated?)")
+                raise InvalidBinary(
+                    f"it ends at byte {at - self.base} although {offset + n} were expected (truncated?)"
+                )
             chunks.append(chunk)
             at, left = at + len(chunk), left - len(chunk)
         return b"".join(chunks)
@@ -227,7 +229,10 @@ class StreamSource:
 
 
 def _source(data: Buffer | Source) -> Source:
-    return data if hasattr(data, "read") and hasattr(data, "size") else BufferSource(data)  # type: ignore[arg-type]
+    # duck-typed as before: anything with read() and size is a Source
+    if hasattr(data, "read") and hasattr(data, "size"):
+        return cast(Source, data)
+    return BufferSource(data)
 
 
 def _table(source: Source, offset: int, size: int, what: str) -> bytes:
@@ -308,7 +313,7 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
             f"its {FATBIN_SECTION} section claims {size} bytes at offset {start}, past the end of the "
             f"{source.size}-byte file (truncated?)"
         )
-    entries: list[Entry] = []
+    entries: list[CodeEntry] = []
     unread = 0
     containers = 0
     pos = start
@@ -333,8 +338,22 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
         while at < container_end:
             if container_end - at < _ENTRY.size:
                 raise InvalidBinary(f"{where} ends inside an entry header")
-            (kind, _version, entry_header, payload, compressed, _unknown, _minor, _major, sm,
-             _name_offset, _name_size, flags, _zero, uncompressed) = _ENTRY.unpack(source.read(at, _ENTRY.size))
+            (
+                kind,
+                _version,
+                entry_header,
+                payload,
+                compressed,
+                _unknown,
+                _minor,
+                _major,
+                sm,
+                _name_offset,
+                _name_size,
+                flags,
+                _zero,
+                uncompressed,
+            ) = _ENTRY.unpack(source.read(at, _ENTRY.size))
             if entry_header < _ENTRY.size or at + entry_header + payload > container_end:
                 raise InvalidBinary(
                     f"{where} has an entry at {at - start:#x} of {entry_header}+{payload} bytes "
@@ -342,7 +361,7 @@ def read_fatbin(data: Buffer | Source, start: int, size: int) -> DeviceCode:
                 )
             compression = _compression(flags)
             entries.append(
-                Entry(
+                CodeEntry(
                     kind={KIND_ELF: "sass", KIND_PTX: "ptx"}.get(kind, "other"),
                     arch=arch_name(sm, flags),
                     stored_bytes=entry_header + payload,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,9 +55,10 @@ class Git:
     root: Path
     env: Mapping[str, str] | None = None
 
-    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None,
-            check: bool = True):
-        return run(["git", *map(os.fspath, args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
+    def run(
+        self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return run(["git", *(os.fspath(a) for a in args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
 
     def out(self, *args: str | os.PathLike[str], cwd: Path | None = None) -> str:
         return self.run(*args, cwd=cwd).stdout.strip()
@@ -118,11 +120,13 @@ class Git:
             if "worktree" not in fields:
                 continue
             branch = fields.get("branch", "")
-            found.append(Worktree(
-                path=Path(fields["worktree"]),
-                head=fields.get("HEAD"),
-                branch=branch.removeprefix("refs/heads/") or None,
-            ))
+            found.append(
+                Worktree(
+                    path=Path(fields["worktree"]),
+                    head=fields.get("HEAD"),
+                    branch=branch.removeprefix("refs/heads/") or None,
+                )
+            )
         return found
 
     def changes(self, worktree: Path) -> list[str]:

@@ -184,9 +184,7 @@ def _failure(proc: subprocess.CompletedProcess[str]) -> GpuError:
         )
     hint = _EXIT_HINTS.get(proc.returncode)
     return GpuError(
-        f"nvidia-smi failed (exit {proc.returncode})"
-        + (f": {said}" if said else "")
-        + (f" ({hint})" if hint else "")
+        f"nvidia-smi failed (exit {proc.returncode})" + (f": {said}" if said else "") + (f" ({hint})" if hint else "")
     )
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import CommandError, ImageError, PublishError, tail
-from .matrix import Variant
+from .matrix import Variant, comma_list
 from .nix import Nix, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
@@ -83,14 +83,16 @@ class Destination:
             return None
         text = to.strip()
         if text.startswith("docker://"):
-            found = _DOCKER.match(text[len("docker://"):])
+            found = _DOCKER.match(text[len("docker://") :])
             if not found or "@" in text:
-                raise ImageError(f"--to {to}: not a registry reference; give {DESTINATIONS}, e.g. "
-                                 "docker://registry.example.com:5000/vllm-sm90:latest")
+                raise ImageError(
+                    f"--to {to}: not a registry reference; give {DESTINATIONS}, e.g. "
+                    "docker://registry.example.com:5000/vllm-sm90:latest"
+                )
             host, path = found["host"], found["path"]
             return cls("docker", f"{host}/{path}" if host else path, found["tag"])
         if text.startswith("oci-archive:"):
-            rest = text[len("oci-archive:"):]
+            rest = text[len("oci-archive:") :]
             path, tag = rest, None
             head, sep, last = rest.rpartition(":")
             if sep and head and "/" not in last:
@@ -129,7 +131,9 @@ class Layer:
 
     def label(self) -> str:
         names = [Path(p).name.split("-", 1)[-1] for p in self.paths]
-        return names[0] if len(names) == 1 else f"{len(names)} paths: {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
+        return (
+            names[0] if len(names) == 1 else f"{len(names)} paths: {', '.join(names[:3])}{', ...' * (len(names) > 3)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -152,9 +156,11 @@ class Image:
         return sum(layer.size for layer in self.layers)
 
     def lines(self) -> list[str]:
-        out = [f"image {self.repo_tag} ({self.architecture}): {len(self.layers)} layers, "
-               f"{format_bytes(self.size)} uncompressed",
-               f"  entrypoint {' '.join(self.config.get('Entrypoint', []))} {' '.join(self.config.get('Cmd', []))}"]
+        out = [
+            f"image {self.repo_tag} ({self.architecture}): {len(self.layers)} layers, "
+            f"{format_bytes(self.size)} uncompressed",
+            f"  entrypoint {' '.join(self.config.get('Entrypoint', []))} {' '.join(self.config.get('Cmd', []))}",
+        ]
         width = len(str(len(self.layers)))
         for number, layer in enumerate(self.layers, start=1):
             out.append(f"  layer {number:>{width}}  {format_bytes(layer.size):>10}  {layer.label()}")
@@ -167,21 +173,26 @@ def conf_of(nix: Nix, script: str) -> dict[str, Any]:
     info = nix.path_info([script], closure=False).get(script) or {}
     confs = [r for r in info.get("references", []) if r.endswith("-conf.json")]
     if len(confs) != 1:
-        raise ImageError(f"{script} does not look like a dockerTools.streamLayeredImage script "
-                         f"(references {len(confs)} *-conf.json files, expected 1)")
-    return json.loads(Path(confs[0]).read_text(encoding="utf-8"))
+        raise ImageError(
+            f"{script} does not look like a dockerTools.streamLayeredImage script "
+            f"(references {len(confs)} *-conf.json files, expected 1)"
+        )
+    conf: dict[str, Any] = json.loads(Path(confs[0]).read_text(encoding="utf-8"))
+    return conf
 
 
 def read_image(nix: Nix, variant: Variant, script: str) -> Image:
     conf = conf_of(nix, script)
     store_layers = [list(layer) for layer in conf["store_layers"]]
     sizes = nix.path_info(sorted({p for layer in store_layers for p in layer}), closure=False)
-    layers = [Layer(tuple(layer), sum(int(sizes.get(p, {}).get("narSize") or 0) for p in layer))
-              for layer in store_layers]
+    layers = [
+        Layer(tuple(layer), sum(int(sizes.get(p, {}).get("narSize") or 0) for p in layer)) for layer in store_layers
+    ]
     custom = Path(conf["customisation_layer"]) / "layer.tar"
     layers.append(Layer((conf["customisation_layer"],), custom.stat().st_size))
-    return Image(variant, script, conf["repo_tag"], conf.get("architecture", "?"), conf.get("config", {}),
-                 tuple(layers))
+    return Image(
+        variant, script, conf["repo_tag"], conf.get("architecture", "?"), conf.get("config", {}), tuple(layers)
+    )
 
 
 # -- checks before anything is built -----------------------------------------------
@@ -208,8 +219,10 @@ def require_built(nix: Nix, project: Project, variant: Variant, overrides: Mappi
     except PublishError as exc:
         raise ImageError(str(exc)) from None
     if not is_valid_info(nix.realised([out]).get(out)):
-        raise ImageError(f"{variant.name} is not built ({out} is not in the Nix store); "
-                         f"build it with `{variant.build_command}` first")
+        raise ImageError(
+            f"{variant.name} is not built ({out} is not in the Nix store); "
+            f"build it with `{variant.build_command}` first"
+        )
     return out
 
 
@@ -221,8 +234,9 @@ def image_link(project: Project, variant: Variant) -> Path:
     return project.root / f"image-{variant.name}"
 
 
-def copy(image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: str | None = None,
-         out: TextIO) -> str | None:
+def copy(
+    image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: str | None = None, out: TextIO
+) -> str | None:
     """Send the image to `dest`; the manifest digest skopeo wrote, or None for --load."""
     if dest.kind == "load":
         load(image)
@@ -233,7 +247,7 @@ def copy(image: Image, dest: Destination, *, tls_verify: bool = True, tmpdir: st
         archive = Path(work) / "image.tar"
         stream_to(image.script, archive)
         digest_file = Path(work) / "digest"
-        argv = ["skopeo", "copy", "--digestfile", digest_file]
+        argv: list[str | os.PathLike[str]] = ["skopeo", "copy", "--digestfile", digest_file]
         if dest.kind == "docker" and not tls_verify:
             argv.append("--dest-tls-verify=false")
         argv += [f"docker-archive:{archive}", reference]
@@ -261,8 +275,7 @@ def stream_to(script: str, archive: Path) -> None:
         proc = spawn([script], stdout=handle, stderr=subprocess.PIPE)
         _, err = proc.communicate()
     if proc.returncode != 0:
-        raise ImageError(f"{script} failed (exit {proc.returncode}): "
-                         f"{tail(err.decode(errors='replace'), 1)}")
+        raise ImageError(f"{script} failed (exit {proc.returncode}): {tail(err.decode(errors='replace'), 1)}")
 
 
 def loader() -> list[str]:
@@ -287,11 +300,13 @@ def load(image: Image) -> None:
     _, load_err = consumer.communicate()
     _, stream_err = producer.communicate()
     if producer.returncode != 0:
-        raise ImageError(f"{image.script} failed (exit {producer.returncode}): "
-                         f"{tail(stream_err.decode(errors='replace'), 1)}")
+        raise ImageError(
+            f"{image.script} failed (exit {producer.returncode}): {tail(stream_err.decode(errors='replace'), 1)}"
+        )
     if consumer.returncode != 0:
-        raise ImageError(f"{Path(argv[0]).name} refused {image.repo_tag}: "
-                         f"{skopeo_message(load_err.decode(errors='replace'))}")
+        raise ImageError(
+            f"{Path(argv[0]).name} refused {image.repo_tag}: {skopeo_message(load_err.decode(errors='replace'))}"
+        )
 
 
 # -- the command ---------------------------------------------------------------------
@@ -318,12 +333,13 @@ def main(
     dest = Destination.parse(to, load=load)
     if dest is None and not dry_run:
         raise ImageError(f"say where the image goes: --to {DESTINATIONS}; or --dry-run to list its layers")
-    if not any(token.strip() for item in sm for token in item.split(",")):
+    if not any(comma_list(item) for item in sm):
         raise ImageError("give the variant: --sm SM, e.g. --sm 90 (H100) or --sm 90 --arm64 (GH200)")
     picked = project.matrix.select(sm, arm64=arm64)
     if len(picked) != 1:
-        raise ImageError(f"one variant per image: --sm selected {len(picked)} "
-                         f"({', '.join(v.name for v in picked)}); give one SM")
+        raise ImageError(
+            f"one variant per image: --sm selected {len(picked)} ({', '.join(v.name for v in picked)}); give one SM"
+        )
     (variant,) = picked
     if tmpdir is not None and not Path(tmpdir).is_dir():
         raise ImageError(f"--tmpdir {tmpdir}: no such directory")
@@ -339,11 +355,15 @@ def main(
     require_built(nix, project, variant, overrides)
 
     def retarget(target: build.Target) -> build.Target:
-        return replace(target, attr=f"images.{target.variant.system}.{target.variant.name}",
-                       link=image_link(project, target.variant))
+        return replace(
+            target,
+            attr=f"images.{target.variant.system}.{target.variant.name}",
+            link=image_link(project, target.variant),
+        )
 
-    outcomes = build.main(project, out=out, interactive=interactive, nix=nix, retarget=retarget,
-                          sm=[variant.name], nixpkgs=nixpkgs)
+    outcomes = build.main(
+        project, out=out, interactive=interactive, nix=nix, retarget=retarget, sm=[variant.name], nixpkgs=nixpkgs
+    )
     assert isinstance(outcomes, list) and outcomes[0].store_path
     image = read_image(nix, variant, outcomes[0].store_path)
     print("\n".join(image.lines()), file=out, flush=True)

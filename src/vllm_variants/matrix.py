@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import compat
 from .errors import MatrixError, SelectionError
 
 if sys.version_info >= (3, 11):
@@ -37,8 +38,7 @@ VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled", "de
 SM_KEYS = frozenset(REQUIRED_VARIANT_KEYS + ("disabled", "default"))
 EXCLUDE_MATCH_KEYS = ("sm", "system", "python", "cuda")
 TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant", "axes", "sm", "cuda", "exclude", "pin"))
-PIN_KEYS = frozenset(("torch_version", "vllm_version", "torch_capabilities", "vllm_capabilities",
-                      "cuda_capabilities"))
+PIN_KEYS = frozenset(("torch_version", "vllm_version", "torch_capabilities", "vllm_capabilities", "cuda_capabilities"))
 
 # No leading zero: '09.0' is a typo, not SM 90 (nor an unknown SM '090').
 _SM = re.compile(r"^[1-9][0-9]{1,2}[af]?$")
@@ -153,15 +153,13 @@ class Matrix:
         unknown = sorted(set(data) - TOP_LEVEL_KEYS)
         if unknown:
             raise MatrixError(
-                f"{where}: unknown top-level key(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(TOP_LEVEL_KEYS))}"
+                f"{where}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_LEVEL_KEYS))}"
             )
         defaults = _table(data.get("defaults", {}), f"{where}: [defaults]", ", ".join(DEFAULT_KEYS))
         bad_defaults = sorted(set(defaults) - set(DEFAULT_KEYS))
         if bad_defaults:
             raise MatrixError(
-                f"{where}: unknown key(s) in [defaults]: {', '.join(bad_defaults)}; "
-                f"valid: {', '.join(DEFAULT_KEYS)}"
+                f"{where}: unknown key(s) in [defaults]: {', '.join(bad_defaults)}; valid: {', '.join(DEFAULT_KEYS)}"
             )
         systems_table = _table(data.get("systems", {}), f"{where}: [systems]", "[systems.<system>] tables")
         if not systems_table:
@@ -171,8 +169,7 @@ class Matrix:
             spec = _table(spec, f"{where}: [systems.{system}]", "exactly `suffix`")
             if set(spec) != {"suffix"}:
                 raise MatrixError(f"{where}: [systems.{system}] must hold exactly `suffix`")
-            systems[system] = _string(spec, "suffix", f"{where}: [systems.{system}]", '"-arm64" (or "")',
-                                      empty=True)
+            systems[system] = _string(spec, "suffix", f"{where}: [systems.{system}]", '"-arm64" (or "")', empty=True)
         build = _table(data.get("build", {}), f"{where}: [build]", "ram_per_job_gib")
         if "ram_per_job_gib" not in build:
             raise MatrixError(f"{where}: [build] needs an integer ram_per_job_gib")
@@ -188,12 +185,20 @@ class Matrix:
             raise MatrixError(f"{where}: no [[variant]] or [[sm]] tables")
         variants = []
         for label, row in product:  # the product first, then the explicit rows
-            variants.append(_variant(_with_line(row, defaults, lines), defaults, systems, label,
-                                     f"{where}: [defaults]"))
+            variants.append(
+                _variant(_with_line(row, defaults, lines), defaults, systems, label, f"{where}: [defaults]")
+            )
         for index, row in enumerate(rows, start=1):
-            row = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
-            variants.append(_variant(_with_line(row, defaults, lines), defaults, systems,
-                                     f"{where}: variant #{index}", f"{where}: [defaults]"))
+            table = _table(row, f"{where}: variant #{index}", ", ".join(sorted(VARIANT_KEYS)))
+            variants.append(
+                _variant(
+                    _with_line(table, defaults, lines),
+                    defaults,
+                    systems,
+                    f"{where}: variant #{index}",
+                    f"{where}: [defaults]",
+                )
+            )
         variants = [_checked(v, pin) for v in variants]
         names = [v.name for v in variants]
         duplicates = sorted(n for n, count in Counter(names).items() if count > 1)  # linear (issue #13)
@@ -245,8 +250,10 @@ class Matrix:
             python = f"python{digits}"
             valid = _unique(v.python for v in self.variants)
             if python not in valid:
-                raise SelectionError(f"unknown Python line '{python}'; valid: "
-                                     f"{', '.join(p.removeprefix('python') for p in valid)} (e.g. --python 313)")
+                raise SelectionError(
+                    f"unknown Python line '{python}'; valid: "
+                    f"{', '.join(p.removeprefix('python') for p in valid)} (e.g. --python 313)"
+                )
         if cuda is not None:
             cuda = cuda.strip()
             valid = sorted(_unique(v.cuda for v in self.variants), key=_version_key)
@@ -259,11 +266,11 @@ class Matrix:
         nothing asked for is the default set."""
         if python is None and cuda is None:
             return variant.default
-        return (variant.python == (python or self.default_python)
-                and variant.cuda == (cuda or self.default_cuda))
+        return variant.python == (python or self.default_python) and variant.cuda == (cuda or self.default_cuda)
 
-    def resolve(self, token: str, *, arm64: bool = False, python: str | None = None,
-                cuda: str | None = None) -> Variant:
+    def resolve(
+        self, token: str, *, arm64: bool = False, python: str | None = None, cuda: str | None = None
+    ) -> Variant:
         """One variant from '90', 'sm90', 'SM90', '9.0' or a full name (on the --python/--cuda line)."""
         python, cuda = self.lines(python, cuda)
         text = token.strip()
@@ -285,9 +292,7 @@ class Matrix:
         if not wanted:
             if arm64:
                 arm = _unique(v.sm for v in self.enabled if v.arm64)
-                raise SelectionError(
-                    f"SM {sm} has no arm64 variant; arm64 variants exist for SM {', '.join(arm)}"
-                )
+                raise SelectionError(f"SM {sm} has no arm64 variant; arm64 variants exist for SM {', '.join(arm)}")
             raise SelectionError(
                 f"SM {sm} exists only for arm64; add --arm64 "
                 f"(x86_64 SMs: {', '.join(_unique(v.sm for v in self.enabled if not v.arm64))})"
@@ -295,15 +300,15 @@ class Matrix:
         on_line = [v for v in wanted if self.on_line(v, python, cuda)]
         if not on_line:
             asked = " ".join(x for x in (python, f"CUDA {cuda}" if cuda else None) if x)
-            raise SelectionError(f"SM {sm} has no variant on {asked or 'the default line'}; "
-                                 f"it has: {', '.join(v.name for v in wanted)}")
+            raise SelectionError(
+                f"SM {sm} has no variant on {asked or 'the default line'}; it has: {', '.join(v.name for v in wanted)}"
+            )
         wanted = on_line
         if len(wanted) > 1:  # an SM's own torch is the default line; a torch-bin row goes by name
             wanted = [v for v in wanted if not v.torch_wheel] or wanted
         if len(wanted) > 1:
             raise SelectionError(
-                f"SM {sm} matches several variants ({', '.join(v.name for v in wanted)}); "
-                "give the full name"
+                f"SM {sm} matches several variants ({', '.join(v.name for v in wanted)}); give the full name"
             )
         return self._usable(wanted[0])
 
@@ -335,17 +340,14 @@ class Matrix:
         all = all or (none_means_all and not (tokens or systems))
         if not (tokens or systems or all):
             raise SelectionError(
-                "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), "
-                "--system SYSTEM or --all"
+                "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), --system SYSTEM or --all"
             )
         chosen: set[str] = set()
         if all:
             chosen.update(v.name for v in pool)
         for system in systems:
             if system not in self.systems:
-                raise SelectionError(
-                    f"unknown system '{system}'; valid: {', '.join(self.systems)}"
-                )
+                raise SelectionError(f"unknown system '{system}'; valid: {', '.join(self.systems)}")
             chosen.update(v.name for v in pool if v.system == system)
         for token in tokens:
             chosen.add(self.resolve(token, arm64=arm64, python=python, cuda=cuda).name)
@@ -357,13 +359,12 @@ class Matrix:
         return variant
 
 
-def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where: str,
-             defaults_where: str) -> Variant:
+def _variant(
+    row: Mapping[str, Any], defaults: Mapping[str, Any], systems: Mapping[str, Any], where: str, defaults_where: str
+) -> Variant:
     unknown = sorted(set(row) - VARIANT_KEYS)
     if unknown:
-        raise MatrixError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(VARIANT_KEYS))}"
-        )
+        raise MatrixError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(VARIANT_KEYS))}")
     missing = [k for k in REQUIRED_VARIANT_KEYS if k not in row]
     if missing:
         raise MatrixError(f"{where}: missing key(s) {', '.join(missing)}")
@@ -388,7 +389,7 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     if torch not in TORCH_KINDS:
         raise MatrixError(f"{at('torch')}: torch '{torch}' is not one of {', '.join(TORCH_KINDS)}")
     if not _SM.match(sm):
-        raise MatrixError(f"{where}: sm '{sm}' is not like \"90\" or \"100\"")
+        raise MatrixError(f'{where}: sm \'{sm}\' is not like "90" or "100"')
     if not _CAPABILITY.match(capability) or capability.replace(".", "") != sm:
         raise MatrixError(f"{where}: capability '{capability}' does not match sm '{sm}'")
     if not _CUDA.match(cuda):
@@ -396,8 +397,10 @@ def _variant(row: Mapping[str, Any], defaults: Mapping[str, Any], systems, where
     if system not in systems:
         raise MatrixError(f"{where}: system '{system}' is not one of {', '.join(systems)}")
     if torch == "wheel" and system not in TORCH_WHEEL_SYSTEMS:
-        raise MatrixError(f"{where}: torch = \"wheel\" needs {', '.join(TORCH_WHEEL_SYSTEMS)}: nixpkgs' "
-                          f"torch-bin is the CPU wheel on {system}")
+        raise MatrixError(
+            f'{where}: torch = "wheel" needs {", ".join(TORCH_WHEEL_SYSTEMS)}: nixpkgs\' '
+            f"torch-bin is the CPU wheel on {system}"
+        )
     gpus = merged["gpus"]
     if not isinstance(gpus, list) or not gpus or not all(isinstance(g, str) for g in gpus):
         raise MatrixError(f"{where}: gpus must be a non-empty list of strings")
@@ -473,7 +476,9 @@ class Pin:
             if high is not None and _version_key(variant.cuda) > _version_key(high):
                 return f"CUDA {variant.cuda} no longer supports capability {cap} (last: CUDA {high})"
         if not variant.torch_wheel and self.torch_capabilities is not None and cap not in self.torch_capabilities:
-            return f"torch {self.torch_version or ''} at the pin cannot target {cap} (not on its list)".replace("  ", " ")
+            return f"torch {self.torch_version or ''} at the pin cannot target {cap} (not on its list)".replace(
+                "  ", " "
+            )
         if self.vllm_capabilities is not None and cap not in self.vllm_capabilities:
             return f"vllm {self.vllm_version or ''} at the pin cannot target {cap} (not on its list)".replace("  ", " ")
         return None
@@ -487,26 +492,30 @@ def _pin(table: Any, where: str) -> Pin:
     pin = _table(table, f"{where}: [pin]", ", ".join(sorted(PIN_KEYS)))
     unknown = sorted(set(pin) - PIN_KEYS)
     if unknown:
-        raise MatrixError(f"{where}: unknown key(s) in [pin]: {', '.join(unknown)}; valid: {', '.join(sorted(PIN_KEYS))}")
+        raise MatrixError(
+            f"{where}: unknown key(s) in [pin]: {', '.join(unknown)}; valid: {', '.join(sorted(PIN_KEYS))}"
+        )
 
     def caps(key: str) -> tuple[str, ...] | None:
         value = pin.get(key)
         if value is None:
             return None
         if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
-            raise MatrixError(f"{where}: [pin] {key} must be a list of capabilities like \"9.0\"")
+            raise MatrixError(f'{where}: [pin] {key} must be a list of capabilities like "9.0"')
         return tuple(value)
 
     bounds = None
     if "cuda_capabilities" in pin:
         bounds = {}
-        for cap, pair in _table(pin["cuda_capabilities"], f"{where}: [pin.cuda_capabilities]",
-                                'capability = ["min CUDA", "max CUDA" or ""]').items():
+        for cap, pair in _table(
+            pin["cuda_capabilities"], f"{where}: [pin.cuda_capabilities]", 'capability = ["min CUDA", "max CUDA" or ""]'
+        ).items():
             if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair) and pair[0]):
                 raise MatrixError(f'{where}: [pin.cuda_capabilities] "{cap}" must be ["min", "max" or ""]')
             bounds[cap] = (pair[0], pair[1] or None)
-    return Pin(pin.get("torch_version"), pin.get("vllm_version"), caps("torch_capabilities"),
-               caps("vllm_capabilities"), bounds)
+    return Pin(
+        pin.get("torch_version"), pin.get("vllm_version"), caps("torch_capabilities"), caps("vllm_capabilities"), bounds
+    )
 
 
 def _product(data: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
@@ -539,12 +548,18 @@ def _product(data: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -
         table = _table(table, f"{where}: sm #{index}", ", ".join(sorted(SM_KEYS)))
         bad = sorted(set(table) - SM_KEYS)
         if bad:
-            raise MatrixError(f"{where}: sm #{index}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(SM_KEYS))}")
+            raise MatrixError(
+                f"{where}: sm #{index}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(SM_KEYS))}"
+            )
         for python in line["python"]:
             for cuda in line["cuda"]:
                 on_line = python == defaults.get("python") and cuda == defaults.get("cuda")
-                row = {**table, "python": python, "cuda": cuda,
-                       "default": on_line and table.get("default", True) is True}
+                row = {
+                    **table,
+                    "python": python,
+                    "cuda": cuda,
+                    "default": on_line and table.get("default", True) is True,
+                }
                 for rule in [] if "disabled" in table else rules:
                     if all(rule[k] == row.get(k) for k in EXCLUDE_MATCH_KEYS if k in rule):
                         row["disabled"] = rule["reason"]
@@ -598,15 +613,26 @@ def _integer(table: Mapping[str, Any], key: str, where: str, example: str) -> in
     return value
 
 
+def comma_list(value: object) -> list[str]:
+    """'80, 89,,90' -> ['80', '89', '90']: the words of one comma-separated option value."""
+    return [t.strip() for t in str(value).split(",") if t.strip()]
+
+
 def sm_tokens(sms: Iterable[str]) -> list[str]:
     """The SMs of --sm values ('80,89' counts two); a value naming none is refused, not ignored."""
     tokens = []
     for item in sms:
-        words = [t.strip() for t in str(item).split(",") if t.strip()]
+        words = comma_list(item)
         if not words:
             raise SelectionError(f"--sm '{item}' names no SM; give one like --sm 90 (or 80,89,90)")
         tokens += words
     return tokens
+
+
+def split_auto(tokens: Sequence[str]) -> tuple[list[str], bool]:
+    """(the named SMs, whether `auto` was among them): `--sm auto` means the local GPUs' variants."""
+    named = [t for t in tokens if t.lower() != "auto"]
+    return named, len(named) < len(tokens)
 
 
 def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool, arm64: bool) -> None:
@@ -614,16 +640,22 @@ def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool
     silently build (or list) their union, hours nobody asked for (issue #11)."""
     given = [flag for flag, used in (("--sm", tokens), ("--all", all), ("--system", systems)) if used]
     if len(given) > 1:
-        raise SelectionError(f"{given[0]} and {given[1]} conflict: each selects variants on its own; give one of "
-                             "--sm SM, --system SYSTEM or --all")
+        raise SelectionError(
+            f"{given[0]} and {given[1]} conflict: each selects variants on its own; give one of "
+            "--sm SM, --system SYSTEM or --all"
+        )
     if arm64 and not tokens:
-        raise SelectionError("--arm64 applies to --sm only (--sm 90 --arm64 is the GH200 variant); "
-                             "for every arm64 variant use --system aarch64-linux")
+        raise SelectionError(
+            "--arm64 applies to --sm only (--sm 90 --arm64 is the GH200 variant); "
+            "for every arm64 variant use --system aarch64-linux"
+        )
 
 
 def sm_number(sm: str) -> str:
-    """'90a' -> '90', '100f' -> '100': the SM a GPU and a cubin report, without the arch-specific suffix."""
-    return sm.rstrip("af")
+    """'90a' -> '90', '100f' -> '100': the SM a GPU and a cubin report, without the arch-specific suffix.
+
+    compat's rule (as the smoke check's): the a/f suffix names a code target, not another GPU."""
+    return compat.sm_of(sm)
 
 
 def normalise_sm(text: str) -> str | None:

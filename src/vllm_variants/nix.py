@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
+from .errors import BuildError, CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, spawn
 
@@ -126,16 +127,21 @@ class Nix:
             return [str(exc)]
         found = []
         if version < MIN_VERSION:
-            found.append(f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
-                         f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix")
+            found.append(
+                f"Nix {self.version_text} is too old: nixpkgs needs Nix >= "
+                f"{'.'.join(map(str, MIN_VERSION))}; upgrade Nix"
+            )
         try:
             flakes = self.flakes_enabled()
             system = self.setting("system")
         except VariantsError as exc:
             return [*found, f"cannot read the Nix configuration: {exc}"]
         if not system:  # every Nix names its system: this one is broken (or not Nix)
-            return [*found, f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
-                            "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)"]
+            return [
+                *found,
+                f"'{format_argv(self.config_argv())}' printed no 'system' setting: this Nix "
+                "installation is broken; reinstall Nix >= 2.18 (https://nixos.org/download)",
+            ]
         if not flakes:
             found.append(f"Nix's experimental feature 'flakes' is not enabled: {ENABLE_FLAKES_HINT}")
         return [*found, *self.rejected()]
@@ -160,7 +166,7 @@ class Nix:
         Flags last: Nix reads them wherever they are and checks features only
         after parsing, and error lines show `nix <command> ...` first.
         """
-        return [self.executable, *map(os.fspath, args), *NIX_COMMAND, *self._option_args()]
+        return [self.executable, *(os.fspath(a) for a in args), *NIX_COMMAND, *self._option_args()]
 
     @staticmethod
     def override_args(overrides: Mapping[str, str]) -> list[str]:
@@ -169,7 +175,9 @@ class Nix:
             args += ["--override-input", name, ref]
         return args
 
-    def flake_update(self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None):
+    def flake_update(
+        self, flake: str | os.PathLike[str], input_name: str, *, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Relock one input of `flake` (flake.lock is rewritten; the command differs at 2.19)."""
         if self.new_cli:
             return self.run("flake", "update", input_name, "--flake", flake, cwd=cwd)
@@ -177,7 +185,9 @@ class Nix:
 
     # -- common calls -----------------------------------------------------
 
-    def run(self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any):
+    def run(
+        self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """runner.run of `nix *args` with this Nix's options and environment."""
         return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
 
@@ -197,7 +207,8 @@ class Nix:
 
     def flake_prefetch(self, ref: str) -> dict[str, Any]:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
-        return json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+        data: dict[str, Any] = json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+        return data
 
     def path_info_json(self) -> list[str]:
         """`--json`, plus `--json-format 1` where Nix has it (2.33+): without it Nix
@@ -220,8 +231,14 @@ class Nix:
         """
         if not paths:
             return {}
-        args = ["path-info", *self.path_info_json(), *(["--closure-size"] if closure else []),
-                *(["--recursive"] if recursive else []), *(["--store", store] if store else []), *paths]
+        args = [
+            "path-info",
+            *self.path_info_json(),
+            *(["--closure-size"] if closure else []),
+            *(["--recursive"] if recursive else []),
+            *(["--store", store] if store else []),
+            *paths,
+        ]
         data = json.loads(self.run(*args).stdout)
         return normalise_path_info(data)
 
@@ -239,16 +256,25 @@ class Nix:
             return {p: i for path in paths for p, i in self.realised([path]).items()}
         return {p: i for p, i in infos.items() if is_valid_info(i)}
 
-    def dry_run(
-        self, installables: Sequence[str], *args: str, cwd: Path | None = None
-    ) -> tuple[list[dict[str, Any]], DryRun]:
+    def dry_run(self, installables: Sequence[str], *args: str, cwd: Path | None = None) -> tuple[list[Planned], DryRun]:
         """What building `installables` would do, building nothing.
 
-        Returns `nix build --dry-run --json`'s [{drvPath, outputs}] (one per
-        installable, in order) and the plan Nix printed on stderr.
+        Returns `nix build --dry-run --json`'s records (one per installable,
+        in order: checked) and the plan Nix printed on stderr.
         """
         proc = self.run("build", "--dry-run", "--json", *args, *installables, cwd=cwd)
-        return json.loads(proc.stdout or "[]"), parse_dry_run(proc.stderr)
+        planned = [Planned.from_json(item) for item in json.loads(proc.stdout or "[]")]
+        if len(planned) != len(installables):
+            raise BuildError(
+                f"nix build --dry-run --json listed {len(planned)} derivations for {len(installables)} variants"
+            )
+        return planned, parse_dry_run(proc.stderr)
+
+    def out_path(self, planned: Planned) -> str:
+        """The out path of a dry-run record: printed by this Nix, or read from its derivation."""
+        if planned.out is not None:
+            return planned.out
+        return self.derivation_outputs(planned.drv)["out"]
 
     def derivation_outputs(self, drv: str) -> dict[str, str]:
         """{output name: store path} of a derivation, from `nix derivation show`.
@@ -288,8 +314,9 @@ class Nix:
             if inputs is None:
                 inputs = (record.get("inputs") or {}).get("drvs") or {}
             outputs = [(o or {}).get("path") for o in (record.get("outputs") or {}).values()]
-            graph[absolute(drv)] = Derivation(tuple(absolute(i) for i in inputs),
-                                              tuple(absolute(o) for o in outputs if o))
+            graph[absolute(drv)] = Derivation(
+                tuple(absolute(i) for i in inputs), tuple(absolute(o) for o in outputs if o)
+            )
         return graph
 
     def substituters(self) -> list[str]:
@@ -336,12 +363,42 @@ class Nix:
         if proc.wait() != 0:
             raise CommandError(argv, proc.returncode, "see nix's error above")
 
-    def sign(self, paths: Sequence[str], *, key_file: str | os.PathLike[str], store: str | None = None,
-             recursive: bool = False, echo: bool = False):
+    def sign(
+        self,
+        paths: Sequence[str],
+        *,
+        key_file: str | os.PathLike[str],
+        store: str | None = None,
+        recursive: bool = False,
+        echo: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """`nix store sign --key-file K` in the local store, or in `store` (a binary cache)."""
-        args = ["store", "sign", "--key-file", os.fspath(key_file), *(["--recursive"] if recursive else []),
-                *(["--store", store] if store else []), *paths]
+        args = [
+            "store",
+            "sign",
+            "--key-file",
+            os.fspath(key_file),
+            *(["--recursive"] if recursive else []),
+            *(["--store", store] if store else []),
+            *paths,
+        ]
         return self.run(*args, echo=echo)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One installable of `nix build --dry-run --json`: its .drv, and its out path where this Nix prints it."""
+
+    drv: str
+    out: str | None
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any]) -> Planned:
+        """{drvPath, outputs}; drvPath is {path} in some Nix versions, outputs absent in some."""
+        drv = item["drvPath"]
+        outputs = item.get("outputs")
+        out = (outputs or {}).get("out") if isinstance(outputs, dict) else None
+        return cls(drv["path"] if isinstance(drv, dict) else drv, out if isinstance(out, str) else None)
 
 
 @dataclass(frozen=True)
@@ -362,7 +419,7 @@ def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[st
     for line in stderr.splitlines():
         match = _REJECTED.match(line.strip())
         name = match and (match.group(2) or match.group(3))
-        if name and name in given:
+        if match and name and name in given:
             found.append(f"Nix rejects --option {name}={given[name]}: {match.group(1)}")
     return list(dict.fromkeys(found))
 
@@ -391,7 +448,7 @@ def error_message(stderr: str) -> str:
     if not starts:
         return tail(stderr, 1)
     message = [lines[starts[-1]].strip().removeprefix("error:").strip()]
-    for line in lines[starts[-1] + 1:]:
+    for line in lines[starts[-1] + 1 :]:
         if not line.strip() or _SOURCE_LINE.match(line):
             break
         message.append(line.strip())
@@ -404,7 +461,8 @@ def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
     node = nodes.get(lock.get("root", "root"), {}).get("inputs", {}).get(input_name)
     if not isinstance(node, str):  # a `follows` path, or no such input
         return None
-    return nodes.get(node, {}).get("locked", {}).get("rev")
+    rev = nodes.get(node, {}).get("locked", {}).get("rev")
+    return rev if isinstance(rev, str) else None
 
 
 def is_valid_info(info: Mapping[str, Any] | None) -> bool:
@@ -413,7 +471,7 @@ def is_valid_info(info: Mapping[str, Any] | None) -> bool:
     Nix >= 2.19 prints null for a path the store lacks (normalised to {}),
     2.18 prints {"valid": false}.
     """
-    return bool(info) and info.get("valid", True) is not False and "narHash" in info
+    return info is not None and bool(info) and info.get("valid", True) is not False and "narHash" in info
 
 
 def input_ref(value: str, cwd: Path | None = None) -> str:
@@ -431,8 +489,10 @@ def input_ref(value: str, cwd: Path | None = None) -> str:
         )
     candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
     if candidate.is_file():
-        raise SelectionError(f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
-                             "directory or a flake reference such as github:NixOS/nixpkgs/<rev>")
+        raise SelectionError(
+            f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
+            "directory or a flake reference such as github:NixOS/nixpkgs/<rev>"
+        )
     if candidate.is_dir():
         if not (candidate / "flake.nix").is_file():
             raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")

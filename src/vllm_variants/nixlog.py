@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import PurePosixPath
+from typing import Any
 
 PREFIX = "@nix "
 TAIL_LINES = 25
@@ -124,7 +125,7 @@ def size_bytes(number: str, unit: str) -> int:
     """('1.5', 'KiB') -> 1536. Nix's sizes are binary; a plain 'KB'/'MB' is read
     the same way (Nix has never meant 1000 by one)."""
     power = 0 if unit == "B" else "KMGTPEZY".index(unit[0].upper()) + 1
-    return round(float(number) * 1024**power)
+    return round(float(number) * (1 << (10 * power)))
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,9 @@ def parse_dry_run(stderr: str) -> DryRun:
         elif match := _FETCH_HEAD.match(line):
             current = sections["fetch"]
             sizes = _SIZES.match(match.group("sizes") or "")
-            download, unpacked = (size_bytes(*sizes.group(1, 2)), size_bytes(*sizes.group(3, 4))) if sizes \
-                else (None, None)
+            download, unpacked = (
+                (size_bytes(*sizes.group(1, 2)), size_bytes(*sizes.group(3, 4))) if sizes else (None, None)
+            )
         elif _UNKNOWN_HEAD.match(line):
             current = sections["unknown"]
         elif current is not None and (item := _ITEM.match(line)):
@@ -200,7 +202,6 @@ def read_lines(fd: int, poll_s: float) -> Iterator[str | None]:
             yield line.decode("utf-8", "replace") + "\n"
     if pending:
         yield pending.decode("utf-8", "replace")
-
 
 
 @dataclass
@@ -268,7 +269,7 @@ class NixLog:
                 self.errors.append(text)
             return [Event("text", text)] if line.strip() else []
         try:
-            data = json.loads(line[len(PREFIX):])
+            data = json.loads(line[len(PREFIX) :])
         except ValueError:
             return [Event("text", strip_ansi(line))]
         action = data.get("action")
@@ -285,6 +286,7 @@ class NixLog:
     # -- actions ----------------------------------------------------------
 
     def _start(self, data: dict) -> list[Event]:
+        ident: Any  # Nix's activity id (an int); JSON, so not checked here
         kind, ident, fields = data.get("type"), data.get("id"), data.get("fields") or []
         if kind == ActivityType.BUILD and fields:
             build = Build(
@@ -304,7 +306,7 @@ class NixLog:
         return []
 
     def _stop(self, data: dict) -> list[Event]:
-        ident = data.get("id")
+        ident: Any = data.get("id")
         self.fetching.pop(ident, None)
         build = self.builds.get(ident)
         if build is None or build.stopped is not None:
@@ -324,6 +326,7 @@ class NixLog:
         return [Event("build-stop", build.name, build)]
 
     def _result(self, data: dict) -> list[Event]:
+        ident: Any
         kind, ident, fields = data.get("type"), data.get("id"), data.get("fields") or []
         if kind == ResultType.PROGRESS and ident == self._builds_activity and len(fields) >= 4:
             done, self.expected, self.running, self.failed = (int(f) for f in fields[:4])

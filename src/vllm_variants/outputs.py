@@ -130,8 +130,8 @@ def _our_fd(path: Path) -> int | None:
     if text in _FD_NAMES:
         return _FD_NAMES[text]
     for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
-        if text.startswith(prefix) and text[len(prefix):].isdigit():
-            return int(text[len(prefix):])
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
     return None
 
 
@@ -155,7 +155,7 @@ def write_text(path: Path, text: str) -> None:
             sys.stdout.flush()
             data = text.encode("utf-8")
             while data:
-                data = data[os.write(fd, data):]
+                data = data[os.write(fd, data) :]
         except OSError as exc:
             raise WriteError("standard output" if fd == 1 else path, exc) from None
         return

@@ -23,9 +23,7 @@ class Project:
         for candidate in (here, *here.parents):
             if (candidate / "flake.nix").is_file() and (candidate / MATRIX).is_file():
                 return cls(candidate)
-        raise PreflightError(
-            f"no vllm-variants checkout at or above {here} (looked for flake.nix and {MATRIX})"
-        )
+        raise PreflightError(f"no vllm-variants checkout at or above {here} (looked for flake.nix and {MATRIX})")
 
     @property
     def matrix_path(self) -> Path:

@@ -67,7 +67,7 @@ def missing_file_cache(uri: str) -> bool:
     Asking Nix would create it (nix-cache-info), and a plan or --check must
     change nothing.
     """
-    return scheme(uri) == "file" and not Path(uri[len("file://"):].split("?", 1)[0]).exists()
+    return scheme(uri) == "file" and not Path(uri[len("file://") :].split("?", 1)[0]).exists()
 
 
 def query_params(uri: str) -> dict[str, str]:
@@ -103,13 +103,9 @@ class SigningKey:
         except binascii.Error:
             size = -1
         if size == SECRET_KEY_BYTES // 2:
-            raise PublishError(
-                f"{path} holds a public key ({name}); --sign-key needs the secret key it was made from"
-            )
+            raise PublishError(f"{path} holds a public key ({name}); --sign-key needs the secret key it was made from")
         if size != SECRET_KEY_BYTES:
-            raise PublishError(
-                f"{path} is not a Nix secret key (NAME:BASE64 from `nix key generate-secret`)"
-            )
+            raise PublishError(f"{path} is not a Nix secret key (NAME:BASE64 from `nix key generate-secret`)")
         return cls(path, name)
 
 
@@ -125,8 +121,10 @@ def require_uri(to: str) -> None:
         # Nix reads a bare path as a local chroot store (a whole /nix/store
         # under it), which nobody means by "publish to /srv/cache" (issue #11).
         where = Path(to).expanduser().absolute()
-        raise PublishError(f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
-                           f"local?root={where} for a chroot store")
+        raise PublishError(
+            f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
+            f"local?root={where} for a chroot store"
+        )
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
@@ -187,7 +185,7 @@ def not_built(missing: Sequence[tuple[Variant, str]]) -> PublishError:
 
 
 @dataclass(frozen=True)
-class Entry:
+class PublishEntry:
     """One variant: its result and closure, and what the cache already holds of it."""
 
     variant: Variant
@@ -205,10 +203,10 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class Plan:
+class PublishPlan:
     to: str
     key: SigningKey | None
-    entries: tuple[Entry, ...]
+    entries: tuple[PublishEntry, ...]
 
     @property
     def binary_cache(self) -> bool:
@@ -231,12 +229,7 @@ class Plan:
         """Paths the cache holds without this key's signature (`nix copy` skips them)."""
         if not self.key:
             return []
-        unsigned = {
-            path
-            for entry in self.entries
-            for path, names in entry.held.items()
-            if self.key.name not in names
-        }
+        unsigned = {path for entry in self.entries for path, names in entry.held.items() if self.key.name not in names}
         return sorted(unsigned)
 
     def signing_text(self) -> str:
@@ -267,8 +260,7 @@ class Plan:
         return out
 
 
-def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None,
-              nix: Nix) -> Plan:
+def make_plan(project: Project, variants: Sequence[Variant], to: str, key: SigningKey | None, nix: Nix) -> PublishPlan:
     """Read links, closures and the cache; change nothing."""
     require_uri(to)
     if key and "secret-key" in query_params(to):
@@ -286,12 +278,11 @@ def make_plan(project: Project, variants: Sequence[Variant], to: str, key: Signi
     held = held_paths(nix, sorted({p for c in closures.values() for p in c}), to)
     for variant in variants:
         closure = closures[variant.name]
-        entries.append(Entry(variant, outs[variant.name], closure,
-                             {p: held[p] for p in closure if p in held}))
-    return Plan(to, key, tuple(entries))
+        entries.append(PublishEntry(variant, outs[variant.name], closure, {p: held[p] for p in closure if p in held}))
+    return PublishPlan(to, key, tuple(entries))
 
 
-def execute(plan: Plan, nix: Nix, out: TextIO) -> None:
+def execute(plan: PublishPlan, nix: Nix, out: TextIO) -> None:
     """Sign (where it must come first), copy, sign what the cache already held."""
     roots = [e.path for e in plan.entries]
     if plan.key and not plan.binary_cache:
@@ -314,14 +305,16 @@ def publish(
     dry_run: bool = False,
     nix: Nix | None = None,
     out: TextIO | None = None,
-) -> Plan:
+) -> PublishPlan:
     """Copy the variants' closures to `to`, signed with `sign_key` when given."""
     out = out or sys.stdout
     nix = nix or Nix()
     nix.preflight()
     if sign_key is not None and not str(sign_key).strip():  # an unset variable: never publish unsigned for it
-        raise PublishError(f"--sign-key '{sign_key}' is empty; give the secret key file "
-                           "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out")
+        raise PublishError(
+            f"--sign-key '{sign_key}' is empty; give the secret key file "
+            "(`nix key generate-secret --key-name NAME > FILE`), or leave --sign-key out"
+        )
     key = SigningKey.read(sign_key) if sign_key is not None else None
     plan = make_plan(project, variants, to, key, nix)
     print("\n".join(plan.lines()), file=out, flush=True)
@@ -371,8 +364,9 @@ class Holding:
         return f"  {status}  {self.variant.name}  {self.path}{signed}"
 
 
-def out_paths(nix: Nix, project: Project, variants: Sequence[Variant],
-              overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def out_paths(
+    nix: Nix, project: Project, variants: Sequence[Variant], overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """{variant name: out path}, from one Nix evaluation of exactly these variants.
 
     `nix build --dry-run` takes several installables in one process, where
@@ -384,17 +378,7 @@ def out_paths(nix: Nix, project: Project, variants: Sequence[Variant],
     flake = flake_ref(project.root)
     args = ["--no-write-lock-file", "--option", "substitute", "false", *nix.override_args(overrides or {})]
     built, _ = nix.dry_run([f"{flake}#{v.attr_path()}" for v in variants], *args, cwd=project.root)
-    if len(built) != len(variants):
-        raise PublishError(f"nix build --dry-run --json listed {len(built)} derivations for {len(variants)} variants")
-    paths = {}
-    for variant, item in zip(variants, built):
-        outputs = item.get("outputs")
-        out = outputs.get("out") if isinstance(outputs, dict) else None
-        if not isinstance(out, str):  # not in every Nix's --dry-run --json: read the derivation
-            drv = item["drvPath"]
-            out = nix.derivation_outputs(drv["path"] if isinstance(drv, dict) else drv)["out"]
-        paths[variant.name] = out
-    return paths
+    return {variant.name: nix.out_path(planned) for variant, planned in zip(variants, built)}
 
 
 def check(
@@ -416,10 +400,7 @@ def check(
     nix.preflight()
     paths = out_paths(nix, project, variants, overrides)
     held = held_paths(nix, list(paths.values()), to)
-    holdings = [
-        Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ())))
-        for v in variants
-    ]
+    holdings = [Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ()))) for v in variants]
     missing = [h.variant for h in holdings if not h.held]
     print(f"{to} holds {len(holdings) - len(missing)} of {len(holdings)} variant(s):", file=out)
     for holding in holdings:

@@ -48,14 +48,18 @@ def variants_table(matrix: Matrix) -> str:
         )
     listed_off = [v for v in matrix.variants if v.default and not v.enabled]
     for v in listed_off:
-        lines.append(f"| {v.sm} | {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.system} | | `{v.name}` | "
-                     f"disabled: {_cell(v.disabled or '')} |")
+        lines.append(
+            f"| {v.sm} | {_cell(', '.join(v.gpus))} | {_cell(v.arch)} | {v.system} | | `{v.name}` | "
+            f"disabled: {_cell(v.disabled or '')} |"
+        )
     others = len(matrix.enabled) - len(matrix.default_set)
     disabled = len(matrix.variants) - len(matrix.enabled)
     pythons = ", ".join(sorted({_python_version(v.python) for v in matrix.enabled}))
     cudas = ", ".join(sorted({v.cuda for v in matrix.enabled}))
-    drivers = "; ".join(f"CUDA {cuda} needs NVIDIA driver >= {driver}"
-                        for cuda, driver in sorted({(v.cuda, v.min_driver) for v in matrix.enabled}))
+    drivers = "; ".join(
+        f"CUDA {cuda} needs NVIDIA driver >= {driver}"
+        for cuda, driver in sorted({(v.cuda, v.min_driver) for v in matrix.enabled})
+    )
     lines += [
         "",
         f"The default set: Python {_python_text(matrix)}, CUDA {', '.join(sorted({v.cuda for v in matrix.default_set}))}. "
@@ -76,9 +80,7 @@ def _python_text(matrix: Matrix) -> str:
 
 def replace_section(text: str, section: str, source: str, body: str) -> str:
     begin, end = begin_marker(section, source), end_marker(section)
-    pattern = re.compile(
-        re.escape(f"<!-- BEGIN {section}:") + r".*?-->\n.*?" + re.escape(end), re.DOTALL
-    )
+    pattern = re.compile(re.escape(f"<!-- BEGIN {section}:") + r".*?-->\n.*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
         raise VariantsError(f"README.md has no '{section}' section (markers '{begin}' ... '{end}')")
     return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)

@@ -104,8 +104,12 @@ class Host:
     mem_bytes: int
 
     @classmethod
-    def detect(cls, meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup"),
-               proc_cgroup: Path = Path("/proc/self/cgroup")) -> Host:
+    def detect(
+        cls,
+        meminfo: Path = Path("/proc/meminfo"),
+        cgroup: Path = Path("/sys/fs/cgroup"),
+        proc_cgroup: Path = Path("/proc/self/cgroup"),
+    ) -> Host:
         """Cores this process may use; RAM as MemTotal or its cgroups' limit when lower."""
         try:
             cores = len(os.sched_getaffinity(0))

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,7 +35,7 @@ HINTS = {
     "cuobjdump": "it ships with the CUDA toolkit (cudaPackages.cuda_cuobjdump)",
     "skopeo": "install it: apt-get install skopeo (Debian, Ubuntu), dnf install skopeo (Fedora, RHEL)",
     "docker": "--load needs docker or podman (apt-get install docker.io, or podman); or give --to "
-              "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
+    "docker://REGISTRY/NAME or --to oci-archive:PATH instead",
 }
 
 
@@ -187,14 +187,22 @@ def terminations_interrupt() -> Iterator[None]:
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
+    with signals_handled((signal.SIGTERM, signal.SIGHUP), interrupt):
+        yield
+
+
+@contextlib.contextmanager
+def signals_handled(signals: Sequence[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """`handler` for each of `signals` inside the block, the previous handlers
+    restored after it; off the main thread signals are left alone."""
     previous = {}
     try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, interrupt)
+        for sig in signals:
+            previous[sig] = signal.signal(sig, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

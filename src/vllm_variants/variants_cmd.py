@@ -17,7 +17,7 @@ COLUMNS = ("Variant", "SM", "Architecture", "Example GPUs", "System", "Driver")
 
 def rows(matrix: Matrix, *, everything: bool = False) -> list[tuple[str, ...]]:
     """The default set; with everything, every combination, the disabled with their reasons."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for v in matrix.variants if everything else matrix.default_set:
         name = v.name if v.enabled else f"{v.name} (disabled: {v.disabled})"
         out.append((name, v.sm, v.arch, ", ".join(v.gpus), v.system, f">= {v.min_driver}"))
@@ -31,19 +31,21 @@ def show(project: Project, *, as_json: bool = False, everything: bool = False, o
         json.dump(matrix.to_json(), out, indent=2)
         out.write("\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
+    from .console import console_for
+
     shown = rows(matrix, everything=everything)
-    title = (f"vllm-variants matrix: all {len(matrix.variants)} combinations, {len(matrix.enabled)} valid"
-             if everything else f"vllm-variants default set ({len(shown)} of {len(matrix.enabled)} valid "
-             "variants; --all lists every combination)")
+    title = (
+        f"vllm-variants matrix: all {len(matrix.variants)} combinations, {len(matrix.enabled)} valid"
+        if everything
+        else f"vllm-variants default set ({len(shown)} of {len(matrix.enabled)} valid "
+        "variants; --all lists every combination)"
+    )
     table = Table(title=title, title_justify="left")
     for column in COLUMNS:
         table.add_column(column, no_wrap=column in ("Variant", "System"))
     for row in shown:
         table.add_row(*row, style="dim" if "(disabled" in row[0] else None)
-    console = Console(file=out)
-    if not console.is_terminal:
-        console.width = 160  # a pipe or file: keep one row per line
+    console = console_for(out)  # a pipe or file: one row per line
     console.print(table)

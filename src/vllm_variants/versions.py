@@ -47,8 +47,9 @@ class PinVersions:
     unverified: str | None = None
 
     @classmethod
-    def from_eval(cls, rev: str, url: str, packages: Mapping[str, Mapping[str, Any]],
-                  nar_hash: str | None = None) -> PinVersions:
+    def from_eval(
+        cls, rev: str, url: str, packages: Mapping[str, Mapping[str, Any]], nar_hash: str | None = None
+    ) -> PinVersions:
         """From EVAL's output; every package must report every key of KEYS."""
         variants: dict[str, dict[str, str]] = {}
         for name, by_system in packages.items():
@@ -66,17 +67,25 @@ class PinVersions:
         try:
             data = json.loads(text)
             pin = data["nixpkgs"]
-            return cls(rev=pin["rev"], url=pin["url"],
-                       variants={n: {k: v[k] for k in KEYS} for n, v in data["variants"].items()},
-                       nar_hash=pin.get("narHash"), unverified=pin.get("unverified"))
+            return cls(
+                rev=pin["rev"],
+                url=pin["url"],
+                variants={n: {k: v[k] for k in KEYS} for n, v in data["variants"].items()},
+                nar_hash=pin.get("narHash"),
+                unverified=pin.get("unverified"),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise VariantsError(f"{PATH} is malformed ({exc!r}); regenerate it with `invoke bump-pin <rev>`") from None
 
     def dumps(self) -> str:
         data = {
             "generated_by": "invoke bump-pin: nix eval of hydraJobs.<variant>.<system>.versions (the default set)",
-            "nixpkgs": {"rev": self.rev, "url": self.url, "narHash": self.nar_hash,
-                        **({"unverified": self.unverified} if self.unverified else {})},
+            "nixpkgs": {
+                "rev": self.rev,
+                "url": self.url,
+                "narHash": self.nar_hash,
+                **({"unverified": self.unverified} if self.unverified else {}),
+            },
             "variants": self.variants,
         }
         return json.dumps(data, indent=2) + "\n"

@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from .compat import base_capability, sass_runs_on
 from .errors import SelectionError, ToolMissing
 from .gpus import GPU, detect
 from .matrix import Matrix, Variant
 from .project import Project
 from .runner import CannotRun
-from .compat import base_capability, sass_runs_on
 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
@@ -66,7 +66,7 @@ def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple
     return [(v, sass_runs_on(v.capability, gpu.capability)) for v in ranked[:count]]
 
 
-def _unique_systems(systems) -> list[str]:
+def _unique_systems(systems: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(systems))
 
 
@@ -83,8 +83,8 @@ def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
     nearest_text = f"nearest: {'; '.join(choices)}" if choices else f"no variant is built for {system} at all"
     add = (
         f"to add it, append one [[sm]] table to nix/variants.toml "
-        f"(sm = \"{gpu.sm}\", capability = \"{gpu.capability}\", arch = \"...\", gpus = [\"{gpu.name}\"], "
-        f"system = \"{system}\")"
+        f'(sm = "{gpu.sm}", capability = "{gpu.capability}", arch = "...", gpus = ["{gpu.name}"], '
+        f'system = "{system}")'
     )
     return f"{what}; {nearest_text}; {add}"
 
@@ -95,13 +95,21 @@ def match(matrix: Matrix, gpus: Sequence[GPU], system: str | None = None) -> lis
     matches = []
     for gpu in gpus:
         # the default line first (an SM has a variant per Python and CUDA line), its own torch first
-        same = sorted((v for v in matrix.variants if v.sm_number == gpu.sm and v.system == system),
-                      key=lambda v: (not v.default, v.torch_wheel))
+        same = sorted(
+            (v for v in matrix.variants if v.sm_number == gpu.sm and v.system == system),
+            key=lambda v: (not v.default, v.torch_wheel),
+        )
         if not same:
             matches.append(Match(gpu, None, _no_variant(matrix, gpu, system)))
         elif same[0].disabled:
-            matches.append(Match(gpu, None, f"GPU {gpu.index} ({gpu.name}): {same[0].name} is disabled in "
-                                            f"nix/variants.toml: {same[0].disabled}"))
+            matches.append(
+                Match(
+                    gpu,
+                    None,
+                    f"GPU {gpu.index} ({gpu.name}): {same[0].name} is disabled in "
+                    f"nix/variants.toml: {same[0].disabled}",
+                )
+            )
         else:
             matches.append(Match(gpu, same[0]))
     return matches
@@ -155,8 +163,15 @@ def _line(m: Match) -> str:
     return f"{head} -> {m.variant.name} ({m.variant.build_command})"
 
 
-def show(project: Project, *, as_json: bool = False, smi: str = "nvidia-smi", system: str | None = None,
-         out: TextIO | None = None, err: TextIO | None = None) -> list[Match]:
+def show(
+    project: Project,
+    *,
+    as_json: bool = False,
+    smi: str = "nvidia-smi",
+    system: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> list[Match]:
     """Print the variant for each local GPU (exit 1 when there is no GPU, or a GPU has no variant)."""
     out, err = out or sys.stdout, err or sys.stderr
     system = system or host_system()

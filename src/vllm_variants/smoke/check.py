@@ -21,10 +21,14 @@ so a crash (a segfault in a CUDA library) leaves the checks done so far.
 Exit status: 0 when no check failed, 1 when one did, 2 on bad arguments.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import sys
 import time
+from types import ModuleType
+from typing import Any, cast
 
 SCHEMA = 1
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -78,19 +82,19 @@ USAGE = (
 )
 
 
-def one_line(exc, limit=300):
+def one_line(exc: BaseException, limit: int = 300) -> str:
     """'ImportError: first line of the message', at most `limit` characters."""
     text = str(exc).strip().splitlines()
     line = type(exc).__name__ + (": " + text[0] if text else "")
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def public_version(version):
+def public_version(version: object) -> str:
     """'0.15.1+cu129' -> '0.15.1' (a local version tag does not change the release)."""
     return str(version).split("+", 1)[0]
 
 
-def _load_compat():
+def _load_compat() -> ModuleType:
     """vllm_variants/compat.py: the one rule of which GPU runs which code (audit and `invoke which` use it too).
 
     Imported through the package where this file is vllm_variants.smoke.check;
@@ -106,6 +110,7 @@ def _load_compat():
 
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat.py")
     spec = importlib.util.spec_from_file_location("vllm_variants_compat", path)
+    assert spec is not None and spec.loader is not None  # a .py path always has a loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -117,47 +122,49 @@ sm_of = _compat.sm_of
 sass_runs_on = _compat.sass_runs_on
 
 
-class Outcome:
-    def __init__(self, status, reason, details=None, no_gpu=False):
+class CheckOutcome:
+    def __init__(self, status: str, reason: str, details: dict[str, Any] | None = None, no_gpu: bool = False) -> None:
         self.status = status
         self.reason = reason
         self.details = details or {}
         self.no_gpu = no_gpu
 
 
-def passed(reason, **details):
-    return Outcome(PASS, reason, details)
+def passed(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(PASS, reason, details)
 
 
-def failed(reason, **details):
-    return Outcome(FAIL, reason, details)
+def failed(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(FAIL, reason, details)
 
 
-def skipped(reason, **details):
-    return Outcome(SKIP, reason, details)
+def skipped(reason: str, **details: Any) -> CheckOutcome:
+    return CheckOutcome(SKIP, reason, details)
 
 
 class Context:
     """What one check learns that a later one needs (each module imported once)."""
 
-    def __init__(self, variant, variant_error, generate, allow_no_gpu):
+    def __init__(
+        self, variant: dict[str, Any] | None, variant_error: str | None, generate: bool, allow_no_gpu: bool
+    ) -> None:
         self.variant = variant
         self.variant_error = variant_error
         self.generate = generate
         self.allow_no_gpu = allow_no_gpu
-        self.vllm = None
+        self.vllm: Any = None
         self.vllm_error = "not imported"
-        self.torch = None
+        self.torch: Any = None
         self.torch_error = "not imported"
-        self.gpus = None  # [{"index", "name", "capability"}] when torch sees GPUs
-        self.gpu_mismatch = None  # check 4's reason when the GPU cannot run this build
+        self.gpus: list[dict[str, Any]] | None = None  # [{"index", "name", "capability"}] when torch sees GPUs
+        self.gpu_mismatch: str | None = None  # check 4's reason when the GPU cannot run this build
 
-    def no_gpu(self, reason, **details):
+    def no_gpu(self, reason: str, **details: Any) -> CheckOutcome:
         """No GPU: a failure, or a skip with --allow-no-gpu; reported as such either way."""
         status = SKIP if self.allow_no_gpu else FAIL
-        return Outcome(status, "no GPU: " + reason, details, no_gpu=True)
+        return CheckOutcome(status, "no GPU: " + reason, details, no_gpu=True)
 
-    def claimed(self, key):
+    def claimed(self, key: str) -> Any:
         """What the result's metadata says of `key` ('vllm', 'torch', 'cuda'), or None."""
         versions = (self.variant or {}).get("versions") or {}
         return versions.get(key)
@@ -166,7 +173,7 @@ class Context:
 # -- the checks -------------------------------------------------------------
 
 
-def import_once(ctx, name):
+def import_once(ctx: Context, name: str) -> Any:
     """Import top-level module `name` for every check; None (and ctx.<name>_error) when it fails."""
     try:
         module = __import__(name)
@@ -177,7 +184,7 @@ def import_once(ctx, name):
     return module
 
 
-def mismatch(ctx, key, found):
+def mismatch(ctx: Context, key: str, found: object) -> str | None:
     """'vllm 0.16.0 where the result claims 0.15.1', or None when it agrees (or claims nothing)."""
     claimed = ctx.claimed(key)
     if claimed and found and public_version(found) != public_version(claimed):
@@ -185,7 +192,7 @@ def mismatch(ctx, key, found):
     return None
 
 
-def check_import_vllm(ctx):
+def check_import_vllm(ctx: Context) -> CheckOutcome:
     vllm = import_once(ctx, "vllm")
     if vllm is None:
         return failed("import vllm failed: " + ctx.vllm_error)
@@ -197,7 +204,7 @@ def check_import_vllm(ctx):
     return passed("vllm " + version, version=version, path=where)
 
 
-def check_import_llm(ctx):
+def check_import_llm(ctx: Context) -> CheckOutcome:
     if ctx.vllm is None:
         return failed("cannot import vllm (check 1): " + ctx.vllm_error)
     try:
@@ -208,7 +215,7 @@ def check_import_llm(ctx):
     return passed(where, object=where)
 
 
-def check_torch(ctx):
+def check_torch(ctx: Context) -> CheckOutcome:
     torch = import_once(ctx, "torch")
     if torch is None:
         return failed("import torch failed: " + ctx.torch_error)
@@ -229,9 +236,7 @@ def check_torch(ctx):
     available = bool(torch.cuda.is_available())
     details["available"] = available
     if not available:
-        return ctx.no_gpu(
-            "torch.cuda.is_available() is False (torch %s, CUDA %s)" % (version, cuda), **details
-        )
+        return ctx.no_gpu("torch.cuda.is_available() is False (torch %s, CUDA %s)" % (version, cuda), **details)
     gpus = []
     for index in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(index)
@@ -253,16 +258,16 @@ def check_torch(ctx):
     )
 
 
-def torch_is_wheel(ctx):
+def torch_is_wheel(ctx: Context) -> bool:
     """The variant's torch is nixpkgs' torch-bin, the upstream wheel (every SM): the one exception."""
-    return bool(ctx.variant) and ctx.variant.get("torch") == "wheel"
+    return ctx.variant is not None and bool(ctx.variant) and ctx.variant.get("torch") == "wheel"
 
 
-def same_major(found, claimed):
+def same_major(found: object, claimed: object) -> bool:
     return bool(found and claimed) and str(found).split(".")[0] == str(claimed).split(".")[0]
 
 
-def torch_arch_problem(ctx, sm):
+def torch_arch_problem(ctx: Context, sm: str) -> tuple[Any, str | None]:
     """Why torch's compiled arch list is not exactly this variant's SM (a torch-bin wheel:
     does not hold SASS that runs on it), or None."""
     if ctx.torch is None:
@@ -274,9 +279,11 @@ def torch_arch_problem(ctx, sm):
     found = str(flags or "").split()
     wanted = "sm_" + sm
     if torch_is_wheel(ctx):
-        if not any(sass_runs_on(arch[len("sm_"):], sm) for arch in found if arch.startswith("sm_")):
+        if not any(sass_runs_on(arch[len("sm_") :], sm) for arch in found if arch.startswith("sm_")):
             return found, "the torch wheel carries no SASS that runs on %s (it has %s)" % (
-                wanted, " ".join(found) or "no CUDA arch")
+                wanted,
+                " ".join(found) or "no CUDA arch",
+            )
         return found, None
     if found != [wanted]:
         return found, "torch was compiled for %s, not %s alone: not this variant's torch" % (
@@ -286,10 +293,11 @@ def torch_arch_problem(ctx, sm):
     return found, None
 
 
-def check_variant_vs_gpu(ctx):
+def check_variant_vs_gpu(ctx: Context) -> CheckOutcome:
     variant = ctx.variant
     if not variant:
-        return failed(ctx.variant_error)
+        # load_variant gives a reason with no metadata (an empty {} has none: None, as before)
+        return failed(cast(str, ctx.variant_error))
     name = variant.get("name", "?")
     capability = str(variant.get("capability", ""))
     sm = str(variant.get("sm") or sm_of(capability))
@@ -313,7 +321,12 @@ def check_variant_vs_gpu(ctx):
             verdict = "will not run on GPU %d, %s (capability %s)" % (gpu["index"], gpu["name"], gpu["capability"])
             why = "%s carries kernels for capability %s only" % (name, capability)
         ctx.gpu_mismatch = "the sm%s build %s: %s; use the sm%s variant (invoke build --sm %s)" % (
-            sm, verdict, why, sm_of(gpu["capability"]), sm_of(gpu["capability"]))
+            sm,
+            verdict,
+            why,
+            sm_of(gpu["capability"]),
+            sm_of(gpu["capability"]),
+        )
         return failed(ctx.gpu_mismatch, **details)
     if arch_problem:
         return failed(arch_problem, **details)
@@ -324,7 +337,7 @@ def check_variant_vs_gpu(ctx):
     )
 
 
-def check_quantization(ctx):
+def check_quantization(ctx: Context) -> CheckOutcome:
     if ctx.vllm is None:
         return failed("cannot import vllm (check 1): " + ctx.vllm_error)
     try:
@@ -343,7 +356,7 @@ def check_quantization(ctx):
     return passed("%s registered (of %d methods)" % (", ".join(REQUIRED_QUANTIZATION), len(methods)), **details)
 
 
-def read_driver_version():
+def read_driver_version() -> tuple[str | None, str | None, str | None]:
     """(version, source, why not): NVML first, then the kernel module's /proc file."""
     why = []
     try:
@@ -379,7 +392,7 @@ def read_driver_version():
     return None, None, "; ".join(why)
 
 
-def version_tuple(text):
+def version_tuple(text: object) -> tuple[int, ...]:
     parts = []
     for part in str(text).split("."):
         digits = "".join(c for c in part if c.isdigit())
@@ -387,7 +400,7 @@ def version_tuple(text):
     return tuple(parts)
 
 
-def check_driver(ctx):
+def check_driver(ctx: Context) -> CheckOutcome:
     version, source, why = read_driver_version()
     details = {"driver": version, "source": source}
     if version is None:
@@ -413,7 +426,7 @@ def check_driver(ctx):
     return passed("driver %s >= %s (CUDA %s), from %s" % (version, minimum, cuda, source), **details)
 
 
-def check_generate(ctx):
+def check_generate(ctx: Context) -> CheckOutcome:
     if not ctx.generate:
         return skipped("not requested (--generate runs a tiny dummy model on the GPU)")
     if ctx.gpus is None:
@@ -482,7 +495,7 @@ FUNCTIONS = {
 # -- running ----------------------------------------------------------------
 
 
-def load_variant(path):
+def load_variant(path: str | None) -> tuple[dict[str, Any] | None, str | None]:
     """(metadata dict, None) or (None, why not)."""
     if not path:
         return None, "no variant metadata: no --variant-json given"
@@ -498,7 +511,7 @@ def load_variant(path):
     return data, None
 
 
-def run_check(check_id, name, ctx):
+def run_check(check_id: int, name: str, ctx: Context) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         outcome = FUNCTIONS[check_id](ctx)
@@ -515,13 +528,13 @@ def run_check(check_id, name, ctx):
     }
 
 
-def parse_args(argv):
-    options = {"variant_json": None, "generate": False, "allow_no_gpu": False, "progress": None}
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {"variant_json": None, "generate": False, "allow_no_gpu": False, "progress": None}
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
-            sys.stdout.write(__doc__.split("\n\n")[0] + "\n\n" + USAGE)
+            sys.stdout.write(str(__doc__).split("\n\n")[0] + "\n\n" + USAGE)
             raise SystemExit(0)
         if arg in ("--generate", "--allow-no-gpu"):
             options[arg[2:].replace("-", "_")] = True
@@ -542,7 +555,7 @@ class UsageError(Exception):
     pass
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     # Run as a script, this file's folder comes first on sys.path: its
     # siblings (the runner's modules) must not shadow what is being checked.
     here = os.path.dirname(os.path.realpath(__file__))

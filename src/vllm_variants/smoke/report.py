@@ -52,24 +52,34 @@ def testcase_name(check: dict[str, Any]) -> str:
 
 def _suite(result: ResultReport) -> ET.Element:
     name = xml_text(result.name)
-    suite = ET.Element("testsuite", {
-        "name": name,
-        "tests": str(len(result.checks)),
-        "failures": str(result.count(FAIL)),
-        "errors": "0",
-        "skipped": str(result.count(SKIP)),
-        "time": f"{result.seconds:.3f}",
-    })
+    suite = ET.Element(
+        "testsuite",
+        {
+            "name": name,
+            "tests": str(len(result.checks)),
+            "failures": str(result.count(FAIL)),
+            "errors": "0",
+            "skipped": str(result.count(SKIP)),
+            "time": f"{result.seconds:.3f}",
+        },
+    )
     properties = ET.SubElement(suite, "properties")
-    for key, value in (("result", str(result.result)), ("store_path", result.store_path),
-                       ("exit_code", str(result.exit_code))):
+    for key, value in (
+        ("result", str(result.result)),
+        ("store_path", result.store_path),
+        ("exit_code", str(result.exit_code)),
+    ):
         ET.SubElement(properties, "property", {"name": key, "value": xml_text(value)})
     for check in result.checks:
-        case = ET.SubElement(suite, "testcase", {
-            "classname": f"smoke.{name}",
-            "name": testcase_name(check),
-            "time": f"{float(check.get('seconds') or 0):.3f}",
-        })
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            {
+                "classname": f"smoke.{name}",
+                "name": testcase_name(check),
+                "time": f"{float(check.get('seconds') or 0):.3f}",
+            },
+        )
         reason = xml_text(str(check.get("reason", "")))
         if check["status"] == FAIL:
             kind = "no GPU" if check.get("no_gpu") else "fail"
@@ -84,14 +94,17 @@ def _suite(result: ResultReport) -> ET.Element:
 
 
 def junit_tree(report: SmokeReport) -> ET.ElementTree:
-    root = ET.Element("testsuites", {
-        "name": "vllm-variants smoke",
-        "tests": str(report.total),
-        "failures": str(report.count(FAIL)),
-        "errors": "0",
-        "skipped": str(report.count(SKIP)),
-        "time": f"{report.seconds:.3f}",
-    })
+    root = ET.Element(
+        "testsuites",
+        {
+            "name": "vllm-variants smoke",
+            "tests": str(report.total),
+            "failures": str(report.count(FAIL)),
+            "errors": "0",
+            "skipped": str(report.count(SKIP)),
+            "time": f"{report.seconds:.3f}",
+        },
+    )
     root.extend(_suite(result) for result in report.results)
     tree = ET.ElementTree(root)
     ET.indent(tree)
@@ -105,13 +118,12 @@ def write_junit(report: SmokeReport, path: Path) -> None:
 
 
 def print_tables(report: SmokeReport, out: TextIO) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=out)
-    if not console.is_terminal:
-        console.width = 160  # a pipe or a CI log: keep one check per line where it fits
+    from ..console import console_for
+
+    console = console_for(out)  # a pipe or a CI log: one check per line where it fits
     for result in report.results:
         verdict = ("ok", "green") if result.ok else ("FAILED", "bold red")
         table = Table(  # Text, not markup: names and paths may hold '[' (two results of one variant)
@@ -131,8 +143,10 @@ def print_tables(report: SmokeReport, out: TextIO) -> None:
         if result.error:
             console.print(Text(f"{result.name}: {result.error}", style="bold red"))
     passed, failed, skipped = report.count(PASS), report.count(FAIL), report.count(SKIP)
-    console.print(Text(
-        f"smoke: {len(report.results)} result(s), {report.total} checks: {passed} passed, "
-        f"{failed} failed, {skipped} skipped ({report.seconds:.1f} s); "
-        f"reports: {', '.join(str(f) for f in report.files)}"
-    ))
+    console.print(
+        Text(
+            f"smoke: {len(report.results)} result(s), {report.total} checks: {passed} passed, "
+            f"{failed} failed, {skipped} skipped ({report.seconds:.1f} s); "
+            f"reports: {', '.join(str(f) for f in report.files)}"
+        )
+    )

@@ -34,7 +34,7 @@ from ..runner import CannotRun, spawn, terminations_interrupt
 from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
-# Written by the flake (nix/overlay.nix) into every variant's vllm output.
+# Written by the flake (nix/overlays/vllm.nix) into every variant's vllm output.
 VARIANT_JSON = Path("share") / "vllm-variants" / "variant.json"
 REPORT_JSON = "smoke-report.json"
 JUNIT_XML = "smoke-junit.xml"
@@ -127,8 +127,11 @@ class SmokeReport:
         """One line for SmokeFailed: which checks failed where."""
         parts = []
         for r in self.results:
-            bad = [f"{c['id']} {c['name']}" + (" (no GPU)" if c.get("no_gpu") else "")
-                   for c in r.checks if c["status"] == FAIL]
+            bad = [
+                f"{c['id']} {c['name']}" + (" (no GPU)" if c.get("no_gpu") else "")
+                for c in r.checks
+                if c["status"] == FAIL
+            ]
             if bad:
                 parts.append(f"{r.name}: {', '.join(bad)}")
         where = f"; details in {self.files[0]}" if self.files else ""
@@ -151,10 +154,8 @@ def resolve_target(project: Project, token: str, cwd: Path) -> Path:
         if _exists(candidate):
             return Path(os.path.abspath(candidate))
     if os.sep in token or token.startswith("."):
-        raise SelectionError(
-            f"no result at {token}: give a result path, a variant name or an SM (e.g. 90, sm90)"
-        )
-    name = token[len("result-"):] if token.startswith("result-") else token
+        raise SelectionError(f"no result at {token}: give a result path, a variant name or an SM (e.g. 90, sm90)")
+    name = token[len("result-") :] if token.startswith("result-") else token
     variant = project.matrix.resolve(name)
     link = project.result_link(variant)
     if not _exists(link):
@@ -253,15 +254,23 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
 # an imported module comes from its cached bytecode. Its folder leaves
 # sys.path before anything is checked.
 _LAUNCH = (
-    "import sys; sys.path.insert(0, sys.argv[1]); import check; del sys.path[0]; "
-    "sys.exit(check.main(sys.argv[2:]))"
+    "import sys; sys.path.insert(0, sys.argv[1]); import check; del sys.path[0]; sys.exit(check.main(sys.argv[2:]))"
 )
 
 
 def check_argv(result: Path, progress: Path, options: Options = Options()) -> list[str | Path]:
     """The one process that checks `result`: its own Python running check.py."""
-    return [result / "bin" / "python", "-c", _LAUNCH, CHECK_SCRIPT.parent, "--variant-json",
-            result / VARIANT_JSON, "--progress", progress, *options.check_args()]
+    return [
+        result / "bin" / "python",
+        "-c",
+        _LAUNCH,
+        CHECK_SCRIPT.parent,
+        "--variant-json",
+        result / VARIANT_JSON,
+        "--progress",
+        progress,
+        *options.check_args(),
+    ]
 
 
 class Running:
@@ -311,8 +320,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _run_checks(path: Path, progress: Path, tmp: str, options: Options, running: Running
-                ) -> tuple[int | None, str, dict[str, Any], str | None]:
+def _run_checks(
+    path: Path, progress: Path, tmp: str, options: Options, running: Running
+) -> tuple[int | None, str, dict[str, Any], str | None]:
     """check.py's exit status, stderr, report and why it gave none (timeout, cannot start)."""
     try:
         code, stdout, stderr = running.run(check_argv(path, progress, options), cwd=tmp, timeout=options.timeout)
@@ -348,15 +358,18 @@ def check_result(path: Path, options: Options, running: Running | None = None) -
     reported = {c["id"]: c for c in data.get("checks", []) if _valid(c)}
     checks = []
     for check_id, check_name in CHECKS:
-        checks.append(reported.get(check_id) or {
-            "id": check_id,
-            "name": check_name,
-            "status": FAIL,
-            "reason": f"not reported: {error or 'missing from the check output'}",
-            "no_gpu": False,
-            "details": {},
-            "seconds": 0.0,
-        })
+        checks.append(
+            reported.get(check_id)
+            or {
+                "id": check_id,
+                "name": check_name,
+                "status": FAIL,
+                "reason": f"not reported: {error or 'missing from the check output'}",
+                "no_gpu": False,
+                "details": {},
+                "seconds": 0.0,
+            }
+        )
     report = ResultReport(
         name=name,
         result=path,
@@ -443,14 +456,20 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
     """nox posargs -> smoke() keyword arguments (None after --help)."""
-    parser = _Parser(prog="nox -s smoke --", add_help=False,
-                     description="Check built results in their own Python (every result-* link by default).")
-    parser.add_argument("results", nargs="*", metavar="NAME|PATH",
-                        help="variant names, SMs (90, sm90) or result paths")
-    parser.add_argument("--generate", action="store_true",
-                        help="also run a tiny dummy model on the GPU and generate a few tokens")
-    parser.add_argument("--allow-no-gpu", action="store_true",
-                        help="without a GPU, skip the GPU checks instead of failing (build hosts)")
+    parser = _Parser(
+        prog="nox -s smoke --",
+        add_help=False,
+        description="Check built results in their own Python (every result-* link by default).",
+    )
+    parser.add_argument("results", nargs="*", metavar="NAME|PATH", help="variant names, SMs (90, sm90) or result paths")
+    parser.add_argument(
+        "--generate", action="store_true", help="also run a tiny dummy model on the GPU and generate a few tokens"
+    )
+    parser.add_argument(
+        "--allow-no-gpu",
+        action="store_true",
+        help="without a GPU, skip the GPU checks instead of failing (build hosts)",
+    )
     parser.add_argument("--jobs", default=0, help="results checked at once (0: automatic)")
     parser.add_argument("--report-dir", help="where smoke-report.json and smoke-junit.xml go (default: the checkout)")
     parser.add_argument("-h", "--help", action="store_true", help="show this help")
@@ -458,8 +477,13 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
     if args.help:
         parser.print_help()
         return None
-    return {"results": args.results, "generate": args.generate, "allow_no_gpu": args.allow_no_gpu,
-            "jobs": args.jobs, "report_dir": args.report_dir}
+    return {
+        "results": args.results,
+        "generate": args.generate,
+        "allow_no_gpu": args.allow_no_gpu,
+        "jobs": args.jobs,
+        "report_dir": args.report_dir,
+    }
 
 
 def main(project: Project, argv: Sequence[str]) -> SmokeReport | None:

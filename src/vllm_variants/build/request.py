@@ -1,0 +1,192 @@
+"""The request of `invoke build`: its options parsed, the variants selected, the pre-flight (nothing evaluated)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cli import whole_number
+from ..errors import PreflightError, SelectionError
+from ..evalmem import eval_options
+from ..machines import BuildCapabilities
+from ..matrix import Matrix, Variant, refuse_conflicts, sm_tokens, split_auto
+from ..nix import Nix, input_ref
+from ..outputs import check_file
+from ..project import Project
+
+# -- the request ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the command line asked for, validated (one line per mistake)."""
+
+    sms: tuple[str, ...] = ()
+    arm64: bool = False
+    all: bool = False
+    systems: tuple[str, ...] = ()
+    dry_run: bool = False
+    cores: int | None = None
+    max_jobs: int | None = None
+    builders: str | None = None
+    keep_going: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+    nixpkgs: str | None = None
+    json_path: Path | None = None
+    python: str | None = None  # --python 313: that Python line instead of the default one
+    cuda: str | None = None  # --cuda 12.8
+    eval_jobs: int | None = None
+    eval_max_memory: int | None = None
+
+    @classmethod
+    def from_cli(
+        cls,
+        *,
+        sm: Iterable[str] = (),
+        arm64: bool = False,
+        all: bool = False,
+        system: Iterable[str] = (),
+        dry_run: bool = False,
+        cores: str | int | None = None,
+        max_jobs: str | int | None = None,
+        builders: str | None = None,
+        keep_going: bool = False,
+        option: Iterable[str] = (),
+        nixpkgs: str | None = None,
+        json: str | None = None,
+        eval_jobs: str | int | None = None,
+        eval_max_memory: str | int | None = None,
+        cwd: Path | None = None,
+        python: str | None = None,
+        cuda: str | None = None,
+    ) -> Request:
+        cwd = Path(cwd or Path.cwd())
+        jobs, memory = eval_options(eval_jobs, eval_max_memory)
+        return cls(
+            sms=tuple(sm or ()),
+            arm64=arm64,
+            all=all,
+            systems=tuple(system or ()),
+            dry_run=dry_run,
+            cores=whole_number("--cores", cores, "0 means all cores"),
+            max_jobs=whole_number("--max-jobs", max_jobs, "0 means remote builders only"),
+            builders=_builders_spec(builders, cwd),
+            keep_going=keep_going,
+            options=tuple(_option(o) for o in option or ()),
+            nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
+            json_path=check_file("--json", json, cwd),
+            python=python,
+            cuda=cuda,
+            eval_jobs=jobs,
+            eval_max_memory=memory,
+        )
+
+
+def _option(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise SelectionError(f"--option takes NAME=VALUE (e.g. --option sandbox true), not '{text}'")
+    return name.strip(), value
+
+
+def _builders_spec(spec: str | None, cwd: Path) -> str | None:
+    """A relative '@machines' file is relative to where the user ran invoke."""
+    if spec is None:
+        return None
+    parts = []
+    for part in spec.replace(";", "\n").splitlines():
+        part = part.strip()
+        if part.startswith("@"):
+            path = (cwd / Path(part[1:]).expanduser()).resolve()
+            if not path.is_file():
+                raise SelectionError(f"--builders {part}: no such machines file {path}")
+            part = f"@{path}"
+        if part:
+            parts.append(part)
+    return "; ".join(parts)
+
+
+# -- step 1: pre-flight -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    variant: Variant
+    where: str  # "this machine" or "remote builder(s) ..."
+    link: Path
+    # The flake attribute to build: the variant's package unless a caller
+    # builds another output of the variant (`invoke image`: images.<system>.<name>).
+    attr: str | None = None
+
+    @property
+    def installable_attr(self) -> str:
+        return self.attr or self.variant.attr_path()
+
+
+@dataclass
+class Prepared:
+    project: Project
+    request: Request
+    nix: Nix
+    targets: list[Target]
+
+
+def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list[Variant]:
+    """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
+    tokens = sm_tokens(request.sms)
+    refuse_conflicts(tokens, systems=request.systems, all=request.all, arm64=request.arm64)
+    named, auto = split_auto(tokens)
+    chosen: set[str] = set()
+    if auto:
+        from ..which import auto_variants
+
+        chosen.update(v.name for v in auto_variants(matrix, smi=smi))
+    if named or request.systems or request.all or not chosen:
+        selected = matrix.select(
+            named,
+            arm64=request.arm64,
+            systems=request.systems,
+            all=request.all,
+            python=request.python,
+            cuda=request.cuda,
+        )
+        chosen.update(v.name for v in selected)
+    return [v for v in matrix.variants if v.name in chosen]
+
+
+def prepare(project: Project, request: Request, *, nix: Nix | None = None) -> Prepared:
+    """Selection, Nix and builders checked; nothing evaluated, nothing written."""
+    variants = select(project.matrix, request)
+    options = list(request.options)
+    if request.builders is not None:
+        options.append(("builders", request.builders))
+    nix = nix or Nix(options=options)
+    nix.preflight()
+    settings = dict(nix.config())
+    if request.max_jobs is not None:
+        settings["max-jobs"] = str(request.max_jobs)
+    capabilities = BuildCapabilities.from_settings(settings)
+    targets = []
+    for variant in variants:
+        targets.append(Target(variant, _where(capabilities, variant.system), project.result_link(variant)))
+    return Prepared(project, request, nix, targets)
+
+
+def _where(caps: BuildCapabilities, system: str) -> str:
+    if caps.local_can_build(system):
+        return "this machine"
+    remote = caps.builders_for(system)
+    if remote:
+        return "remote builder " + ", ".join(b.uri for b in remote)
+    if system in caps.local_systems and caps.local_max_jobs > 0:
+        raise PreflightError(
+            f"this machine's Nix lacks the big-parallel system feature the CUDA builds need: add "
+            f"'system-features = {' '.join((*caps.features, 'big-parallel'))}' to nix.conf, or a builder that has it"
+        )
+    if system in caps.local_systems:
+        raise PreflightError(
+            f"max-jobs is 0 (nothing builds on this machine) and no remote builder can build {system} with "
+            f"big-parallel: add one, e.g. --builders 'ssh-ng://user@host {system} - 8 1 big-parallel'"
+        )
+    raise PreflightError(caps.explain_missing(system))
