@@ -20,6 +20,27 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 STANDIN = REPO / "tests" / "fixtures" / "nixpkgs"
 # What a user's checkout holds that the flake and the tasks need.
+# vllm's supported list at a nixpkgs revision with Blackwell commented out (vllm 0.11.0)
+NO_BLACKWELL = [
+    "3.5",
+    "3.7",
+    "5.0",
+    "5.2",
+    "5.3",
+    "6.0",
+    "6.1",
+    "6.2",
+    "7.0",
+    "7.2",
+    "7.5",
+    "8.0",
+    "8.6",
+    "8.7",
+    "8.9",
+    "9.0",
+    "9.0a",
+]
+
 PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md", ".gitignore")
 
 GIT_IDENTITY = {

@@ -29,25 +29,7 @@ from vllm_variants.project import Project
 pytestmark = pytest.mark.nix
 
 RELEASES = ("vllm-0.14.0", "vllm-0.13.0")
-NO_BLACKWELL = [
-    "3.5",
-    "3.7",
-    "5.0",
-    "5.2",
-    "5.3",
-    "6.0",
-    "6.1",
-    "6.2",
-    "7.0",
-    "7.2",
-    "7.5",
-    "8.0",
-    "8.6",
-    "8.7",
-    "8.9",
-    "9.0",
-    "9.0a",
-]
+NO_BLACKWELL = support.NO_BLACKWELL
 
 
 @dataclass

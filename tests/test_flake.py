@@ -206,27 +206,7 @@ def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp
 
 def test_unsupported_sm_fails_naming_sm_and_pin(flake, standin):
     # vllm 0.11.0 in nixpkgs: Blackwell commented out of the supported list
-    no_blackwell = standin(
-        vllmSupportedCapabilities=[
-            "3.5",
-            "3.7",
-            "5.0",
-            "5.2",
-            "5.3",
-            "6.0",
-            "6.1",
-            "6.2",
-            "7.0",
-            "7.2",
-            "7.5",
-            "8.0",
-            "8.6",
-            "8.7",
-            "8.9",
-            "9.0",
-            "9.0a",
-        ]
-    )
+    no_blackwell = standin(vllmSupportedCapabilities=support.NO_BLACKWELL)
     proc = support.nix(
         "eval",
         f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm100.drvPath",
