@@ -83,11 +83,6 @@ class Resolution:
         return data
 
 
-def one_line(stderr: str) -> str:
-    """Nix's error as one line: its message, whitespace folded."""
-    return " ".join(error_message(stderr).split())
-
-
 def resolve(
     nix: Nix,
     project: Project,
@@ -118,7 +113,7 @@ def resolve(
         if alone.returncode == 0:  # failed only beside the others: report what it resolves to
             results.append(Resolution(variant, resolved=json.loads(alone.stdout)))
         else:
-            results.append(Resolution(variant, reason=one_line(alone.stderr)))
+            results.append(Resolution(variant, reason=error_message(alone.stderr)))
     return results
 
 
@@ -139,7 +134,7 @@ def main(
     out: TextIO | None = None,
     host: Host | None = None,
 ) -> list[Resolution]:
-    """`invoke eval`: resolve the selected variants (default: all enabled), print, fail if any does not evaluate."""
+    """`invoke eval`: resolve the selected variants (default: the default set), print, fail if any does not evaluate."""
     out = out or sys.stdout
     jobs, memory = eval_options(eval_jobs, eval_max_memory)
     picked = project.matrix.select(

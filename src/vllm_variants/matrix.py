@@ -476,12 +476,14 @@ class Pin:
             if high is not None and _version_key(variant.cuda) > _version_key(high):
                 return f"CUDA {variant.cuda} no longer supports capability {cap} (last: CUDA {high})"
         if not variant.torch_wheel and self.torch_capabilities is not None and cap not in self.torch_capabilities:
-            return f"torch {self.torch_version or ''} at the pin cannot target {cap} (not on its list)".replace(
-                "  ", " "
-            )
+            return f"{_named('torch', self.torch_version)} at the pin cannot target {cap} (not on its list)"
         if self.vllm_capabilities is not None and cap not in self.vllm_capabilities:
-            return f"vllm {self.vllm_version or ''} at the pin cannot target {cap} (not on its list)".replace("  ", " ")
+            return f"{_named('vllm', self.vllm_version)} at the pin cannot target {cap} (not on its list)"
         return None
+
+
+def _named(package: str, version: str | None) -> str:
+    return f"{package} {version}" if version else package
 
 
 def _version_key(version: str) -> tuple[int, ...]:

@@ -455,14 +455,19 @@ def error_message(stderr: str) -> str:
     return " ".join(message)
 
 
-def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
-    """The commit flake.lock (parsed) locks for one of the root's inputs."""
+def locked_value(lock: Mapping[str, Any], input_name: str, key: str) -> str | None:
+    """A field ('rev', 'narHash') flake.lock (parsed) locks for one of the root's inputs."""
     nodes = lock.get("nodes", {})
     node = nodes.get(lock.get("root", "root"), {}).get("inputs", {}).get(input_name)
     if not isinstance(node, str):  # a `follows` path, or no such input
         return None
-    rev = nodes.get(node, {}).get("locked", {}).get("rev")
-    return rev if isinstance(rev, str) else None
+    value = nodes.get(node, {}).get("locked", {}).get(key)
+    return value if isinstance(value, str) else None
+
+
+def locked_rev(lock: Mapping[str, Any], input_name: str) -> str | None:
+    """The commit flake.lock (parsed) locks for one of the root's inputs."""
+    return locked_value(lock, input_name, "rev")
 
 
 def is_valid_info(info: Mapping[str, Any] | None) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import VariantsError
-from .nix import locked_rev
+from .nix import locked_value
 from .project import Project
 
 PATH = "nix/versions.json"
@@ -135,40 +135,40 @@ def load(project: Project) -> PinVersions:
         raise VariantsError(f"{PATH} is missing; `invoke bump-pin <rev>` writes it") from None
 
 
-def lock_rev(text: str, where: str = "flake.lock") -> str | None:
-    """The nixpkgs commit a flake.lock (its text) locks; None when it locks none."""
+def _lock_field(text: str, key: str, where: str = "flake.lock") -> str | None:
+    """A field ('rev', 'narHash') a flake.lock (its text) locks for nixpkgs; None when it locks none."""
     try:
-        rev = locked_rev(json.loads(text), INPUT)
+        return locked_value(json.loads(text), INPUT, key)
     except ValueError as exc:
         raise VariantsError(f"{where} is not valid JSON ({exc}); restore it from git") from None
     except (AttributeError, TypeError):  # JSON, but not shaped like a lock file
         raise VariantsError(f"{where} is not a Nix lock file (no nodes/root); restore it from git") from None
-    return rev if isinstance(rev, str) else None
 
 
-def locked(project: Project) -> str | None:
-    """The nixpkgs commit a checkout's flake.lock locks; None when it locks none."""
+def lock_rev(text: str, where: str = "flake.lock") -> str | None:
+    """The nixpkgs commit a flake.lock (its text) locks; None when it locks none."""
+    return _lock_field(text, "rev", where)
+
+
+def _lock_text(project: Project) -> str:
     try:
-        text = project.flake_lock.read_text(encoding="utf-8")
+        return project.flake_lock.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise VariantsError(
             "flake.lock is missing: it records the nixpkgs commit; restore it with `git checkout -- flake.lock`"
         ) from None
-    return lock_rev(text)
 
 
-def locked_nar_hash(project: Project) -> str | None:
-    """The narHash flake.lock records for the nixpkgs input."""
-    lock = json.loads(project.flake_lock.read_text(encoding="utf-8"))
-    node = lock.get("nodes", {}).get(lock.get("nodes", {}).get("root", {}).get("inputs", {}).get(INPUT, INPUT), {})
-    value = node.get("locked", {}).get("narHash") if isinstance(node, dict) else None
-    return value if isinstance(value, str) else None
+def locked(project: Project) -> str | None:
+    """The nixpkgs commit a checkout's flake.lock locks; None when it locks none."""
+    return lock_rev(_lock_text(project))
 
 
 def readme_section(project: Project) -> str:
     """The README's version matrix; refuses data that describes another pin than flake.lock."""
     pin = load(project)
-    locked_now = locked(project)
+    lock_text = _lock_text(project)
+    locked_now = lock_rev(lock_text)
     if locked_now is None:
         raise VariantsError(
             f"flake.lock locks no {INPUT} commit; run `invoke bump-pin {pin.rev}` to lock the one {PATH} describes"
@@ -178,7 +178,7 @@ def readme_section(project: Project) -> str:
             f"{PATH} describes nixpkgs {pin.rev} but flake.lock locks {locked_now}; "
             f"run `invoke bump-pin {locked_now}` to re-evaluate the versions"
         )
-    lock_hash = locked_nar_hash(project)
+    lock_hash = _lock_field(lock_text, "narHash")
     if pin.unverified:
         provenance = f"**Unverified:** {pin.unverified}"
     elif pin.nar_hash != lock_hash:
