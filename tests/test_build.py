@@ -273,7 +273,35 @@ def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(proje
         assert vplan.dry.will_fetch == (stdenv,)
         assert (vplan.dry.download_bytes, vplan.dry.unpacked_bytes) == (info["downloadSize"], info["narSize"])
     assert plan.total.will_fetch == (stdenv,)
-    assert _kinds(nix.commands) == ["build --dry-run", "derivation show", "path-info --json"]
+    # the graph, then the cache's narinfos: their Deriver says which variants fetch what
+    assert _kinds(nix.commands) == ["build --dry-run", "path-info --json", "path-info --json"]
+
+
+def test_a_cache_that_names_no_deriver_sends_the_plan_to_the_derivations_outputs(project, tmp_path):
+    """A narinfo without its Deriver line (a cache may leave it out): which
+    variant fetches the path comes from the derivations' outputs instead, one
+    `nix derivation show -r` more, and the figures are the same."""
+    stdenv = support.nix(
+        "build",
+        "--no-link",
+        "--print-out-paths",
+        "--impure",
+        "--expr",
+        f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv',
+    ).stdout.strip()
+    cache = tmp_path / "cache"
+    support.nix("copy", "--to", f"file://{cache}", stdenv)
+    (narinfo,) = cache.glob("*.narinfo")
+    text = narinfo.read_text()
+    assert "\nDeriver: " in text
+    narinfo.write_text("".join(line for line in text.splitlines(keepends=True) if not line.startswith("Deriver: ")))
+    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = file://{cache}\nrequire-sigs = false")
+    nix = support.recording_nix(env=env)
+    request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
+    plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
+    assert [v.dry.will_fetch for v in plan.variants] == [(stdenv,), (stdenv,)]
+    assert all(v.dry.download_bytes for v in plan.variants)
+    assert _kinds(nix.commands) == ["build --dry-run", "path-info --json", "path-info --json", "derivation show"]
 
 
 def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin_base):
@@ -312,7 +340,7 @@ def test_the_plan_runs_as_many_nix_processes_for_six_variants_as_for_two(project
     nixpkgs = standin(salt=unique("count"))
     two, two_commands = _plan(project, nixpkgs, "80,90", eval_jobs=100)
     six, six_commands = _plan(project, nixpkgs, "70,75,80,86,89,90", eval_jobs=100)
-    assert _kinds(two_commands) == _kinds(six_commands) == ["build --dry-run", "derivation show"]
+    assert _kinds(two_commands) == _kinds(six_commands) == ["build --dry-run", "path-info --json"]
     nix = Nix(env=support.nix_env())
     for plan in six.variants:
         _, alone = nix.dry_run([f"{plan.drv}^out"])
@@ -334,7 +362,7 @@ def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(projec
     assert all(o.ok and o.closure_size for o in outcomes)
     assert _kinds(commands) == [
         "build --dry-run",
-        "derivation show",
+        "path-info --json",
         "build --no-link",
         "path-info --json",
         "build --out-link",
@@ -346,7 +374,7 @@ def test_a_build_of_several_variants_asks_their_closure_sizes_in_one_call(projec
 def test_the_plan_evaluates_in_batches_sized_by_eval_jobs(project, standin):
     nixpkgs = standin(salt=unique("batches"))
     plan, commands = _plan(project, nixpkgs, "70,75,80,86,89", eval_jobs=2)
-    assert _kinds(commands) == ["build --dry-run"] * 3 + ["derivation show"]
+    assert _kinds(commands) == ["build --dry-run"] * 3 + ["path-info --json"]
     whole, _ = _plan(project, nixpkgs, "70,75,80,86,89", eval_jobs=5)
     assert [sorted(p.dry.will_build) for p in plan.variants] == [sorted(p.dry.will_build) for p in whole.variants]
     assert set(plan.total.will_build) == set(whole.total.will_build)

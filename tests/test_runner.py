@@ -12,7 +12,7 @@ from vllm_variants.errors import ToolMissing, VariantsError
 from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
 from vllm_variants.resources import GIB, Host
-from vllm_variants.runner import CannotRun, run, spawn
+from vllm_variants.runner import CannotRun, run, run_together, spawn
 from vllm_variants.which import auto_variants
 
 
@@ -87,3 +87,29 @@ def test_doctor_and_which_name_an_unrunnable_nvidia_smi(tmp_path):
     ]
     with pytest.raises(VariantsError, match=f"^cannot run '{smi}': permission denied"):
         auto_variants(Matrix.load(support.REPO / "nix" / "variants.toml"), smi=str(smi))
+
+
+def test_run_together_runs_its_commands_at_the_same_time(tmp_path):
+    """Each command waits for the other's mark: run one after the other, the first
+    would give up (exit 1); run together, both see the other and exit 0."""
+
+    def waits_for(mine: str, other: str) -> list[str]:
+        return [
+            "sh",
+            "-c",
+            'touch "$1"; i=0; while [ ! -e "$2" ]; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.05; done; echo "$1"',
+            "sh",
+            str(tmp_path / mine),
+            str(tmp_path / other),
+        ]
+
+    first, second = run_together([waits_for("a", "b"), waits_for("b", "a")])
+    assert (first.returncode, second.returncode) == (0, 0)
+    assert (first.stdout.strip(), second.stdout.strip()) == (str(tmp_path / "a"), str(tmp_path / "b"))
+
+
+def test_run_together_says_which_program_is_missing_after_the_others_finish(tmp_path):
+    mark = tmp_path / "ran"
+    with pytest.raises(ToolMissing, match="no-such-program-here"):
+        run_together([["sh", "-c", 'sleep 0.2; touch "$1"', "sh", str(mark)], ["no-such-program-here"]])
+    assert mark.exists()  # waited for, not left running

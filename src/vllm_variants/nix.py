@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import BuildError, CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
 from .nixlog import DryRun, parse_dry_run
-from .runner import format_argv, run, spawn
+from .runner import format_argv, run, run_together, spawn
 
 MIN_VERSION = (2, 18)
 # The `nix` CLI is itself the experimental feature nix-command: this tool's own
@@ -65,8 +65,17 @@ class Nix:
     # -- identity and pre-flight ------------------------------------------
 
     @cached_property
+    def _probes(self) -> list[subprocess.CompletedProcess[str]]:
+        """`nix --version` and `nix config show`, run at once (every command asks
+        both first: half the wait). Before Nix 2.20 the second is an error and
+        _config asks `nix show-config` once the version says so."""
+        return run_together([[self.executable, "--version"], self.argv("config", "show")], env=self.env)
+
+    @cached_property
     def version(self) -> tuple[int, int, int]:
-        proc = run([self.executable, "--version"], env=self.env)
+        proc = self._probes[0]
+        if proc.returncode != 0:
+            raise CommandError(proc.args, proc.returncode, proc.stderr)
         return parse_version(proc.stdout)
 
     @property
@@ -85,7 +94,11 @@ class Nix:
     @cached_property
     def _config(self) -> dict[str, str]:
         parsed: dict[str, str] = {}
-        proc = run(self.config_argv(), env=self.env)
+        probed = self._probes[1]
+        if self.version >= (2, 20) and probed.returncode == 0:
+            proc = probed
+        else:
+            proc = run(self.config_argv(), env=self.env)
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition(" = ")
             if sep:
@@ -291,6 +304,29 @@ class Nix:
             if path:
                 outputs[name] = path if path.startswith("/") else f"{store_dir}/{path}"
         return outputs
+
+    def derivation_inputs(self, drvs: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        """{drv path: the derivations it needs} for every derivation in the closures
+        of `drvs`, from ONE `nix path-info --recursive`, all absolute.
+
+        A derivation's references are its input derivations and its sources, so
+        its `.drv` references are the graph's edges. It is a small part of what
+        `nix derivation show -r` prints (every environment in full: at real
+        scale tens of MB of JSON); it has no output paths (derivation_graph).
+        """
+        if not drvs:
+            return {}
+        infos = self.path_info(drvs, closure=False, recursive=True)
+        store_dir = os.path.dirname(drvs[0])
+
+        def absolute(path: str) -> str:
+            return path if path.startswith("/") else f"{store_dir}/{path}"
+
+        return {
+            absolute(drv): tuple(absolute(r) for r in info.get("references") or () if r.endswith(".drv"))
+            for drv, info in infos.items()
+            if drv.endswith(".drv")
+        }
 
     def derivation_graph(self, drvs: Sequence[str], *, cwd: Path | None = None) -> dict[str, Derivation]:
         """Every derivation in the closures of `drvs`, from ONE `nix derivation show -r`:

@@ -149,6 +149,38 @@ def run(
     return proc
 
 
+def run_together(
+    argvs: Sequence[Argv], *, env: Mapping[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Run several short commands at once, each to completion, capturing text
+    output as run(check=False) does: the wait is the longest one's, not the sum.
+    One that cannot start is run()'s ToolMissing (the others are waited for)."""
+    started: list[subprocess.Popen[str]] = []
+    failed: ToolMissing | None = None
+    for argv in map(_argv, argvs):
+        try:
+            started.append(
+                subprocess.Popen(
+                    argv,
+                    env=dict(env) if env is not None else None,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                    text=True,
+                    preexec_fn=_die_with_us(),
+                )
+            )
+        except OSError as exc:
+            failed = failed or _not_started(exc, argv, None, env)
+    done = []
+    for proc in started:
+        out, err = proc.communicate()
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    if failed is not None:
+        raise failed
+    return done
+
+
 def spawn(
     argv: Argv,
     *,

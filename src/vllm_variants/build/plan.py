@@ -13,7 +13,7 @@ from ..concurrency import Concurrency, plan_concurrency
 from ..errors import BuildError, CommandError, PreflightError
 from ..evalmem import EvalBudget, plan_eval
 from ..matrix import Variant
-from ..nix import Derivation, Nix, Planned, error_message, flake_ref
+from ..nix import Nix, Planned, error_message, flake_ref
 from ..nixlog import DryRun, package_name, store_name, version_of
 from ..project import Project
 from ..resources import Host, format_bytes
@@ -181,12 +181,17 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
         plans.append(VariantPlan(target, planned.drv, nix.out_path(planned), dries[0]))
     total = merge_dry_runs(dries)
     if len(plans) > 1:  # each variant's share of the one plan, by its closure: no second evaluation
-        graph = nix.derivation_graph([p.drv for p in plans], cwd=project.root)
+        drvs = [p.drv for p in plans]
+        inputs = nix.derivation_inputs(drvs)
         sizes = nix.fetch_sizes(total.will_fetch) if total.will_fetch else {}
+        outputs = [*total.will_fetch, *(p for p in total.unknown if not p.endswith(".drv"))]
+        makers = producers(outputs, sizes, inputs)
+        if makers is None:  # a path no cache names the derivation of (in this graph): Nix's outputs
+            makers = {o: d for d, node in nix.derivation_graph(drvs, cwd=project.root).items() for o in node.outputs}
         if len(dries) > 1:  # the batches' sizes overlap: the total is the sum over its paths
             total = with_sizes(total, sizes)
         for plan in plans:
-            plan.dry = with_sizes(share_of(total, plan.drv, graph), sizes)
+            plan.dry = with_sizes(share_of(total, plan.drv, inputs, makers), sizes)
     concurrency = plan_concurrency(
         len(plans),
         host,
@@ -198,30 +203,47 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     return BuildPlan(prepared, plans, total, concurrency, evaluation)
 
 
-def closure(drv: str, graph: Mapping[str, Derivation]) -> set[str]:
+def closure(drv: str, inputs: Mapping[str, Sequence[str]]) -> set[str]:
     """`drv` and every derivation it needs, through the graph (each visited once)."""
     seen, stack = {drv}, [drv]
     while stack:
-        node = graph.get(stack.pop())
-        for parent in node.inputs if node else ():
+        for parent in inputs.get(stack.pop(), ()):
             if parent not in seen:
                 seen.add(parent)
                 stack.append(parent)
     return seen
 
 
-def share_of(total: DryRun, drv: str, graph: Mapping[str, Derivation]) -> DryRun:
+def producers(
+    paths: Sequence[str], infos: Mapping[str, Mapping[str, Any]], inputs: Mapping[str, Sequence[str]]
+) -> dict[str, str] | None:
+    """{fetched path: the derivation of the graph that makes it}, from the
+    `deriver` of each path's narinfo (which the size query has already read);
+    None when a cache names none, or one outside the graph (a fixed-output
+    input fetched another way gives another derivation the same output)."""
+    found = {}
+    for path in paths:
+        deriver = (infos.get(path) or {}).get("deriver")
+        if isinstance(deriver, str) and not deriver.startswith("/"):
+            deriver = f"{os.path.dirname(path)}/{deriver}"
+        if not isinstance(deriver, str) or deriver not in inputs:
+            return None
+        found[path] = deriver
+    return found
+
+
+def share_of(total: DryRun, drv: str, inputs: Mapping[str, Sequence[str]], makers: Mapping[str, str]) -> DryRun:
     """What of Nix's plan for all variants is in the closure of `drv`: the
-    derivations it builds, the paths (outputs of its derivations) it fetches.
-    A derivation shared by several variants is in the share of each."""
-    drvs = closure(drv, graph)
-    outputs = {o for d in drvs if d in graph for o in graph[d].outputs}
+    derivations it builds, the paths it fetches (those made by its
+    derivations: `makers`). A derivation shared by several variants is in the
+    share of each."""
+    drvs = closure(drv, inputs)
     return DryRun(
         will_build=tuple(d for d in total.will_build if d in drvs),
-        will_fetch=tuple(p for p in total.will_fetch if p in outputs),
+        will_fetch=tuple(p for p in total.will_fetch if makers.get(p) in drvs),
         download_bytes=None,
         unpacked_bytes=None,
-        unknown=tuple(p for p in total.unknown if p in drvs or p in outputs),
+        unknown=tuple(p for p in total.unknown if p in drvs or makers.get(p) in drvs),
     )
 
 
