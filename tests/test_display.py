@@ -51,7 +51,7 @@ LINE = {"action": "result", "id": 7, "type": 101, "fields": ["[3/900] nvcc flash
 
 def test_plain_lines_and_a_status_line_when_quiet_for_long(tmp_path):
     out, clock = io.StringIO(), Clock()
-    display = Display(plan_for(tmp_path), out, clock=clock)
+    display = Display(plan_for(tmp_path).watched(), out, clock=clock)
     reader = NixLog(clock=clock)
     with display.running(reader, clock.now):
         feed(reader, display, START, PHASE, LINE)
@@ -92,7 +92,7 @@ def test_a_status_line_comes_while_nix_prints_nothing(tmp_path):
             if "elapsed" in out.getvalue():
                 nix.stdin.close()  # Nix may speak again: end the test run
 
-    display = Silent(plan_for(tmp_path), out, clock=clock)
+    display = Silent(plan_for(tmp_path).watched(), out, clock=clock)
     reader = NixLog(clock=clock)
     try:
         with display.running(reader, clock.now):
@@ -109,7 +109,7 @@ def test_live_area_shows_the_running_build_its_phase_and_last_line(tmp_path):
     from rich.console import Console
 
     clock = Clock()
-    display = LiveDisplay(plan_for(tmp_path), io.StringIO())
+    display = LiveDisplay(plan_for(tmp_path).watched(), io.StringIO())
     display.clock = clock
     display.reader, display.started = NixLog(clock=clock), clock.now
     feed(
@@ -139,7 +139,7 @@ def test_the_report_names_a_link_that_was_not_updated(tmp_path):
 
     out = io.StringIO()
     plan = plan_for(tmp_path)
-    Display(plan, out).report(
+    Display(plan.watched(), out).report(
         [
             Outcome(
                 plan.variants[0].variant,

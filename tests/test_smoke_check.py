@@ -19,7 +19,7 @@ import support
 from vllm_variants.matrix import Matrix
 from vllm_variants.smoke import report as reporting
 from vllm_variants.smoke.check import CHECKS, sass_runs_on, version_tuple
-from vllm_variants.smoke.session import Options, ResultReport, SmokeReport
+from vllm_variants.smoke.report import Options, ResultReport, SmokeReport
 
 CHECK = support.REPO / "src" / "vllm_variants" / "smoke" / "check.py"
 FIXTURES = support.REPO / "tests" / "fixtures"

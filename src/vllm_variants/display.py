@@ -13,33 +13,79 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
+from .matrix import Variant
 from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
 from .resources import format_bytes
-
-if TYPE_CHECKING:
-    from .build import BuildOutcome, BuildPlan
 
 HEARTBEAT_S = 300.0
 
 
-def make_display(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> Display:
+# -- the records it shows (the build makes them: vllm_variants.build) --------
+
+
+@dataclass(frozen=True)
+class Watched:
+    """What the display needs of a build plan (BuildPlan.watched())."""
+
+    variants: int
+    owners: Mapping[str, Sequence[str]]  # derivation -> the labels of the variants that build it
+    root: Path  # the checkout: paths are shown relative to it
+    logs: Path
+
+
+@dataclass
+class BuildOutcome:
+    variant: Variant
+    # built | fetched | up to date | failed | not built (another failure stopped Nix)
+    # | not linked (built, but its result link could not be made: link_error says why)
+    status: str
+    store_path: str | None = None
+    closure_size: int | None = None
+    duration_s: float = 0.0
+    log: Path | None = None
+    failed: list[str] = field(default_factory=list)  # failing derivations
+    link_error: str | None = None
+    nix_error: str | None = None  # Nix exited non-zero: its status and last error (an option it rejected...)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("built", "fetched", "up to date")
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        return {
+            "variant": self.variant.name,
+            "sm": self.variant.sm,
+            "system": self.variant.system,
+            "status": self.status,
+            "store_path": self.store_path,
+            "closure_size": self.closure_size,
+            "duration_s": round(self.duration_s, 3),
+            "log": relative(self.log, root) if self.log else None,
+            "failed_derivations": self.failed,
+            "link_error": self.link_error,
+            "nix_error": self.nix_error,
+        }
+
+
+def make_display(watched: Watched, out: TextIO, *, interactive: bool | None = None) -> Display:
     if interactive is None:
         interactive = out.isatty()
-    return LiveDisplay(plan, out) if interactive else Display(plan, out)
+    return LiveDisplay(watched, out) if interactive else Display(watched, out)
 
 
 class Display:
     """Plain lines: one per build started or finished, fetch, Nix message."""
 
-    def __init__(self, plan: BuildPlan, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        self.plan = plan
+    def __init__(self, watched: Watched, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.watched = watched
         self.out = out
         self.clock = clock
-        self.owners = {drv: [p.variant.label for p in plans] for drv, plans in plan.owners().items()}
+        self.owners = watched.owners
         self.reader = NixLog()
         self.started = 0.0
         self._last_line = 0.0
@@ -50,10 +96,9 @@ class Display:
     def running(self, reader: NixLog, started: float) -> Iterator[None]:
         self.reader, self.started = reader, started
         self._last_line = started
-        n = len(self.plan.variants)
+        n = self.watched.variants
         self.say(
-            f"building {n} variant{'s' * (n != 1)} with Nix; logs in "
-            f"{self.plan.project.logs.relative_to(self.plan.project.root)}/"
+            f"building {n} variant{'s' * (n != 1)} with Nix; logs in {self.watched.logs.relative_to(self.watched.root)}/"
         )
         yield
 
@@ -106,13 +151,13 @@ class Display:
     def interrupted(self, logs: dict[str, Path]) -> None:
         self.say(
             "interrupted: nix was stopped; no result link was changed; partial logs: "
-            + ", ".join(relative(p, self.plan.project.root) for p in logs.values())
+            + ", ".join(relative(p, self.watched.root) for p in logs.values())
         )
 
     # -- afterwards -------------------------------------------------------
 
     def report(self, outcomes: list[BuildOutcome]) -> None:
-        root = self.plan.project.root
+        root = self.watched.root
         for build in self.reader.failed_builds():
             logs = [relative(o.log, root) for o in outcomes if o.log and build.drv in o.failed]
             self.say("")
@@ -157,7 +202,7 @@ class Display:
             )
         console = console_for(self.out, highlight=False, pipe_width=200)  # a log or a pipe: one row per line
         console.print(table)
-        logs = [relative(o.log, self.plan.project.root) for o in outcomes if o.log]
+        logs = [relative(o.log, self.watched.root) for o in outcomes if o.log]
         if logs:
             self.say(f"logs: {', '.join(logs)}")
 
@@ -165,8 +210,8 @@ class Display:
 class LiveDisplay(Display):
     """rich Live while Nix runs; finished builds and errors scroll above it."""
 
-    def __init__(self, plan: BuildPlan, out: TextIO) -> None:
-        super().__init__(plan, out)
+    def __init__(self, watched: Watched, out: TextIO) -> None:
+        super().__init__(watched, out)
         self.live: Any = None
 
     @contextlib.contextmanager
@@ -203,7 +248,7 @@ class LiveDisplay(Display):
         from rich.text import Text
 
         r, now = self.reader, self.clock()
-        n = len(self.plan.variants)
+        n = self.watched.variants
         head = Text.assemble(
             (f"building {n} variant{'s' * (n != 1)}", "bold"),
             f"  {r.done}/{r.expected or '?'} derivations",

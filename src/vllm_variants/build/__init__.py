@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..concurrency import Concurrency, plan_concurrency
-from ..display import make_display, relative
+from ..display import BuildOutcome, make_display, relative
 from ..errors import BuildError, Interrupted
 from ..nix import Nix
 from ..nixlog import store_name
@@ -40,7 +40,7 @@ from ..project import Project
 from ..resources import Host
 from .links import link_results
 from .plan import HEAVY, BuildPlan, VariantPlan, check_links, closure, make_plan, merge_dry_runs, share_of, with_sizes
-from .process import POLL_S, STOP_GRACE_S, BuildOutcome, VariantLogs, _held_signals, execute, follow
+from .process import POLL_S, STOP_GRACE_S, VariantLogs, _held_signals, execute, follow
 from .request import Prepared, Request, Target, prepare, select
 
 # The names other modules and the tests import from vllm_variants.build.
@@ -129,7 +129,7 @@ def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> lis
     """Build the plan, link what was built, report; BuildError on any failure."""
     project, request = plan.project, plan.prepared.request
     check_links(plan.prepared.targets, [p.out for p in plan.variants])
-    display = make_display(plan, out, interactive=interactive)
+    display = make_display(plan.watched(), out, interactive=interactive)
     outcomes = execute(plan, display)
     # Nix is done. A Ctrl-C from here waits for the links, the summary and the
     # JSON (a second or two): never some links updated and others not, and no

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from ..display import BuildOutcome
 from ..errors import CommandError, VariantsError
 from ..nix import error_message
 from .plan import BuildPlan
-from .process import BuildOutcome
 
 
 def link_results(plan: BuildPlan, outcomes: list[BuildOutcome]) -> None:

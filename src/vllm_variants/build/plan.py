@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..concurrency import Concurrency, plan_concurrency
+from ..display import Watched
 from ..errors import BuildError, CommandError, PreflightError
 from ..evalmem import EvalBudget, plan_eval
 from ..matrix import Variant
@@ -105,6 +106,11 @@ class BuildPlan:
             for drv in plan.dry.will_build:
                 owners.setdefault(drv, []).append(plan)
         return owners
+
+    def watched(self) -> Watched:
+        """What the display shows of this plan."""
+        owners = {drv: [p.variant.label for p in plans] for drv, plans in self.owners().items()}
+        return Watched(len(self.variants), owners, self.project.root, self.project.logs)
 
     def build_argv(self) -> list[str]:
         request = self.prepared.request

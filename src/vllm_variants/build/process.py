@@ -8,13 +8,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..display import duration_text, relative
+from ..display import BuildOutcome, duration_text
 from ..errors import WriteError
-from ..matrix import Variant
 from ..nixlog import Event, NixLog, read_lines
 from ..outputs import make_dir
 from ..runner import format_argv, signals_handled, spawn, terminations_interrupt
@@ -27,40 +25,6 @@ POLL_S = 5.0
 
 
 # -- step 3: the build ------------------------------------------------------
-
-
-@dataclass
-class BuildOutcome:
-    variant: Variant
-    # built | fetched | up to date | failed | not built (another failure stopped Nix)
-    # | not linked (built, but its result link could not be made: link_error says why)
-    status: str
-    store_path: str | None = None
-    closure_size: int | None = None
-    duration_s: float = 0.0
-    log: Path | None = None
-    failed: list[str] = field(default_factory=list)  # failing derivations
-    link_error: str | None = None
-    nix_error: str | None = None  # Nix exited non-zero: its status and last error (an option it rejected...)
-
-    @property
-    def ok(self) -> bool:
-        return self.status in ("built", "fetched", "up to date")
-
-    def to_json(self, root: Path) -> dict[str, Any]:
-        return {
-            "variant": self.variant.name,
-            "sm": self.variant.sm,
-            "system": self.variant.system,
-            "status": self.status,
-            "store_path": self.store_path,
-            "closure_size": self.closure_size,
-            "duration_s": round(self.duration_s, 3),
-            "log": relative(self.log, root) if self.log else None,
-            "failed_derivations": self.failed,
-            "link_error": self.link_error,
-            "nix_error": self.nix_error,
-        }
 
 
 class VariantLogs:

@@ -10,16 +10,121 @@ import io
 import json
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from ..outputs import write_text
 from .check import FAIL, PASS, SKIP
 
-if TYPE_CHECKING:
-    from .session import ResultReport, SmokeReport
-
 STYLES = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
+
+
+# -- the records (the session fills them: vllm_variants.smoke.session) ------
+
+# Importing a real vllm takes seconds to a minute; --generate starts an engine.
+DEFAULT_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Options:
+    generate: bool = False
+    allow_no_gpu: bool = False
+    timeout: float = DEFAULT_TIMEOUT_S
+
+    def check_args(self) -> list[str]:
+        return [*(["--generate"] if self.generate else []), *(["--allow-no-gpu"] if self.allow_no_gpu else [])]
+
+
+@dataclass
+class ResultReport:
+    """One result: its seven checks as check.py reported them (or why not)."""
+
+    name: str
+    result: Path
+    store_path: str
+    variant: dict[str, Any] | None
+    checks: list[dict[str, Any]]
+    exit_code: int | None
+    seconds: float
+    error: str | None = None
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(c["status"] != FAIL for c in self.checks)
+
+    def count(self, status: str) -> int:
+        return sum(1 for c in self.checks if c["status"] == status)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "result": str(self.result),
+            "store_path": self.store_path,
+            "variant": self.variant,
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "stderr_tail": self.stderr_tail,
+            "checks": self.checks,
+        }
+
+
+@dataclass
+class SmokeReport:
+    results: list[ResultReport]
+    options: Options
+    seconds: float = 0.0
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def count(self, status: str) -> int:
+        return sum(r.count(status) for r in self.results)
+
+    @property
+    def total(self) -> int:
+        return sum(len(r.checks) for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "ok": self.ok,
+            "generate": self.options.generate,
+            "allow_no_gpu": self.options.allow_no_gpu,
+            "seconds": round(self.seconds, 3),
+            "summary": {
+                "results": len(self.results),
+                "checks": self.total,
+                PASS: self.count(PASS),
+                FAIL: self.count(FAIL),
+                SKIP: self.count(SKIP),
+            },
+            "results": [r.to_json() for r in self.results],
+        }
+
+    def failure_line(self) -> str:
+        """One line for SmokeFailed: which checks failed where."""
+        parts = []
+        for r in self.results:
+            bad = [
+                f"{c['id']} {c['name']}" + (" (no GPU)" if c.get("no_gpu") else "")
+                for c in r.checks
+                if c["status"] == FAIL
+            ]
+            if bad:
+                parts.append(f"{r.name}: {', '.join(bad)}")
+        where = f"; details in {self.files[0]}" if self.files else ""
+        no_gpu = any(c.get("no_gpu") and c["status"] == FAIL for r in self.results for c in r.checks)
+        hint = " (no GPU here: pass --allow-no-gpu on a build host)" if no_gpu else ""
+        return f"smoke failed, {self.count(FAIL)} of {self.total} checks: {'; '.join(parts)}{hint}{where}"
+
+
+# -- rendering -----------------------------------------------------------------
 
 
 def status_text(check: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,113 +30,15 @@ from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..outputs import check_dir, make_dir
 from ..project import Project
 from ..runner import CannotRun, spawn, terminations_interrupt
-from .check import CHECKS, FAIL, PASS, SKIP, STATUSES
+from .check import CHECKS, FAIL, STATUSES
+from .report import DEFAULT_TIMEOUT_S, Options, ResultReport, SmokeReport
 
 CHECK_SCRIPT = Path(__file__).with_name("check.py")
 # Written by the flake (nix/overlays/vllm.nix) into every variant's vllm output.
 VARIANT_JSON = Path("share") / "vllm-variants" / "variant.json"
 REPORT_JSON = "smoke-report.json"
 JUNIT_XML = "smoke-junit.xml"
-# Importing a real vllm takes seconds to a minute; --generate starts an engine.
-DEFAULT_TIMEOUT_S = 900.0
-
-
-@dataclass(frozen=True)
-class Options:
-    generate: bool = False
-    allow_no_gpu: bool = False
-    timeout: float = DEFAULT_TIMEOUT_S
-
-    def check_args(self) -> list[str]:
-        return [*(["--generate"] if self.generate else []), *(["--allow-no-gpu"] if self.allow_no_gpu else [])]
-
-
-@dataclass
-class ResultReport:
-    """One result: its seven checks as check.py reported them (or why not)."""
-
-    name: str
-    result: Path
-    store_path: str
-    variant: dict[str, Any] | None
-    checks: list[dict[str, Any]]
-    exit_code: int | None
-    seconds: float
-    error: str | None = None
-    stderr_tail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return all(c["status"] != FAIL for c in self.checks)
-
-    def count(self, status: str) -> int:
-        return sum(1 for c in self.checks if c["status"] == status)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "result": str(self.result),
-            "store_path": self.store_path,
-            "variant": self.variant,
-            "ok": self.ok,
-            "exit_code": self.exit_code,
-            "seconds": round(self.seconds, 3),
-            "error": self.error,
-            "stderr_tail": self.stderr_tail,
-            "checks": self.checks,
-        }
-
-
-@dataclass
-class SmokeReport:
-    results: list[ResultReport]
-    options: Options
-    seconds: float = 0.0
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
-
-    def count(self, status: str) -> int:
-        return sum(r.count(status) for r in self.results)
-
-    @property
-    def total(self) -> int:
-        return sum(len(r.checks) for r in self.results)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": 1,
-            "ok": self.ok,
-            "generate": self.options.generate,
-            "allow_no_gpu": self.options.allow_no_gpu,
-            "seconds": round(self.seconds, 3),
-            "summary": {
-                "results": len(self.results),
-                "checks": self.total,
-                PASS: self.count(PASS),
-                FAIL: self.count(FAIL),
-                SKIP: self.count(SKIP),
-            },
-            "results": [r.to_json() for r in self.results],
-        }
-
-    def failure_line(self) -> str:
-        """One line for SmokeFailed: which checks failed where."""
-        parts = []
-        for r in self.results:
-            bad = [
-                f"{c['id']} {c['name']}" + (" (no GPU)" if c.get("no_gpu") else "")
-                for c in r.checks
-                if c["status"] == FAIL
-            ]
-            if bad:
-                parts.append(f"{r.name}: {', '.join(bad)}")
-        where = f"; details in {self.files[0]}" if self.files else ""
-        no_gpu = any(c.get("no_gpu") and c["status"] == FAIL for r in self.results for c in r.checks)
-        hint = " (no GPU here: pass --allow-no-gpu on a build host)" if no_gpu else ""
-        return f"smoke failed, {self.count(FAIL)} of {self.total} checks: {'; '.join(parts)}{hint}{where}"
+DEFAULT_OPTIONS = Options()
 
 
 # -- which results ------------------------------------------------------------
@@ -258,7 +159,7 @@ _LAUNCH = (
 )
 
 
-def check_argv(result: Path, progress: Path, options: Options = Options()) -> list[str | Path]:
+def check_argv(result: Path, progress: Path, options: Options = DEFAULT_OPTIONS) -> list[str | Path]:
     """The one process that checks `result`: its own Python running check.py."""
     return [
         result / "bin" / "python",
