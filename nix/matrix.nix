@@ -160,7 +160,7 @@ let
         let
           row = sm // {
             inherit python cuda;
-            default = python == (defaults.python or null) && cuda == (defaults.cuda or null) && (sm.default or true) == true;
+            default = python == (defaults.python or null) && cuda == (defaults.cuda or null) && (sm.default or true);
           };
           reason = if sm ? disabled then null else excluded row;
         in
@@ -318,6 +318,11 @@ let
         [
           (unknownIn smKeys sm == [ ])
           "sm #${i}: unknown key(s) ${commas (unknownIn smKeys sm)}; valid: ${commas (sorted smKeys)}"
+        ]
+        # a default that is no bool would drop the SM from the default set unsaid
+        [
+          (isBool (sm.default or true))
+          "sm #${i}: default must be true or false, not ${described sm.default}"
         ]
       ]
     ) (imap (i: sm: { inherit i sm; }) (itemsOf smTables))

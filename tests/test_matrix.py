@@ -358,6 +358,7 @@ MALFORMED = [
         f'sm #2 must be a table (holding {_SM_KEYS}), not "90"',
     ),
     Shape("sm typo", _set(_sm, gpu=["X"]), f"sm #1: unknown key(s) gpu; valid: {_SM_KEYS}"),
+    Shape("sm default a string", _set(_sm, default="no"), 'sm #1: default must be true or false, not "no"'),
     Shape("no rows", lambda d: (d.pop("sm"), d.pop("variant")), "no [[variant]] or [[sm]] tables"),
     Shape(
         "variant not a table",
@@ -412,6 +413,11 @@ MALFORMED = [
         "[defaults]: torch 'conda' is not one of source, wheel",
     ),
     Shape("sm with a leading zero", _set(_first, sm="090"), 'variant #1: sm \'090\' is not like "90" or "100"'),
+    Shape(
+        "sm with a final newline",  # Python's `$` matched before it (fixed: \Z)
+        _set(_first, sm="90\n"),
+        'variant #1: sm \'90\n\' is not like "90" or "100"',
+    ),
     Shape("capability", _set(_first, capability="9.1"), "variant #1: capability '9.1' does not match sm '90'"),
     Shape(
         "capability with a leading zero",
