@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import support
 
+from vllm_variants import matrix as matrix_module
 from vllm_variants.errors import MatrixError, SelectionError
 from vllm_variants.matrix import Matrix, tomllib
 
@@ -161,153 +166,381 @@ def test_disabled_variant_stays_listed_without_a_package(tmp_path):
         python_view.resolve("70")
 
 
-BAD_TABLES = [
-    ('gpu = ["X"]\n', "unknown key"),
-    ('capability = "9.1"\n', "does not match sm"),
-    ('system = "riscv64-linux"\n', "is not one of"),
-    ('torch = "conda"\n', "torch 'conda' is not one of source, wheel"),
-    # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
-    (
-        'system = "aarch64-linux"\n',  # the first [[variant]] is the torch-bin row
-        "needs x86_64-linux: nixpkgs' torch-bin is the CPU wheel on aarch64-linux",
-    ),
-]
-
-
-@pytest.mark.nix
-@pytest.mark.parametrize(
-    "replacement, message", BAD_TABLES, ids=["typo", "capability", "system", "torch-kind", "torch-wheel-arm64"]
-)
-def test_malformed_matrix_fails_on_both_sides(tmp_path, replacement, message):
-    root = support.make_project(tmp_path / "p", git_init=False)
-    matrix_file = root / "nix" / "variants.toml"
-    key = replacement.split(" ")[0]
-    lines = matrix_file.read_text().splitlines(keepends=True)
-    # change the first variant table's line for `key` (or add the typo'd key)
-    first = next(i for i, line in enumerate(lines) if line.startswith("[[variant]]"))
-    target = next((i for i in range(first, len(lines)) if lines[i].startswith(key + " ")), None)
-    if target is None:
-        lines.insert(first + 1, replacement)
-    else:
-        lines[target] = replacement
-    matrix_file.write_text("".join(lines))
-
-    with pytest.raises(MatrixError, match=message) as excinfo:
-        Matrix.load(matrix_file)
-    assert "\n" not in str(excinfo.value)
-    proc = support.nix("eval", "--json", f"{support.flake_ref(root)}#lib.variants", check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-
-
 def _first(data):
     return data["variant"][0]
 
 
-# (change to the parsed matrix, the whole message); `where` is the file's path
-WRONG_TYPES = {
-    "min_driver a full version": (
-        lambda d: d["defaults"].update(min_driver="525.60.13"),
-        "{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver's major version), "
-        'not "525.60.13"',
+def _sm(data):
+    return data["sm"][0]
+
+
+def _set(table, **values):
+    return lambda d: table(d).update(values)
+
+
+def _top(**values):
+    return lambda d: d.update(values)
+
+
+def _drop(table, key):
+    return lambda d: table(d).pop(key)
+
+
+_defaults = lambda d: d["defaults"]  # noqa: E731
+_build = lambda d: d["build"]  # noqa: E731
+_pin = lambda d: d["pin"]  # noqa: E731
+_axes = lambda d: d["axes"]  # noqa: E731
+_x86 = lambda d: d["systems"]["x86_64-linux"]  # noqa: E731
+_line = lambda d: d["cuda"]["12.8"]  # noqa: E731
+_bounds = lambda d: d["pin"]["cuda_capabilities"]  # noqa: E731
+_MIN_DRIVER = "min_driver must be a positive whole number like 560 (the driver's major version)"
+_VARIANT_KEYS = "arch, capability, cuda, default, disabled, gpus, min_driver, python, sm, system, torch"
+_SM_KEYS = "arch, capability, default, disabled, gpus, sm, system"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A malformed matrix: an edit of the parsed nix/variants.toml and the error after '<file>: '."""
+
+    id: str
+    edit: Callable[[dict[str, Any]], object]
+    message: str
+    # where nix/matrix.nix cannot say the same (the reason is in its comment there)
+    nix_message: str | None = None
+
+
+# Every shape matrix.py refuses; test_every_raise_of_matrix_py_has_a_shape keeps it complete.
+MALFORMED = [
+    Shape(
+        "unknown top-level key",
+        _top(variants=[]),
+        "unknown top-level key(s) variants; valid: axes, build, cuda, defaults, exclude, pin, sm, systems, variant",
     ),
-    "min_driver a float in a variant": (
-        lambda d: _first(d).update(min_driver=525.6),
-        "{where}: variant #1: min_driver must be a positive whole number like 560 (the driver's major version), "
-        "not the number 525.6",
+    Shape(
+        "defaults not a table",
+        _top(defaults="python312"),
+        '[defaults] must be a table (holding python, cuda, min_driver, torch), not "python312"',
     ),
-    "min_driver true": (
-        lambda d: d["defaults"].update(min_driver=True),
-        "{where}: [defaults]: min_driver must be a positive whole number like 560 (the driver's major version), "
-        "not true",
+    Shape(
+        "unknown key in defaults",
+        _set(_defaults, gpus=["H100"]),
+        "unknown key(s) in [defaults]: gpus; valid: python, cuda, min_driver, torch",
     ),
-    "defaults not a table": (
-        lambda d: d.update(defaults="python312"),
-        '{where}: [defaults] must be a table (holding python, cuda, min_driver, torch), not "python312"',
+    Shape(
+        "systems not a table",
+        _top(systems=["x86_64-linux"]),
+        "[systems] must be a table (holding [systems.<system>] tables), not an array",
     ),
-    "sm a number": (
-        lambda d: _first(d).update(sm=70),
-        '{where}: variant #1: sm must be a string like "90", not the number 70',
-    ),
-    "cuda a number": (
-        lambda d: d["defaults"].update(cuda=12.9),
-        '{where}: [defaults]: cuda must be a string like "12.9", not the number 12.9',
-    ),
-    "capability a number": (
-        lambda d: _first(d).update(capability=7.0),
-        '{where}: variant #1: capability must be a string like "9.0", not the number 7.0',
-    ),
-    "arch empty": (
-        lambda d: _first(d).update(arch=" "),
-        '{where}: variant #1: arch must be a string like "Hopper", not " "',
-    ),
-    "python a table": (
-        lambda d: _first(d).update(python={"version": "3.12"}),
-        '{where}: variant #1: python must be a string like "python312", not a table',
-    ),
-    "system an array": (
-        lambda d: _first(d).update(system=["x86_64-linux"]),
-        '{where}: variant #1: system must be a string like "x86_64-linux", not an array',
-    ),
-    "variant not a table": (
-        lambda d: d["variant"].insert(0, "sm90"),
-        "{where}: variant #1 must be a table (holding arch, capability, cuda, default, disabled, gpus, min_driver, "
-        'python, sm, system, torch), not "sm90"',
-    ),
-    "variant a string": (lambda d: d.update(variant="sm90"), '{where}: variant must be [[variant]] tables, not "sm90"'),
-    "systems entry not a table": (
+    Shape("no systems", _top(systems={}), "no [systems.<system>] table"),
+    Shape(
+        "systems entry not a table",
         lambda d: d["systems"].update({"x86_64-linux": ""}),
-        '{where}: [systems.x86_64-linux] must be a table (holding exactly `suffix`), not ""',
+        '[systems.x86_64-linux] must be a table (holding exactly `suffix`), not ""',
     ),
-    "suffix a number": (
+    Shape(
+        "systems entry beyond suffix",
+        _set(_x86, arch="x86-64"),
+        "[systems.x86_64-linux] must hold exactly `suffix`",
+    ),
+    Shape(
+        "suffix a number",
         lambda d: d["systems"]["aarch64-linux"].update(suffix=64),
-        '{where}: [systems.aarch64-linux]: suffix must be a string like "-arm64" (or ""), not the number 64',
+        '[systems.aarch64-linux]: suffix must be a string like "-arm64" (or ""), not the number 64',
     ),
-    "build not a table": (
-        lambda d: d.update(build=8),
-        "{where}: [build] must be a table (holding ram_per_job_gib), not the number 8",
+    Shape("build not a table", _top(build=8), "[build] must be a table (holding ram_per_job_gib), not the number 8"),
+    Shape("build empty", _drop(_build, "ram_per_job_gib"), "[build] needs an integer ram_per_job_gib"),
+    Shape(
+        "ram_per_job_gib a float",
+        _set(_build, ram_per_job_gib=7.5),
+        "[build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 7.5",
     ),
-    "ram_per_job_gib a float": (
-        lambda d: d["build"].update(ram_per_job_gib=7.5),
-        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 7.5",
+    Shape(
+        "ram_per_job_gib zero",
+        _set(_build, ram_per_job_gib=0),
+        "[build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 0",
     ),
-    "ram_per_job_gib zero": (
-        lambda d: d["build"].update(ram_per_job_gib=0),
-        "{where}: [build]: ram_per_job_gib must be a positive whole number like 8 (GiB), not the number 0",
+    Shape("variant a string", _top(variant="sm90"), 'variant must be [[variant]] tables, not "sm90"'),
+    Shape(
+        "cuda not a table",
+        _top(cuda=["12.9"]),
+        '[cuda] must be a table (holding [cuda."12.9"] tables), not an array',
     ),
-}
+    Shape(
+        "cuda line not a table",
+        lambda d: d["cuda"].update({"12.8": 570}),
+        '[cuda."12.8"] must be a table (holding min_driver), not the number 570',
+    ),
+    Shape("cuda line beyond min_driver", _set(_line, toolkit="12.8.1"), '[cuda."12.8"] must hold exactly min_driver'),
+    Shape(
+        "cuda line min_driver a version",
+        _set(_line, min_driver="570.26"),
+        '[cuda."12.8"]: min_driver must be a positive whole number like 575, not "570.26"',
+    ),
+    Shape(
+        "pin not a table",
+        _top(pin=True),
+        "[pin] must be a table (holding cuda_capabilities, torch_capabilities, "
+        "torch_version, vllm_capabilities, vllm_version), not true",
+    ),
+    Shape(
+        "unknown key in pin",
+        _set(_pin, torch_capability=["9.0"]),
+        "unknown key(s) in [pin]: torch_capability; valid: cuda_capabilities, torch_capabilities, torch_version, "
+        "vllm_capabilities, vllm_version",
+    ),
+    Shape(
+        "pin cuda_capabilities not a table",
+        _set(_pin, cuda_capabilities=["9.0"]),
+        '[pin.cuda_capabilities] must be a table (holding capability = ["min CUDA", "max CUDA" or ""]), not an array',
+    ),
+    Shape(
+        "pin bounds one version",
+        lambda d: _bounds(d).update({"9.0": ["11.8"]}),
+        '[pin.cuda_capabilities] "9.0" must be ["min", "max" or ""]',
+    ),
+    Shape(
+        "pin bounds no minimum",
+        lambda d: _bounds(d).update({"9.0": ["", ""]}),
+        '[pin.cuda_capabilities] "9.0" must be ["min", "max" or ""]',
+    ),
+    Shape(
+        "pin capabilities a string",
+        _set(_pin, torch_capabilities="9.0"),
+        '[pin] torch_capabilities must be a list of capabilities like "9.0"',
+    ),
+    Shape(
+        "pin capabilities numbers",
+        _set(_pin, vllm_capabilities=[9.0]),
+        '[pin] vllm_capabilities must be a list of capabilities like "9.0"',
+    ),
+    Shape("sm a table", _top(sm={"sm": "90"}), "sm must be [[sm]] tables, not a table"),
+    Shape("axes not a table", _top(axes=[]), "[axes] must be a table (holding python, cuda), not an array"),
+    Shape(
+        "unknown key in axes",
+        _set(_axes, torch=["source"]),
+        "unknown key(s) in [axes]: torch; valid: cuda, python",
+    ),
+    Shape("axes python empty", _set(_axes, python=[]), "[axes] python must be a non-empty list of strings"),
+    Shape("axes cuda numbers", _set(_axes, cuda=[12.9]), "[axes] cuda must be a non-empty list of strings"),
+    Shape(
+        "no python line at all",
+        lambda d: (d["axes"].pop("python"), d["defaults"].pop("python")),
+        "[axes] python must be a non-empty list of strings",
+    ),
+    Shape(
+        "exclude a table",
+        _top(exclude={"sm": "90", "reason": "r"}),
+        "exclude must be [[exclude]] tables, not a table",
+    ),
+    Shape(
+        "exclude not a table",
+        _top(exclude=["sm90"]),
+        'exclude #1 must be a table (holding sm, system, python, cuda and reason), not "sm90"',
+    ),
+    Shape(
+        "exclude without a reason",
+        _top(exclude=[{"sm": "90"}]),
+        "exclude #1 needs a reason and only sm, system, python, cuda",
+    ),
+    Shape(
+        "exclude with a blank reason",
+        _top(exclude=[{"sm": "90", "reason": " "}]),
+        "exclude #1 needs a reason and only sm, system, python, cuda",
+    ),
+    Shape(
+        "exclude by an unknown key",
+        _top(exclude=[{"sm": "90", "reason": "r"}, {"arch": "Volta", "reason": "r"}]),
+        "exclude #2 needs a reason and only sm, system, python, cuda",
+    ),
+    Shape(
+        "sm not a table",
+        lambda d: d["sm"].insert(1, "90"),
+        f'sm #2 must be a table (holding {_SM_KEYS}), not "90"',
+    ),
+    Shape("sm typo", _set(_sm, gpu=["X"]), f"sm #1: unknown key(s) gpu; valid: {_SM_KEYS}"),
+    Shape("sm default a string", _set(_sm, default="no"), 'sm #1: default must be true or false, not "no"'),
+    Shape("no rows", lambda d: (d.pop("sm"), d.pop("variant")), "no [[variant]] or [[sm]] tables"),
+    Shape(
+        "variant not a table",
+        lambda d: d["variant"].insert(0, "sm90"),
+        f'variant #1 must be a table (holding {_VARIANT_KEYS}), not "sm90"',
+    ),
+    Shape("variant typo", _set(_first, gpu=["X"]), f"variant #1: unknown key(s) gpu; valid: {_VARIANT_KEYS}"),
+    Shape("variant missing keys", _drop(_first, "arch"), "variant #1: missing key(s) arch"),
+    Shape(
+        "cuda a number",
+        _set(_defaults, cuda=12.9),
+        '[defaults]: cuda must be a string like "12.9", not the number 12.9',
+    ),
+    Shape(
+        "no torch",
+        _drop(_defaults, "torch"),
+        "sm #1 (python312, CUDA 12.8): no value for torch (set it in [defaults])",
+    ),
+    Shape("sm a number", _set(_first, sm=70), 'variant #1: sm must be a string like "90", not the number 70'),
+    Shape(
+        "capability a number",
+        _set(_first, capability=7.0),
+        'variant #1: capability must be a string like "9.0", not the number 7.0',
+    ),
+    Shape(
+        "system an array",
+        _set(_first, system=["x86_64-linux"]),
+        'variant #1: system must be a string like "x86_64-linux", not an array',
+    ),
+    Shape(
+        "python a table",
+        _set(_first, python={"version": "3.12"}),
+        'variant #1: python must be a string like "python312", not a table',
+    ),
+    Shape("arch blank", _set(_first, arch=" "), 'variant #1: arch must be a string like "Hopper", not " "'),
+    Shape(
+        "min_driver a full version",
+        _set(_defaults, min_driver="525.60.13"),
+        f'[defaults]: {_MIN_DRIVER}, not "525.60.13"',
+    ),
+    Shape("min_driver a float", _set(_first, min_driver=525.6), f"variant #1: {_MIN_DRIVER}, not the number 525.6"),
+    Shape("min_driver true", _set(_defaults, min_driver=True), f"[defaults]: {_MIN_DRIVER}, not true"),
+    Shape(
+        "torch a bool",
+        _set(_first, torch=True),
+        'variant #1: torch must be a string like "source" or "wheel", not true',
+    ),
+    Shape("torch kind", _set(_first, torch="conda"), "variant #1: torch 'conda' is not one of source, wheel"),
+    Shape(
+        "torch kind in defaults",
+        _set(_defaults, torch="conda"),
+        "[defaults]: torch 'conda' is not one of source, wheel",
+    ),
+    Shape("sm with a leading zero", _set(_first, sm="090"), 'variant #1: sm \'090\' is not like "90" or "100"'),
+    Shape(
+        "sm with a final newline",  # Python's `$` matched before it (fixed: \Z)
+        _set(_first, sm="90\n"),
+        'variant #1: sm \'90\n\' is not like "90" or "100"',
+    ),
+    Shape("capability", _set(_first, capability="9.1"), "variant #1: capability '9.1' does not match sm '90'"),
+    Shape(
+        "capability with a leading zero",
+        _set(_first, sm="90", capability="09.0"),
+        "variant #1: capability '09.0' does not match sm '90'",
+    ),
+    Shape(
+        "cuda not a version",
+        _set(_first, cuda="12", min_driver=575),
+        "variant #1: cuda '12' is not like \"12.9\"",
+    ),
+    Shape(
+        "system",
+        _set(_first, system="riscv64-linux"),
+        "variant #1: system 'riscv64-linux' is not one of x86_64-linux, aarch64-linux",
+        nix_message="variant #1: system 'riscv64-linux' is not one of aarch64-linux, x86_64-linux",
+    ),
+    # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
+    Shape(
+        "torch wheel on arm64",
+        _set(_first, system="aarch64-linux"),  # the first [[variant]] is the torch-bin row
+        'variant #1: torch = "wheel" needs x86_64-linux: nixpkgs\' torch-bin is the CPU wheel on aarch64-linux',
+    ),
+    Shape("gpus empty", _set(_first, gpus=[]), "variant #1: gpus must be a non-empty list of strings"),
+    Shape("gpus numbers", _set(_first, gpus=[100]), "variant #1: gpus must be a non-empty list of strings"),
+    Shape("default a string", _set(_first, default="yes"), 'variant #1: default must be true or false, not "yes"'),
+    Shape(
+        "disabled blank",
+        _set(_sm, disabled=" "),
+        "sm #1 (python312, CUDA 12.8): disabled must be a reason (a non-empty string)",
+    ),
+    Shape("disabled true", _set(_first, disabled=True), "variant #1: disabled must be a reason (a non-empty string)"),
+    Shape(
+        "duplicate names",  # an explicit row the product already holds; each named once (linear: issue #13)
+        lambda d: d["variant"].append(
+            {"sm": "70", "capability": "7.0", "arch": "Volta", "gpus": ["V100"], "system": "x86_64-linux"}
+        ),
+        "duplicate variant name(s): vllm-python312-cuda12_9-sm70",
+    ),
+]
 
 
-@pytest.mark.parametrize("change", WRONG_TYPES, ids=list(WRONG_TYPES))
-def test_a_value_of_the_wrong_type_is_one_line_naming_key_and_valid_form(change):
-    edit, message = WRONG_TYPES[change]
+def _malformed(shape: Shape) -> dict[str, Any]:
     data = tomllib.loads(MATRIX.read_text())
-    edit(data)
+    shape.edit(data)
+    return data
+
+
+def _nix_error(stderr: str) -> str:
+    """The message of Nix's last `error:`, its continuation lines unindented."""
+    message = stderr.rsplit("error: ", 1)[-1].rstrip("\n")
+    return re.sub(r"\n +", "\n", message)
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("shape", MALFORMED, ids=[s.id for s in MALFORMED])
+def test_a_malformed_matrix_fails_on_both_sides_with_the_same_message(shape, tmp_path):
+    data = _malformed(shape)
     with pytest.raises(MatrixError) as excinfo:
         Matrix.from_toml(data, source=MATRIX)
-    assert str(excinfo.value) == message.format(where=MATRIX)
-
-
-def test_duplicate_names_are_refused(tmp_path):
-    text = MATRIX.read_text()
-    path = tmp_path / "variants.toml"  # an explicit row that the product already holds
-    path.write_text(
-        text + '\n[[variant]]\nsm = "70"\ncapability = "7.0"\narch = "Volta"\ngpus = ["V100"]\n'
-        'system = "x86_64-linux"\n'
-    )
-    with pytest.raises(MatrixError, match="duplicate variant name.*sm70"):
-        Matrix.load(path)
-    # nix/matrix.nix refuses the same, naming each duplicate once (a linear check: issue #13)
+    assert str(excinfo.value) == f"{MATRIX}: {shape.message}"
+    # JSON keeps TOML's types (int, float, string, bool, array, table), so the
+    # edited data needs no TOML writer
+    parsed = tmp_path / "variants.json"
+    parsed.write_text(json.dumps(data))
     proc = support.nix(
         "eval",
         "--impure",
         "--json",
         "--expr",
-        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {path}); }}).variants",
+        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromJSON (builtins.readFile {parsed}); }}).variants",
         check=False,
     )
-    assert proc.returncode != 0
-    assert "nix/variants.toml: duplicate variant name(s): vllm-python312-cuda12_9-sm70\n" in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert _nix_error(proc.stderr) == f"nix/variants.toml: {shape.nix_message or shape.message}", proc.stderr
+
+
+def _raise_sites() -> dict[str, tuple[re.Pattern[str], int]]:
+    """Each `raise MatrixError(...)` of matrix.py that judges the parsed file, as a pattern of its message.
+
+    Matrix.load's own (a missing file, invalid TOML) come before any data:
+    nix/matrix.nix is given the parsed file, so they have no shape here."""
+    sites = {}
+    for function in ast.walk(ast.parse(Path(matrix_module.__file__).read_text())):
+        if not isinstance(function, ast.FunctionDef) or function.name == "load":
+            continue
+        for node in ast.walk(function):
+            if (
+                isinstance(node, ast.Raise)
+                and isinstance(node.exc, ast.Call)
+                and ast.unparse(node.exc.func) == "MatrixError"
+            ):
+                (text,) = node.exc.args
+                parts = text.values if isinstance(text, ast.JoinedStr) else [text]
+                fixed = [p.value for p in parts if isinstance(p, ast.Constant)]
+                pattern = "".join(re.escape(p.value) if isinstance(p, ast.Constant) else ".*" for p in parts)
+                sites[ast.unparse(text)] = (re.compile(pattern, re.DOTALL), len("".join(fixed)))
+    return sites
+
+
+def _site_of(message: str, sites: Mapping[str, tuple[re.Pattern[str], int]]) -> str:
+    """The raise a message comes from: of those whose pattern it fits, the one with the most fixed text."""
+    fits = sorted((fixed, site) for site, (pattern, fixed) in sites.items() if pattern.fullmatch(message))
+    assert fits, f"no raise in matrix.py gives {message!r}"
+    assert len(fits) == 1 or fits[-1][0] > fits[-2][0], f"{message!r} fits {fits[-1][1]} and {fits[-2][1]} alike"
+    return fits[-1][1]
+
+
+def test_every_raise_of_matrix_py_has_a_shape():
+    sites = _raise_sites()
+    assert len(sites) > 30  # the walk found matrix.py's raises (36 when this was written)
+    covered = {_site_of(f"{MATRIX}: {shape.message}", sites) for shape in MALFORMED}
+    assert sorted(set(sites) - covered) == [], "a raise of matrix.py with no row in MALFORMED"
+
+
+@pytest.mark.nix
+def test_a_malformed_matrix_fails_lib_variants_through_the_flake(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    matrix_file = root / "nix" / "variants.toml"
+    matrix_file.write_text(matrix_file.read_text().replace('torch = "wheel"', 'torch = "conda"'))
+    proc = support.nix("eval", "--json", f"{support.flake_ref(root)}#lib.variants", check=False)
+    assert proc.returncode == 1
+    assert _nix_error(proc.stderr) == "nix/variants.toml: variant #1: torch 'conda' is not one of source, wheel"
 
 
 @pytest.mark.parametrize(

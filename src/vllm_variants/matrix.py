@@ -41,9 +41,11 @@ TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant", "axes", "
 PIN_KEYS = frozenset(("torch_version", "vllm_version", "torch_capabilities", "vllm_capabilities", "cuda_capabilities"))
 
 # No leading zero: '09.0' is a typo, not SM 90 (nor an unknown SM '090').
-_SM = re.compile(r"^[1-9][0-9]{1,2}[af]?$")
-_CAPABILITY = re.compile(r"^[1-9][0-9]?\.[0-9][af]?$")
-_CUDA = re.compile(r"^[0-9]+\.[0-9]+$")
+# \Z, not $: $ also matches before a final newline, and "90\n" is no SM
+# (nor is it to nix/matrix.nix, whose builtins.match matches the whole string).
+_SM = re.compile(r"^[1-9][0-9]{1,2}[af]?\Z")
+_CAPABILITY = re.compile(r"^[1-9][0-9]?\.[0-9][af]?\Z")
+_CUDA = re.compile(r"^[0-9]+\.[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -552,6 +554,10 @@ def _product(data: Mapping[str, Any], defaults: Mapping[str, Any], where: str) -
         if bad:
             raise MatrixError(
                 f"{where}: sm #{index}: unknown key(s) {', '.join(bad)}; valid: {', '.join(sorted(SM_KEYS))}"
+            )
+        if not isinstance(table.get("default", True), bool):  # else silently out of the default set
+            raise MatrixError(
+                f"{where}: sm #{index}: default must be true or false, not {_described(table['default'])}"
             )
         for python in line["python"]:
             for cuda in line["cuda"]:
