@@ -91,3 +91,24 @@ def test_the_cycle_check_finds_a_type_only_cycle(tmp_path):
     graph = graph_of(package)
     assert graph["pkg.c"] == {"pkg.a", "pkg.sub.b"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
+
+
+def test_every_file_the_package_reads_is_shipped_in_its_wheel():
+    """Files that are not Python (py.typed, the Nix expressions it applies) reach
+    a wheel only through [tool.setuptools.package-data]: each must match a glob."""
+    import fnmatch
+
+    from vllm_variants.matrix import tomllib
+
+    globs = tomllib.loads((support.REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    data = [
+        p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+    ]
+    assert "expressions/versions.nix" in data and "expressions/resolve.nix" in data
+    assert [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs["vllm_variants"])] == []
+
+
+def test_the_expressions_read_what_the_python_side_feeds_them():
+    from vllm_variants import evaluate
+
+    assert f'builtins.getEnv "{evaluate.NAMES_ENV}"' in evaluate.APPLY

@@ -21,15 +21,15 @@ from typing import Any, TextIO
 from .errors import BuildError, CommandError
 from .evalmem import EvalBudget, eval_options, plan_eval
 from .matrix import Variant
-from .nix import Nix, error_message, flake_ref, input_ref
+from .nix import Nix, error_message, flake_ref, input_ref, nix_expression
 from .project import Project
 from .resources import Host
 from .runner import run
 
 # lib.resolve takes its list of names from here: the flake gets data, not
-# generated Nix source (the expression below is fixed).
+# generated Nix source (expressions/resolve.nix, a file of this package, reads it).
 NAMES_ENV = "VLLM_VARIANTS_EVAL_NAMES"
-APPLY = f'resolve: resolve (builtins.fromJSON (builtins.getEnv "{NAMES_ENV}"))'
+APPLY = nix_expression("resolve.nix")
 
 
 @dataclass(frozen=True)

@@ -460,6 +460,15 @@ def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[st
     return list(dict.fromkeys(found))
 
 
+EXPRESSIONS = Path(__file__).with_name("expressions")
+
+
+def nix_expression(name: str) -> str:
+    """The text of one of this package's Nix files (expressions/NAME), for
+    `--apply`: Nix code lives in .nix files, fed data, never in Python strings."""
+    return (EXPRESSIONS / name).read_text(encoding="utf-8")
+
+
 def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
     """Nix < 2.19 prints [{"path": p, ...}]; 2.19+ prints {p: {...}}."""
     if isinstance(data, list):

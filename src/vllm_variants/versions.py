@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import VariantsError
-from .nix import locked_value
+from .nix import locked_value, nix_expression
 from .project import Project
 
 PATH = "nix/versions.json"
@@ -24,10 +24,11 @@ INPUT = "nixpkgs"  # the flake input that pins nixpkgs
 KEYS = ("vllm", "torch", "python", "cuda")
 LABELS = {"vllm": "vLLM", "torch": "PyTorch", "python": "Python", "cuda": "CUDA"}
 
-# `nix eval --json <flake>#hydraJobs --apply EVAL` -> {variant: {system: versions}}: the
-# default set (every other valid variant builds by name; `invoke eval` covers any)
+# `nix eval --json <flake>#hydraJobs --apply <expressions/versions.nix>` -> {variant: {system:
+# versions}}: the default set (every other valid variant builds by name; `invoke eval`
+# covers any). The expression is a file of this package (see it for why not the flake's).
 EVAL_ATTR = "hydraJobs"
-EVAL = "builtins.mapAttrs (name: builtins.mapAttrs (system: job: job.versions))"
+EVAL = nix_expression("versions.nix")
 # `nix eval --json <flake>#lib.pin` -> {rev, narHash}: the nixpkgs that evaluation used
 PIN_ATTR = "lib.pin"
 
