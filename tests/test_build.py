@@ -211,10 +211,10 @@ def test_an_option_nix_rejects_at_build_time_is_the_error_even_when_up_to_date(p
 # -- --dry-run ------------------------------------------------------------------
 
 
-def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
-    """A chroot store that has never seen a build, and a file:// cache holding
-    one path (the stand-in's stdenv): the plan must say what Nix would build
-    and fetch, build nothing, and leave the checkout as it was."""
+def _stdenv_in_a_cache(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """The stand-in's stdenv, built and copied to a file:// cache (tmp_path/cache),
+    and the environment of a fresh chroot store (tmp_path/fresh) that has only
+    that cache: (the stdenv's store path, the environment)."""
     stdenv = support.nix(
         "build",
         "--no-link",
@@ -225,7 +225,14 @@ def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
     ).stdout.strip()
     cache = f"file://{tmp_path / 'cache'}"
     support.nix("copy", "--to", cache, stdenv)
-    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
+    return stdenv, support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
+
+
+def test_dry_run_on_a_fresh_store_plans_and_changes_nothing(project, tmp_path):
+    """A chroot store that has never seen a build, and a file:// cache holding
+    one path (the stand-in's stdenv): the plan must say what Nix would build
+    and fetch, build nothing, and leave the checkout as it was."""
+    stdenv, env = _stdenv_in_a_cache(tmp_path)
     lock = (project / "flake.lock").read_bytes()
 
     proc = ok(invoke(project, "build", "--sm", "90", "--dry-run", "--nixpkgs", str(support.STANDIN), env=env))
@@ -254,21 +261,13 @@ def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(proje
     """Two variants on a fresh store, a file:// cache holding the stdenv both need:
     each variant's share fetches it, with the size the cache gives, asked in one
     `nix path-info` for that cache (issue #13)."""
-    stdenv = support.nix(
-        "build",
-        "--no-link",
-        "--print-out-paths",
-        "--impure",
-        "--expr",
-        f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv',
-    ).stdout.strip()
-    cache = f"file://{tmp_path / 'cache'}"
-    support.nix("copy", "--to", cache, stdenv)
-    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = {cache}\nrequire-sigs = false")
+    stdenv, env = _stdenv_in_a_cache(tmp_path)
     nix = support.recording_nix(env=env)
     request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
     plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
-    info = json.loads(support.nix("path-info", "--json", "--store", cache, stdenv, env=env).stdout)[stdenv]
+    info = json.loads(
+        support.nix("path-info", "--json", "--store", f"file://{tmp_path / 'cache'}", stdenv, env=env).stdout
+    )[stdenv]
     for vplan in plan.variants:
         assert vplan.dry.will_fetch == (stdenv,)
         assert (vplan.dry.download_bytes, vplan.dry.unpacked_bytes) == (info["downloadSize"], info["narSize"])
@@ -281,21 +280,11 @@ def test_a_cache_that_names_no_deriver_sends_the_plan_to_the_derivations_outputs
     """A narinfo without its Deriver line (a cache may leave it out): which
     variant fetches the path comes from the derivations' outputs instead, one
     `nix derivation show -r` more, and the figures are the same."""
-    stdenv = support.nix(
-        "build",
-        "--no-link",
-        "--print-out-paths",
-        "--impure",
-        "--expr",
-        f'(import {support.STANDIN} {{ system = "x86_64-linux"; }}).stdenv',
-    ).stdout.strip()
-    cache = tmp_path / "cache"
-    support.nix("copy", "--to", f"file://{cache}", stdenv)
-    (narinfo,) = cache.glob("*.narinfo")
+    stdenv, env = _stdenv_in_a_cache(tmp_path)
+    (narinfo,) = (tmp_path / "cache").glob("*.narinfo")
     text = narinfo.read_text()
     assert "\nDeriver: " in text
     narinfo.write_text("".join(line for line in text.splitlines(keepends=True) if not line.startswith("Deriver: ")))
-    env = support.nix_env(f"store = {tmp_path / 'fresh'}\nsubstituters = file://{cache}\nrequire-sigs = false")
     nix = support.recording_nix(env=env)
     request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
     plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
@@ -492,14 +481,15 @@ def test_a_link_nix_cannot_make_is_recorded_and_the_others_are_made(tmp_path):
 
 
 def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
-    """A Ctrl-C between two links is held: both links are made, and it is
+    """A Ctrl-C as the links are made is held: both links are made, and it is
     honoured afterwards (main then writes the summary and exits 130)."""
     path = _store_file(tmp_path)
 
     class CtrlCMidway(Nix):
-        def add_root(self, store_path, link):
-            os.kill(os.getpid(), signal.SIGINT)  # as the terminal's Ctrl-C would, before each link
-            super().add_root(store_path, link)
+        def argv(self, *args):
+            if args[:2] == ("build", "--out-link"):
+                os.kill(os.getpid(), signal.SIGINT)  # as the terminal's Ctrl-C would, before each link starts
+            return super().argv(*args)
 
     root = tmp_path / "p"
     plan = _linking_plan(root, CtrlCMidway(env=support.nix_env()))

@@ -377,14 +377,20 @@ class Nix:
             found.update({p: i for p, i in infos.items() if i and "narSize" in i})
         return found
 
-    def add_root(self, store_path: str, link: Path) -> None:
-        """Point `link` at `store_path` as a GC root (what `nix build` leaves).
+    def add_roots(self, roots: Sequence[tuple[str, Path]]) -> list[str | None]:
+        """Point each link at its store path as a GC root (what `nix build`
+        leaves): None for each link made, else Nix's one-line reason.
 
-        Nix swaps the link atomically and refuses to replace anything but a
-        link into the store, so a user's own file of that name is safe. It
-        runs in its own session: a Ctrl-C the caller holds does not stop it.
+        One `nix build --out-link` per link, all at once: Nix has no command
+        that makes several GC-root links of chosen names (several installables
+        get LINK, LINK-1, ...). Nix swaps each link atomically and refuses to
+        replace anything but a link into the store, so a user's own file of that
+        name is safe. They run in their own session: a Ctrl-C the caller holds
+        does not stop them.
         """
-        self.run("build", "--out-link", link, store_path, new_session=True)
+        argvs = [self.argv("build", "--out-link", link, store_path) for store_path, link in roots]
+        done = run_together(argvs, env=self.env, new_session=True)
+        return [None if p.returncode == 0 else error_message(p.stderr) or f"exit code {p.returncode}" for p in done]
 
     def copy(self, paths: Sequence[str], *, to: str, echo: bool = False) -> None:
         """`nix copy --to URI paths` (their closures).

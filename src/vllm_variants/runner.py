@@ -150,11 +150,12 @@ def run(
 
 
 def run_together(
-    argvs: Sequence[Argv], *, env: Mapping[str, str] | None = None
+    argvs: Sequence[Argv], *, env: Mapping[str, str] | None = None, new_session: bool = False
 ) -> list[subprocess.CompletedProcess[str]]:
     """Run several short commands at once, each to completion, capturing text
     output as run(check=False) does: the wait is the longest one's, not the sum.
-    One that cannot start is run()'s ToolMissing (the others are waited for)."""
+    One that cannot start is run()'s ToolMissing (the others are waited for).
+    new_session: as run()'s."""
     started: list[subprocess.Popen[str]] = []
     failed: ToolMissing | None = None
     for argv in map(_argv, argvs):
@@ -167,6 +168,7 @@ def run_together(
                     stderr=subprocess.PIPE,
                     stdin=subprocess.DEVNULL,
                     text=True,
+                    start_new_session=new_session,
                     preexec_fn=_die_with_us(),
                 )
             )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..display import BuildOutcome
-from ..errors import CommandError, VariantsError
-from ..nix import error_message
+from ..errors import VariantsError
 from .plan import BuildPlan
 
 
@@ -12,15 +11,16 @@ def link_results(plan: BuildPlan, outcomes: list[BuildOutcome]) -> None:
     """result-<variant> -> its output, for each variant built (a failed one
     keeps its old link), after Nix exited.
 
-    Nix swaps each link atomically. One it cannot make (something else took
-    its place) is recorded on that variant's outcome, and the others are still
-    made. Run it with signals held (main): all links or none of a Ctrl-C.
+    Nix swaps each link atomically; all are made at once (Nix.add_roots). One
+    it cannot make (something else took its place) is recorded on that
+    variant's outcome, and the others are still made. Run it with signals
+    held (main): all links or none of a Ctrl-C.
     """
-    for vplan, outcome in zip(plan.variants, outcomes):
-        if outcome.ok and outcome.store_path:
-            try:
-                plan.nix.add_root(outcome.store_path, vplan.target.link)
-            except CommandError as exc:
-                outcome.status, outcome.link_error = "not linked", error_message(exc.stderr)
-            except VariantsError as exc:  # nix gone from PATH meanwhile
-                outcome.status, outcome.link_error = "not linked", str(exc)
+    linked = [(v, o) for v, o in zip(plan.variants, outcomes) if o.ok and o.store_path]
+    try:
+        errors = plan.nix.add_roots([(o.store_path or "", v.target.link) for v, o in linked])
+    except VariantsError as exc:  # nix gone from PATH meanwhile
+        errors = [str(exc)] * len(linked)
+    for (_, outcome), error in zip(linked, errors):
+        if error is not None:
+            outcome.status, outcome.link_error = "not linked", error
