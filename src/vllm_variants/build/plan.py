@@ -160,10 +160,12 @@ def make_plan(prepared: Prepared, *, host: Host | None = None) -> BuildPlan:
     Nix processes, whatever the number of variants (issue #13): one
     `nix build --dry-run` per evaluation batch (one unless --eval-jobs or
     --eval-max-memory, or the RAM, asks for more), then, for several
-    variants, one `nix derivation show -r` of all their derivations, by which
-    each derivation and path of Nix's plan goes to the variants whose closure
-    holds it, and one `nix path-info` per binary cache for the sizes of what
-    is fetched (none when nothing is).
+    variants, one `nix path-info --recursive` of all their derivations (the
+    graph: each derivation's input derivations), by which each derivation of
+    Nix's plan goes to the variants whose closure holds it, and one `nix
+    path-info` per binary cache for the sizes of what is fetched (none when
+    nothing is), whose Deriver says which derivation, so which variants, fetch
+    each path (a cache that names none: one `nix derivation show -r` more).
     """
     nix, project, request = prepared.nix, prepared.project, prepared.request
     host = host or Host.detect()
