@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -297,12 +297,12 @@ class Nix:
         """
         data = json.loads(self.run("derivation", "show", drv).stdout)
         (record,) = data.values() if "derivations" not in data else data["derivations"].values()
-        store_dir = os.path.dirname(drv)
+        absolute = in_store_of(drv)
         outputs = {}
         for name, output in record.get("outputs", {}).items():
             path = (output or {}).get("path")
             if path:
-                outputs[name] = path if path.startswith("/") else f"{store_dir}/{path}"
+                outputs[name] = absolute(path)
         return outputs
 
     def derivation_inputs(self, drvs: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -317,10 +317,7 @@ class Nix:
         if not drvs:
             return {}
         infos = self.path_info(drvs, closure=False, recursive=True)
-        store_dir = os.path.dirname(drvs[0])
-
-        def absolute(path: str) -> str:
-            return path if path.startswith("/") else f"{store_dir}/{path}"
+        absolute = in_store_of(drvs[0])
 
         return {
             absolute(drv): tuple(absolute(r) for r in info.get("references") or () if r.endswith(".drv"))
@@ -339,10 +336,7 @@ class Nix:
             return {}
         data = json.loads(self.run("derivation", "show", "-r", *drvs, cwd=cwd).stdout)
         records = data["derivations"] if "derivations" in data else data
-        store_dir = os.path.dirname(drvs[0])
-
-        def absolute(path: str) -> str:
-            return path if path.startswith("/") else f"{store_dir}/{path}"
+        absolute = in_store_of(drvs[0])
 
         graph = {}
         for drv, record in records.items():
@@ -464,6 +458,13 @@ def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[st
         if match and name and name in given:
             found.append(f"Nix rejects --option {name}={given[name]}: {match.group(1)}")
     return list(dict.fromkeys(found))
+
+
+def in_store_of(path: str) -> Callable[[str], str]:
+    """A path Nix printed, made absolute in `path`'s store directory (newer
+    formats print base names)."""
+    store_dir = os.path.dirname(path)
+    return lambda p: p if p.startswith("/") else f"{store_dir}/{p}"
 
 
 EXPRESSIONS = Path(__file__).with_name("expressions")

@@ -14,7 +14,7 @@ from ..display import Watched
 from ..errors import BuildError, CommandError, PreflightError
 from ..evalmem import EvalBudget, plan_eval
 from ..matrix import Variant
-from ..nix import Nix, Planned, error_message, flake_ref
+from ..nix import Nix, Planned, error_message, flake_ref, in_store_of
 from ..nixlog import DryRun, package_name, store_name, version_of
 from ..project import Project
 from ..resources import Host, format_bytes
@@ -232,8 +232,8 @@ def producers(
     found = {}
     for path in paths:
         deriver = (infos.get(path) or {}).get("deriver")
-        if isinstance(deriver, str) and not deriver.startswith("/"):
-            deriver = f"{os.path.dirname(path)}/{deriver}"
+        if isinstance(deriver, str):
+            deriver = in_store_of(path)(deriver)
         if not isinstance(deriver, str) or deriver not in inputs:
             return None
         found[path] = deriver
