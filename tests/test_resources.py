@@ -74,3 +74,12 @@ def test_missing_or_odd_cgroup_files_leave_memtotal(machine, self_cgroup):
         machine["proc_cgroup"].write_text(self_cgroup)
     limit(machine["cgroup"] / "memory", "memory.limit_in_bytes", "not a number")
     assert Host.detect(**machine).mem_bytes == MEMTOTAL
+
+
+@pytest.mark.parametrize("per_batch", [1, 2, 3, 7])
+def test_an_evaluation_budget_counts_the_processes_its_batches_make(per_batch):
+    from vllm_variants.evalmem import EvalBudget
+
+    budget = EvalBudget(per_batch, "test")
+    for n in range(0, 16):
+        assert budget.processes(n) == len(budget.batches(list(range(n)))), n

@@ -57,7 +57,7 @@ from .fatbin import (
 )
 from .matrix import Matrix, Variant, normalise_sm, sm_number, sm_tokens, split_auto
 from .resources import format_bytes
-from .runner import HINTS, run
+from .runner import HINTS, require_tool, run
 
 READERS = ("auto", "fatbin", "cuobjdump")
 # Files that are never ELF libraries; skipping them keeps a walk of a Python
@@ -121,10 +121,7 @@ def find_cuobjdump(explicit: str | None = None) -> str | None:
     if not explicit:
         return shutil.which("cuobjdump")
     if os.sep not in explicit:
-        found = shutil.which(explicit)
-        if found is None:
-            raise ToolMissing(explicit, HINTS["cuobjdump"])
-        return found
+        return require_tool(explicit, HINTS["cuobjdump"])
     if not os.path.lexists(explicit):
         raise PreflightError(
             f"--cuobjdump {explicit}: no such file; give the path of cuobjdump "
@@ -298,8 +295,9 @@ class AuditReport:
         for library in self.libraries:
             yield from library.entries
 
-    def archs(self) -> dict[str, dict[str, Any]]:
-        pairs = list(_used(self.libraries, self.own_sms))
+    def archs(self, libraries: Iterable[Library] | None = None) -> dict[str, dict[str, Any]]:
+        """summarise() of the libraries' code (all of them by default), each entry's use read once."""
+        pairs = list(_used(self.libraries if libraries is None else libraries, self.own_sms))
         return summarise([e for e, _ in pairs], self.own_sms, [u for _, u in pairs])
 
     def figures(self, sm: str) -> SmFigures:
@@ -317,9 +315,7 @@ class AuditReport:
     @property
     def foreign(self) -> list[str]:
         """Architectures with code no own SM uses (empty when none was given), torch-bin's aside."""
-        pairs = list(_used(self.checked_libraries(), self.own_sms))
-        archs = summarise([e for e, _ in pairs], self.own_sms, [u for _, u in pairs])
-        return [arch for arch, row in archs.items() if row["foreign"]]
+        return [arch for arch, row in self.archs(self.checked_libraries()).items() if row["foreign"]]
 
     @property
     def disagreements(self) -> list[Library]:

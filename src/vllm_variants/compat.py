@@ -18,6 +18,9 @@ NVIDIA's rules, as this module applies them to a GPU of compute capability G.g:
   https://docs.nvidia.com/cuda/cuda-c-programming-guide/index.html#ptx-compatibility);
   compute_XYa PTX only on X.Y, compute_XYf PTX only inside its family.
 
+And the order of driver and CUDA versions (version_tuple), which the smoke
+check and `invoke doctor` compare.
+
 Standard library only, and no import from this package: smoke/check.py loads
 this file by its path inside a built result's own Python, where
 vllm_variants is not installed.
@@ -83,3 +86,13 @@ def runs_on(kind: str, target: object, gpu: object) -> bool:
     if kind == "ptx":
         return ptx_jits_on(target, gpu)
     return False
+
+
+def version_tuple(text: object) -> tuple[int, ...]:
+    """'575.51.03' -> (575, 51, 3), '12.9' -> (12, 9): a driver or CUDA version in
+    numeric order (a part's other characters are dropped; a part of none is 0)."""
+    parts = []
+    for part in str(text).split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from .matrix import Variant
 from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
+from .outputs import relative
 from .resources import format_bytes
 
 HEARTBEAT_S = 300.0
@@ -278,14 +279,6 @@ class LiveDisplay(Display):
                 )
             )
         return Group(*lines)
-
-
-def relative(path: Path, root: Path) -> str:
-    """`path` relative to `root` where it lies inside it (logs/...), else as it is."""
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 def duration_text(seconds: float) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from .compat import version_tuple
 from .errors import GpuError, PreflightError, ToolMissing, VariantsError
 from .gpus import GPU, detect, driver_cuda, list_names
 from .machines import REQUIRED_FEATURES, BuildCapabilities
@@ -187,7 +188,7 @@ def _check_gpus(
                     f"GPU {m.gpu.index} ({m.gpu.name}) has driver {m.gpu.driver}, older than the "
                     f"{v.min_driver} that CUDA {v.cuda} needs: install NVIDIA driver >= {v.min_driver}",
                 )
-            elif cuda and _version(cuda) < _version(v.cuda):
+            elif cuda and version_tuple(cuda) < version_tuple(v.cuda):
                 report.add(
                     ERROR,
                     f"driver {m.gpu.driver} supports CUDA up to {cuda}, but {v.name} uses CUDA "
@@ -204,10 +205,6 @@ def _names_only(report: DoctorReport, smi: str, env: Mapping[str, str] | None) -
     except (GpuError, ToolMissing):
         return
     report.gpus = [{"index": i, "name": name, "capability": None, "variant": None} for i, name in names]
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".") if p.isdigit())
 
 
 def diagnose(

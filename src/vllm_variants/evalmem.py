@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .cli import whole_number
+from .cli import MAX_COUNT, whole_number
 from .errors import UsageError
 from .resources import GIB, Host, format_bytes
 
@@ -62,15 +62,19 @@ class EvalBudget:
     def batches(self, items: Sequence[T]) -> list[list[T]]:
         return [list(items[i : i + self.per_batch]) for i in range(0, len(items), self.per_batch)] or [[]]
 
+    def processes(self, n_variants: int) -> int:
+        """How many Nix evaluations batches() makes of that many variants (one even for none)."""
+        return max(1, -(-n_variants // self.per_batch))
+
     def line(self, n_variants: int) -> str:
-        n = len(self.batches(list(range(n_variants))))
+        n = self.processes(n_variants)
         return (
             f"evaluation: {n_variants} variant{'s' * (n_variants != 1)} in {n} Nix process{'es' * (n != 1)}, "
             f"at most {self.per_batch} nixpkgs instance{'s' * (self.per_batch != 1)} each ({self.text})"
         )
 
     def to_json(self, n_variants: int) -> dict[str, object]:
-        return {"per_batch": self.per_batch, "processes": len(self.batches(list(range(n_variants)))), "text": self.text}
+        return {"per_batch": self.per_batch, "processes": self.processes(n_variants), "text": self.text}
 
 
 def plan_eval(
@@ -97,7 +101,9 @@ def eval_options(eval_jobs: str | int | None, eval_max_memory: str | int | None)
     """--eval-jobs and --eval-max-memory as given on the command line, checked (one line each)."""
     jobs = whole_number("--eval-jobs", eval_jobs, "variants per Nix evaluation; at least 1")
     if jobs == 0:
-        raise UsageError("--eval-jobs takes a whole number from 1 to 100000, not '0' (variants per Nix evaluation)")
+        raise UsageError(
+            f"--eval-jobs takes a whole number from 1 to {MAX_COUNT}, not '0' (variants per Nix evaluation)"
+        )
     memory = parse_size("--eval-max-memory", eval_max_memory)
     if jobs is not None and memory is not None:
         raise UsageError(

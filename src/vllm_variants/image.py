@@ -43,12 +43,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import CommandError, ImageError, PublishError, tail
+from .errors import CommandError, ImageError, PublishError, ToolMissing, tail
 from .matrix import Variant, comma_list
 from .nix import Nix, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
-from .runner import format_argv, run, spawn
+from .runner import HINTS, format_argv, require_tool, run, spawn, text_of
 
 DESTINATIONS = "docker://[REGISTRY/]NAME[:TAG] or oci-archive:PATH[:TAG] (or --load)"
 # docker/distribution's reference grammar: a registry host, then lowercase
@@ -198,17 +198,6 @@ def read_image(nix: Nix, variant: Variant, script: str) -> Image:
 # -- checks before anything is built -----------------------------------------------
 
 
-def require_tool(name: str) -> str:
-    """The tool's path, or the one-line ToolMissing (with how to install it)."""
-    from .errors import ToolMissing
-    from .runner import HINTS
-
-    found = shutil.which(name)
-    if not found:
-        raise ToolMissing(name, HINTS.get(name, ""))
-    return found
-
-
 def require_built(nix: Nix, project: Project, variant: Variant, overrides: Mapping[str, str]) -> str:
     """The variant's store path as the flake evaluates it now, which must be valid
     in the store: building its image must never start building the variant."""
@@ -275,14 +264,11 @@ def stream_to(script: str, archive: Path) -> None:
         proc = spawn([script], stdout=handle, stderr=subprocess.PIPE)
         _, err = proc.communicate()
     if proc.returncode != 0:
-        raise ImageError(f"{script} failed (exit {proc.returncode}): {tail(err.decode(errors='replace'), 1)}")
+        raise ImageError(f"{script} failed (exit {proc.returncode}): {tail(text_of(err), 1)}")
 
 
 def loader() -> list[str]:
     """`docker image load`, or `podman load` where there is no docker; else ToolMissing."""
-    from .errors import ToolMissing
-    from .runner import HINTS
-
     for argv in (["docker", "image", "load"], ["podman", "load"]):
         found = shutil.which(argv[0])
         if found:
@@ -300,13 +286,9 @@ def load(image: Image) -> None:
     _, load_err = consumer.communicate()
     _, stream_err = producer.communicate()
     if producer.returncode != 0:
-        raise ImageError(
-            f"{image.script} failed (exit {producer.returncode}): {tail(stream_err.decode(errors='replace'), 1)}"
-        )
+        raise ImageError(f"{image.script} failed (exit {producer.returncode}): {tail(text_of(stream_err), 1)}")
     if consumer.returncode != 0:
-        raise ImageError(
-            f"{Path(argv[0]).name} refused {image.repo_tag}: {skopeo_message(load_err.decode(errors='replace'))}"
-        )
+        raise ImageError(f"{Path(argv[0]).name} refused {image.repo_tag}: {skopeo_message(text_of(load_err))}")
 
 
 # -- the command ---------------------------------------------------------------------

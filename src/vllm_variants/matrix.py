@@ -237,7 +237,7 @@ class Matrix:
         """'70, 75, ... (x86_64-linux); 90, 100 (aarch64-linux, with --arm64)'."""
         parts = []
         for system in self.systems:
-            sms = _unique(v.sm for v in self.enabled if v.system == system)
+            sms = unique(v.sm for v in self.enabled if v.system == system)
             if sms:
                 hint = ", with --arm64" if system.startswith("aarch64-") else ""
                 parts.append(f"{', '.join(sms)} ({system}{hint})")
@@ -250,7 +250,7 @@ class Matrix:
         if python is not None:
             digits = re.sub(r"^(python|py)", "", python.strip().lower()).replace(".", "")
             python = f"python{digits}"
-            valid = _unique(v.python for v in self.variants)
+            valid = unique(v.python for v in self.variants)
             if python not in valid:
                 raise SelectionError(
                     f"unknown Python line '{python}'; valid: "
@@ -258,7 +258,7 @@ class Matrix:
                 )
         if cuda is not None:
             cuda = cuda.strip()
-            valid = sorted(_unique(v.cuda for v in self.variants), key=_version_key)
+            valid = sorted(unique(v.cuda for v in self.variants), key=_version_key)
             if cuda not in valid:
                 raise SelectionError(f"unknown CUDA line '{cuda}'; valid: {', '.join(valid)} (e.g. --cuda 12.8)")
         return python, cuda
@@ -293,11 +293,11 @@ class Matrix:
         wanted = [v for v in same_sm if v.arm64 == arm64]
         if not wanted:
             if arm64:
-                arm = _unique(v.sm for v in self.enabled if v.arm64)
+                arm = unique(v.sm for v in self.enabled if v.arm64)
                 raise SelectionError(f"SM {sm} has no arm64 variant; arm64 variants exist for SM {', '.join(arm)}")
             raise SelectionError(
                 f"SM {sm} exists only for arm64; add --arm64 "
-                f"(x86_64 SMs: {', '.join(_unique(v.sm for v in self.enabled if not v.arm64))})"
+                f"(x86_64 SMs: {', '.join(unique(v.sm for v in self.enabled if not v.arm64))})"
             )
         on_line = [v for v in wanted if self.on_line(v, python, cuda)]
         if not on_line:
@@ -678,5 +678,6 @@ def normalise_sm(text: str) -> str | None:
     return lowered if _SM.match(lowered) else None
 
 
-def _unique(items: Iterable[str]) -> list[str]:
+def unique(items: Iterable[str]) -> list[str]:
+    """`items` without repeats, in their first order."""
     return list(dict.fromkeys(items))

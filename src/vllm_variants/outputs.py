@@ -39,9 +39,10 @@ def _not_writable(path: Path) -> str:
     return _problem(errno.EACCES, "permission denied")
 
 
-def _shown(path: Path, cwd: Path) -> str:
+def relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` where it lies inside it (logs/...), else as it is."""
     try:
-        return str(path.relative_to(cwd))
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)
 
@@ -51,10 +52,10 @@ def _existing_ancestor(path: Path, cwd: Path, label: str) -> Path:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise UsageError(f"{label}: {_shown(parent, cwd)} is not a directory (ENOTDIR)")
+                raise UsageError(f"{label}: {relative(parent, cwd)} is not a directory (ENOTDIR)")
             return parent
         if parent.is_symlink():  # dangling: nothing can be made under it
-            raise UsageError(f"{label}: {_shown(parent, cwd)} is a dangling symlink (ENOENT)")
+            raise UsageError(f"{label}: {relative(parent, cwd)} is a dangling symlink (ENOENT)")
     return Path("/")
 
 
@@ -94,7 +95,7 @@ def _creatable(path: Path, cwd: Path, label: str) -> Path:
     """A path that does not exist yet, where it can be made (its folders with it)."""
     ancestor = _existing_ancestor(path, cwd, label)
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{label}: cannot create it in {_shown(ancestor, cwd)}: {_not_writable(ancestor)}")
+        raise UsageError(f"{label}: cannot create it in {relative(ancestor, cwd)}: {_not_writable(ancestor)}")
     return path
 
 

@@ -100,6 +100,14 @@ def _die_with_us() -> Any:
     return preexec
 
 
+def require_tool(name: str, hint: str | None = None) -> str:
+    """The path of program `name` on PATH, or ToolMissing with how to install it (HINTS)."""
+    found = shutil.which(name)
+    if found is None:
+        raise ToolMissing(name, HINTS.get(name, "") if hint is None else hint)
+    return found
+
+
 def _argv(argv: Argv) -> list[str]:
     return [os.fspath(a) for a in argv]
 
@@ -152,35 +160,31 @@ def run(
 def run_together(
     argvs: Sequence[Argv], *, env: Mapping[str, str] | None = None, new_session: bool = False
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Run several short commands at once, each to completion, capturing text
-    output as run(check=False) does: the wait is the longest one's, not the sum.
-    One that cannot start is run()'s ToolMissing (the others are waited for).
+    """Run several short commands at once (spawn()), each to completion, capturing
+    text output as run(check=False) does: the wait is the longest one's, not the
+    sum. One that cannot start is spawn()'s ToolMissing (the others are waited for).
     new_session: as run()'s."""
-    started: list[subprocess.Popen[str]] = []
+    started: list[subprocess.Popen[bytes]] = []
     failed: ToolMissing | None = None
-    for argv in map(_argv, argvs):
+    for argv in argvs:
         try:
-            started.append(
-                subprocess.Popen(
-                    argv,
-                    env=dict(env) if env is not None else None,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    stdin=subprocess.DEVNULL,
-                    text=True,
-                    start_new_session=new_session,
-                    preexec_fn=_die_with_us(),
-                )
-            )
-        except OSError as exc:
-            failed = failed or _not_started(exc, argv, None, env)
+            started.append(spawn(argv, env=env, new_session=new_session))
+        except ToolMissing as exc:
+            failed = failed or exc
     done = []
     for proc in started:
         out, err = proc.communicate()
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, text_of(out), text_of(err)))
     if failed is not None:
         raise failed
     return done
+
+
+def text_of(data: str | bytes | None) -> str:
+    """A spawned program's captured output as text (undecodable bytes replaced; None: nothing)."""
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return data or ""
 
 
 def spawn(

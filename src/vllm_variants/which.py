@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from .compat import base_capability, sass_runs_on
 from .errors import SelectionError, ToolMissing
 from .gpus import GPU, detect
-from .matrix import Matrix, Variant
+from .matrix import Matrix, Variant, unique
 from .project import Project
 from .runner import CannotRun
 
@@ -66,14 +66,10 @@ def nearest(matrix: Matrix, gpu: GPU, system: str, count: int = 2) -> list[tuple
     return [(v, sass_runs_on(v.capability, gpu.capability)) for v in ranked[:count]]
 
 
-def _unique_systems(systems: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(systems))
-
-
 def _no_variant(matrix: Matrix, gpu: GPU, system: str) -> str:
     """One line: no variant for this GPU, the nearest choices, how to add one."""
     what = f"GPU {gpu.index} ({gpu.name}, capability {gpu.capability}) has no {system} variant"
-    elsewhere = _unique_systems(v.system for v in matrix.enabled if v.sm_number == gpu.sm and v.system != system)
+    elsewhere = unique(v.system for v in matrix.enabled if v.sm_number == gpu.sm and v.system != system)
     if elsewhere:
         what += f" (SM {gpu.sm} is built only for {', '.join(elsewhere)})"
     choices = []

@@ -7,8 +7,8 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 2. `make_plan()`: one evaluation (`nix build --dry-run --json`; one per
    batch when RAM asks for batches, evalmem.py) gives every variant's
    derivation and Nix's plan: what it would build, what it would fetch. One
-   `nix derivation show -r` gives the graph by which each variant gets its
-   share of that plan (issue #13: the Nix processes do not grow with the
+   `nix path-info --recursive` of the derivations gives the graph by which
+   each variant gets its share of that plan (issue #13: the Nix processes do not grow with the
    variants). `--dry-run` prints this and stops; Nix only instantiates .drv
    files.
 3. `execute()`: ONE `nix build` of all planned derivations, so Nix itself
@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..concurrency import Concurrency, plan_concurrency
-from ..display import BuildOutcome, make_display, relative
+from ..display import BuildOutcome, make_display
 from ..errors import BuildError, Interrupted
 from ..nix import Nix
 from ..nixlog import store_name
-from ..outputs import check_dir, write_text
+from ..outputs import check_dir, relative, write_text
 from ..project import Project
 from ..resources import Host
 from .links import link_results

@@ -120,6 +120,7 @@ _compat = _load_compat()
 base_capability = _compat.base_capability
 sm_of = _compat.sm_of
 sass_runs_on = _compat.sass_runs_on
+version_tuple = _compat.version_tuple
 
 
 class CheckOutcome:
@@ -260,11 +261,11 @@ def check_torch(ctx: Context) -> CheckOutcome:
 
 def torch_is_wheel(ctx: Context) -> bool:
     """The variant's torch is nixpkgs' torch-bin, the upstream wheel (every SM): the one exception."""
-    return ctx.variant is not None and bool(ctx.variant) and ctx.variant.get("torch") == "wheel"
+    return ctx.variant is not None and ctx.variant.get("torch") == "wheel"
 
 
 def same_major(found: object, claimed: object) -> bool:
-    return bool(found and claimed) and str(found).split(".")[0] == str(claimed).split(".")[0]
+    return bool(found and claimed) and version_tuple(found)[0] == version_tuple(claimed)[0]
 
 
 def torch_arch_problem(ctx: Context, sm: str) -> tuple[Any, str | None]:
@@ -390,14 +391,6 @@ def read_driver_version() -> tuple[str | None, str | None, str | None]:
             return match.group(1), proc, None
         why.append("%s: no driver version in it" % proc)
     return None, None, "; ".join(why)
-
-
-def version_tuple(text: object) -> tuple[int, ...]:
-    parts = []
-    for part in str(text).split("."):
-        digits = "".join(c for c in part if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 def check_driver(ctx: Context) -> CheckOutcome:

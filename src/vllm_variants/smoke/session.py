@@ -27,9 +27,10 @@ from typing import Any, TextIO
 
 from ..cli import whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
+from ..matrix import comma_list
 from ..outputs import check_dir, make_dir
 from ..project import Project
-from ..runner import CannotRun, spawn, terminations_interrupt
+from ..runner import CannotRun, spawn, terminations_interrupt, text_of
 from .check import CHECKS, FAIL, STATUSES
 from .report import DEFAULT_TIMEOUT_S, Options, ResultReport, SmokeReport
 
@@ -85,7 +86,7 @@ def validate_result(path: Path) -> None:
 
 def select_results(project: Project, tokens: Iterable[str] = (), cwd: Path | None = None) -> list[Path]:
     """The results to check, in order: the given ones, or every result-* link."""
-    words = [t.strip() for item in tokens for t in str(item).split(",") if t.strip()]
+    words = [word for item in tokens for word in comma_list(item)]
     blank = next((str(item) for item in tokens if str(item).strip(" ,") == "" and str(item)), None)
     if blank is not None:  # ',' is a mistake (an unset list), never "every result"
         raise SelectionError(f"--results '{blank}' names no result; give a variant name, an SM or a result path")
@@ -105,12 +106,6 @@ def select_results(project: Project, tokens: Iterable[str] = (), cwd: Path | Non
 
 
 # -- checking one result ------------------------------------------------------
-
-
-def _text(data: str | bytes | None) -> str:
-    if isinstance(data, bytes):
-        return data.decode("utf-8", errors="replace")
-    return data or ""
 
 
 def _describe_exit(code: int) -> str:
@@ -205,7 +200,7 @@ class Running:
         finally:
             with self.lock:
                 self.procs.discard(proc)
-        return proc.returncode, _text(out), _text(err)
+        return proc.returncode, text_of(out), text_of(err)
 
     def stop(self) -> None:
         """Kill every check process group; start no more."""
@@ -228,7 +223,7 @@ def _run_checks(
     try:
         code, stdout, stderr = running.run(check_argv(path, progress, options), cwd=tmp, timeout=options.timeout)
     except subprocess.TimeoutExpired as exc:
-        return None, _text(exc.stderr), {}, f"timed out after {options.timeout:g} s"
+        return None, text_of(exc.stderr), {}, f"timed out after {options.timeout:g} s"
     except ToolMissing as exc:
         return None, "", {}, str(exc)
     return code, stderr, _parse_report(stdout) if code in (0, 1) else {}, None
