@@ -108,7 +108,7 @@ def test_check_fails_when_versions_move_or_describe_another_pin(tmp_path):
         ),
         (
             "{ not json",
-            "error: flake.lock is not valid JSON (Expecting property name enclosed in double quotes: "
+            "error: flake.lock: not valid JSON (Expecting property name enclosed in double quotes: "
             "line 1 column 3 (char 2)); restore it from git",
         ),
         ("[]", "error: flake.lock is not a Nix lock file (no nodes/root); restore it from git"),

@@ -21,7 +21,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import userfiles
 from .errors import PreflightError
+
+# A machines file lists builders, a line each (issue #21: a bound, not a hang on /dev/zero).
+MACHINES_LIMIT = userfiles.MIB
 
 REQUIRED_FEATURES = ("big-parallel",)
 
@@ -79,12 +83,12 @@ def parse_builders(spec: str, *, local_system: str, _seen: frozenset[Path] = fro
             path = Path(line[1:]).expanduser()
             if path in _seen:
                 continue
-            if not path.exists():  # Nix treats a missing machines file as no builders
+            if not path.exists() and not path.is_symlink():  # Nix treats a missing machines file as no builders
                 continue
             try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise PreflightError(f"cannot read the machines file {path}: {exc.strerror}") from None
+                text = userfiles.read_text(path, f"the machines file {path}", limit=MACHINES_LIMIT)
+            except userfiles.UserFileError as exc:
+                raise PreflightError(f"cannot read {exc}") from None
             builders += parse_builders(text, local_system=local_system, _seen=_seen | {path})
             continue
         fields = line.split()

@@ -9,20 +9,18 @@ rules here and in matrix.nix in step.
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import compat
+from . import compat, userfiles
 from .errors import MatrixError, SelectionError
+from .userfiles import tomllib  # noqa: F401 - tomli on Python 3.10; the tests read TOML through it
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10
-    import tomli as tomllib
+# The matrix file is small: a bound far above any real one (issue #21).
+MATRIX_LIMIT = 4 * userfiles.MIB
 
 DEFAULT_KEYS = ("python", "cuda", "min_driver", "torch")
 # torch = "source": nixpkgs' torch built for the variant's SM (the default);
@@ -142,11 +140,9 @@ class Matrix:
     def load(cls, path: Path | str) -> Matrix:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MatrixError(f"matrix file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise MatrixError(f"{path}: invalid TOML: {exc}") from None
+            data = userfiles.parse_toml(userfiles.read_text(path, str(path), limit=MATRIX_LIMIT), str(path))
+        except userfiles.UserFileError as exc:
+            raise MatrixError(str(exc)) from None
         return cls.from_toml(data, source=path)
 
     @classmethod
@@ -353,6 +349,13 @@ class Matrix:
             chosen.update(v.name for v in pool if v.system == system)
         for token in tokens:
             chosen.add(self.resolve(token, arm64=arm64, python=python, cuda=cuda).name)
+        if not chosen:  # --all or --system over a line the matrix enables nothing on
+            where = f" for {', '.join(systems)}" if systems else ""
+            line = ", ".join(x for x in (python, cuda and f"CUDA {cuda}") if x) or "the default set"
+            raise SelectionError(
+                f"nothing to select: {self.source or 'the matrix'} enables no variant{where} in {line}"
+                + "; `invoke variants --all` lists every combination with the reason it is disabled"
+            )
         return [v for v in self.variants if v.name in chosen]
 
     def _usable(self, variant: Variant) -> Variant:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from . import userfiles
 from .errors import PreflightError
 from .matrix import Matrix, Variant
 
@@ -19,7 +20,7 @@ class Project:
     @classmethod
     def find(cls, start: Path | str | None = None) -> Project:
         """The checkout containing `start` (default: the working directory)."""
-        here = Path(start or Path.cwd()).resolve()
+        here = userfiles.real(start or Path.cwd())
         for candidate in (here, *here.parents):
             if (candidate / "flake.nix").is_file() and (candidate / MATRIX).is_file():
                 return cls(candidate)

@@ -16,11 +16,14 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-from . import versions
+from . import userfiles, versions
 from .errors import VariantsError
 from .matrix import Matrix, sm_number
 from .outputs import write_text
 from .project import Project
+
+# A documentation page is text, far below this (issue #21).
+DOC_LIMIT = 8 * userfiles.MIB
 
 
 def begin_marker(section: str, source: str) -> str:
@@ -114,7 +117,7 @@ def update(project: Project, *, check: bool = False) -> bool:
 
     Returns True when README.md was (or, with check, would be) changed.
     """
-    current = project.readme.read_text(encoding="utf-8")
+    current = userfiles.read_text(project.readme, "README.md", limit=DOC_LIMIT)
     wanted = render(project, current)
     if wanted == current:
         return False

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import userfiles
 from .errors import VariantsError
 from .nix import locked_value, nix_expression
 from .project import Project
@@ -65,8 +66,8 @@ class PinVersions:
 
     @classmethod
     def parse(cls, text: str) -> PinVersions:
+        data = userfiles.parse_json(text, PATH)
         try:
-            data = json.loads(text)
             pin = data["nixpkgs"]
             return cls(
                 rev=pin["rev"],
@@ -130,18 +131,19 @@ def changes(old: PinVersions | None, new: PinVersions) -> list[str]:
 def load(project: Project) -> PinVersions:
     """nix/versions.json of a checkout."""
     path = project.root / PATH
-    try:
-        return PinVersions.parse(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VariantsError(f"{PATH} is missing; `invoke bump-pin <rev>` writes it") from None
+    if not path.exists() and not path.is_symlink():
+        raise VariantsError(f"{PATH} is missing; `invoke bump-pin <rev>` writes it")
+    return PinVersions.parse(userfiles.read_text(path, PATH, limit=userfiles.MIB))
 
 
 def _lock_field(text: str, key: str, where: str = "flake.lock") -> str | None:
     """A field ('rev', 'narHash') a flake.lock (its text) locks for nixpkgs; None when it locks none."""
     try:
-        return locked_value(json.loads(text), INPUT, key)
-    except ValueError as exc:
-        raise VariantsError(f"{where} is not valid JSON ({exc}); restore it from git") from None
+        data = userfiles.parse_json(text, where)
+    except userfiles.UserFileError as exc:
+        raise VariantsError(f"{exc}; restore it from git") from None
+    try:
+        return locked_value(data, INPUT, key)
     except (AttributeError, TypeError):  # JSON, but not shaped like a lock file
         raise VariantsError(f"{where} is not a Nix lock file (no nodes/root); restore it from git") from None
 
@@ -152,12 +154,11 @@ def lock_rev(text: str, where: str = "flake.lock") -> str | None:
 
 
 def _lock_text(project: Project) -> str:
-    try:
-        return project.flake_lock.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not project.flake_lock.exists() and not project.flake_lock.is_symlink():
         raise VariantsError(
             "flake.lock is missing: it records the nixpkgs commit; restore it with `git checkout -- flake.lock`"
-        ) from None
+        )
+    return userfiles.read_text(project.flake_lock, "flake.lock", limit=userfiles.MIB)
 
 
 def locked(project: Project) -> str | None:

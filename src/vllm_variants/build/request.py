@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import userfiles
 from ..cli import whole_number
 from ..errors import PreflightError, SelectionError
 from ..evalmem import eval_options
@@ -98,10 +99,14 @@ def _builders_spec(spec: str | None, cwd: Path) -> str | None:
     for part in spec.replace(";", "\n").splitlines():
         part = part.strip()
         if part.startswith("@"):
-            path = (cwd / Path(part[1:]).expanduser()).resolve()
-            if not path.is_file():
-                raise SelectionError(f"--builders {part}: no such machines file {path}")
-            part = f"@{path}"
+            path = cwd / Path(part[1:]).expanduser()
+            if not path.exists() and not path.is_symlink():
+                raise SelectionError(f"--builders {part}: no such machines file {userfiles.real(path)}")
+            try:
+                userfiles.file(path, f"--builders {part}")
+            except userfiles.UserFileError as exc:
+                raise SelectionError(str(exc)) from None
+            part = f"@{userfiles.real(path)}"
         if part:
             parts.append(part)
     return "; ".join(parts)
