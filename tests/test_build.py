@@ -23,6 +23,7 @@ import gpu_replay
 import pytest
 import support
 
+from vllm_variants import lifecycle
 from vllm_variants.build import (
     BuildOutcome as Outcome,
 )
@@ -33,7 +34,6 @@ from vllm_variants.build import (
     Request,
     Target,
     VariantPlan,
-    _held_signals,
     act,
     link_results,
     make_plan,
@@ -495,9 +495,9 @@ def test_ctrl_c_while_linking_waits_for_every_link(tmp_path):
     plan = _linking_plan(root, CtrlCMidway(env=support.nix_env()))
     outcomes = [Outcome(SM80, "built", store_path=path), Outcome(SM89, "fetched", store_path=path)]
     before = signal.getsignal(signal.SIGINT)
-    with _held_signals() as held:
+    with lifecycle.critical(deliver=False) as held:
         link_results(plan, outcomes)
-    assert held == [signal.SIGINT, signal.SIGINT]
+        assert held == [signal.SIGINT, signal.SIGINT]
     assert [os.readlink(root / f"result-{v.name}") for v in (SM80, SM89)] == [path, path]
     assert all(o.ok for o in outcomes)
     assert signal.getsignal(signal.SIGINT) is before

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from . import lifecycle
 from .errors import CommandError, GitError, tail
 from .runner import run
 
@@ -56,14 +56,30 @@ class Git:
     env: Mapping[str, str] | None = None
 
     def run(
-        self, *args: str | os.PathLike[str], cwd: Path | None = None, input: str | None = None, check: bool = True
+        self,
+        *args: str | os.PathLike[str],
+        cwd: Path | None = None,
+        input: str | None = None,
+        check: bool = True,
+        new_session: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        return run(["git", *(os.fspath(a) for a in args)], cwd=cwd or self.root, env=self.env, input=input, check=check)
+        return run(
+            ["git", *(os.fspath(a) for a in args)],
+            cwd=cwd or self.root,
+            env=self.env,
+            input=input,
+            check=check,
+            new_session=new_session,
+        )
 
     def out(self, *args: str | os.PathLike[str], cwd: Path | None = None) -> str:
         return self.run(*args, cwd=cwd).stdout.strip()
 
     # -- the repository --------------------------------------------------
+
+    def common_dir(self) -> Path:
+        """The repository's own folder, shared by its worktrees ($GIT_COMMON_DIR)."""
+        return Path(os.path.realpath(self.root / self.out("rev-parse", "--git-common-dir")))  # relative, or absolute
 
     def toplevel(self) -> Path:
         proc = self.run("rev-parse", "--show-toplevel", check=False)
@@ -136,24 +152,36 @@ class Git:
 
     @contextmanager
     def temporary_worktree(self, commit: str, *, parent: Path | None = None, name: str = "wt") -> Iterator[Path]:
-        """A detached worktree at `commit` in a fresh temporary directory, removed afterwards.
+        """A detached worktree at `commit` in a fresh temporary directory, removed afterwards,
+        whatever ends the task (lifecycle).
 
+        `git worktree add` runs in its own session with signals held: a Ctrl-C
+        cannot kill it half way and leave an entry in .git/worktrees behind.
         Only this worktree is cleaned up: `git worktree prune` would also drop
         the entries of the user's own worktrees whose directories are missing
         (an unmounted disk, a moved folder), which are theirs to keep.
         """
-        base = Path(tempfile.mkdtemp(prefix="vllm-variants-", dir=parent))
-        path = base / name
-        admin: Path | None = None  # $GIT_DIR/worktrees/<id>, this worktree's entry
-        try:
-            self.run("worktree", "add", "--quiet", "--detach", path, commit)
-            admin = Path(self.out("rev-parse", "--absolute-git-dir", cwd=path))
-            yield path
-        finally:
-            removed = self.run("worktree", "remove", "--force", path, check=False).returncode == 0
-            shutil.rmtree(base, ignore_errors=True)
-            if not removed and admin is not None:
-                _drop_worktree_entry(admin, path)
+        with lifecycle.temporary_directory(prefix="vllm-variants-", dir=parent) as base:
+            path = base / name
+            admin: Path | None = None  # $GIT_DIR/worktrees/<id>, this worktree's entry
+            token = None
+            try:
+                with lifecycle.critical():
+                    self.run("worktree", "add", "--quiet", "--detach", path, commit, new_session=True)
+                    admin = Path(self.out("rev-parse", "--absolute-git-dir", cwd=path))
+                    entry = admin
+                    token = lifecycle.register(f"git worktree {path}", lambda: self._drop_worktree(path, entry))
+                yield path
+            finally:
+                if admin is not None:
+                    self._drop_worktree(path, admin)
+                if token is not None:
+                    lifecycle.unregister(token)
+
+    def _drop_worktree(self, path: Path, admin: Path) -> None:
+        removed = self.run("worktree", "remove", "--force", path, check=False, new_session=True).returncode == 0
+        if not removed:
+            _drop_worktree_entry(admin, path)
 
     def commit(self, worktree: Path, paths: Sequence[str], subject: str, body: str) -> str:
         """Commit `paths` in `worktree`; returns the new commit."""
@@ -169,7 +197,7 @@ class Git:
         local changes or untracked files. dry_run: only find out whether it
         would refuse (CommandError), changing nothing.
         """
-        self.run("read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new, cwd=worktree)
+        self.run("read-tree", "-m", "-u", *(["-n"] if dry_run else []), old, new, cwd=worktree, new_session=True)
 
     # -- refs --------------------------------------------------------------
 
@@ -177,7 +205,7 @@ class Git:
         """Apply every update in one transaction, each checked against its old value."""
         lines = ["start", *(u.line() for u in updates), "prepare", "commit"]
         try:
-            self.run("update-ref", "--stdin", input="\n".join(lines) + "\n")
+            self.run("update-ref", "--stdin", input="\n".join(lines) + "\n", new_session=True)
         except CommandError as exc:
             raise GitError(f"no branch moved: git refused the ref transaction: {tail(exc.stderr, 1)}") from None
 

@@ -12,31 +12,16 @@ a WriteError or UsageError: one line with the path and the errno.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
+from . import lifecycle, userfiles
 from .errors import UsageError, WriteError
 
 STDOUT = "-"
-
-
-def _problem(code: int, text: str) -> str:
-    return f"{text} ({errno.errorcode[code]})"
-
-
-def _not_writable(path: Path) -> str:
-    try:
-        read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only:
-        return _problem(errno.EROFS, "on a read-only file system")
-    return _problem(errno.EACCES, "permission denied")
 
 
 def relative(path: Path, root: Path) -> str:
@@ -69,24 +54,33 @@ def check_file(flag: str, value: str | None, cwd: Path) -> Path | None:
         return Path(value)
     path = cwd / Path(value).expanduser()
     label = f"{flag} {value}"
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{label}: {userfiles.why_not(path, exc)}") from None
     if path.is_dir():
         raise UsageError(f"{label}: is a directory; give a file path (EISDIR)")
     if path.exists():
         if not os.access(path, os.W_OK):
-            raise UsageError(f"{label}: {_not_writable(path)}")
-        if stat.S_ISREG(os.stat(path).st_mode) and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
-            raise UsageError(f"{label}: its directory is not writable: {_not_writable(path.resolve().parent)}")
+            raise UsageError(f"{label}: {userfiles.not_writable(path)}")
+        folder = userfiles.real(path).parent
+        if stat.S_ISREG(os.stat(path).st_mode) and not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{label}: its directory is not writable: {userfiles.not_writable(folder)}")
         return path
     return _creatable(path, cwd, label)
 
 
 def check_dir(label: str, path: Path, cwd: Path) -> Path:
-    """A folder this command will write into (made if missing), checked."""
+    """A folder this command will write into (made if missing), checked: a file,
+    a FIFO, a symlink loop or a read-only folder in its place is one line."""
     if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise UsageError(f"{label}: is a file, not a directory (ENOTDIR)")
+        try:
+            userfiles.directory(path, label)
+        except userfiles.UserFileError as exc:
+            raise UsageError(str(exc)) from None
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{label}: {_not_writable(path)}")
+            raise UsageError(f"{label}: {userfiles.not_writable(path)}")
         return path
     return _creatable(path, cwd, label)
 
@@ -95,7 +89,7 @@ def _creatable(path: Path, cwd: Path, label: str) -> Path:
     """A path that does not exist yet, where it can be made (its folders with it)."""
     ancestor = _existing_ancestor(path, cwd, label)
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{label}: cannot create it in {relative(ancestor, cwd)}: {_not_writable(ancestor)}")
+        raise UsageError(f"{label}: cannot create it in {relative(ancestor, cwd)}: {userfiles.not_writable(ancestor)}")
     return path
 
 
@@ -168,15 +162,11 @@ def write_text(path: Path, text: str) -> None:
                 handle.write(text)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.chmod(tmp, _new_file_mode(target))
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with lifecycle.temporary_file(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp") as (fd, tmp):
+            data = text.encode("utf-8")
+            while data:
+                data = data[os.write(fd, data) :]
+            os.fchmod(fd, _new_file_mode(target))
+            os.replace(tmp, target)  # nothing left for the block to remove
     except OSError as exc:
         raise WriteError(path, exc) from None

@@ -19,11 +19,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CommandError, Interrupted, PreflightError, ToolMissing
+from . import lifecycle
+from .errors import CommandError, PreflightError, ToolMissing
 
 Argv = Sequence["str | os.PathLike[str]"]
 
@@ -132,29 +133,34 @@ def run(
     Fails by default (check=True) with a CommandError. With echo=True the
     command is printed (to stderr) before it runs, as `$ nix build ...`.
     new_session: out of the terminal's process group, so a Ctrl-C reaches
-    only us (for a step that must finish once begun).
+    only us (for a step that must finish once begun). Standard input is ours
+    unless `input` is given. A timeout or a signal stops it (its group, with
+    new_session) before the exception goes on.
     """
     args = _argv(argv)
     if echo:
         print(f"$ {format_argv(args)}", file=sys.stderr, flush=True)
+    proc = spawn(args, cwd=cwd, env=env, stdin=None if input is None else subprocess.PIPE, new_session=new_session)
     try:
-        proc = subprocess.run(
-            args,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            start_new_session=new_session,
-            preexec_fn=_die_with_us(),
-        )
-    except OSError as exc:
-        raise _not_started(exc, args, cwd, env) from None
-    if check and proc.returncode != 0:
-        raise CommandError(args, proc.returncode, proc.stderr)
-    return proc
+        out, err = proc.communicate(None if input is None else input.encode("utf-8"), timeout=timeout)
+    except BaseException:
+        stop(proc, own_group=new_session)
+        raise
+    done = subprocess.CompletedProcess(args, proc.returncode, text_of(out), text_of(err))
+    if check and done.returncode != 0:
+        raise CommandError(args, done.returncode, done.stderr)
+    return done
+
+
+def stop(proc: subprocess.Popen[bytes], *, own_group: bool) -> None:
+    """Kill a child now (its process group when it has its own session) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if own_group:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    with contextlib.suppress(Exception):
+        proc.communicate()
 
 
 def run_together(
@@ -198,10 +204,12 @@ def spawn(
     new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start argv without waiting (for streaming Nix's log, or one program's
-    output into another's stdin); same errors as run()."""
+    output into another's stdin); same errors as run(). The child is
+    registered with the lifecycle policy: stopped if still running when the
+    task ends, however it ends."""
     args = _argv(argv)
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             args,
             cwd=cwd,
             env=dict(env) if env is not None else None,
@@ -213,34 +221,5 @@ def spawn(
         )
     except OSError as exc:
         raise _not_started(exc, args, cwd, env) from None
-
-
-@contextlib.contextmanager
-def terminations_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) raise
-    Interrupted in the main thread, as Ctrl-C raises KeyboardInterrupt: the
-    caller stops its children the same way for all three. Children started in
-    their own session (new_session=True) would not get the signal themselves."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Interrupted(signum)
-
-    with signals_handled((signal.SIGTERM, signal.SIGHUP), interrupt):
-        yield
-
-
-@contextlib.contextmanager
-def signals_handled(signals: Sequence[int], handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """`handler` for each of `signals` inside the block, the previous handlers
-    restored after it; off the main thread signals are left alone."""
-    previous = {}
-    try:
-        for sig in signals:
-            previous[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    lifecycle.adopt(proc, own_group=new_session, argv=args)
+    return proc

@@ -24,15 +24,15 @@ Plan first, then act (pyinvoke/invocations' packaging/release.py is the model):
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .. import lifecycle
 from ..concurrency import Concurrency, plan_concurrency
 from ..display import BuildOutcome, make_display
-from ..errors import BuildError, Interrupted
+from ..errors import BuildError
 from ..nix import Nix
 from ..nixlog import store_name
 from ..outputs import check_dir, relative, write_text
@@ -40,7 +40,7 @@ from ..project import Project
 from ..resources import Host
 from .links import link_results
 from .plan import HEAVY, BuildPlan, VariantPlan, check_links, closure, make_plan, merge_dry_runs, share_of, with_sizes
-from .process import POLL_S, STOP_GRACE_S, VariantLogs, _held_signals, execute, follow
+from .process import POLL_S, STOP_GRACE_S, VariantLogs, execute, follow
 from .request import Prepared, Request, Target, prepare, select
 
 # The names other modules and the tests import from vllm_variants.build.
@@ -56,7 +56,6 @@ __all__ = [
     "Target",
     "VariantLogs",
     "VariantPlan",
-    "_held_signals",
     "act",
     "check_links",
     "check_outputs",
@@ -134,7 +133,7 @@ def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> lis
     # Nix is done. A Ctrl-C from here waits for the links, the summary and the
     # JSON (a second or two): never some links updated and others not, and no
     # record of which.
-    with _held_signals() as held:
+    with lifecycle.critical():
         link_results(plan, outcomes)
         display.report(outcomes)
         if request.json_path:
@@ -142,8 +141,6 @@ def act(plan: BuildPlan, out: TextIO, *, interactive: bool | None = None) -> lis
                 request.json_path,
                 {**plan.to_json(), "dry_run": False, "variants": [o.to_json(project.root) for o in outcomes]},
             )
-    if held:
-        raise KeyboardInterrupt if held[0] == signal.SIGINT else Interrupted(held[0])
     failed = [o for o in outcomes if not o.ok]
     if failed:
         first = next((o for o in failed if o.failed), failed[0])  # the one that broke, not a bystander

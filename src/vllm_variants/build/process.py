@@ -7,15 +7,16 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .. import lifecycle
 from ..display import BuildOutcome, duration_text
 from ..errors import WriteError
 from ..nixlog import Event, NixLog, read_lines
 from ..outputs import make_dir
-from ..runner import format_argv, signals_handled, spawn, terminations_interrupt
+from ..runner import format_argv, spawn
 from .plan import BuildPlan
 
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
@@ -129,7 +130,7 @@ def execute(plan: BuildPlan, display: Any, *, clock: Callable[[], float] = time.
         argv, cwd=plan.project.root, env=nix.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, new_session=True
     )
     try:
-        with terminations_interrupt(), display.running(reader, started):
+        with lifecycle.interruptible(), display.running(reader, started):
             assert proc.stderr is not None
             follow(proc.stderr.fileno(), reader, logs, display)
             returncode = proc.wait()
@@ -206,13 +207,3 @@ def _outcomes(
                 outcome.status = "not built"  # another variant's failure stopped Nix
         outcomes.append(outcome)
     return outcomes
-
-
-@contextlib.contextmanager
-def _held_signals() -> Iterator[list[int]]:
-    """SIGINT, SIGTERM and SIGHUP wait until the block is done (a second or
-    two: links, summary, JSON); yields the ones that came, for the caller to
-    honour afterwards."""
-    held: list[int] = []
-    with signals_handled((signal.SIGINT, signal.SIGTERM, signal.SIGHUP), lambda signum, frame: held.append(signum)):
-        yield held

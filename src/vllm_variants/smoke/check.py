@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from types import ModuleType
@@ -548,7 +549,38 @@ class UsageError(Exception):
     pass
 
 
+def _stop_the_group(signum: int, frame: Any) -> None:
+    """SIGTERM: the smoke run stopped us, or died (its PR_SET_PDEATHSIG sends
+    it). What the checks started (a vllm engine's processes) is in our
+    process group, not the smoke run's: stop it with us (issue #21). The
+    KeyboardInterrupt unwinds our own clean-up (the model folder) first."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _leads_our_group():
+        try:
+            os.killpg(0, signal.SIGTERM)
+        except OSError:
+            pass
+    raise KeyboardInterrupt
+
+
+def _leads_our_group() -> bool:
+    """Started by the smoke run in a session of our own: the group is ours to stop."""
+    return os.getpgrp() == os.getpid()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the checks; a SIGTERM ends them and every process they started."""
+    signal.signal(signal.SIGTERM, _stop_the_group)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        if _leads_our_group():
+            os.killpg(0, signal.SIGKILL)  # what ignored SIGTERM, and us: the last act
+        return 128 + signal.SIGTERM
+
+
+def _main(argv: list[str] | None = None) -> int:
     # Run as a script, this file's folder comes first on sys.path: its
     # siblings (the runner's modules) must not shadow what is being checked.
     here = os.path.dirname(os.path.realpath(__file__))
