@@ -23,6 +23,7 @@ import pytest
 import support
 
 from vllm_variants import bump, readme, versions
+from vllm_variants import nix as nix_module
 from vllm_variants.errors import BumpError, GitError, PinError
 from vllm_variants.project import Project
 
@@ -453,7 +454,7 @@ def test_a_branch_with_a_broken_flake_lock_is_refused_by_name(repo, nixpkgs, run
     support.commit_all(repo, "a broken lock")
     support.git(repo, "switch", "-q", "main")
     before = refs(repo)
-    with pytest.raises(PinError, match=r"^branch vllm-0\.13\.0: flake.lock is not valid JSON \(.*\); restore it"):
+    with pytest.raises(PinError, match=r"^branch vllm-0\.13\.0: flake.lock: not valid JSON \(.*\); restore it"):
         run_bump(repo, nixpkgs.b, branches=["main"], globs=["vllm-*"])
     assert refs(repo) == before
 
@@ -473,7 +474,7 @@ def test_detached_head_needs_named_branches(repo, nixpkgs, run_bump):
 def test_missing_commit_is_refused(repo, nixpkgs, run_bump):
     absent = "1" * 40
     before = refs(repo)
-    with pytest.raises(PinError, match=rf"cannot fetch git\+file://.*: commit {absent} is not there"):
+    with pytest.raises(PinError, match=rf"cannot fetch git\+file://.*{absent}: the commit is not there"):
         run_bump(repo, absent, globs=["vllm-*"])
     assert refs(repo) == before
 
@@ -503,8 +504,10 @@ def test_github_404_is_a_missing_commit_not_the_network():
         + "1" * 40
         + "': HTTP error 422\n"
     )
-    message = bump.fetch_failure("github:NixOS/nixpkgs/" + "1" * 40, "1" * 40, stderr)
-    assert f"commit {'1' * 40} is not there (unable to download" in message and "network" not in message
+    message = nix_module.unreachable(stderr, bump.MIRROR_HINT, "github:NixOS/nixpkgs/" + "1" * 40)
+    assert message is not None
+    assert f"cannot fetch github:NixOS/nixpkgs/{'1' * 40}: the commit is not there (unable to download" in message
+    assert "network" not in message
 
 
 def test_pin_whose_vllm_does_not_evaluate_is_refused(repo, nixpkgs, run_bump):

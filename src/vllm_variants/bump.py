@@ -16,6 +16,8 @@ main's current commit, in the same transaction, when main's vLLM gets newer.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import readme, versions
+from . import lifecycle, readme, userfiles, versions
 from .errors import BumpError, CommandError, GitError, PinError, VariantsError
 from .git import Git, RefUpdate, Worktree
 from .nix import Nix, error_message, flake_ref
+from .outputs import write_text
 from .project import Project
 from .versions import PinVersions, version_key
 
@@ -38,24 +41,6 @@ EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
 _REV = re.compile(r"[0-9a-f]{40}")
 _URL_LINE = re.compile(r'^([ \t]*inputs\.nixpkgs\.url[ \t]*=[ \t]*)"([^"\n]*)"([ \t]*;)', re.MULTILINE)
 _URL_UNSAFE = re.compile(r'[\s"\\]|\$\{')  # would need escaping inside a Nix string
-# How Nix and git word a failed fetch, checked in this order: git reports an
-# unreachable host and then Nix says the revision is missing, so the network
-# comes first; a GitHub 404/422 ("unable to download ...: HTTP error 404") is a
-# missing commit, not the network.
-_NETWORK = re.compile(
-    r"Could not resolve host|Couldn't connect to server|Failed to connect|Connection (timed out|refused|reset)"
-    r"|Network is unreachable|Timeout was reached|Operation timed out",
-    re.IGNORECASE,
-)
-_NO_REPOSITORY = re.compile(r"does not appear to be a git repository|Repository not found", re.IGNORECASE)
-_MISSING_COMMIT = re.compile(
-    r"object not found|Cannot find Git revision|not our ref|couldn't find remote ref|unknown revision"
-    r"|bad object|No commit found|HTTP error 40[49]|HTTP error 422|is not a commit",
-    re.IGNORECASE,
-)
-_DOWNLOAD = re.compile(r"unable to download", re.IGNORECASE)
-
-
 # -- input -------------------------------------------------------------------
 
 
@@ -256,36 +241,20 @@ class BumpOutcome:
     created: dict[str, str] = field(default_factory=dict)  # branch -> commit
 
 
+MIRROR_HINT = "use --url-template with a mirror you can reach"
+
+
 def fetch(nix: Nix, url: str, rev: str) -> None:
-    """Fetch the pin once, before any branch; say whether the network or the commit failed."""
+    """Fetch the pin once, before any branch; say whether the network, the repository or the commit failed."""
     try:
         info = nix.flake_prefetch(url)
     except CommandError as exc:
-        raise PinError(fetch_failure(url, rev, exc.stderr)) from None
+        raise PinError(f"cannot fetch {url}: {error_message(exc.stderr)}") from None
     locked = info.get("locked", {}).get("rev")
     if locked and locked != rev:
         raise PinError(
             f"{url} resolves to commit {locked}, not {rev}: put {{rev}} where the commit goes in --url-template"
         )
-
-
-def fetch_failure(url: str, rev: str, stderr: str) -> str:
-    """One line: why Nix could not fetch the pin (network, repository, commit)."""
-
-    def line(pattern: re.Pattern[str]) -> str:
-        found = next(text for text in stderr.splitlines() if pattern.search(text))
-        return re.sub(r"^(\s*(fatal|warning|error):)+\s*", "", found).strip()
-
-    network = "the network failed ({}); check the connection, or use --url-template with a mirror you can reach"
-    if _NETWORK.search(stderr):
-        return f"cannot fetch {url}: " + network.format(line(_NETWORK))
-    if _NO_REPOSITORY.search(stderr):
-        return f"cannot fetch {url}: no repository there ({line(_NO_REPOSITORY)}); check --url-template"
-    if _MISSING_COMMIT.search(stderr):
-        return f"cannot fetch {url}: commit {rev} is not there ({line(_MISSING_COMMIT)}); give a commit that exists"
-    if _DOWNLOAD.search(stderr):
-        return f"cannot fetch {url}: " + network.format(line(_DOWNLOAD))
-    return f"cannot fetch {url}: {error_message(stderr)}"
 
 
 def commit_message(branch: BranchPlan, rev: str, url: str, after: PinVersions) -> tuple[str, str]:
@@ -316,7 +285,8 @@ def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdi
         with git.temporary_worktree(branch.commit, parent=tmpdir, name="flake") as tree:
             stage = "to lock"
             flake_nix = tree / "flake.nix"
-            flake_nix.write_text(with_url(flake_nix.read_text(encoding="utf-8"), plan.url), encoding="utf-8")
+            text = userfiles.read_text(flake_nix, f"{branch.name}'s flake.nix", limit=userfiles.MIB)
+            flake_nix.write_text(with_url(text, plan.url), encoding="utf-8")
             nix.flake_update(flake_ref(tree), versions.INPUT, cwd=tree)
             locked = versions.locked(Project(tree))
             if locked != plan.rev:
@@ -394,18 +364,86 @@ def execute(plan: BumpPlan, git: Git, nix: Nix, *, out: TextIO, tmpdir: Path | N
     release = release_update(plan, outcome.results)
     if plan.release and release is None:
         print(f"{plan.release}: not created, {RELEASE_SOURCE}'s vllm did not get newer", file=out)
-    git.update_refs([*updates, *([release] if release else [])])
-    outcome.moved = moving
-    if release and plan.release:
-        outcome.created[plan.release] = release.new
-    print(
-        "moved "
-        + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
-        + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()),
-        file=out,
-    )
-    _follow(git, followers, outcome.moved, out)
+    # From here the branches and the checkouts on them move together: signals
+    # wait until both are done (issue #21), and the journal lets the next
+    # bump-pin finish the checkouts if we are killed in between.
+    with lifecycle.critical():
+        journal = Journal.of(git)
+        journal.write(followers, moving)
+        try:
+            git.update_refs([*updates, *([release] if release else [])])
+        except BaseException:
+            journal.remove()  # nothing moved
+            raise
+        outcome.moved = moving
+        if release and plan.release:
+            outcome.created[plan.release] = release.new
+        print(
+            "moved "
+            + ", ".join(f"{name} {short(old)} -> {short(new)}" for name, (old, new) in outcome.moved.items())
+            + "".join(f"; created {name} at {short(at)}" for name, at in outcome.created.items()),
+            file=out,
+        )
+        lifecycle.checkpoint("step", "branches moved")
+        _follow(git, followers, outcome.moved, out)
+        journal.remove()
     return outcome
+
+
+@dataclass(frozen=True)
+class Journal:
+    """$GIT_COMMON_DIR/vllm-variants-bump.json: the checkouts that must follow
+    moved branches, written before the refs move and removed once they
+    followed. One left behind means a bump-pin died in between (SIGKILL, a
+    power cut): the next bump-pin finishes those checkouts first and says so."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, git: Git) -> Journal:
+        return cls(git.common_dir() / "vllm-variants-bump.json")
+
+    def write(self, followers: Sequence[Worktree], moving: Mapping[str, tuple[str, str]]) -> None:
+        entries = []
+        for w in followers:
+            assert w.branch is not None  # _followers: on a moving branch
+            entries.append(
+                {"path": str(w.path), "branch": w.branch, "old": moving[w.branch][0], "new": moving[w.branch][1]}
+            )
+        write_text(self.path, json.dumps({"followers": entries}, indent=2) + "\n")
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def resume(self, git: Git, out: TextIO) -> None:
+        """Finish what a killed bump-pin left: checkouts still showing their branch's old files."""
+        if not self.path.exists():
+            return
+        try:
+            entries = userfiles.read_json(self.path, str(self.path), limit=userfiles.MIB)["followers"]
+            followers = [(Path(e["path"]), str(e["branch"]), str(e["old"]), str(e["new"])) for e in entries]
+        except (userfiles.UserFileError, KeyError, TypeError) as exc:
+            raise GitError(
+                f"{self.path} is unreadable ({exc}); remove it and check your checkouts with git status"
+            ) from None
+        with lifecycle.critical():
+            for path, branch, old, new in followers:
+                if not path.exists() or git.current_branch(path) != branch or git.branch_commit(branch) != new:
+                    continue  # gone, or moved on since: nothing of ours to finish
+                try:
+                    git.fast_forward(path, old, new)
+                except CommandError as exc:
+                    raise GitError(
+                        f"an earlier bump-pin moved {branch} to {short(new)} but was stopped before {path} "
+                        f"followed, and it cannot now: {error_message(exc.stderr)}; move what is in the way, "
+                        f"then run `git read-tree -m -u {old} {new}` there"
+                    ) from None
+                print(
+                    f"{path}: finished what an earlier, interrupted bump-pin began: {branch} now shows {short(new)}",
+                    file=out,
+                )
+            self.remove()
 
 
 def _followers(git: Git, moving: Mapping[str, tuple[str, str]]) -> list[Worktree]:
@@ -482,9 +520,11 @@ def bump_pin(
     """Plan, then (unless dry_run) bump every branch and move them all at once."""
     out = out or sys.stdout
     git = Git(Path(root), env=env)
+    git.toplevel()  # a git checkout at all, before its journal is looked for
+    Journal.of(git).resume(git, out)
     template = DEFAULT_URL_TEMPLATE if url_template is None else url_template  # '' is a mistake, not the default
     plan = make_plan(git, rev, url_template=template, branches=branches, globs=globs, release_branch=release_branch)
     if dry_run:
         print("\n".join([*plan.lines(), "dry run: nothing changed"]), file=out)
         return plan
-    return execute(plan, git, nix or Nix(env=env), out=out, tmpdir=tmpdir)
+    return execute(plan, git, nix or Nix(env=env, fetch_instead=MIRROR_HINT), out=out, tmpdir=tmpdir)

@@ -12,7 +12,6 @@ Nothing is built and flake.lock is never written.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from .matrix import Variant
 from .nix import Nix, error_message, flake_ref, input_ref, nix_expression
 from .project import Project
 from .resources import Host
-from .runner import run
 
 # lib.resolve takes its list of names from here: the flake gets data, not
 # generated Nix source (expressions/resolve.nix, a file of this package, reads it).
@@ -95,11 +93,17 @@ def resolve(
     common = ["--json", "--no-write-lock-file", *nix.override_args(overrides or {})]
     together: dict[str, Any] = {}
     for batch in (budget or EvalBudget(max(1, len(variants)), "")).batches(list(variants)):  # issue #13
-        env = {**(nix.env if nix.env is not None else os.environ), NAMES_ENV: json.dumps([v.name for v in batch])}
-        proc = run(
-            nix.argv("eval", "--impure", f"{flake}#lib.resolve", "--apply", APPLY, *common),
+        # An input that cannot be fetched raises here (Nix.run), on the first
+        # batch: said once, not once per variant (issue #22).
+        proc = nix.run(
+            "eval",
+            "--impure",
+            f"{flake}#lib.resolve",
+            "--apply",
+            APPLY,
+            *common,
             cwd=project.root,
-            env=env,
+            env={NAMES_ENV: json.dumps([v.name for v in batch])},
             check=False,
         )
         together.update(json.loads(proc.stdout) if proc.returncode == 0 else {})

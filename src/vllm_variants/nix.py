@@ -24,10 +24,47 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import BuildError, CommandError, PreflightError, SelectionError, ToolMissing, VariantsError, tail
+from . import userfiles
+from .errors import (
+    BuildError,
+    CommandError,
+    PinError,
+    PreflightError,
+    SelectionError,
+    ToolMissing,
+    VariantsError,
+    tail,
+)
 from .nixlog import DryRun, parse_dry_run
 from .runner import format_argv, run, run_together, spawn
 
+
+class NixError(CommandError):
+    """A nix command failed: the message is Nix's own (its innermost `error:`), not its last line."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str = "") -> None:
+        super().__init__(argv, returncode, stderr)
+        words = [self.argv[0]]
+        for arg in self.argv[1:3]:
+            if arg.startswith("-"):
+                break
+            words.append(arg)
+        shown = " ".join(words)  # `nix path-info`: the command, not its flags
+        detail = error_message(stderr)
+        VariantsError.__init__(
+            self, f"{shown} failed (exit code {returncode})" + (f": {detail}" if detail else "") + config_hint(stderr)
+        )
+
+
+class InputsUnreachable(PinError):
+    """The flake's inputs (the pinned nixpkgs, or --nixpkgs) cannot be fetched:
+    no network, a proxy, a rate limit, a commit that is not there."""
+
+
+USE_A_MIRROR = (
+    "build against a local checkout or mirror instead: --nixpkgs /path/to/nixpkgs or "
+    "--nixpkgs git+https://your-mirror/nixpkgs?rev=<rev>"
+)
 MIN_VERSION = (2, 18)
 # The `nix` CLI is itself the experimental feature nix-command: this tool's own
 # need, so every call it makes turns it on (added to whatever nix.conf enables).
@@ -61,6 +98,8 @@ class Nix:
     executable: str = "nix"
     options: Sequence[tuple[str, str]] = ()
     env: Mapping[str, str] | None = None
+    # What the user can do instead when the flake's inputs cannot be fetched.
+    fetch_instead: str = USE_A_MIRROR
 
     # -- identity and pre-flight ------------------------------------------
 
@@ -75,7 +114,7 @@ class Nix:
     def version(self) -> tuple[int, int, int]:
         proc = self._probes[0]
         if proc.returncode != 0:
-            raise CommandError(proc.args, proc.returncode, proc.stderr)
+            raise NixError(proc.args, proc.returncode, proc.stderr)
         return parse_version(proc.stdout)
 
     @property
@@ -98,7 +137,9 @@ class Nix:
         if self.version >= (2, 20) and probed.returncode == 0:
             proc = probed
         else:
-            proc = run(self.config_argv(), env=self.env)
+            proc = run(self.config_argv(), env=self.env, check=False)
+            if proc.returncode != 0:
+                raise NixError(proc.args, proc.returncode, proc.stderr)
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition(" = ")
             if sep:
@@ -135,7 +176,7 @@ class Nix:
         except ToolMissing:
             return [NOT_INSTALLED]
         except CommandError as exc:
-            return [f"'nix --version' failed: {exc}"]
+            return [f"'nix --version' failed: {error_message(exc.stderr) or exc}{config_hint(exc.stderr)}"]
         except PreflightError as exc:  # a version it cannot read
             return [str(exc)]
         found = []
@@ -199,10 +240,31 @@ class Nix:
     # -- common calls -----------------------------------------------------
 
     def run(
-        self, *args: str | os.PathLike[str], cwd: Path | None = None, **kwargs: Any
+        self,
+        *args: str | os.PathLike[str],
+        cwd: Path | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+        source: str | None = None,
+        **kwargs: Any,
     ) -> subprocess.CompletedProcess[str]:
-        """runner.run of `nix *args` with this Nix's options and environment."""
-        return run(self.argv(*args), cwd=cwd, env=self.env, **kwargs)
+        """runner.run of `nix *args` with this Nix's options and environment
+        (`env`: more variables). The one place Nix's failures are read: a
+        command that evaluates or fetches a flake and fails because an input
+        cannot be fetched raises InputsUnreachable, whatever `check` says (no
+        caller can do anything per variant without its inputs); any other
+        failure, with check, is a NixError carrying Nix's own message.
+        `source`: the flake reference the command fetches, named in that line."""
+        full_env = self.env if env is None else {**(self.env if self.env is not None else os.environ), **env}
+        proc = run(self.argv(*args), cwd=cwd, env=full_env, check=False, **kwargs)
+        if proc.returncode != 0:
+            if args and os.fspath(args[0]) in FETCHING_COMMANDS:
+                reason = unreachable(proc.stderr, self.fetch_instead, source)
+                if reason:
+                    raise InputsUnreachable(reason)
+            if check:
+                raise NixError(proc.args, proc.returncode, proc.stderr)
+        return proc
 
     def eval_json(
         self,
@@ -220,7 +282,7 @@ class Nix:
 
     def flake_prefetch(self, ref: str) -> dict[str, Any]:
         """Fetch a flake reference into the store; {hash, locked, original, storePath}."""
-        data: dict[str, Any] = json.loads(self.run("flake", "prefetch", "--json", ref).stdout)
+        data: dict[str, Any] = json.loads(self.run("flake", "prefetch", "--json", ref, source=ref).stdout)
         return data
 
     def path_info_json(self) -> list[str]:
@@ -275,6 +337,8 @@ class Nix:
         Returns `nix build --dry-run --json`'s records (one per installable,
         in order: checked) and the plan Nix printed on stderr.
         """
+        if not installables:  # `nix build` would build the flake's `default`, which it has none of
+            raise SelectionError("nothing to evaluate: no variant selected")
         proc = self.run("build", "--dry-run", "--json", *args, *installables, cwd=cwd)
         planned = [Planned.from_json(item) for item in json.loads(proc.stdout or "[]")]
         if len(planned) != len(installables):
@@ -445,19 +509,118 @@ class Derivation:
     outputs: tuple[str, ...]
 
 
-_REJECTED = re.compile(r"^warning: (?:error: )?(setting '([^']+)' has invalid value .*|unknown setting '([^']+)')$")
+_WARNING = re.compile(r"^warning:\s*(?:error:\s*)?(?P<text>.*)$")
 
 
 def rejected_options(stderr: str, options: Sequence[tuple[str, str]]) -> list[str]:
-    """'Nix rejects --option NAME=VALUE: why' for each of `options` Nix warned about."""
+    """'Nix rejects --option NAME=VALUE: why' for each of `options` Nix warned about.
+
+    Nix only warns about a setting it rejects, in words that differ by the
+    setting's type ("setting 'cores' has invalid value", "Boolean setting
+    'keep-going' has invalid value", "option 'sandbox' has invalid value",
+    "unknown setting"): any warning that quotes the option's name is one.
+    """
     given = {name: value for name, value in options}
     found = []
     for line in stderr.splitlines():
-        match = _REJECTED.match(line.strip())
-        name = match and (match.group(2) or match.group(3))
-        if match and name and name in given:
-            found.append(f"Nix rejects --option {name}={given[name]}: {match.group(1)}")
+        match = _WARNING.match(line.strip())
+        if not match:
+            continue
+        for name, value in given.items():
+            if f"'{name}'" in match["text"]:
+                found.append(f"Nix rejects --option {name}={value}: {match['text']}")
     return list(dict.fromkeys(found))
+
+
+def config_hint(stderr: str) -> str:
+    """What to do when Nix refuses its configuration (a bad NIX_CONFIG line or nix.conf)."""
+    if "NIX_CONFIG" in stderr:
+        return "; fix or unset the NIX_CONFIG environment variable"
+    if "configuration" in stderr or "nix.conf" in stderr:
+        return "; fix the Nix configuration file it names (nix.conf)"
+    return ""
+
+
+# -- an input that cannot be fetched ----------------------------------------------
+
+# Subcommands that evaluate a flake and so may fetch its inputs.
+FETCHING_COMMANDS = frozenset({"eval", "build", "flake", "derivation", "develop", "run", "shell"})
+# How Nix and git word a failed fetch, checked in this order: git reports an
+# unreachable host and then Nix says the revision is missing, so the network
+# comes first; a GitHub 404/422 ("unable to download ...: HTTP error 404") is a
+# missing commit, not the network; 403/429 from GitHub is its rate limit.
+_NETWORK = re.compile(
+    r"Could not resolve host|Couldn't connect to server|Failed to connect|Connection (timed out|refused|reset)"
+    r"|Network is unreachable|Timeout was reached|Operation timed out|Could not resolve proxy",
+    re.IGNORECASE,
+)
+_RATE_LIMIT = re.compile(r"HTTP error 40[3]|HTTP error 429|rate limit", re.IGNORECASE)
+_NO_REPOSITORY = re.compile(r"does not appear to be a git repository|Repository not found", re.IGNORECASE)
+_MISSING_COMMIT = re.compile(
+    r"object not found|Cannot find Git revision|not our ref|couldn't find remote ref|unknown revision"
+    r"|bad object|No commit found|HTTP error 40[49]|HTTP error 422|is not a commit",
+    re.IGNORECASE,
+)
+_DOWNLOAD = re.compile(r"unable to download|failed to fetch|cannot fetch|unable to fetch", re.IGNORECASE)
+_FETCHED = re.compile(r"(?:while fetching the input|unpacking) '([^']+)'")
+_INPUT = re.compile(r"while updating the flake input '([^']+)'")
+_URL = re.compile(r"'((?:[a-z][a-z0-9+.-]*:)[^'\s]*)'")
+_RETRY = re.compile(r";? retrying in \d+ ms$")
+_ARCHIVE = re.compile(r"Failed to open archive \(Source threw exception: (?:error: )?(.*)\)")
+
+
+def _matched_line(stderr: str, pattern: re.Pattern[str]) -> str:
+    """The last line matching `pattern` (Nix's final word, not a retry's warning), bare."""
+    found = [text for text in stderr.splitlines() if pattern.search(text)][-1]
+    bare = _RETRY.sub("", re.sub(r"^(\s*(fatal|warning|error):)+\s*", "", found).strip())
+    wrapped = _ARCHIVE.fullmatch(bare)  # libarchive's wrapper around the download's own error
+    return wrapped[1] if wrapped else bare
+
+
+def _source(stderr: str, line: str) -> str:
+    """What Nix was fetching: `nixpkgs (github:NixOS/nixpkgs/<rev>)`, else the URL it names."""
+    fetched = _FETCHED.search(stderr)
+    if fetched:
+        ref = fetched[1].split("?narHash=", 1)[0]
+        name = _INPUT.search(stderr)
+        return f"{name[1]} ({ref})" if name else ref
+    url = _URL.search(line) or _URL.search(stderr)
+    return url[1] if url else "the flake's inputs"
+
+
+def fetch_failure(stderr: str) -> tuple[str, str] | None:
+    """(kind, Nix's line) when `stderr` says a fetch failed: kind is 'network',
+    'rate-limit', 'repository' or 'commit'; None for any other failure."""
+    for kind, pattern in (
+        ("network", _NETWORK),
+        ("rate-limit", _RATE_LIMIT),
+        ("repository", _NO_REPOSITORY),
+        ("commit", _MISSING_COMMIT),
+    ):
+        if pattern.search(stderr) and (kind != "commit" or _DOWNLOAD.search(stderr) or "Git" in stderr):
+            return kind, _matched_line(stderr, pattern)
+    if _DOWNLOAD.search(stderr):
+        return "network", _matched_line(stderr, _DOWNLOAD)
+    return None
+
+
+def unreachable(stderr: str, instead: str = USE_A_MIRROR, source: str | None = None) -> str | None:
+    """One line: which source could not be fetched (`source`, or the one Nix
+    names), why, and what to do next; None when `stderr` is no fetch failure."""
+    failure = fetch_failure(stderr)
+    if failure is None:
+        return None
+    kind, line = failure
+    if source is None:
+        source = _source(stderr, line)
+    why = {
+        "network": f"the network failed ({line}); check the connection and proxy (https_proxy, ALL_PROXY), or {instead}",
+        "rate-limit": f"the host refused ({line}), a rate limit?: give Nix a token "
+        f"(access-tokens = github.com=<token> in nix.conf) or a substituter that has it, or {instead}",
+        "repository": f"no repository there ({line}); {instead}",
+        "commit": f"the commit is not there ({line}); pin a commit that exists, or {instead}",
+    }[kind]
+    return f"cannot fetch {source}: {why}"
 
 
 def in_store_of(path: str) -> Callable[[str], str]:
@@ -486,6 +649,7 @@ def normalise_path_info(data: Any) -> dict[str, dict[str, Any]]:
 
 
 _SOURCE_LINE = re.compile(r"^\s*(\d+\||\|)")  # a source excerpt under a Nix error
+_USAGE_HINT = re.compile(r"^\s*Try '[^']+ --help' for more information\.\s*$")
 
 
 def error_message(stderr: str) -> str:
@@ -495,7 +659,7 @@ def error_message(stderr: str) -> str:
     excerpts) and the innermost `error: <message>` last; that message is what
     a user needs.
     """
-    lines = stderr.splitlines()
+    lines = [line for line in stderr.splitlines() if not _USAGE_HINT.match(line)]
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("error:") and line.strip() != "error:"]
     if not starts:
         return tail(stderr, 1)
@@ -544,24 +708,46 @@ def input_ref(value: str, cwd: Path | None = None) -> str:
             f"--nixpkgs '{value}' is empty; give a nixpkgs checkout or a flake reference such as "
             "github:NixOS/nixpkgs/<rev> (leave --nixpkgs out to build against the pin)"
         )
-    candidate = ((cwd or Path.cwd()) / Path(value).expanduser()).resolve()
-    if candidate.is_file():
-        raise SelectionError(
-            f"--nixpkgs {value}: is a file, not a nixpkgs checkout; give the checkout's "
-            "directory or a flake reference such as github:NixOS/nixpkgs/<rev>"
-        )
-    if candidate.is_dir():
-        if not (candidate / "flake.nix").is_file():
-            raise SelectionError(f"--nixpkgs {value}: {candidate} has no flake.nix; give a nixpkgs checkout")
-        return f"git+file://{candidate}" if (candidate / ".git").exists() else f"path:{candidate}"
-    if value.startswith(("/", "./", "../", "~")) or ":" not in value:
-        raise SelectionError(
-            f"--nixpkgs {value}: no such directory; give a nixpkgs checkout or a flake "
-            "reference such as github:NixOS/nixpkgs/<rev> or path:/srv/nixpkgs"
-        )
+    label = f"--nixpkgs {value}"
+    candidate = (cwd or Path.cwd()) / Path(value).expanduser()
+    looks_like_a_path = value.startswith(("/", "./", "../", "~")) or ":" not in value
+    if candidate.exists() or candidate.is_symlink() or looks_like_a_path:
+        if not candidate.exists() and not candidate.is_symlink():
+            raise SelectionError(
+                f"{label}: no such directory; give a nixpkgs checkout or a flake "
+                "reference such as github:NixOS/nixpkgs/<rev> or path:/srv/nixpkgs"
+            )
+        try:
+            found, is_dir = userfiles.file_or_directory(candidate, label)
+        except userfiles.UserFileError as exc:
+            raise SelectionError(f"{exc}; give a nixpkgs checkout's directory") from None
+        if not is_dir:
+            raise SelectionError(
+                f"{label}: is a file, not a nixpkgs checkout; give the checkout's "
+                "directory or a flake reference such as github:NixOS/nixpkgs/<rev>"
+            )
+        found = userfiles.real(found)
+        if not (found / "flake.nix").is_file():
+            raise SelectionError(f"{label}: {found} has no flake.nix; give a nixpkgs checkout")
+        return directory_ref(found, in_a_clone=False)
     return value
 
 
+def directory_ref(root: Path, *, in_a_clone: bool = True) -> str:
+    """A local flake directory as a flake reference, its path URL-encoded (a space,
+    '#' or '?' in it would otherwise break the reference): `git+file://` for a
+    git checkout (a `path:` reference would copy its .git, gigabytes for
+    nixpkgs, into the store), `path:` otherwise. in_a_clone: a folder inside a
+    clone is `git+file://<clone>?dir=<folder>`, as Nix reads a bare path;
+    otherwise only a checkout's own top counts (--nixpkgs: a copy of nixpkgs
+    kept in some other repository is taken as the files it holds)."""
+    for top in (root, *(root.parents if in_a_clone else ())):
+        if (top / ".git").exists():
+            ref = f"git+file://{userfiles.url_path(top)}"
+            return ref if top == root else f"{ref}?dir={userfiles.url_path(root.relative_to(top))}"
+    return f"path:{userfiles.url_path(root)}"
+
+
 def flake_ref(root: Path) -> str:
-    """The flake reference for a checkout: its absolute path (git-aware in Nix)."""
-    return str(Path(root).resolve())
+    """The flake reference for a checkout (directory_ref: encoded, git-aware)."""
+    return directory_ref(userfiles.real(root))
