@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Task, task
 
 # Invoke turns .pyc writing off (sys.dont_write_bytecode, its --write-pyc flag)
 # before it loads this file, so an editable checkout would compile src/ and this
@@ -25,6 +25,41 @@ if __cached__ and not os.path.exists(__cached__):
         pass
 
 ROOT = Path(__file__).resolve().parent
+
+# -- every task answers --help and -h (issue #22) --------------------------------
+
+HELP_WORDS = ("--help", "-h")
+
+
+class HelpfulTask(Task):
+    """A task of this collection. `invoke TASK --help` and `invoke TASK -h` show
+    its help, as `invoke --help TASK` does: `-h` is never one of its own short
+    flags, and Invoke's parser, which hands the word after a task name to a
+    positional argument still missing (`bump-pin --help` made '--help' the
+    commit), is answered here."""
+
+    def arg_opts(self, name, default, taken_names):
+        taken_names.add("h")  # no auto short flag -h: it means --help
+        return super().arg_opts(name, default, taken_names)
+
+    def __call__(self, *args, **kwargs):
+        given = [*args[1:], *(kwargs.get(name) for name in self.positional)]
+        if any(isinstance(value, str) and value in HELP_WORDS for value in given):
+            from invoke import Program
+
+            name = next(key for key, value in ns.tasks.items() if value.body is self.body)
+            Program(namespace=ns, binary="inv[oke]").run(["invoke", "--help", name])
+        from vllm_variants.cli import refuse_control_characters
+
+        flags = {name: name.upper() if name in self.positional else "--" + name.replace("_", "-") for name in kwargs}
+        _call(refuse_control_characters, {flags[name]: value for name, value in kwargs.items()})
+        return super().__call__(*args, **kwargs)
+
+
+def command(*args, **kwargs):
+    """@task for this collection: every task is a HelpfulTask."""
+    return task(*args, klass=HelpfulTask, **kwargs)
+
 
 # --python / --cuda: which line of the matrix' axes (variants.toml [axes])
 _LINE_HELP = {
@@ -45,7 +80,7 @@ def _call(func, *args, **kwargs):
     return call(func, *args, **kwargs)
 
 
-@task(
+@command(
     help={
         "json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
         "all": "every combination of the axes, the disabled ones with the reason (default: the default set)",
@@ -58,7 +93,7 @@ def variants(c, json=False, all=False):
     _call(show, _project(), as_json=json, everything=all)
 
 
-@task(help={"check": "only check: fail if README.md is out of date, change nothing"})
+@command(help={"check": "only check: fail if README.md is out of date, change nothing"})
 def readme(c, check=False):
     """Regenerate README.md's generated sections (variant table, versions)."""
     from vllm_variants.readme import show
@@ -69,7 +104,7 @@ def readme(c, check=False):
 # -- bump-pin (issue #4) --------------------------------------------------------
 
 
-@task(
+@command(
     positional=["rev"],
     iterable=["branch", "branches"],
     help={
@@ -109,7 +144,7 @@ _EVAL_HELP = {
 }
 
 
-@task(
+@command(
     auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
     iterable=["sm", "system", "option"],
     help={
@@ -180,7 +215,7 @@ def build(
 # -- smoke (issue #3) ---------------------------------------------------------
 
 
-@task(
+@command(
     help={
         "results": "comma-separated results to check: variant names, SMs (90, sm90) or result paths "
         "(default: every result-* link in the checkout)",
@@ -208,7 +243,7 @@ def smoke(c, results="", generate=False, allow_no_gpu=False, jobs=None, report_d
 # -- doctor, which, audit: know the machine, pick the variant, check a build (#5)
 
 
-@task(help={"json": "print the findings as JSON (exit status 1 still means something blocks)"})
+@command(help={"json": "print the findings as JSON (exit status 1 still means something blocks)"})
 def doctor(c, json=False):
     """Check this machine: Nix, builders, cores/RAM, GPUs and the variant for each."""
     from vllm_variants.doctor import show
@@ -216,7 +251,7 @@ def doctor(c, json=False):
     _call(show, _project(), as_json=json)
 
 
-@task(help={"json": "print each GPU with its variant as JSON"})
+@command(help={"json": "print each GPU with its variant as JSON"})
 def which(c, json=False):
     """Show the variant for each local GPU (what `build --sm auto` picks)."""
     from vllm_variants.which import show
@@ -224,7 +259,7 @@ def which(c, json=False):
     _call(show, _project(), as_json=json)
 
 
-@task(
+@command(
     help={
         "path": "a result link, store path, directory, ELF library (.so) or wheel (.whl)",
         "sm": "the SM(s) you own, e.g. 90 or 80,90, or 'auto' for this machine's GPUs",
@@ -261,7 +296,7 @@ _SELECT_HELP = {
 }
 
 
-@task(
+@command(
     iterable=["sm", "system"],
     help={
         "to": "store URI to copy to: file:///srv/cache, s3://bucket?region=..., ssh-ng://host, ...",
@@ -294,7 +329,7 @@ def publish(
     )
 
 
-@task(
+@command(
     iterable=["sm"],
     help={
         "sm": "the SM of the variant: 90, sm90 or a full variant name (one variant per image)",
@@ -326,7 +361,7 @@ def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=
     )
 
 
-@task(
+@command(
     name="eval",
     iterable=["sm", "system"],
     help={
@@ -371,7 +406,7 @@ def eval_(
     )
 
 
-@task(
+@command(
     iterable=["sm", "system"],
     help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP, **_LINE_HELP},
 )

@@ -163,7 +163,7 @@ def linked(path: Path, to: Path) -> Path:
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda p: p / "missing.so", "{p}/missing.so: no such file or directory"),
+        (lambda p: p / "missing.so", "{p}/missing.so: no such file or directory (ENOENT)"),
         (
             lambda p: linked(p / "dangling.so", p / "gone"),
             "{p}/dangling.so is a dangling link (to {p}/gone): build it again",

@@ -307,7 +307,7 @@ IMAGE = [
         "tmpdir-missing",
         ["--sm", "90", "--to", "oci-archive:x.tar", "--tmpdir", "/no/such/dir"],
         1,
-        "--tmpdir /no/such/dir: no such directory",
+        "--tmpdir /no/such/dir: no such file or directory",
     ),
 ]
 

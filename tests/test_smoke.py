@@ -485,3 +485,67 @@ def test_benchmark_script_runs(results):
     )
     assert re.search(r"check / import vllm: \d+\.\d+x \(target <= 1\.3x\)", proc.stdout), proc.stdout
     assert "invoke smoke / import vllm:" in proc.stdout
+
+
+# -- hostile data from a result (issue #21) ------------------------------------------
+
+
+def _hostile_result(root: Path, report: dict, variant_json: bytes) -> Path:
+    """A "result" whose Python prints `report` as its check report: what a broken
+    or crafted build could hand the session."""
+    result = root / "hostile"
+    (result / "bin").mkdir(parents=True)
+    (result / "share" / "vllm-variants").mkdir(parents=True)
+    (result / "share" / "vllm-variants" / "variant.json").write_bytes(variant_json)
+    data = root / "report.json"
+    data.write_text(json.dumps(report))
+    python = result / "bin" / "python"
+    python.write_text(f"#!/bin/sh\ncat {data}\nexit 1\n")
+    python.chmod(0o755)
+    return result
+
+
+def test_a_malformed_check_report_is_typed_and_bounded(tmp_path):
+    """A non-numeric `seconds` or a missing `name` raised TypeError; a huge field
+    went whole into both report files. Each field is now typed and bounded
+    before it is kept."""
+    root = support.make_project(tmp_path / "checkout", git_init=False)
+    big = "x" * (1024 * 1024)
+    report = {
+        "schema": 1,
+        "variant": {"name": big},
+        "checks": [
+            {"id": 1, "status": "pass", "seconds": "abc", "reason": big},  # no name, seconds not a number
+            {"id": 2, "status": "fail", "seconds": None, "details": {"blob": big}},
+            {"id": 3, "status": "bogus"},
+            "not a record",
+            {"id": 4, "status": "skip", "seconds": float("1e308") * 10, "no_gpu": "yes"},
+        ],
+    }
+    result = _hostile_result(tmp_path, report, json.dumps({"name": big}).encode())
+    session, _, failure = run_smoke(root, str(result))
+    assert failure is not None
+    files = [root / REPORT_JSON, root / JUNIT_XML]
+    assert all(f.stat().st_size < 200 * 1024 for f in files), [f.stat().st_size for f in files]
+    (checks,) = [r["checks"] for r in session["results"]]
+    assert [(c["id"], c["name"]) for c in checks] == list(CHECKS)
+    assert checks[0]["status"] == "pass" and checks[0]["seconds"] == 0.0
+    assert checks[0]["reason"].startswith("xxx") and checks[0]["reason"].endswith(" more characters)")
+    assert checks[1]["status"] == "fail" and checks[1]["details"] == {"omitted": "more than 65536 bytes of details"}
+    assert checks[2]["status"] == "fail" and checks[2]["reason"].startswith("not reported")
+    assert checks[3]["status"] == "skip" and checks[3]["seconds"] == 0.0 and checks[3]["no_gpu"] is False
+    assert len(session["results"][0]["name"]) < 300
+    ET.parse(root / JUNIT_XML)  # still a file CI can read
+
+
+def test_a_check_report_past_its_bound_is_refused_not_read(tmp_path):
+    """A 30 MB variant name ran 150 s and wrote 240 MB of reports."""
+    root = support.make_project(tmp_path / "checkout", git_init=False)
+    huge = "x" * (30 * 1024 * 1024)
+    result = _hostile_result(tmp_path, {"schema": 1, "variant": {"name": huge}, "checks": []}, b"{}")
+    session, _, failure = run_smoke(root, str(result))
+    assert failure is not None
+    assert all(f.stat().st_size < 100 * 1024 for f in (root / REPORT_JSON, root / JUNIT_XML))
+    (result_report,) = session["results"]
+    assert result_report["error"] == "its report was more than 16 MiB, more than a report may be"
+    assert {c["status"] for c in result_report["checks"]} == {"fail"}

@@ -112,3 +112,72 @@ def test_the_expressions_read_what_the_python_side_feeds_them():
     from vllm_variants import evaluate
 
     assert f'builtins.getEnv "{evaluate.NAMES_ENV}"' in evaluate.APPLY
+
+
+# -- one mechanism per concern (issue #21) ----------------------------------------------
+
+# Modules allowed each concern. smoke/check.py runs alone in a built result's
+# Python, importing nothing of the package: it keeps its own.
+STANDALONE = {"vllm_variants.smoke.check"}
+ONE_PLACE = {
+    # temporary files and folders: registered, removed whatever ends the task
+    "tempfile": {"vllm_variants.lifecycle"},
+    # child processes: argv lists, registered, tied to us by PR_SET_PDEATHSIG
+    "subprocess.Popen": {"vllm_variants.runner"},
+    "subprocess.run": set(),
+    "subprocess.call": set(),
+    "subprocess.check_call": set(),
+    "subprocess.check_output": set(),
+    "os.system": set(),
+    "os.popen": set(),
+    # signal handlers: one policy
+    "signal.signal": {"vllm_variants.lifecycle"},
+    # reading a user's file: one reader that refuses what it cannot read in one line
+    "read_text": {"vllm_variants.userfiles", "vllm_variants.resources", "vllm_variants.git", "vllm_variants.nix"},
+    "read_bytes": {"vllm_variants.userfiles"},
+    "json.load": set(),
+    "tomllib.loads": {"vllm_variants.userfiles"},
+    # Path.resolve() raises RuntimeError('Symlink loop') before Python 3.13: userfiles.real
+    "resolve": set(),
+}
+# Why the read_text allowances are not users' files: resources reads /proc and
+# cgroup files, git its own worktree entry, nix the package's own expressions.
+
+
+def _uses(path: Path) -> set[str]:
+    """What a module imports (`tempfile`) and calls (`subprocess.Popen`, `X.read_text`,
+    a bare `X.resolve()`); the package's own userfiles.read_text is no Path read."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver, attr = node.func.value, node.func.attr
+            if isinstance(receiver, ast.Name):
+                found.add(f"{receiver.id}.{attr}")
+                if receiver.id == "userfiles":
+                    continue
+            if attr != "resolve" or not (node.args or node.keywords):  # Path.resolve() takes none
+                found.add(attr)
+    return found
+
+
+def test_each_concern_is_handled_in_one_place():
+    root = PACKAGE.parent
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path, root)
+        if name in STANDALONE:
+            continue
+        uses = _uses(path)
+        for what, allowed in ONE_PLACE.items():
+            if what in uses and name not in allowed:
+                offenders.append(f"{name} uses {what}")
+    assert offenders == []
+
+
+def test_the_one_place_check_finds_an_offender(tmp_path):
+    (tmp_path / "mod.py").write_text("import tempfile\nfrom pathlib import Path\nPath('x').resolve()\n")
+    assert {"tempfile", "resolve"} <= _uses(tmp_path / "mod.py")

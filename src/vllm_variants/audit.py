@@ -33,7 +33,6 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 import zipfile
 import zlib
 from collections import Counter
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from . import compat
+from . import compat, lifecycle, userfiles
 from .errors import AuditError, NoCudaCode, PreflightError, SelectionError, ToolMissing
 from .fatbin import (
     ELF_MAGIC,
@@ -486,7 +485,7 @@ class _Auditor:
             if member.read(4) != ELF_MAGIC:
                 return
         if self.cuobjdump is not None:  # cuobjdump reads files: this member goes to disk, alone
-            with tempfile.TemporaryDirectory(prefix="vllm-variants-audit-") as scratch:
+            with lifecycle.temporary_directory(prefix="vllm-variants-audit-") as scratch:
                 extracted = Path(archive.extract(info, scratch))
                 with open(extracted, "rb") as handle:
                     code = self._read(FileSource(handle, info.file_size), shown, strict=False)
@@ -591,11 +590,13 @@ def audit(
             raise ToolMissing("cuobjdump", HINTS["cuobjdump"] + "; or use --reader fatbin")
     shown = str(target)
     path = Path(target)
-    if not os.path.lexists(path):
-        raise AuditError(f"{shown}: no such file or directory")
-    if not path.exists():
+    if path.is_symlink() and not os.path.lexists(os.path.join(path.parent, os.readlink(path))):
         raise AuditError(f"{shown} is a dangling link (to {os.readlink(path)}): build it again")
-    resolved = path.resolve()
+    try:  # a FIFO would hang the read, a symlink loop would raise in resolve()
+        userfiles.file_or_directory(path, shown)
+    except userfiles.UserFileError as exc:
+        raise AuditError(str(exc)) from None
+    resolved = userfiles.real(path)
     sms = tuple(dict.fromkeys(own_sms or ((variant.sm_number,) if variant else ())))
     auditor = _Auditor("cuobjdump" if tool else "fatbin", tool)
     if resolved.is_dir():
@@ -646,7 +647,7 @@ def variant_in_path(matrix: Matrix, target: Path | str) -> Variant | None:
     path = Path(target)
     names = [path.name]
     if path.is_symlink() or path.exists():
-        names.append(path.resolve().name)
+        names.append(userfiles.real(path).name)
     # Longest first: 'sm100-arm64' must not read as 'sm100'.
     for variant in sorted(matrix.variants, key=lambda v: len(v.name), reverse=True):
         if any(re.search(re.escape(variant.name) + r"(?![\w-])", name) for name in names):

@@ -1,4 +1,4 @@
-"""Command-line values checked where they enter (build, smoke): one line per mistake.
+"""Command-line values checked where they enter (every task): one line per mistake.
 
 Invoke hands every option over as text (or as a Python int it parsed itself,
 with a traceback on failure), so the tasks pass numbers through as given and
@@ -6,6 +6,9 @@ these functions say, in one line, what is valid.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 from .errors import UsageError
 
@@ -26,3 +29,21 @@ def whole_number(flag: str, value: str | int | None, meaning: str) -> int | None
     if not 0 <= number <= MAX_COUNT:
         raise UsageError(f"{flag} takes a whole number from 0 to {MAX_COUNT}, not '{value}' ({meaning})")
     return number
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def refuse_control_characters(values: Mapping[str, object]) -> None:
+    """No option value holds a newline or another control character (issue #21):
+    none is valid in an SM, a path, a store URI or a flake reference, and one
+    from a broken script must be named, escaped, in one line, not passed on to
+    Nix or git. `values`: {flag as typed: its value, or a list of values}."""
+    for flag, value in values.items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, str) and _CONTROL.search(item):
+                shown = item.encode("unicode_escape").decode("ascii")
+                raise UsageError(
+                    f"{flag} '{shown}' holds a control character (a newline?); give the value on its own, "
+                    "e.g. without a trailing newline from a file or a command substitution"
+                )

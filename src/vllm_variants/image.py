@@ -31,18 +31,18 @@ an uncompressed docker-archive. Plan first, then act:
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import lifecycle, userfiles
 from .errors import CommandError, ImageError, PublishError, ToolMissing, tail
 from .matrix import Variant, comma_list
 from .nix import Nix, input_ref, is_valid_info
@@ -101,7 +101,7 @@ class Destination:
                     raise ImageError(f"--to {to}: '{tag}' is not a valid tag ([A-Za-z0-9_.-], at most 128)")
             if not path:
                 raise ImageError(f"--to {to}: no archive path; give oci-archive:PATH[:TAG], e.g. oci-archive:vllm.tar")
-            file = (Path(cwd or Path.cwd()) / Path(path).expanduser()).resolve()
+            file = userfiles.real(Path(cwd or Path.cwd()) / Path(path).expanduser())
             if file.is_dir():
                 raise ImageError(f"--to {to}: {file} is a directory; give the archive file to write")
             if not file.parent.is_dir():
@@ -177,7 +177,9 @@ def conf_of(nix: Nix, script: str) -> dict[str, Any]:
             f"{script} does not look like a dockerTools.streamLayeredImage script "
             f"(references {len(confs)} *-conf.json files, expected 1)"
         )
-    conf: dict[str, Any] = json.loads(Path(confs[0]).read_text(encoding="utf-8"))
+    conf = userfiles.read_json(confs[0], confs[0], limit=64 * userfiles.MIB)
+    if not isinstance(conf, dict):
+        raise ImageError(f"{confs[0]} is not a streamLayeredImage configuration (not a JSON object)")
     return conf
 
 
@@ -232,23 +234,33 @@ def copy(
         print(f"loaded {image.repo_tag} with {Path(loader()[0]).name}", file=out, flush=True)
         return None
     reference = dest.reference(image.repo_tag)
-    with tempfile.TemporaryDirectory(prefix="vllm-variants-image-", dir=tmpdir) as work:
-        archive = Path(work) / "image.tar"
+    with lifecycle.temporary_directory(prefix="vllm-variants-image-", dir=tmpdir) as work:
+        archive = work / "image.tar"
         stream_to(image.script, archive)
-        digest_file = Path(work) / "digest"
+        digest_file = work / "digest"
         argv: list[str | os.PathLike[str]] = ["skopeo", "copy", "--digestfile", digest_file]
         if dest.kind == "docker" and not tls_verify:
             argv.append("--dest-tls-verify=false")
         argv += [f"docker-archive:{archive}", reference]
         print(f"$ {format_argv(argv)}", file=sys.stderr, flush=True)
         try:
-            run(argv)
+            with _new_archive_undone_on_failure(dest):
+                run(argv)
         except CommandError as exc:
             where = dest.name if dest.kind == "docker" else reference
             raise ImageError(f"{where} refused {image.repo_tag}: {skopeo_message(exc.stderr) or exc}") from None
-        digest = digest_file.read_text(encoding="utf-8").strip()
+        digest = userfiles.read_text(digest_file, "skopeo's digest file", limit=userfiles.KIB).strip()
     print(f"copied {image.repo_tag} to {reference} (manifest {digest})", file=out, flush=True)
     return digest
+
+
+def _new_archive_undone_on_failure(dest: Destination) -> contextlib.AbstractContextManager[None]:
+    """An OCI archive this copy creates is removed if the copy fails or is stopped
+    (skopeo writes it in place): no half-written archive under the user's name."""
+    archive = Path(dest.name)
+    if dest.kind != "oci-archive" or archive.exists() or archive.is_symlink():
+        return contextlib.nullcontext()
+    return lifecycle.undo_on_failure(f"the new archive {archive}", lambda: archive.unlink(missing_ok=True))
 
 
 def skopeo_message(stderr: str) -> str:
@@ -323,8 +335,11 @@ def main(
             f"one variant per image: --sm selected {len(picked)} ({', '.join(v.name for v in picked)}); give one SM"
         )
     (variant,) = picked
-    if tmpdir is not None and not Path(tmpdir).is_dir():
-        raise ImageError(f"--tmpdir {tmpdir}: no such directory")
+    if tmpdir is not None:
+        try:
+            userfiles.directory(Path(tmpdir).expanduser(), f"--tmpdir {tmpdir}", writable=True)
+        except userfiles.UserFileError as exc:
+            raise ImageError(str(exc)) from None
     if dest is not None and not dry_run:
         if dest.kind == "load":
             loader()

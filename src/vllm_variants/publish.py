@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote
 
+from . import lifecycle, userfiles
 from .errors import CommandError, PublishError
 from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
@@ -48,6 +51,7 @@ from .resources import format_bytes
 # `secret-key` as a store setting and sign as they write.
 BINARY_CACHE_SCHEMES = ("file", "http", "https", "s3")
 SECRET_KEY_BYTES = 64  # ed25519 secret key; a public key is 32
+KEY_LIMIT = 64 * 1024  # a key file is one line; a bound far above it (issue #21)
 
 
 # -- store URIs and keys ------------------------------------------------------
@@ -61,13 +65,17 @@ def is_binary_cache(uri: str) -> bool:
     return scheme(uri) in BINARY_CACHE_SCHEMES
 
 
-def missing_file_cache(uri: str) -> bool:
-    """A file:// cache whose directory does not exist yet: it holds nothing.
+def file_cache_dir(uri: str) -> Path | None:
+    """The folder of a file:// binary cache (None for another store)."""
+    return Path(uri[len("file://") :].split("?", 1)[0]) if scheme(uri) == "file" else None
 
-    Asking Nix would create it (nix-cache-info), and a plan or --check must
-    change nothing.
-    """
-    return scheme(uri) == "file" and not Path(uri[len("file://") :].split("?", 1)[0]).exists()
+
+def missing_file_cache(uri: str) -> bool:
+    """A file:// cache that is no cache yet (no folder, or no nix-cache-info in
+    it): it holds nothing. Asking Nix would make one there, and a plan or
+    --check must change nothing."""
+    folder = file_cache_dir(uri)
+    return folder is not None and not (folder / "nix-cache-info").exists()
 
 
 def query_params(uri: str) -> dict[str, str]:
@@ -89,14 +97,14 @@ class SigningKey:
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> SigningKey:
-        path = Path(path).expanduser().resolve()
+        path = Path(path).expanduser().absolute()
         try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+            text = userfiles.read_text(path, f"the signing key {path}", limit=KEY_LIMIT).strip()
+        except userfiles.UserFileError as exc:
             raise PublishError(
-                f"cannot read the signing key {path}: {exc.strerror}; "
-                "make one with `nix key generate-secret --key-name NAME > FILE`"
+                f"cannot read {exc}; make one with `nix key generate-secret --key-name NAME > FILE`"
             ) from None
+        path = userfiles.real(path)
         name, sep, data = text.partition(":")
         try:
             size = len(base64.b64decode(data, validate=True)) if sep and name else -1
@@ -114,7 +122,16 @@ def signers(info: Mapping) -> list[str]:
     return [sig.split(":", 1)[0] for sig in info.get("signatures", []) or []]
 
 
+# Stores named by a host (or a bucket) after the scheme.
+HOST_SCHEMES = ("ssh", "ssh-ng", "s3", "http", "https", "gs")
+
+
 def require_uri(to: str) -> None:
+    """A store URI Nix would write where the user means: refused, in one line,
+    when it is empty, a bare path, a file:// or local?root= store whose path
+    is empty or relative (Nix takes `file://` as the file system's root and a
+    relative path from wherever it runs: issue #21), or a remote one with no
+    host."""
     if not to.strip():
         raise PublishError("--to needs a store URI, e.g. file:///srv/nix-cache, s3://bucket or ssh-ng://host")
     if to.startswith(("/", "./", "../", "~")):
@@ -125,6 +142,17 @@ def require_uri(to: str) -> None:
             f"--to {to} is a path, not a store URI: give file://{where} for a binary cache or "
             f"local?root={where} for a chroot store"
         )
+    kind = scheme(to)
+    folder = file_cache_dir(to)
+    root = query_params(to).get("root") if to.split("?", 1)[0] == "local" else None
+    for path, form in ((folder, "file://{}"), (Path(root) if root is not None else None, "local?root={}")):
+        if path is not None and not path.is_absolute():
+            empty = str(path) in ("", ".")
+            example = form.format("/srv/nix-cache" if empty else Path(os.path.expanduser(str(path))).absolute())
+            what = "an empty path is the file system's root" if empty else "a relative one"
+            raise PublishError(f"--to {to}: the path in a store URI must be absolute ({what}); give e.g. {example}")
+    if kind in HOST_SCHEMES and not to.split("://", 1)[1].split("?", 1)[0].strip("/"):
+        raise PublishError(f"--to {to} names no host; give e.g. {kind}://host.example.com")
 
 
 def held_paths(nix: Nix, paths: Sequence[str], store: str) -> dict[str, list[str]]:
@@ -287,13 +315,24 @@ def execute(plan: PublishPlan, nix: Nix, out: TextIO) -> None:
     roots = [e.path for e in plan.entries]
     if plan.key and not plan.binary_cache:
         nix.sign(roots, key_file=plan.key.path, recursive=True, echo=True)
-    nix.copy(roots, to=plan.copy_uri, echo=True)
-    if plan.key and plan.binary_cache and plan.to_resign:
-        nix.sign(plan.to_resign, key_file=plan.key.path, store=plan.to, echo=True)
+    with _new_cache_undone_on_failure(plan.to):
+        nix.copy(roots, to=plan.copy_uri, echo=True)
+        if plan.key and plan.binary_cache and plan.to_resign:
+            nix.sign(plan.to_resign, key_file=plan.key.path, store=plan.to, echo=True)
     total = plan.to_copy
     print(f"copied {len(total)} paths ({format_bytes(sum(total.values()))}) to {plan.to}", file=out)
     for entry in plan.entries:
         print(f"  {entry.variant.name}: {entry.path} (closure {format_bytes(entry.closure_bytes)})", file=out)
+
+
+def _new_cache_undone_on_failure(to: str) -> contextlib.AbstractContextManager[None]:
+    """A file:// cache this publish makes is removed again if the publish fails
+    (Nix writes its skeleton before it refuses, say, a bad compression)."""
+    folder = file_cache_dir(to)
+    if folder is None or folder.exists() or folder.is_symlink():
+        return contextlib.nullcontext()
+    first_new = next(p for p in (folder, *folder.parents) if p.parent.exists() or p.parent == p)
+    return lifecycle.undo_on_failure(f"the new cache {first_new}", lambda: shutil.rmtree(first_new, ignore_errors=True))
 
 
 def publish(

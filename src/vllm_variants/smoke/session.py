@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -25,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..cli import whole_number
+from .. import lifecycle, userfiles
+from ..cli import refuse_control_characters, whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
 from ..matrix import comma_list
 from ..outputs import check_dir, make_dir
 from ..project import Project
-from ..runner import CannotRun, spawn, terminations_interrupt, text_of
+from ..runner import CannotRun, spawn, text_of
 from .check import CHECKS, FAIL, STATUSES
 from .report import DEFAULT_TIMEOUT_S, Options, ResultReport, SmokeReport
 
@@ -117,21 +117,68 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _valid(check: Any) -> bool:
-    return isinstance(check, dict) and check.get("status") in STATUSES and isinstance(check.get("id"), int)
+# What a result or its check process hands us is bounded before it is kept
+# (issue #21): a 30 MB variant name, a non-numeric `seconds` or a missing
+# field must not cost minutes, write hundreds of MB or raise a TypeError.
+METADATA_LIMIT = userfiles.MIB  # variant.json
+REPORT_LIMIT = 16 * userfiles.MIB  # check.py's report on stdout, and its progress file
+NAME_LIMIT = 200
+REASON_LIMIT = 4000
+DETAILS_LIMIT = 64 * 1024
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def bounded(value: Any, limit: int) -> str:
+    """`value` as text of at most `limit` characters (the cut said)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+        return float(value)
+    return 0.0
+
+
+def check_record(raw: Any, check_id: int, name: str) -> dict[str, Any] | None:
+    """A reported check as the report keeps it (our id and name, its fields typed
+    and bounded), or None when it is no check record at all."""
+    if not isinstance(raw, dict) or raw.get("status") not in STATUSES:
+        return None
+    return {
+        "id": check_id,
+        "name": name,
+        "status": raw["status"],
+        "reason": bounded(raw.get("reason", ""), REASON_LIMIT),
+        "no_gpu": raw.get("no_gpu") is True,
+        "details": small_record(raw.get("details"), "details") or {},
+        "seconds": _seconds(raw.get("seconds")),
+    }
+
+
+def small_record(value: Any, what: str) -> dict[str, Any] | None:
+    """A mapping kept as it is when small, replaced by a note when it is not (None: no mapping)."""
+    if not isinstance(value, dict):
+        return None
+    if len(json.dumps(value, default=str)) > DETAILS_LIMIT:
+        return {"omitted": f"more than {DETAILS_LIMIT} bytes of {what}"}
+    return value
+
+
+def _metadata(path: Path) -> dict[str, Any] | None:
+    """A result's variant.json (None when it has none or it is unreadable: check 1 says why)."""
     try:
-        return _parse_report(path.read_text(encoding="utf-8"))
-    except OSError:
-        return {}
+        data = userfiles.read_json(path, str(path), limit=METADATA_LIMIT)
+    except userfiles.UserFileError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _parse_report(text: str) -> dict[str, Any]:
+    if len(text) > REPORT_LIMIT:
+        return {}
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = userfiles.parse_json(text, "the check report")
+    except userfiles.UserFileError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -139,8 +186,8 @@ def _parse_report(text: str) -> dict[str, Any]:
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     """check.py's --progress file: one JSON object per finished check."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = userfiles.read_text(path, str(path), limit=REPORT_LIMIT).splitlines()
+    except userfiles.UserFileError:
         return []
     return [record for record in map(_parse_report, lines) if record]
 
@@ -226,36 +273,44 @@ def _run_checks(
         return None, text_of(exc.stderr), {}, f"timed out after {options.timeout:g} s"
     except ToolMissing as exc:
         return None, "", {}, str(exc)
+    if code in (0, 1) and len(stdout) > REPORT_LIMIT:
+        return (
+            code,
+            stderr,
+            {},
+            f"its report was more than {REPORT_LIMIT // userfiles.MIB} MiB, more than a report may be",
+        )
     return code, stderr, _parse_report(stdout) if code in (0, 1) else {}, None
 
 
 def check_result(path: Path, options: Options, running: Running | None = None) -> ResultReport:
     """Run check.py in the result's own Python; every check accounted for."""
-    metadata = _read_json(path / VARIANT_JSON) or None
-    name = str((metadata or {}).get("name") or path.name)
+    metadata = _metadata(path / VARIANT_JSON)
+    name = bounded((metadata or {}).get("name") or path.name, NAME_LIMIT)
     error = None
     exit_code: int | None = None
     stderr = ""
     start = time.perf_counter()
     data: dict[str, Any] = {}
     gone = dangling(path)
-    with tempfile.TemporaryDirectory(prefix="vllm-variants-smoke-") as tmp:
-        progress = Path(tmp) / "progress.jsonl"
+    with lifecycle.temporary_directory(prefix="vllm-variants-smoke-") as tmp:
+        progress = tmp / "progress.jsonl"
         if gone:  # nothing to run: this result fails, the others are still checked
             error = gone
         else:
-            exit_code, stderr, data, error = _run_checks(path, progress, tmp, options, running or Running())
+            exit_code, stderr, data, error = _run_checks(path, progress, str(tmp), options, running or Running())
         if not data:  # it died, or hung: keep what it finished
             data = {"checks": _read_lines(progress)}
     seconds = time.perf_counter() - start
     if error is None and "schema" not in data:
         last = tail(stderr, 1)
         error = f"the check process {_describe_exit(exit_code or 0)}" + (f": {last}" if last else "")
-    reported = {c["id"]: c for c in data.get("checks", []) if _valid(c)}
+    raw_checks = data.get("checks")
+    raw = {c.get("id"): c for c in raw_checks if isinstance(c, dict)} if isinstance(raw_checks, list) else {}
     checks = []
     for check_id, check_name in CHECKS:
         checks.append(
-            reported.get(check_id)
+            check_record(raw.get(check_id), check_id, check_name)
             or {
                 "id": check_id,
                 "name": check_name,
@@ -270,7 +325,7 @@ def check_result(path: Path, options: Options, running: Running | None = None) -
         name=name,
         result=path,
         store_path=os.path.realpath(path),
-        variant=data.get("variant", metadata),
+        variant=small_record(data.get("variant"), "variant record") or small_record(metadata, "variant.json"),
         checks=checks,
         exit_code=exit_code,
         seconds=seconds,
@@ -318,7 +373,7 @@ def smoke(
     running = Running()
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        with terminations_interrupt():
+        with lifecycle.interruptible():
             futures = [pool.submit(check_result, p, options, running) for p in paths]
             results_done = [future.result() for future in futures]
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: stop the checks now, write no report
@@ -385,4 +440,9 @@ def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
 def main(project: Project, argv: Sequence[str]) -> SmokeReport | None:
     """`nox -s smoke -- ...`: parse the posargs, then smoke()."""
     kwargs = parse_args(argv)
-    return None if kwargs is None else smoke(project, **kwargs)
+    if kwargs is None:
+        return None
+    refuse_control_characters(
+        {"NAME|PATH": kwargs["results"], "--jobs": kwargs["jobs"], "--report-dir": kwargs["report_dir"]}
+    )
+    return smoke(project, **kwargs)
