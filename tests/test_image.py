@@ -257,6 +257,10 @@ def test_dry_run_lists_layers_and_sizes_and_copies_nothing(built, tmp_path):
         proc.stdout
     )
     assert "nothing was copied" in proc.stdout and "skopeo copy" not in proc.stderr
+    # the plan: the image's own derivations are named after the variant ("vllm-..."),
+    # not vllm compiles (issue #22; tests/test_plan_text.py)
+    (plan,) = [line for line in proc.stdout.splitlines() if line.startswith(f"  {SM90.name} (")]
+    assert "compiles" not in plan, plan
 
 
 # -- a real registry -------------------------------------------------------------------
