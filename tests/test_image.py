@@ -64,7 +64,7 @@ def _free_port() -> int:
 class Registry:
     """docker-registry on 127.0.0.1:<free port>, storage and access log under `root`."""
 
-    def __init__(self, root: Path, *, readonly: bool = False) -> None:
+    def __init__(self, root: Path, *, readonly: bool = False, users: dict[str, str] | None = None) -> None:
         root.mkdir(parents=True)
         self.storage = root / "storage"
         self.port = _free_port()
@@ -80,9 +80,16 @@ class Registry:
                     "log": {"level": "info", "formatter": "text"},
                     "storage": storage,
                     "http": {"addr": self.host, "secret": "vllm-variants-tests"},
+                    **(
+                        {"auth": {"htpasswd": {"realm": "vllm-variants-tests", "path": str(root / "htpasswd")}}}
+                        if users
+                        else {}
+                    ),
                 }
             )
         )
+        if users:  # docker-registry's htpasswd takes bcrypt entries only
+            (root / "htpasswd").write_text("".join(f"{user}:{bcrypt(password)}\n" for user, password in users.items()))
         self.log = root / "registry.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=log)
@@ -92,6 +99,9 @@ class Registry:
                 with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as answer:
                     if answer.status == 200:
                         break
+            except urllib.error.HTTPError as answer:
+                if users and answer.code == 401:  # up, and asking for a login
+                    break
             except (urllib.error.URLError, ConnectionError):
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -118,6 +128,25 @@ class Registry:
     def blob_bytes(self, digest: str) -> int:
         algo, hexa = digest.split(":", 1)
         return (self.storage / "docker/registry/v2/blobs" / algo / hexa[:2] / hexa / "data").stat().st_size
+
+
+def bcrypt(password: str) -> str:
+    """A bcrypt hash ($2y$, cost 5) for an htpasswd file, from the C library's crypt
+    (libxcrypt: Debian's libcrypt1, an essential package) through ctypes: no
+    apache2-utils, no PyPI package."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypt")
+    assert name, "no libcrypt to make bcrypt htpasswd entries with (Debian: libcrypt1)"
+    lib = ctypes.CDLL(name)
+    lib.crypt_gensalt.restype = lib.crypt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2y$", 5, None, 0)
+    hashed = lib.crypt(password.encode(), salt) if salt else None
+    assert hashed and hashed.startswith(b"$2y$05$"), f"{name} makes no bcrypt hashes"
+    return hashed.decode()
 
 
 @pytest.fixture
@@ -319,6 +348,77 @@ def test_push_pull_same_digest_and_second_variant_reuses_shared_layers(built, re
     bytes_second = sum(registry.blob_bytes(d) for d in uploaded_second)
     bytes_whole = sum(registry.blob_bytes(d) for d in layers80) + registry.blob_bytes(raw80["config"]["digest"])
     assert bytes_second == bytes_whole - sum(registry.blob_bytes(d) for d in shared) < bytes_whole
+
+
+USER, PASSWORD = "fleet", "s3cret-Pa55word"
+
+
+def _auth_entry(user: str, password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_registry_that_needs_a_login_gets_skopeos_and_no_secret_is_shown(built, tmp_path):
+    """Issue #22: a registry with htpasswd auth (docker-registry on 127.0.0.1). The
+    login is skopeo's own (`skopeo login`, REGISTRY_AUTH_FILE): no password passes
+    through invoke's command line, and none is ever printed."""
+    locked = Registry(tmp_path / "locked", users={USER: PASSWORD})
+    auth = tmp_path / "auth.json"  # skopeo's auth file for this test alone
+    env = support.nix_env(REGISTRY_AUTH_FILE=str(auth))
+    to = f"docker://{locked.host}/fleet/vllm-sm90"
+    secrets = (PASSWORD, f"wrong-{PASSWORD}", _auth_entry(USER, PASSWORD), _auth_entry(USER, f"wrong-{PASSWORD}"))
+    try:
+        # not logged in: one line, saying how to log in
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env, check=False)
+        line = one_line_error(proc)
+        assert re.fullmatch(
+            rf"error: {re.escape(locked.host)} refused {SM90.name}:\S+: unauthorized: authentication required; "
+            rf"skopeo has no login for {re.escape(locked.host)}: log in with "
+            rf"`skopeo login --tls-verify=false {re.escape(locked.host)}` \(or point REGISTRY_AUTH_FILE at an "
+            r"auth file that has one\)",
+            line,
+        ), line
+
+        # a wrong password (a stale login in the auth file): one line, the user named, no secret
+        auth.write_text(json.dumps({"auths": {locked.host: {"auth": _auth_entry(USER, f"wrong-{PASSWORD}")}}}))
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env, check=False)
+        line = one_line_error(proc)
+        assert line.endswith(
+            f"unauthorized: authentication required; the login skopeo has for {locked.host} ({USER}) was "
+            f"refused: log in again with `skopeo login --tls-verify=false {locked.host}`"
+        ), line
+        assert not any(secret in proc.stdout + proc.stderr for secret in secrets)
+
+        # logged in with skopeo (password on stdin): the push goes through
+        support.run(
+            [SKOPEO, "login", "--tls-verify=false", "--username", USER, "--password-stdin", locked.host],
+            env={**os.environ, "REGISTRY_AUTH_FILE": str(auth)},
+            input=PASSWORD,
+        )
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env)
+        digest = manifest_digest(proc)
+        assert not any(secret in proc.stdout + proc.stderr for secret in secrets)
+        tag = built.conf(SM90)["repo_tag"].rpartition(":")[2]
+        inspected = json.loads(
+            support.run(
+                [SKOPEO, "inspect", "--tls-verify=false", f"{to}:{tag}"],
+                env={**os.environ, "REGISTRY_AUTH_FILE": str(auth)},
+            ).stdout
+        )
+        assert inspected["Digest"] == digest
+    finally:
+        locked.stop()
+
+
+def test_credentials_in_the_reference_are_refused_without_being_echoed(built):
+    proc = built.image("--sm", "90", "--to", f"docker://{USER}:{PASSWORD}@127.0.0.1:5000/fleet/vllm", check=False)
+    line = one_line_error(proc)
+    assert line == (
+        "error: --to docker://***@127.0.0.1:5000/fleet/vllm: credentials do not go in the reference "
+        "(they would show in logs and `ps`); log in with `skopeo login 127.0.0.1:5000` instead"
+    )
+    assert PASSWORD not in proc.stdout + proc.stderr and proc.stdout == ""
 
 
 # -- refusals: one line, exit 1, nothing half-done --------------------------------------
