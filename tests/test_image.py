@@ -292,6 +292,54 @@ def test_dry_run_lists_layers_and_sizes_and_copies_nothing(built, tmp_path):
     assert "compiles" not in plan, plan
 
 
+def test_the_tag_says_where_it_comes_from_for_a_nixpkgs_without_a_revision(built):
+    """Issue #22: the tag is <vLLM version>-<nixpkgs short rev> (docs/distributing.md);
+    a path: nixpkgs (the stand-in here) has no revision, so the flake ends the tag
+    in the first 12 hex digits of the sha256 of its narHash instead. The dry run
+    says which, from the image's own labels."""
+    import hashlib
+
+    proc = built.image("--sm", "90", "--dry-run")
+    nar_hash = json.loads(support.nix("flake", "metadata", "--json", f"path:{built.standin}").stdout)["locked"][
+        "narHash"
+    ]
+    tag = f"0.15.1-{hashlib.sha256(nar_hash.encode()).hexdigest()[:12]}"
+    assert built.conf(SM90)["repo_tag"] == f"{SM90.name}:{tag}"
+    assert (
+        f"  tag {tag}: vLLM 0.15.1, nixpkgs path {nar_hash} (no revision: the tag ends in a hash of its narHash)"
+        in proc.stdout.splitlines()
+    ), proc.stdout
+
+
+def test_the_tag_ends_in_the_short_rev_of_a_nixpkgs_with_one(tmp_path):
+    """A nixpkgs with a revision (a git checkout here, github:NixOS/nixpkgs/<rev> for
+    the pin) gives <vLLM version>-<short rev>, Nix's shortRev: 7 hex digits."""
+    repo = support.copy_standin(tmp_path / "nixpkgs-git", salt=f"image-tag-{os.getpid()}-{time.time_ns()}")
+    support.git(repo, "init", "-q")
+    support.commit_all(repo, "mirror")
+    rev = support.git(repo, "rev-parse", "HEAD").stdout.strip()
+    project = support.make_project(tmp_path / "project")
+    support.nix(
+        "build",
+        "--out-link",
+        project / f"result-{SM90.name}",
+        f"{support.flake_ref(project)}#{SM90.attr_path()}",
+        "--override-input",
+        "nixpkgs",
+        f"git+file://{repo}",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "image", "--sm", "90", "--dry-run", "--nixpkgs", str(repo)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"image {SM90.name}:0.15.1-{rev[:7]} (amd64)" in proc.stdout, proc.stdout
+    assert f"  tag 0.15.1-{rev[:7]}: vLLM 0.15.1, nixpkgs {rev}" in proc.stdout.splitlines(), proc.stdout
+
+
 # -- a real registry -------------------------------------------------------------------
 
 

@@ -169,6 +169,19 @@ class Image:
     def tag(self) -> str:
         return self.repo_tag.rpartition(":")[2]
 
+    def tag_line(self) -> str:
+        """Where the tag comes from (nix/image.nix: <vLLM version>-<nixpkgs short rev>),
+        from the image's own labels: a nixpkgs without a revision (a path: flake
+        reference) has no short rev, and the flake ends the tag in a hash of its
+        narHash instead, which would otherwise pass for a commit (issue #22)."""
+        labels = self.config.get("Labels") or {}
+        version = labels.get("org.opencontainers.image.version", "?")
+        pin = labels.get("io.vllm-variants.pin", "nixpkgs ?")
+        line = f"  tag {self.tag}: vLLM {version}, {pin}"
+        if pin.startswith("nixpkgs path "):
+            line += " (no revision: the tag ends in a hash of its narHash)"
+        return line
+
     @property
     def size(self) -> int:
         return sum(layer.size for layer in self.layers)
@@ -177,6 +190,7 @@ class Image:
         out = [
             f"image {self.repo_tag} ({self.architecture}): {len(self.layers)} layers, "
             f"{format_bytes(self.size)} uncompressed",
+            self.tag_line(),
             f"  entrypoint {' '.join(self.config.get('Entrypoint', []))} {' '.join(self.config.get('Cmd', []))}",
         ]
         width = len(str(len(self.layers)))
