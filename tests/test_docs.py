@@ -311,7 +311,8 @@ def path_problems(path: Path, text: str | None = None) -> list[str]:
 # -- facts ---------------------------------------------------------------------------
 
 
-VARIANT = re.compile(r"\bvllm-python\d+-cuda\d+_\d+-sm\d+[a-z]?(?:-torchbin)?(?:-arm64)?(?![\w])")
+# a variant name, with whatever suffix words the matrix gives it (-torchbin, -arm64, ...)
+VARIANT = re.compile(r"\bvllm-python\d+-cuda\d+_\d+-sm\d+[a-z]?(?:-[a-z][a-z0-9]*)*(?![\w])")
 DRIVER = (
     re.compile(r">=\s*\d{3}\b"),
     re.compile(r"\b\d{3}(?:\.\d+)* for CUDA"),

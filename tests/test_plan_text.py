@@ -18,7 +18,7 @@ from vllm_variants.nixlog import DryRun
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 SM90 = MATRIX.resolve("90")
-WHEEL = MATRIX.by_name(f"{SM90.name}-torchbin")
+WHEEL = next(v for v in MATRIX.variants if v.torch_wheel and v.sm == "90" and v.enabled)  # its name: issue #23
 
 
 def _drv(name: str) -> str:
