@@ -387,7 +387,7 @@ def eval_(
     eval_jobs=None,
     eval_max_memory=None,
 ):
-    """Evaluate variants at the pin (one Nix process, nothing built): versions, arch lists, CUDA; or why not."""
+    """Evaluate variants at the pin (in batches sized to RAM, nothing built): versions, arch lists, CUDA; or why not."""
     from vllm_variants.evaluate import main
 
     _call(

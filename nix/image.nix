@@ -5,11 +5,11 @@
 # Usage (what flake.nix does for every package):
 #   import ./image.nix {
 #     env = packages.x86_64-linux."vllm-python312-cuda12_9-sm90";
-#     pinTag = "0182a3613243";         # the nixpkgs pin, short
-#     pinText = "nixpkgs 0182a3613243";
+#     pinTag = "0182a36";              # nixpkgs.shortRev; without a rev (path:), 12 hex of sha256(narHash)
+#     pinText = "nixpkgs 0182a361324364ae3f436a63005877674cf45efb";
 #     revision = self.rev or "dirty";
 #   }
-#   # => stream script; .imageName "vllm-python312-cuda12_9-sm90", .imageTag "0.15.1-0182a3613243"
+#   # => stream script; .imageName "vllm-python312-cuda12_9-sm90", .imageTag "0.15.1-0182a36"
 #
 # - Layers: the image holds the closure of its config (the environment, the CA
 #   bundle) and nothing else. streamLayeredImage puts the most depended-on

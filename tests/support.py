@@ -41,7 +41,7 @@ NO_BLACKWELL = [
     "9.0a",
 ]
 
-PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md", ".gitignore")
+PROJECT_FILES = ("flake.nix", "flake.lock", "nix", "tasks.py", "noxfile.py", "README.md", "docs", ".gitignore")
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "vllm-variants tests",

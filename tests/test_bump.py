@@ -192,10 +192,13 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         # ... from the nixpkgs flake.lock now locks, said so, and not marked unverified
         lock = json.loads(at(repo, branch, "flake.lock"))
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
-        table = readme.section_body(at(repo, branch, "README.md"), "versions")
+        table = readme.section_body(at(repo, branch, "docs/pin.md"), "versions")
         assert "| the other 14 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
         assert "| `vllm-python312-cuda12_9-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.9 |" in table
         assert nixpkgs.b in table
+        # every generated section moved with the pin, in the same commit (docs/distributing.md: the image tag)
+        tag = readme.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")
+        assert f"`0.16.0-{nixpkgs.b[:7]}`" in tag, tag
     assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in run_bump.out
 
     # The checkout was on main, which moved: it shows main's new files, as a

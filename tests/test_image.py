@@ -64,7 +64,7 @@ def _free_port() -> int:
 class Registry:
     """docker-registry on 127.0.0.1:<free port>, storage and access log under `root`."""
 
-    def __init__(self, root: Path, *, readonly: bool = False) -> None:
+    def __init__(self, root: Path, *, readonly: bool = False, users: dict[str, str] | None = None) -> None:
         root.mkdir(parents=True)
         self.storage = root / "storage"
         self.port = _free_port()
@@ -80,9 +80,16 @@ class Registry:
                     "log": {"level": "info", "formatter": "text"},
                     "storage": storage,
                     "http": {"addr": self.host, "secret": "vllm-variants-tests"},
+                    **(
+                        {"auth": {"htpasswd": {"realm": "vllm-variants-tests", "path": str(root / "htpasswd")}}}
+                        if users
+                        else {}
+                    ),
                 }
             )
         )
+        if users:  # docker-registry's htpasswd takes bcrypt entries only
+            (root / "htpasswd").write_text("".join(f"{user}:{bcrypt(password)}\n" for user, password in users.items()))
         self.log = root / "registry.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=log, stderr=log)
@@ -92,6 +99,9 @@ class Registry:
                 with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as answer:
                     if answer.status == 200:
                         break
+            except urllib.error.HTTPError as answer:
+                if users and answer.code == 401:  # up, and asking for a login
+                    break
             except (urllib.error.URLError, ConnectionError):
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -118,6 +128,25 @@ class Registry:
     def blob_bytes(self, digest: str) -> int:
         algo, hexa = digest.split(":", 1)
         return (self.storage / "docker/registry/v2/blobs" / algo / hexa[:2] / hexa / "data").stat().st_size
+
+
+def bcrypt(password: str) -> str:
+    """A bcrypt hash ($2y$, cost 5) for an htpasswd file, from the C library's crypt
+    (libxcrypt: Debian's libcrypt1, an essential package) through ctypes: no
+    apache2-utils, no PyPI package."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypt")
+    assert name, "no libcrypt to make bcrypt htpasswd entries with (Debian: libcrypt1)"
+    lib = ctypes.CDLL(name)
+    lib.crypt_gensalt.restype = lib.crypt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    salt = lib.crypt_gensalt(b"$2y$", 5, None, 0)
+    hashed = lib.crypt(password.encode(), salt) if salt else None
+    assert hashed and hashed.startswith(b"$2y$05$"), f"{name} makes no bcrypt hashes"
+    return hashed.decode()
 
 
 @pytest.fixture
@@ -257,6 +286,58 @@ def test_dry_run_lists_layers_and_sizes_and_copies_nothing(built, tmp_path):
         proc.stdout
     )
     assert "nothing was copied" in proc.stdout and "skopeo copy" not in proc.stderr
+    # the plan: the image's own derivations are named after the variant ("vllm-..."),
+    # not vllm compiles (issue #22; tests/test_plan_text.py)
+    (plan,) = [line for line in proc.stdout.splitlines() if line.startswith(f"  {SM90.name} (")]
+    assert "compiles" not in plan, plan
+
+
+def test_the_tag_says_where_it_comes_from_for_a_nixpkgs_without_a_revision(built):
+    """Issue #22: the tag is <vLLM version>-<nixpkgs short rev> (docs/distributing.md);
+    a path: nixpkgs (the stand-in here) has no revision, so the flake ends the tag
+    in the first 12 hex digits of the sha256 of its narHash instead. The dry run
+    says which, from the image's own labels."""
+    import hashlib
+
+    proc = built.image("--sm", "90", "--dry-run")
+    nar_hash = json.loads(support.nix("flake", "metadata", "--json", f"path:{built.standin}").stdout)["locked"][
+        "narHash"
+    ]
+    tag = f"0.15.1-{hashlib.sha256(nar_hash.encode()).hexdigest()[:12]}"
+    assert built.conf(SM90)["repo_tag"] == f"{SM90.name}:{tag}"
+    assert (
+        f"  tag {tag}: vLLM 0.15.1, nixpkgs path {nar_hash} (no revision: the tag ends in a hash of its narHash)"
+        in proc.stdout.splitlines()
+    ), proc.stdout
+
+
+def test_the_tag_ends_in_the_short_rev_of_a_nixpkgs_with_one(tmp_path):
+    """A nixpkgs with a revision (a git checkout here, github:NixOS/nixpkgs/<rev> for
+    the pin) gives <vLLM version>-<short rev>, Nix's shortRev: 7 hex digits."""
+    repo = support.copy_standin(tmp_path / "nixpkgs-git", salt=f"image-tag-{os.getpid()}-{time.time_ns()}")
+    support.git(repo, "init", "-q")
+    support.commit_all(repo, "mirror")
+    rev = support.git(repo, "rev-parse", "HEAD").stdout.strip()
+    project = support.make_project(tmp_path / "project")
+    support.nix(
+        "build",
+        "--out-link",
+        project / f"result-{SM90.name}",
+        f"{support.flake_ref(project)}#{SM90.attr_path()}",
+        "--override-input",
+        "nixpkgs",
+        f"git+file://{repo}",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "image", "--sm", "90", "--dry-run", "--nixpkgs", str(repo)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"image {SM90.name}:0.15.1-{rev[:7]} (amd64)" in proc.stdout, proc.stdout
+    assert f"  tag 0.15.1-{rev[:7]}: vLLM 0.15.1, nixpkgs {rev}" in proc.stdout.splitlines(), proc.stdout
 
 
 # -- a real registry -------------------------------------------------------------------
@@ -315,6 +396,77 @@ def test_push_pull_same_digest_and_second_variant_reuses_shared_layers(built, re
     bytes_second = sum(registry.blob_bytes(d) for d in uploaded_second)
     bytes_whole = sum(registry.blob_bytes(d) for d in layers80) + registry.blob_bytes(raw80["config"]["digest"])
     assert bytes_second == bytes_whole - sum(registry.blob_bytes(d) for d in shared) < bytes_whole
+
+
+USER, PASSWORD = "fleet", "s3cret-Pa55word"
+
+
+def _auth_entry(user: str, password: str) -> str:
+    import base64
+
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_a_registry_that_needs_a_login_gets_skopeos_and_no_secret_is_shown(built, tmp_path):
+    """Issue #22: a registry with htpasswd auth (docker-registry on 127.0.0.1). The
+    login is skopeo's own (`skopeo login`, REGISTRY_AUTH_FILE): no password passes
+    through invoke's command line, and none is ever printed."""
+    locked = Registry(tmp_path / "locked", users={USER: PASSWORD})
+    auth = tmp_path / "auth.json"  # skopeo's auth file for this test alone
+    env = support.nix_env(REGISTRY_AUTH_FILE=str(auth))
+    to = f"docker://{locked.host}/fleet/vllm-sm90"
+    secrets = (PASSWORD, f"wrong-{PASSWORD}", _auth_entry(USER, PASSWORD), _auth_entry(USER, f"wrong-{PASSWORD}"))
+    try:
+        # not logged in: one line, saying how to log in
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env, check=False)
+        line = one_line_error(proc)
+        assert re.fullmatch(
+            rf"error: {re.escape(locked.host)} refused {SM90.name}:\S+: unauthorized: authentication required; "
+            rf"skopeo has no login for {re.escape(locked.host)}: log in with "
+            rf"`skopeo login --tls-verify=false {re.escape(locked.host)}` \(or point REGISTRY_AUTH_FILE at an "
+            r"auth file that has one\)",
+            line,
+        ), line
+
+        # a wrong password (a stale login in the auth file): one line, the user named, no secret
+        auth.write_text(json.dumps({"auths": {locked.host: {"auth": _auth_entry(USER, f"wrong-{PASSWORD}")}}}))
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env, check=False)
+        line = one_line_error(proc)
+        assert line.endswith(
+            f"unauthorized: authentication required; the login skopeo has for {locked.host} ({USER}) was "
+            f"refused: log in again with `skopeo login --tls-verify=false {locked.host}`"
+        ), line
+        assert not any(secret in proc.stdout + proc.stderr for secret in secrets)
+
+        # logged in with skopeo (password on stdin): the push goes through
+        support.run(
+            [SKOPEO, "login", "--tls-verify=false", "--username", USER, "--password-stdin", locked.host],
+            env={**os.environ, "REGISTRY_AUTH_FILE": str(auth)},
+            input=PASSWORD,
+        )
+        proc = built.image("--sm", "90", "--to", to, "--insecure", env=env)
+        digest = manifest_digest(proc)
+        assert not any(secret in proc.stdout + proc.stderr for secret in secrets)
+        tag = built.conf(SM90)["repo_tag"].rpartition(":")[2]
+        inspected = json.loads(
+            support.run(
+                [SKOPEO, "inspect", "--tls-verify=false", f"{to}:{tag}"],
+                env={**os.environ, "REGISTRY_AUTH_FILE": str(auth)},
+            ).stdout
+        )
+        assert inspected["Digest"] == digest
+    finally:
+        locked.stop()
+
+
+def test_credentials_in_the_reference_are_refused_without_being_echoed(built):
+    proc = built.image("--sm", "90", "--to", f"docker://{USER}:{PASSWORD}@127.0.0.1:5000/fleet/vllm", check=False)
+    line = one_line_error(proc)
+    assert line == (
+        "error: --to docker://***@127.0.0.1:5000/fleet/vllm: credentials do not go in the reference "
+        "(they would show in logs and `ps`); log in with `skopeo login 127.0.0.1:5000` instead"
+    )
+    assert PASSWORD not in proc.stdout + proc.stderr and proc.stdout == ""
 
 
 # -- refusals: one line, exit 1, nothing half-done --------------------------------------

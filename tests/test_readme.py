@@ -1,9 +1,10 @@
-"""README.md: generated sections match their sources; CI runs its test command."""
+"""README.md and docs/*.md: generated sections match their sources; CI runs the README's test command."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
 
 README = (support.REPO / "README.md").read_text()
+PIN_PAGE = (support.REPO / "docs" / "pin.md").read_text()  # the versions at the pin
 
 
 def test_variant_table_matches_the_matrix():
@@ -35,7 +37,7 @@ def test_variant_table_matches_the_matrix():
 def test_check_fails_when_the_matrix_moves(tmp_path):
     root = support.make_project(tmp_path / "p", git_init=False)
     project = Project(root)
-    assert readme.update(project, check=True) is False
+    assert readme.update(project, check=True) == []
     matrix_file = root / "nix" / "variants.toml"
     matrix_file.write_text(matrix_file.read_text().replace('"H100", "H200", "H20"', '"H100", "H200"'))
     try:
@@ -44,8 +46,8 @@ def test_check_fails_when_the_matrix_moves(tmp_path):
         assert "README.md is out of date" in str(exc)
     else:
         raise AssertionError("a stale README passed the check")
-    assert readme.update(Project(root)) is True
-    assert readme.update(Project(root), check=True) is False
+    assert readme.update(Project(root)) == ["README.md"]
+    assert readme.update(Project(root), check=True) == []
 
 
 def _setup_commands() -> list[str]:
@@ -74,7 +76,7 @@ def test_prerequisites_name_nix_and_flakes():
 
 
 def test_versions_section_shows_the_recorded_evaluation():
-    body = readme.section_body(README, "versions")
+    body = readme.section_body(PIN_PAGE, "versions")
     assert body == versions.readme_section(Project(support.REPO))
     recorded = versions.load(Project(support.REPO))
     for value in recorded.variants["vllm-python312-cuda12_9-sm90"].values():
@@ -88,10 +90,14 @@ def test_check_fails_when_versions_move_or_describe_another_pin(tmp_path):
     for record in data["variants"].values():
         record["vllm"] = "0.15.2"
     data_file.write_text(json.dumps(data))
-    with pytest.raises(VariantsError, match="README.md is out of date with nix/variants.toml, nix/versions.json"):
+    with pytest.raises(
+        VariantsError,
+        match="^docs/distributing.md, docs/pin.md are out of date with nix/versions.json, flake.lock; run `invoke readme`$",
+    ):
         readme.update(Project(root), check=True)
-    assert readme.update(Project(root)) is True
-    assert "| the other 14 variants | 0.15.2 |" in readme.section_body((root / "README.md").read_text(), "versions")
+    assert readme.update(Project(root)) == ["docs/distributing.md", "docs/pin.md"]
+    pin_page = (root / "docs" / "pin.md").read_text()
+    assert "| the other 14 variants | 0.15.2 |" in readme.section_body(pin_page, "versions")
 
     data["nixpkgs"]["rev"] = "1" * 40
     data_file.write_text(json.dumps(data))
@@ -143,7 +149,7 @@ def test_check_fails_when_the_evaluated_nixpkgs_is_not_the_locked_one(tmp_path):
     data_file = root / versions.PATH
     data = json.loads(data_file.read_text())
     assert data["nixpkgs"]["unverified"] and data["nixpkgs"]["narHash"] is None  # the committed file says so
-    assert "**Unverified:** these versions were evaluated against the test stand-in" in README
+    assert "**Unverified:** these versions were evaluated against the test stand-in" in PIN_PAGE
 
     locked = json.loads((root / "flake.lock").read_text())["nodes"]["nixpkgs"]["locked"]["narHash"]
     del data["nixpkgs"]["unverified"]
@@ -157,5 +163,34 @@ def test_check_fails_when_the_evaluated_nixpkgs_is_not_the_locked_one(tmp_path):
     data["nixpkgs"]["narHash"] = locked
     data_file.write_text(json.dumps(data))
     readme.update(Project(root))
-    body = readme.section_body((root / "README.md").read_text(), "versions")
+    body = readme.section_body((root / "docs" / "pin.md").read_text(), "versions")
     assert f"Evaluated from that commit (narHash `{locked}`" in body and "Unverified" not in body
+
+
+def test_a_checkout_from_before_docs_keeps_its_generated_sections_where_they_are(tmp_path):
+    """A release branch made before docs/ (the versions in README.md, no image-tag
+    section): `invoke bump-pin` regenerates it through readme.update, which renders
+    the sections each file carries and asks for no other."""
+    root = support.make_project(tmp_path / "p", git_init=False)
+    shutil.rmtree(root / "docs")
+    text = (root / "README.md").read_text()
+    stale = f"{readme.begin_marker('versions', versions.PATH)}\nold versions\n{readme.end_marker('versions')}\n"
+    (root / "README.md").write_text(text + "\n## The pin\n\n" + stale)
+    with pytest.raises(VariantsError, match="^README.md is out of date with nix/versions.json; run `invoke readme`$"):
+        readme.update(Project(root), check=True)
+    assert readme.update(Project(root)) == ["README.md"]
+    body = readme.section_body((root / "README.md").read_text(), "versions")
+    assert body == versions.readme_section(Project(root))
+    assert readme.update(Project(root), check=True) == []
+
+
+def test_an_unknown_section_is_refused_in_one_line(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    page = root / "docs" / "pin.md"
+    page.write_text(
+        page.read_text() + "\n<!-- BEGIN verisons: generated by `invoke readme` from x -->\n<!-- END verisons -->\n"
+    )
+    with pytest.raises(
+        VariantsError, match="^docs/pin.md has a 'verisons' section, which `invoke readme` does not know"
+    ):
+        readme.update(Project(root), check=True)

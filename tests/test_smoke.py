@@ -173,6 +173,18 @@ def test_without_a_gpu_the_gpu_checks_say_no_gpu_and_fail(checkout, hardware, ge
             assert check["reason"].startswith("no GPU: ")
 
 
+def test_without_a_gpu_the_first_no_gpu_row_names_allow_no_gpu(checkout, hardware):
+    """Issue #22: on a build host the way out (--allow-no-gpu) was only on the last
+    line, after the tables; it goes where the first "no GPU" is, and only there."""
+    hardware()
+    root = checkout("sm90", "sm80")
+    _, tables, failure = run_smoke(root)
+    assert failure is not None
+    rows = [line for line in tables.splitlines() if "no GPU" in line]
+    assert "--allow-no-gpu" in rows[0], rows[0]
+    assert tables.count("--allow-no-gpu") == 1  # once, not on every row of every result
+
+
 def test_broken_vllm_import_fails_check_1_and_still_reports_the_rest(checkout, hardware):
     hardware(gpus=H100, driver=DRIVER)
     report, _, failure = run_smoke(checkout("broken"))

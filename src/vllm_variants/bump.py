@@ -4,8 +4,8 @@ The plan comes first and has no side effects (input checks and git reads;
 `--dry-run` prints it and stops). Then, for each branch, in a temporary
 worktree outside the checkout: rewrite `inputs.nixpkgs.url` in flake.nix
 (the durable pin), relock with Nix, evaluate what the pin ships (every
-package's passthru.versions), write nix/versions.json, regenerate README.md
-from it and commit. Only when every branch has its commit do the branches
+package's passthru.versions), write nix/versions.json, regenerate the generated
+sections of README.md and docs/*.md from it and commit. Only when every branch has its commit do the branches
 move, in one ref transaction that checks each old value (git.Git.update_refs):
 a failure anywhere moves none of them, and the report names each failure.
 
@@ -35,7 +35,8 @@ from .versions import PinVersions, version_key
 
 DEFAULT_URL_TEMPLATE = "github:NixOS/nixpkgs/{rev}"
 RELEASE_SOURCE = "main"  # --release-branch cuts vllm-<version> from this branch
-COMMITTED = ("flake.nix", "flake.lock", versions.PATH, "README.md")
+# and every file `readme.update` regenerates (README.md, docs/*.md)
+COMMITTED = ("flake.nix", "flake.lock", versions.PATH)
 EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
 
 _REV = re.compile(r"[0-9a-f]{40}")
@@ -117,7 +118,7 @@ class BumpPlan:
             shipped = f" (vllm {b.before.text('vllm')})" if b.before else " (versions not recorded)"
             lines.append(
                 f"{head}{shipped} -> {short(self.rev)}: rewrite inputs.nixpkgs.url, relock, evaluate, "
-                f"write {versions.PATH}, regenerate README.md, commit"
+                f"write {versions.PATH}, regenerate README.md and docs/, commit"
             )
         if self.release:
             old = self.release.removeprefix("vllm-")
@@ -295,12 +296,12 @@ def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdi
             packages = nix.eval_json(f"{flake_ref(tree)}#{versions.EVAL_ATTR}", apply=versions.EVAL, cwd=tree)
             evaluated = nix.eval_json(f"{flake_ref(tree)}#{versions.PIN_ATTR}", cwd=tree)
             after = PinVersions.from_eval(plan.rev, plan.url, packages, nar_hash=evaluated.get("narHash"))
-            stage = "to regenerate README.md"
+            stage = "to regenerate README.md and docs/"
             (tree / versions.PATH).write_text(after.dumps(), encoding="utf-8")
-            readme.update(Project(tree))
+            regenerated = readme.update(Project(tree))
             stage = "to commit"
             subject, body = commit_message(branch, plan.rev, plan.url, after)
-            result.commit = git.commit(tree, COMMITTED, subject, body)
+            result.commit = git.commit(tree, [*COMMITTED, *regenerated], subject, body)
             result.after, result.subject = after, subject
     except CommandError as exc:
         result.failure = f"{stage}: {error_message(exc.stderr) or exc}"

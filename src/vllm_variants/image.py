@@ -27,6 +27,11 @@ an uncompressed docker-archive. Plan first, then act:
      temporary file (`--tmpdir`, default $TMPDIR), skopeo copies it (layers
      the registry already holds are not uploaded again) and the file is
      removed, whatever happened.
+5. Registry credentials are skopeo's own (`skopeo login`, which writes its
+   auth file; REGISTRY_AUTH_FILE; docker's config.json): no password passes
+   through our command line or theirs, and a registry that wants one is one
+   line saying how to log in (issue #22). Credentials written into the --to
+   reference are refused without being echoed.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import lifecycle, userfiles
-from .errors import CommandError, ImageError, PublishError, ToolMissing, tail
+from .errors import CommandError, ImageError, PublishError, ToolMissing, VariantsError, tail
 from .matrix import Variant, comma_list
 from .nix import Nix, input_ref, is_valid_info
 from .project import Project
@@ -83,6 +88,13 @@ class Destination:
             return None
         text = to.strip()
         if text.startswith("docker://"):
+            userinfo = re.match(r"docker://([^/]*)@([^/@]*)(.*)$", text)
+            if userinfo:  # user:password@host: never echoed, never passed on
+                host, rest = userinfo[2], userinfo[3]
+                raise ImageError(
+                    f"--to docker://***@{host}{rest}: credentials do not go in the reference (they would show in "
+                    f"logs and `ps`); log in with `skopeo login {host or 'REGISTRY'}` instead"
+                )
             found = _DOCKER.match(text[len("docker://") :])
             if not found or "@" in text:
                 raise ImageError(
@@ -108,6 +120,12 @@ class Destination:
                 raise ImageError(f"--to {to}: no such directory {file.parent}")
             return cls("oci-archive", str(file), tag)
         raise ImageError(f"--to {to}: unknown destination; give {DESTINATIONS}")
+
+    @property
+    def registry(self) -> str:
+        """The registry a docker:// destination names: its host, or Docker Hub's."""
+        first, sep, _ = self.name.partition("/")
+        return first if sep and ("." in first or ":" in first or first == "localhost") else "docker.io"
 
     def reference(self, repo_tag: str) -> str:
         """skopeo's destination reference for the image `repo_tag` (NAME:TAG): the
@@ -151,6 +169,19 @@ class Image:
     def tag(self) -> str:
         return self.repo_tag.rpartition(":")[2]
 
+    def tag_line(self) -> str:
+        """Where the tag comes from (nix/image.nix: <vLLM version>-<nixpkgs short rev>),
+        from the image's own labels: a nixpkgs without a revision (a path: flake
+        reference) has no short rev, and the flake ends the tag in a hash of its
+        narHash instead, which would otherwise pass for a commit (issue #22)."""
+        labels = self.config.get("Labels") or {}
+        version = labels.get("org.opencontainers.image.version", "?")
+        pin = labels.get("io.vllm-variants.pin", "nixpkgs ?")
+        line = f"  tag {self.tag}: vLLM {version}, {pin}"
+        if pin.startswith("nixpkgs path "):
+            line += " (no revision: the tag ends in a hash of its narHash)"
+        return line
+
     @property
     def size(self) -> int:
         return sum(layer.size for layer in self.layers)
@@ -159,6 +190,7 @@ class Image:
         out = [
             f"image {self.repo_tag} ({self.architecture}): {len(self.layers)} layers, "
             f"{format_bytes(self.size)} uncompressed",
+            self.tag_line(),
             f"  entrypoint {' '.join(self.config.get('Entrypoint', []))} {' '.join(self.config.get('Cmd', []))}",
         ]
         width = len(str(len(self.layers)))
@@ -247,8 +279,11 @@ def copy(
             with _new_archive_undone_on_failure(dest):
                 run(argv)
         except CommandError as exc:
+            message = skopeo_message(exc.stderr) or str(exc)
+            if dest.kind == "docker" and _AUTH_REFUSED.search(message):
+                raise ImageError(login_failure(dest, image, message, tls_verify=tls_verify)) from None
             where = dest.name if dest.kind == "docker" else reference
-            raise ImageError(f"{where} refused {image.repo_tag}: {skopeo_message(exc.stderr) or exc}") from None
+            raise ImageError(f"{where} refused {image.repo_tag}: {message}") from None
         digest = userfiles.read_text(digest_file, "skopeo's digest file", limit=userfiles.KIB).strip()
     print(f"copied {image.repo_tag} to {reference} (manifest {digest})", file=out, flush=True)
     return digest
@@ -261,6 +296,40 @@ def _new_archive_undone_on_failure(dest: Destination) -> contextlib.AbstractCont
     if dest.kind != "oci-archive" or archive.exists() or archive.is_symlink():
         return contextlib.nullcontext()
     return lifecycle.undo_on_failure(f"the new archive {archive}", lambda: archive.unlink(missing_ok=True))
+
+
+# What a registry answers when it wants (other) credentials: the distribution
+# spec's UNAUTHORIZED and DENIED error codes, as containers/image words them.
+_AUTH_REFUSED = re.compile(r"(unauthorized|authentication required|denied)[:\s].*$", re.IGNORECASE)
+
+
+def login_failure(dest: Destination, image: Image, message: str, *, tls_verify: bool = True) -> str:
+    """One line for a registry that refused our credentials, or wants some: its
+    reason, and skopeo's own way to log in (`skopeo login`, which reads the
+    password from a prompt or --password-stdin, or REGISTRY_AUTH_FILE). Names the
+    user skopeo has a login for, never a secret: none passes through here."""
+    host = dest.registry
+    reason = _AUTH_REFUSED.search(message)
+    login = f"`skopeo login {'--tls-verify=false ' if not tls_verify else ''}{host}`"
+    user = skopeo_login_user(host)
+    head = f"{host} refused {image.repo_tag}: {reason[0] if reason else message}"
+    if user is None:
+        return (
+            f"{head}; skopeo has no login for {host}: log in with {login} "
+            "(or point REGISTRY_AUTH_FILE at an auth file that has one)"
+        )
+    return f"{head}; the login skopeo has for {host} ({user}) was refused: log in again with {login}"
+
+
+def skopeo_login_user(host: str) -> str | None:
+    """The user skopeo has credentials for at `host` (`skopeo login --get-login`:
+    it reads the auth file, prints the user name only); None when it has none."""
+    try:
+        proc = run(["skopeo", "login", "--get-login", host], check=False)
+    except VariantsError:
+        return None
+    user = proc.stdout.strip()
+    return user if proc.returncode == 0 and user and "\n" not in user else None
 
 
 def skopeo_message(stderr: str) -> str:

@@ -1,4 +1,4 @@
-"""Generated sections of README.md.
+"""Generated sections of README.md and docs/*.md.
 
 A section sits between two marker comments and is rewritten wholesale:
 
@@ -6,7 +6,11 @@ A section sits between two marker comments and is rewritten wholesale:
     ...
     <!-- END variants -->
 
-tests/test_readme.py fails when a section differs from what the sources say.
+Any of the files may carry any section: the section moves with the prose
+around it (tests/test_docs.py checks that each is somewhere). `invoke readme` rewrites them all,
+`invoke readme --check` fails when one differs from what its sources say
+(tests/test_readme.py), and `invoke bump-pin` regenerates and commits them
+(bump.py: every file `files()` names).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TextIO
 
 from . import userfiles, versions
@@ -22,6 +27,7 @@ from .matrix import Matrix, sm_number
 from .outputs import write_text
 from .project import Project
 
+DOCS = "docs"  # docs/*.md: the pages README.md links to
 # A documentation page is text, far below this (issue #21).
 DOC_LIMIT = 8 * userfiles.MIB
 
@@ -81,12 +87,21 @@ def _python_text(matrix: Matrix) -> str:
     return ", ".join(sorted({_python_version(v.python) for v in matrix.default_set}))
 
 
-def replace_section(text: str, section: str, source: str, body: str) -> str:
+def replace_section(text: str, section: str, source: str, body: str, where: str = "README.md") -> str:
     begin, end = begin_marker(section, source), end_marker(section)
-    pattern = re.compile(re.escape(f"<!-- BEGIN {section}:") + r".*?-->\n.*?" + re.escape(end), re.DOTALL)
+    pattern = _section_pattern(section)
     if not pattern.search(text):
-        raise VariantsError(f"README.md has no '{section}' section (markers '{begin}' ... '{end}')")
-    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text, count=1)
+        raise VariantsError(f"{where} has no '{section}' section (markers '{begin}' ... '{end}')")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+
+
+def _section_pattern(section: str) -> re.Pattern[str]:
+    return re.compile(re.escape(f"<!-- BEGIN {section}:") + r".*?-->\n.*?" + re.escape(end_marker(section)), re.DOTALL)
+
+
+def _blocks(text: str, section: str) -> list[str]:
+    """A section's whole marked blocks (markers and body) in a text."""
+    return _section_pattern(section).findall(text)
 
 
 def section_body(text: str, section: str) -> str | None:
@@ -98,38 +113,93 @@ def section_body(text: str, section: str) -> str | None:
     return match.group(1) if match else None
 
 
+def sections_in(text: str) -> list[str]:
+    """The sections a text has markers for, in order."""
+    return re.findall(r"<!-- BEGIN ([\w-]+):", text)
+
+
+def image_tag_example(project: Project) -> str:
+    """The tag `invoke image` gives at this pin: <vLLM version>-<nixpkgs short rev>."""
+    pin = versions.load(project)
+    locked = versions.locked(project)
+    if locked != pin.rev:
+        versions.readme_section(project)  # raises the one-line error naming the mismatch
+    example = next((v.name for v in project.matrix.default_set if v.name in pin.variants), None)
+    if example is None:
+        raise VariantsError(f"{versions.PATH} has none of the default set's variants; run `invoke bump-pin {locked}`")
+    tag = f"{pin.variants[example]['vllm']}-{pin.rev[:7]}"
+    return (
+        f"At this pin an image is tagged `{tag}` (vLLM {pin.variants[example]['vllm']}, nixpkgs "
+        f"`{pin.rev[:7]}`): `{example}:{tag}`."
+    )
+
+
 # section name -> (source named in the marker, renderer)
 SECTIONS: Mapping[str, tuple[str, Callable[[Project], str]]] = {
     "variants": ("nix/variants.toml", lambda project: variants_table(project.matrix)),
     # written by `invoke bump-pin` from an evaluation of the pin (vllm_variants.versions)
     "versions": (versions.PATH, versions.readme_section),
+    "image-tag": (f"{versions.PATH}, flake.lock", image_tag_example),
 }
 
 
-def render(project: Project, text: str) -> str:
-    for section, (source, body) in SECTIONS.items():
-        text = replace_section(text, section, source, body(project))
+def files(project: Project) -> list[Path]:
+    """The files that may carry generated sections: README.md, then docs/*.md."""
+    docs = project.root / DOCS
+    return [project.readme, *sorted(docs.glob("*.md"))]
+
+
+def _name(project: Project, path: Path) -> str:
+    return path.relative_to(project.root).as_posix()
+
+
+def render(project: Project, text: str, where: str = "README.md") -> str:
+    """`text` with every section it carries rendered; an unknown section is an error."""
+    for section in dict.fromkeys(sections_in(text)):
+        if section not in SECTIONS:
+            raise VariantsError(
+                f"{where} has a '{section}' section, which `invoke readme` does not know; known: {', '.join(SECTIONS)}"
+            )
+        source, body = SECTIONS[section]
+        text = replace_section(text, section, source, body(project), where)
     return text
 
 
-def update(project: Project, *, check: bool = False) -> bool:
-    """Rewrite README.md's generated sections; with check=True only compare.
+def update(project: Project, *, check: bool = False) -> list[str]:
+    """Rewrite the generated sections of README.md and docs/*.md; with check=True only compare.
 
-    Returns True when README.md was (or, with check, would be) changed.
+    Returns the files (relative paths) that were (or, with check, would be) changed.
+    Only the sections a file carries are rendered: a branch made before a section
+    existed (a release branch at bump-pin) keeps working; that this checkout
+    carries every one is tests/test_docs.py's to check.
     """
-    current = userfiles.read_text(project.readme, "README.md", limit=DOC_LIMIT)
-    wanted = render(project, current)
-    if wanted == current:
-        return False
-    if check:
-        sources = ", ".join(source for source, _ in SECTIONS.values())
-        raise VariantsError(f"README.md is out of date with {sources}; run `invoke readme`")
-    write_text(project.readme, wanted)  # a read-only checkout or a full disk: one line (issue #11)
-    return True
+    planned: list[tuple[Path, str, list[str]]] = []
+    for path in files(project):
+        if not path.exists() and not path.is_symlink():
+            if path == project.readme:
+                raise VariantsError("README.md is missing; restore it with `git checkout -- README.md`")
+            continue
+        current = userfiles.read_text(path, _name(project, path), limit=DOC_LIMIT)
+        present = sections_in(current)
+        wanted = render(project, current, _name(project, path))
+        if wanted != current:
+            stale = [s for s in dict.fromkeys(present) if _blocks(wanted, s) != _blocks(current, s)]
+            planned.append((path, wanted, stale))
+    changed = [_name(project, path) for path, _, _ in planned]
+    if check and planned:
+        sources = ", ".join(
+            dict.fromkeys(part for _, _, stale in planned for s in stale for part in SECTIONS[s][0].split(", "))
+        )
+        verb = "is" if len(changed) == 1 else "are"
+        raise VariantsError(f"{', '.join(changed)} {verb} out of date with {sources}; run `invoke readme`")
+    for path, wanted, _ in planned:
+        write_text(path, wanted)  # a read-only checkout or a full disk: one line (issue #11)
+    return changed
 
 
-def show(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
-    """`invoke readme`: update (or check) README.md and say which."""
+def show(project: Project, *, check: bool = False, out: TextIO | None = None) -> list[str]:
+    """`invoke readme`: update (or check) the generated sections and say which files changed."""
     changed = update(project, check=check)
-    print("README.md updated" if changed else "README.md is up to date", file=out or sys.stdout)
+    text = f"updated {', '.join(changed)}" if changed else f"README.md and {DOCS}/*.md are up to date"
+    print(text, file=out or sys.stdout)
     return changed

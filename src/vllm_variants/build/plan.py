@@ -39,11 +39,14 @@ class VariantPlan:
         return self.target.variant
 
     def heavy(self) -> list[str]:
-        """'torch 2.9.1', 'vllm 0.15.1', ...: the derivations that take hours,
-        heaviest first (HEAVY's order, not Nix's, which follows store hashes)."""
-        found: list[tuple[int, str]] = []
+        """'torch 2.9.1', 'vllm 0.15.1', 'nccl 2.27.3 (x2)': the derivations that take
+        hours, each distinct one once with its count, heaviest first (HEAVY's order,
+        not Nix's, which follows store hashes)."""
+        found: dict[tuple[int, str], int] = {}
         for drv in self.dry.will_build:
-            if drv == self.drv:  # the variant's environment, named after it: no compile
+            if drv == self.drv or store_name(drv).startswith(self.variant.name):
+                # named after the variant (its environment; an image's conf, layers,
+                # script): no compile, though the name starts with "vllm-" (issue #22)
                 continue
             if not any(heavy in drv for heavy in HEAVY):  # most of a closure at real scale: skip the parse
                 continue
@@ -52,9 +55,10 @@ class VariantPlan:
                 continue
             for rank, heavy in enumerate(HEAVY):
                 if name == heavy or name.startswith(heavy + "-"):
-                    found.append((rank, f"{heavy} {version_of(drv)}".strip()))
+                    key = (rank, f"{heavy} {version_of(drv)}".strip())
+                    found[key] = found.get(key, 0) + 1
                     break
-        return [text for _, text in sorted(found)]
+        return [text + (f" (x{count})" if count > 1 else "") for (_, text), count in sorted(found.items())]
 
     def summary(self) -> str:
         built = len(self.dry.will_build)
@@ -62,6 +66,8 @@ class VariantPlan:
         heavy = self.heavy()
         if heavy:
             text += f" (compiles {', '.join(heavy)})"
+        elif built:
+            text += " (no heavy compile)"
         text += f", fetch {_fetch_text(self.dry)}"
         return text
 

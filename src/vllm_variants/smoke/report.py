@@ -18,6 +18,7 @@ from ..outputs import write_text
 from .check import FAIL, PASS, SKIP
 
 STYLES = {PASS: "green", FAIL: "bold red", SKIP: "yellow"}
+NO_GPU_HINT = "; on a build host, --allow-no-gpu skips the GPU checks"
 
 
 # -- the records (the session fills them: vllm_variants.smoke.session) ------
@@ -229,6 +230,11 @@ def print_tables(report: SmokeReport, out: TextIO) -> None:
     from ..console import console_for
 
     console = console_for(out)  # a pipe or a CI log: one check per line where it fits
+    # The way out on a build host goes where the first "no GPU" failure is, once
+    # (issue #22); the last line (SmokeFailed) says it again.
+    first_no_gpu = next(
+        (id(c) for r in report.results for c in r.checks if c.get("no_gpu") and c["status"] == FAIL), None
+    )
     for result in report.results:
         verdict = ("ok", "green") if result.ok else ("FAILED", "bold red")
         table = Table(  # Text, not markup: names and paths may hold '[' (two results of one variant)
@@ -243,7 +249,8 @@ def print_tables(report: SmokeReport, out: TextIO) -> None:
         table.add_column("Detail")
         for check in result.checks:
             status = Text(status_text(check), style=STYLES[check["status"]])
-            table.add_row(str(check["id"]), check["name"], status, Text(str(check.get("reason", ""))))
+            detail = str(check.get("reason", "")) + (NO_GPU_HINT if id(check) == first_no_gpu else "")
+            table.add_row(str(check["id"]), check["name"], status, Text(detail))
         console.print(table)
         if result.error:
             console.print(Text(f"{result.name}: {result.error}", style="bold red"))
