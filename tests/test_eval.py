@@ -102,6 +102,8 @@ def test_invoke_eval_text_and_exit_status(project, standin):
     assert ok.returncode == 0, ok.stderr
     assert "1 of 1 variant(s) evaluate against nixpkgs" in ok.stdout
     assert "vllm-python312-cuda12_9-sm90: vLLM 0.15.1, torch 2.9.1, Python 3.12.12, CUDA 12.9" in ok.stdout
+    # the pin's two torches, whichever this row uses (issue #23)
+    assert "    torch at the pin: torch 2.9.1 (built from source), torch-bin 2.9.0 (a CUDA 12.8 wheel)" in ok.stdout
     bad = subprocess.run(
         [
             sys.executable,
