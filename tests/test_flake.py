@@ -497,3 +497,16 @@ def test_a_torch_wheel_row_lives_on_the_wheels_cuda_line(tmp_path):
         f"{twin}: nixpkgs' torch-bin 2.9.0 is a CUDA 12.8 wheel (download.pytorch.org/whl/cu128/...); "
         'a torch = "wheel" row must be on CUDA 12.8, not 12.9'
     ) in proc.stderr
+
+
+def test_a_builder_without_big_parallel_refuses_vllm(flake, standin, tmp_path):
+    """vllm (as nixpkgs' torch) requires the big-parallel system feature; Nix itself
+    refuses to build it on a machine that does not advertise it (a remote builder must)."""
+    fresh = standin(salt=f"features-{tmp_path.name}")
+    attr = f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
+    proc = support.nix(
+        "build", "--no-link", attr, *support.override(fresh), "--option", "system-features", "kvm", check=False
+    )
+    assert proc.returncode != 0
+    assert "with features {big-parallel} is required to build" in proc.stderr
+    assert "-python3.12-torch-2.9.1.drv" in proc.stderr or "-python3.12-vllm-0.15.1.drv" in proc.stderr

@@ -9,7 +9,9 @@ half checks those semantics directly (the behaviour read from nixpkgs).
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -570,3 +572,102 @@ def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tm
         for p in support.nix("path-info", "--recursive", plain).stdout.split()
         if "-standin-lib-" in p or "-standin-cuda-kernels-" in p
     ]
+
+
+def test_phases_run_in_nixpkgs_order(tmp_path):
+    """setup.sh's genericBuild (nixpkgs 183939da): prePhases first, postPhases last, the
+    pre*Phases lists before their phase; the flake's job clamp relies on prePhases."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"phases-{tmp_path.name}")
+    names = ["pre", "preConfigure", "preBuild", "preInstall", "preFixup", "preDist", "post"]
+    phases = " ".join(f'{n}Phases = [ "{n}Mark" ]; {n}Mark = "mkdir -p $out; echo {n} >> $out/order";' for n in names)
+    expr = f"""
+      let pkgs = import {fresh} {{ system = "x86_64-linux"; }}; in pkgs.stdenv.mkDerivation {{
+        name = "phases"; {phases} postInstall = "echo install >> $out/order";
+      }}"""
+    out = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr", expr).stdout.strip()
+    assert (Path(out) / "order").read_text().split() == [
+        "pre",
+        "preConfigure",
+        "preBuild",
+        "preInstall",
+        "install",
+        "preFixup",
+        "preDist",
+        "post",
+    ]
+
+
+def test_python_imports_check_fails_the_build(tmp_path):
+    """pythonImportsCheck (python-imports-check-hook.sh 46a29a64, in preDistPhases):
+    every named module is imported from $out at the end of the build."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"imports-{tmp_path.name}")
+
+    def build(check: str) -> subprocess.CompletedProcess[str]:
+        expr = f"""
+          let ps = (import {fresh} {{ system = "x86_64-linux"; }}).python312Packages;
+          in ps.buildPythonPackage {{ pname = "probe"; version = "1.0"; pythonImportsCheck = [ {check} ]; }}"""
+        return support.nix("build", "--no-link", "--impure", "--expr", expr, check=False)
+
+    assert build('"probe"').returncode == 0
+    refused = build('"probe" "probe.missing"')
+    assert refused.returncode != 0 and "No module named 'probe.missing'" in refused.stderr
+    assert "Check whether the following modules can be imported: probe probe.missing" in refused.stderr
+
+
+def test_meta_platforms_refuse_another_system_unless_allowed():
+    """check-meta.nix: a package whose meta.platforms lacks the host system is refused
+    when instantiated ("is not available on the requested hostPlatform"), unless
+    config.allowUnsupportedSystem; name, meta and passthru stay readable."""
+    expr = """
+      let pkg = allow: (import nixpkgs { system = "aarch64-linux"; config.allowUnsupportedSystem = allow; })
+        .stdenv.mkDerivation { name = "x86-only"; buildCommand = "mkdir $out"; meta.platforms = [ "x86_64-linux" ]; };
+      in { name = (pkg false).name; available = (pkg false).meta.available;
+           refused = builtins.tryEval (pkg false).drvPath; allowed = builtins.isString (pkg true).drvPath; }"""
+    got = json.loads(standin_eval(expr).stdout)
+    assert got == {
+        "name": "x86-only",
+        "available": False,
+        "refused": {"success": False, "value": False},
+        "allowed": True,
+    }
+    proc = standin_eval(
+        '(import nixpkgs { system = "aarch64-linux"; }).stdenv.mkDerivation { name = "x86-only";'
+        ' buildCommand = "mkdir $out"; meta.platforms = [ "x86_64-linux" ]; }',
+        check=False,
+    )
+    assert "Refusing to evaluate package 'x86-only'" in proc.stderr
+    assert "is not available on the requested hostPlatform" in proc.stderr
+
+
+def test_run_command_local_is_built_locally_never_substituted():
+    """trivial-builders (77d57157): runCommandLocal = preferLocalBuild, no substitutes."""
+    got = json.loads(
+        standin_eval(
+            'let d = (import nixpkgs { system = "x86_64-linux"; }).runCommandLocal "x" { } "touch $out"; in'
+            " { inherit (d.drvAttrs) preferLocalBuild allowSubstitutes; }"
+        ).stdout
+    )
+    assert got == {"preferLocalBuild": True, "allowSubstitutes": False}
+
+
+def test_every_test_the_conformance_table_names_exists():
+    """The table is the contract: a row naming a test that is gone (or misspelled) checks nothing."""
+    readme = (support.STANDIN / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "::" in line]
+    assert len(rows) > 30
+    named: set[tuple[str, str]] = set()
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        current = None
+        for item in re.findall(r"`([^`]+)`", cell):
+            file, _, name = item.rpartition("::")
+            current = file or current
+            if current and current.endswith(".py") and name.startswith("test_"):
+                named.add((current, re.sub(r"\[.*", "", name)))
+    defined = {
+        (path.name, node.name)
+        for path in (support.REPO / "tests").glob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
+    assert named and sorted(named - defined) == []
