@@ -5,11 +5,13 @@
 # job per @ramPerJobGib@ GiB of RAM, at least 1, never more than the cores Nix
 # gave the build. It sets every knob those builds read (checked at the pin,
 # tests/fixtures/nixpkgs/README.md):
-# - NIX_BUILD_CORES: make/ninja -j in the cmake phases, and what torch
-#   (preBuild), vllm and flashinfer (preConfigure) copy into MAX_JOBS;
+# - NIX_BUILD_CORES: make/ninja -j in the cmake phases, and what torch and
+#   xformers (preBuild), vllm and flashinfer (preConfigure) copy into MAX_JOBS,
+#   after this phase has run;
 # - MAX_JOBS: what torch's setup.py and its extension builder
-#   (torch.utils.cpp_extension) actually read. xformers never exports it, so
-#   without this export it would run ninja's default (nproc + 2) jobs.
+#   (torch.utils.cpp_extension) actually read; exported here too, so a
+#   package whose own export goes away still gets the clamped count rather
+#   than ninja's default (nproc + 2).
 # The limit is read here, at build time, so a derivation built on a 2 TB
 # builder is the same derivation as one built on a laptop: nothing
 # machine-specific is baked into it (a NIX_BUILD_CORES attribute would be).

@@ -45,7 +45,22 @@ let
   requiredKeys = [ "sm" "capability" "arch" "gpus" "system" ];
   variantKeys = requiredKeys ++ defaultKeys ++ [ "disabled" "default" ];
   topLevelKeys = [ "defaults" "build" "systems" "variant" "axes" "sm" "cuda" "exclude" "pin" ];
-  pinKeys = [ "torch_version" "vllm_version" "torch_capabilities" "vllm_capabilities" "cuda_capabilities" ];
+  pinKeys = [
+    "torch_version"
+    "vllm_version"
+    "torch_bin_version"
+    "torch_bin_cuda"
+    "torch_capabilities"
+    "vllm_capabilities"
+    "cuda_capabilities"
+  ];
+  # [pin]'s version strings, in matrix.py's order (PIN_VERSIONS), with an example each
+  pinVersions = [
+    { key = "torch_version"; example = "2.9.1"; }
+    { key = "vllm_version"; example = "0.15.1"; }
+    { key = "torch_bin_version"; example = "2.9.0"; }
+    { key = "torch_bin_cuda"; example = "12.8"; }
+  ];
 
   dropDots = replaceStrings [ "." ] [ "" ];
   commas = concatStringsSep ", ";
@@ -194,6 +209,11 @@ let
       "capability ${cap} needs CUDA ${elemAt pair 0} or newer (nixpkgs' CUDA capability table)"
     else if pair != null && elemAt pair 1 != "" && older (elemAt pair 1) v.cuda then
       "CUDA ${v.cuda} no longer supports capability ${cap} (last: CUDA ${elemAt pair 1})"
+    # torch-bin's x86_64 wheels are built for one CUDA line (+cu128) and it links
+    # the instance's cudaPackages: a wheel row lives on that line
+    else if v.torch == "wheel" && pin ? torch_bin_cuda && v.cuda != pin.torch_bin_cuda then
+      "${if pin ? torch_bin_version then "torch-bin ${pin.torch_bin_version}" else "torch-bin"} at the pin is a "
+      + "CUDA ${pin.torch_bin_cuda} wheel: a torch = \"wheel\" row must be on CUDA ${pin.torch_bin_cuda}"
     else if v.torch != "wheel" && !(listed "torch_capabilities") then
       "torch ${named "torch_version"}at the pin cannot target ${cap} (not on its list)"
     else if !(listed "vllm_capabilities") then
@@ -262,6 +282,13 @@ let
         "unknown key(s) in [pin]: ${commas (unknownIn pinKeys pin)}; valid: ${commas (sorted pinKeys)}"
       ]
     ]
+    ++ map (
+      { key, example }:
+      [
+        (!(pin ? ${key}) || isString pin.${key} && match "[0-9]+([.][0-9]+)+" pin.${key} != null)
+        "[pin] ${key} must be a version like \"${example}\", not ${described (pin.${key} or null)}"
+      ]
+    ) pinVersions
     ++ (
       if pin ? cuda_capabilities then
         [

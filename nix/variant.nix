@@ -117,6 +117,46 @@ let
 
   splitList = value: if value == null then null else lib.splitString ";" value;
 
+  # nixpkgs' torch-bin, whatever this row's torch: its version, and the CUDA
+  # line its wheel was built for, read from its src URL (".../whl/cu128/...",
+  # torch/bin/binary-hashes.nix); null for the CPU wheel. Both are shown for
+  # every row (`invoke eval`); a system or Python torch-bin has no wheel for
+  # leaves them null, except on a wheel row, where it is an error.
+  torchBin = ps.torch-bin;
+  wheelUrl = builtins.head (torchBin.src.urls or [ torchBin.src.url ]);
+  wheelCudaOf = url: let tag = builtins.match ".*/whl/cu([0-9]+)([0-9])/.*" url; in
+    if tag == null then null else "${builtins.elemAt tag 0}.${builtins.elemAt tag 1}";
+  # "download.pytorch.org/whl/cu128" of the wheel's URL
+  wheelWhere = let m = builtins.match "[a-z]+://([^/]+/[^/]+/[^/]+)/.*" wheelUrl; in
+    if m == null then wheelUrl else builtins.head m;
+  torchBinFacts =
+    let
+      facts = { version = torchBin.version; cuda = wheelCudaOf wheelUrl; url = wheelUrl; };
+      attempt = builtins.tryEval (builtins.deepSeq facts facts);
+    in
+    if torchIsWheel || attempt.success then facts else { version = null; cuda = null; url = null; };
+  wheelCudaChecked =
+    torchBinFacts.cuda == variant.cuda
+    || throw (
+      "${variant.name}: nixpkgs' torch-bin ${torchBinFacts.version} is a "
+      + "${if torchBinFacts.cuda == null then "CPU" else "CUDA ${torchBinFacts.cuda}"} wheel "
+      + "(${wheelWhere}/...); "
+      + "a torch = \"wheel\" row must be on CUDA ${if torchBinFacts.cuda == null then "(none)" else torchBinFacts.cuda}, not ${variant.cuda} "
+      + "(${pinText}; nix/variants.toml [pin] torch_bin_cuda)"
+    );
+
+  # nixpkgs builds vllm with torch.stdenv: for the source torch that is
+  # cudaPackages.backendStdenv, a compiler this CUDA line's nvcc supports. It
+  # must stay so on every row (a torch-bin with the plain stdenv would hand
+  # vllm the default compiler; nix/overlays/torch-bin.nix).
+  vllmStdenvChecked =
+    vllm.stdenv.drvPath == cuda.backendStdenv.drvPath
+    || throw (
+      "${variant.name}: vllm is built with ${vllm.stdenv.cc.name or "another compiler"}, not with "
+      + "cudaPackages.backendStdenv's ${cuda.backendStdenv.cc.name or "compiler"}, the one nvcc "
+      + "${cuda.cudaMajorMinorVersion} supports (${pinText}); torch.stdenv is not the CUDA backend stdenv"
+    );
+
   # Every CUDA package set a package of the closure names (nixpkgs passes it as
   # passthru.cudaPackages); one version in all of them, and the major line's
   # alias agrees (nix/overlays/cuda.nix).
@@ -153,6 +193,15 @@ let
       kind = variant.torch;
       # torch-bin lags the source torch vllm was packaged with: shown, not hidden
       sourceVersion = torch.vllmVariantsSourceTorchVersion or torch.version;
+      # nixpkgs' torch-bin at this pin, on every row: which versions the pin
+      # carries is not settled from the files (nix/variants.toml [pin])
+      binVersion = torchBinFacts.version;
+      binCuda = torchBinFacts.cuda;
+    };
+    # the compiler vllm is built with (torch.stdenv), and nvcc's (backendStdenv's)
+    compilers = {
+      vllm = vllm.stdenv.cc.version or null;
+      backend = cuda.backendStdenv.cc.version or null;
     };
   };
 
@@ -171,10 +220,12 @@ let
     ) variant.sm)
     (expect "bitsandbytes' COMPUTE_CAPABILITY cmake flag" (cmakeValue "COMPUTE_CAPABILITY" bitsandbytes.cmakeFlags) null)
     (expect "the CUDA versions in the closure" (lib.unique (builtins.attrValues cudaVersions)) [ variant.cuda ])
-    # One torch for the whole set: torch-bin on a wheel row (the same derivation,
-    # passthru aside), the source torch otherwise.
-    (expect "torch is torch-bin" (torch.drvPath == ps.torch-bin.drvPath) torchIsWheel)
-  ];
+    # One torch for the whole set: torch-bin on a wheel row (the same wheel, on
+    # the CUDA backend stdenv), the source torch otherwise.
+    (expect "torch is torch-bin" (torchIsWheel && torch.src.drvPath or null == torchBin.src.drvPath) torchIsWheel)
+    vllmStdenvChecked
+  ]
+  ++ lib.optional torchIsWheel wheelCudaChecked;
 
   checked = builtins.deepSeq checks true;
 

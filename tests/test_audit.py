@@ -602,7 +602,7 @@ def test_check_exempts_torch_of_a_torch_wheel_row_and_nothing_else(cuda_libs, tm
     (site / "vllm").mkdir()
     shutil.copy(cuda_libs["libmulti"], site / "torch" / "lib" / "libtorch_cuda.so")
     shutil.copy(cuda_libs["libone_sm90"], site / "vllm" / "_C.so")
-    wheel = "vllm-python312-cuda12_9-sm90-torchbin"
+    wheel = "vllm-python312-cuda12_8-sm90-torchbin"
     report = show(str(tree), variant=wheel, reader="fatbin", check=True, matrix=MATRIX, out=io.StringIO())
     assert report.torch_exempt and report.foreign == []
     assert set(report.archs()) == {"sm_80", "sm_90", "sm_100", "sm_120"}  # still counted, only not refused

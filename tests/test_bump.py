@@ -185,7 +185,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         assert subject == "vllm: update to 0.16.0"
         assert f"nixpkgs: {nixpkgs.a[:12]} -> {nixpkgs.b[:12]}" in body
         assert "vllm: 0.15.1 -> 0.16.0" in body and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in body
-        assert "python: 3.12.12 (unchanged)" in body and "cuda: 12.9 (unchanged)" in body
+        assert "python: 3.12.12 (unchanged)" in body and "cuda: 12.8, 12.9 (unchanged)" in body
         # the recorded versions are what the committed flake evaluates to, and the README shows them
         recorded = versions.PinVersions.parse(at(repo, branch, versions.PATH))
         assert recorded.rev == nixpkgs.b and dict(recorded.variants) == evaluated(repo, branch)
@@ -194,7 +194,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
         table = readme.section_body(at(repo, branch, "docs/pin.md"), "versions")
         assert "| the other 14 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
-        assert "| `vllm-python312-cuda12_9-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.9 |" in table
+        assert "| `vllm-python312-cuda12_8-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.8 |" in table
         assert nixpkgs.b in table
         # every generated section moved with the pin, in the same commit (docs/distributing.md: the image tag)
         tag = readme.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")

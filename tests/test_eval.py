@@ -48,15 +48,22 @@ def test_all_ten_variants_evaluate_in_one_nix_process(project):
     for entry, variant in zip(report["variants"], MATRIX.default_set):
         resolved = entry["resolved"]
         torch = "2.9.0" if variant.torch_wheel else "2.9.1"  # torch-bin lags the source torch
-        assert resolved["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": "12.9"}
+        assert resolved["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": variant.cuda}
         arch = resolved["arch"]
         assert arch["cudaCapabilities"] == arch["vllm"] == [variant.capability]
         readers = ("xformers", "flashinfer") if variant.torch_wheel else ("torch", "xformers", "flashinfer")
         for reader in readers:  # torch's list, duplicates kept
             assert set(arch[reader]) == {variant.capability}, (variant.name, reader)
         assert resolved["torch"]["kind"] == variant.torch
+        # both torches the pin carries, on every row (which ones it has is not settled)
+        assert {k: resolved["torch"][k] for k in ("sourceVersion", "binVersion", "binCuda")} == {
+            "sourceVersion": "2.9.1",
+            "binVersion": "2.9.0",
+            "binCuda": None if variant.arm64 else "12.8",  # the CPU wheel on aarch64-linux
+        }
+        assert resolved["compilers"] == {"vllm": "14.3.0", "backend": "14.3.0"}
         assert arch["bitsandbytes"] == variant.sm and resolved["forwardCompat"] is False
-        assert set(resolved["cuda"].values()) == {"12.9"}
+        assert set(resolved["cuda"].values()) == {variant.cuda}
     # B200: torch 2.9.1 lists 10.0 twice, and the report shows it as nixpkgs has it
     b200 = next(e for e in report["variants"] if e["name"] == B200.name)
     assert b200["resolved"]["arch"]["torch"] == ["10.0", "10.0"]
@@ -95,6 +102,8 @@ def test_invoke_eval_text_and_exit_status(project, standin):
     assert ok.returncode == 0, ok.stderr
     assert "1 of 1 variant(s) evaluate against nixpkgs" in ok.stdout
     assert "vllm-python312-cuda12_9-sm90: vLLM 0.15.1, torch 2.9.1, Python 3.12.12, CUDA 12.9" in ok.stdout
+    # the pin's two torches, whichever this row uses (issue #23)
+    assert "    torch at the pin: torch 2.9.1 (built from source), torch-bin 2.9.0 (a CUDA 12.8 wheel)" in ok.stdout
     bad = subprocess.run(
         [
             sys.executable,

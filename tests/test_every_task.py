@@ -414,8 +414,9 @@ def test_a_matrix_with_nothing_enabled_is_one_line(task, tmp_path):
     root = support.make_project(tmp_path / "project")
     matrix = root / "nix" / "variants.toml"
     text = matrix.read_text()
-    assert text.rstrip().splitlines()[-1].startswith("torch = ")  # the file ends in the [[variant]] row
-    matrix.write_text(text + 'disabled = "not yet"\n\n[[exclude]]\nreason = "nothing yet"\n')
+    assert "\n[[variant]]\n" in text  # explicit rows are disabled one by one; [[exclude]] takes the product
+    text = text.replace("\n[[variant]]\n", '\n[[variant]]\ndisabled = "not yet"\n')
+    matrix.write_text(text + '\n[[exclude]]\nreason = "nothing yet"\n')
     proc = invoke(root, task, *NOTHING_ENABLED[task])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]

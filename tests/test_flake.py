@@ -36,6 +36,11 @@ packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
     bitsandbytes = { inherit (p.bitsandbytes) cmakeFlags vllmVariantsComputeCapability; };
     resolved = p.resolved;
     xformers = { inherit (ps.xformers) TORCH_CUDA_ARCH_LIST prePhases; };
+    # what vllm is compiled with: torch's stdenv, which must be nvcc's (issue #23)
+    vllmStdenv = {
+      isBackend = p.vllm.stdenv.drvPath == p.pkgs.cudaPackages.backendStdenv.drvPath;
+      cc = p.vllm.stdenv.cc.version;
+    };
     flashinfer = { inherit (ps.flashinfer) FLASHINFER_CUDA_ARCH_LIST; };
     setVllmIsThisVllm = ps.vllm.drvPath == p.vllm.drvPath;
   }) set) packages
@@ -43,6 +48,8 @@ packages: builtins.mapAttrs (system: set: builtins.mapAttrs (name: p:
 
 
 TORCH_BIN = "2.9.0"  # the stand-in's torch-bin, lagging the source torch 2.9.1 as stored near the pin
+WHEEL_CUDA = "12.8"  # torch-bin's x86_64 wheels are +cu128 (torch/bin/binary-hashes.nix)
+BACKEND_GCC = "14.3.0"  # the stand-in's backendStdenv compiler (its default stdenv has gcc 15)
 
 
 def bnb_runs(record: dict) -> list[tuple[str, str, str]]:
@@ -98,15 +105,28 @@ def test_variant_derivations_carry_its_one_capability(facts, variant):
     assert set(f["torch"]["cudaCapabilities"]) == {cap}  # ["10.0", "10.0"] for B200, as nixpkgs has it
     assert f["bitsandbytes"]["vllmVariantsComputeCapability"] == sm
     assert cmake(f["bitsandbytes"]["cmakeFlags"], "COMPUTE_CAPABILITY") is None
-    assert f["resolved"]["arch"]["vllm"] == [cap] and f["resolved"]["cuda"]["torch"] == "12.9"
+    assert f["resolved"]["arch"]["vllm"] == [cap] and f["resolved"]["cuda"]["torch"] == variant.cuda
     # xformers and flashinfer take torch.cudaCapabilities, duplicates and all
     assert set(f["xformers"]["TORCH_CUDA_ARCH_LIST"].split(";")) == {cap}
     assert set(f["flashinfer"]["FLASHINFER_CUDA_ARCH_LIST"].split(";")) == {cap}
-    assert f["torch"]["cuda"] == "12.9" and f["versions"]["cuda"] == "12.9"
+    assert f["torch"]["cuda"] == variant.cuda and f["versions"]["cuda"] == variant.cuda
+    assert variant.cuda == (WHEEL_CUDA if variant.torch_wheel else "12.9")
     assert "big-parallel" in f["vllm"]["requiredSystemFeatures"]
     assert f["vllm"]["platforms"] == [variant.system] == f["platforms"]
     assert "vllmVariantsClampJobsPhase" in f["xformers"]["prePhases"]
     assert f["setVllmIsThisVllm"], "python3xxPackages.vllm must be the per-SM vllm"
+
+
+def test_vllm_is_compiled_with_the_cuda_backend_stdenv_on_every_row(facts):
+    """nixpkgs builds vllm with torch.stdenv, which for the source torch is
+    cudaPackages.backendStdenv: a compiler nvcc supports (issue #23). A torch = "wheel"
+    row must keep that: torch-bin alone is built with the default stdenv, whose gcc is
+    newer than CUDA 12.9's nvcc accepts at later pins (the stand-in's: gcc 15)."""
+    rows = [v for v in MATRIX.enabled]
+    assert any(v.torch_wheel for v in rows)
+    for v in rows:
+        got = facts[v.system][v.name]["vllmStdenv"]
+        assert got == {"isBackend": True, "cc": BACKEND_GCC}, (v.name, got)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
@@ -114,7 +134,7 @@ def test_description_is_built_from_the_pinned_versions(facts, variant):
     f = facts[variant.system][variant.name]
     assert f["versions"]["vllm"] == "0.15.1"  # the stand-in's (= the pin's) vllm
     assert f["description"] == (
-        f"vLLM 0.15.1 for {', '.join(variant.gpus)} ({variant.arch}, SM {variant.sm}, CUDA 12.9"
+        f"vLLM 0.15.1 for {', '.join(variant.gpus)} ({variant.arch}, SM {variant.sm}, CUDA {variant.cuda}"
         + (f", torch {TORCH_BIN} wheel)" if variant.torch_wheel else ")")
     )
 
@@ -142,14 +162,16 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     cap, sm = variant.capability, variant.sm
     torch = TORCH_BIN if variant.torch_wheel else "2.9.1"
     assert report["vllm"] == "0.15.1" and report["torch"] == torch
-    if variant.torch_wheel:  # the upstream cu128 wheel: every SM, built with CUDA 12.8, linked to 12.9
-        assert report["torch_cuda"] == "12.8" and report["torch_build"]["cuda"]["cuda"] == "12.9"
+    if variant.torch_wheel:  # the upstream cu128 wheel: every SM, built with and linked to CUDA 12.8
+        assert report["torch_cuda"] == WHEEL_CUDA == report["torch_build"]["cuda"]["cuda"] == variant.cuda
         assert report["torch_arch"] == "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"
     else:
         assert report["torch_cuda"] == "12.9"
         assert report["torch_arch"] == f"sm_{sm}"
     assert cmake(report["vllm_build"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
-    assert report["vllm_build"]["cuda"]["cuda_nvcc"].startswith("12.9.")
+    assert report["vllm_build"]["cuda"]["cuda_nvcc"].startswith(f"{variant.cuda}.")
+    # vllm and xformers were compiled with nvcc's compiler (backendStdenv's), on every row
+    assert report["vllm_build"]["standinCcVersion"] == BACKEND_GCC == report["xformers_build"]["standinCcVersion"]
     # both of bitsandbytes' CMake runs (cmake phase, then scikit-build-core in the
     # wheel build) configure CUDA for this SM alone
     assert bnb_runs(report["bnb_build"]) == [("cmake-phase", "cuda", sm), ("scikit-build-core", "cuda", sm)]
@@ -158,7 +180,7 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     # the result's own metadata, as smoke reads it
     claimed = json.loads((out / "share" / "vllm-variants" / "variant.json").read_text())
     assert {k: claimed[k] for k in variant.to_json()} == variant.to_json()
-    assert claimed["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": "12.9"}
+    assert claimed["versions"] == {"vllm": "0.15.1", "torch": torch, "python": "3.12.12", "cuda": variant.cuda}
     assert claimed.get("torchWheel") == (
         {"version": TORCH_BIN, "vllmPackagedWith": "2.9.1"} if variant.torch_wheel else None
     )
@@ -194,7 +216,7 @@ def test_heavy_builds_clamp_jobs_to_ram_at_build_time(flake, standin, cores, tmp
     expected = nvcc_jobs(cores, Host.detect().mem_bytes, MATRIX.ram_per_job_gib)
     for module in ("vllm", "torch", "xformers", "flashinfer"):
         assert int(record(module)["NIX_BUILD_CORES"]) == expected, module
-        # what the package's own build tool reads (MAX_JOBS; xformers exports none)
+        # what the package's own build tool reads (MAX_JOBS, which each copies from NIX_BUILD_CORES)
         assert record(module)["buildJobs"] == expected, (module, record(module).get("buildJobsFrom"))
     # Not a heavy build: Nix's own --cores reaches it untouched.
     assert int(record("bitsandbytes")["NIX_BUILD_CORES"]) == cores
@@ -418,3 +440,73 @@ def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
     assert {n for n, ok in got.items() if ok} == offered & set(names)
     refused = {n for n, ok in got.items() if not ok}
     assert refused and all(MATRIX.by_name(n).disabled for n in refused), refused
+
+
+WHEEL = next(v for v in MATRIX.default_set if v.torch_wheel)
+
+
+@pytest.mark.parametrize("torch_bin", ["2.9.0", "2.9.1", "2.10.0"])
+def test_the_wheel_rows_build_gets_past_the_build_system_check(flake, standin, torch_bin, tmp_path):
+    """vllm's pyproject.toml pins its torch in [build-system] (postPatch makes it
+    `torch >= 2.9.1`; pythonRelaxDeps does not reach it) and nixpkgs' pypa build hook
+    checks it (no --skip-dependency-check): a torch-bin that lags the source torch stops
+    the build before anything compiles, unless the flake relaxes that one requirement.
+    Which torch-bin the pin carries is not settled (2.9.0, 2.9.1 and 2.10.0 are stored)."""
+    fresh = standin(torchBinVersion=torch_bin, salt=f"buildsystem-{torch_bin}-{tmp_path.name}")
+    attr = f"{flake}#{WHEEL.attr_path()}"
+    proc = support.nix("build", "--no-link", "--print-out-paths", attr, *support.override(fresh), check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERROR Missing dependencies" not in proc.stderr
+    site = Path(proc.stdout.strip()) / "lib" / "python3.12" / "site-packages"
+    assert json.loads((site / "torch" / "_nix_build.json").read_text())["version"] == torch_bin
+    # relaxed only where torch-bin lags: a pin whose torch-bin meets it keeps the check whole
+    relaxes = support.nix_eval(
+        flake, f"{WHEEL.attr_path()}.vllm", apply="v: v.vllmVariantsRelaxedBuildSystem or false", standin=fresh
+    )
+    assert relaxes == (torch_bin == "2.9.0")
+
+
+def test_a_torch_wheel_row_lives_on_the_wheels_cuda_line(tmp_path):
+    """torch-bin's x86_64 wheels are +cu128 (binary-hashes.nix) and it links its
+    instance's cudaPackages: a wheel row on CUDA 12.9 puts a 12.8 wheel on 12.9
+    libraries. [pin] carries the wheel's line and the matrix disables a wheel row on
+    another line with that reason (both sides); the flake reads the line back from
+    torch-bin's own src, so a matrix without the fact fails evaluation, naming it."""
+    wheels = [(v.name, v.cuda, v.min_driver, v.disabled) for v in MATRIX.variants if v.torch_wheel]
+    assert wheels == [("vllm-python312-cuda12_8-sm90-torchbin", WHEEL_CUDA, 570, None)]
+    root = support.make_project(tmp_path / "p", git_init=False)
+    toml = root / "nix" / "variants.toml"
+    toml.write_text(
+        toml.read_text()
+        + '\n[[variant]]\nsm = "90"\ncapability = "9.0"\narch = "Hopper"\ngpus = ["H100"]\n'
+        + 'system = "x86_64-linux"\ntorch = "wheel"\ncuda = "12.9"\ndefault = false\n'
+    )
+    twin = "vllm-python312-cuda12_9-sm90-torchbin"
+    reason = 'torch-bin 2.9.0 at the pin is a CUDA 12.8 wheel: a torch = "wheel" row must be on CUDA 12.8'
+    python_view = Matrix.load(toml)
+    assert python_view.by_name(twin).disabled == reason
+    ref = support.flake_ref(root)
+    assert support.nix_eval(ref, "lib.variants") == python_view.to_json()
+    assert twin not in support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
+    # without the fact in [pin], the flake itself refuses the row
+    toml.write_text(toml.read_text().replace('torch_bin_cuda = "12.8"', ""))
+    assert not Matrix.load(toml).by_name(twin).disabled
+    proc = support.nix("eval", f"{ref}#packages.x86_64-linux.{twin}.drvPath", *support.override(), check=False)
+    assert proc.returncode != 0
+    assert (
+        f"{twin}: nixpkgs' torch-bin 2.9.0 is a CUDA 12.8 wheel (download.pytorch.org/whl/cu128/...); "
+        'a torch = "wheel" row must be on CUDA 12.8, not 12.9'
+    ) in proc.stderr
+
+
+def test_a_builder_without_big_parallel_refuses_vllm(flake, standin, tmp_path):
+    """vllm (as nixpkgs' torch) requires the big-parallel system feature; Nix itself
+    refuses to build it on a machine that does not advertise it (a remote builder must)."""
+    fresh = standin(salt=f"features-{tmp_path.name}")
+    attr = f"{flake}#packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
+    proc = support.nix(
+        "build", "--no-link", attr, *support.override(fresh), "--option", "system-features", "kvm", check=False
+    )
+    assert proc.returncode != 0
+    assert "with features {big-parallel} is required to build" in proc.stderr
+    assert "-python3.12-torch-2.9.1.drv" in proc.stderr or "-python3.12-vllm-0.15.1.drv" in proc.stderr

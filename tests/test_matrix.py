@@ -34,7 +34,7 @@ EXPECTED = {
     "vllm-python312-cuda12_9-sm120": ("120", "12.0", "Blackwell", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm90-arm64": ("90", "9.0", "Grace Hopper", "aarch64-linux"),
     "vllm-python312-cuda12_9-sm100-arm64": ("100", "10.0", "Grace Blackwell", "aarch64-linux"),
-    "vllm-python312-cuda12_9-sm90-torchbin": ("90", "9.0", "Hopper", "x86_64-linux"),
+    "vllm-python312-cuda12_8-sm90-torchbin": ("90", "9.0", "Hopper", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm61": ("61", "6.1", "Pascal", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm103": ("103", "10.3", "Blackwell Ultra", "x86_64-linux"),
     "vllm-python312-cuda12_9-sm103-arm64": ("103", "10.3", "Grace Blackwell Ultra", "aarch64-linux"),
@@ -56,7 +56,7 @@ def matrix() -> Matrix:
 def test_the_default_set_is_the_ten_the_torch_wheel_row_and_the_new_sms(matrix):
     got = {v.name: (v.sm, v.capability, v.arch, v.system) for v in matrix.default_set}
     assert got == EXPECTED
-    assert [v.name for v in matrix.variants if v.torch == "wheel"] == ["vllm-python312-cuda12_9-sm90-torchbin"]
+    assert [v.name for v in matrix.variants if v.torch == "wheel"] == ["vllm-python312-cuda12_8-sm90-torchbin"]
     for name, reason in DISABLED.items():
         assert matrix.by_name(name).disabled.startswith(reason), name
     # every combination of [[sm]] x python x CUDA is listed; each invalid one says why
@@ -64,7 +64,9 @@ def test_the_default_set_is_the_ten_the_torch_wheel_row_and_the_new_sms(matrix):
     assert {v.python for v in matrix.enabled} == {"python312", "python313"}
     assert {v.cuda for v in matrix.enabled} == {"12.8", "12.9"}
     for v in matrix.default_set:
-        assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", "12.9", "cudaPackages_12_9", 575)
+        # the torch-bin row lives on its wheel's CUDA line ([pin] torch_bin_cuda, issue #23)
+        line = ("12.8", "cudaPackages_12_8", 570) if v.torch_wheel else ("12.9", "cudaPackages_12_9", 575)
+        assert (v.python, v.cuda, v.cuda_packages, v.min_driver) == ("python312", *line)
         assert v.gpus, v.name
 
 
@@ -104,7 +106,7 @@ def _with_extra_tables(root: Path, text: str) -> None:
 @pytest.mark.nix
 def test_adding_an_sm_is_one_table_and_an_explicit_row_still_works(tmp_path):
     """One [[sm]] gives that SM on every Python and CUDA line of [axes]; a [[variant]]
-    table adds one row beside the product (here a CUDA 12.8 torch-bin twin)."""
+    table adds one row beside the product (here a Python 3.13 torch-bin twin)."""
     root = support.make_project(tmp_path / "p", git_init=False)
     _with_extra_tables(
         root,
@@ -122,6 +124,7 @@ def test_adding_an_sm_is_one_table_and_an_explicit_row_still_works(tmp_path):
         arch = "Hopper"
         gpus = ["H100"]
         system = "x86_64-linux"
+        python = "python313"
         cuda = "12.8"
         torch = "wheel"
         default = false
@@ -129,7 +132,7 @@ def test_adding_an_sm_is_one_table_and_an_explicit_row_still_works(tmp_path):
     )
     python_view = Matrix.load(root / "nix" / "variants.toml")
     orin = {f"vllm-{py}-{cuda}-sm89-arm64" for py in ("python312", "python313") for cuda in ("cuda12_8", "cuda12_9")}
-    twin = "vllm-python312-cuda12_8-sm90-torchbin"
+    twin = "vllm-python313-cuda12_8-sm90-torchbin"
     names = {v.name for v in python_view.variants}
     assert orin | {twin} <= names
     assert [v.name for v in python_view.default_set if "sm89-arm64" in v.name] == ["vllm-python312-cuda12_9-sm89-arm64"]
@@ -279,14 +282,14 @@ MALFORMED = [
     Shape(
         "pin not a table",
         _top(pin=True),
-        "[pin] must be a table (holding cuda_capabilities, torch_capabilities, "
+        "[pin] must be a table (holding cuda_capabilities, torch_bin_cuda, torch_bin_version, torch_capabilities, "
         "torch_version, vllm_capabilities, vllm_version), not true",
     ),
     Shape(
         "unknown key in pin",
         _set(_pin, torch_capability=["9.0"]),
-        "unknown key(s) in [pin]: torch_capability; valid: cuda_capabilities, torch_capabilities, torch_version, "
-        "vllm_capabilities, vllm_version",
+        "unknown key(s) in [pin]: torch_capability; valid: cuda_capabilities, torch_bin_cuda, torch_bin_version, "
+        "torch_capabilities, torch_version, vllm_capabilities, vllm_version",
     ),
     Shape(
         "pin cuda_capabilities not a table",
@@ -302,6 +305,16 @@ MALFORMED = [
         "pin bounds no minimum",
         lambda d: _bounds(d).update({"9.0": ["", ""]}),
         '[pin.cuda_capabilities] "9.0" must be ["min", "max" or ""]',
+    ),
+    Shape(
+        "pin torch-bin CUDA line a number",
+        _set(_pin, torch_bin_cuda=12.8),
+        '[pin] torch_bin_cuda must be a version like "12.8", not the number 12.8',
+    ),
+    Shape(
+        "pin torch-bin version a word",
+        _set(_pin, torch_bin_version="latest"),
+        '[pin] torch_bin_version must be a version like "2.9.0", not "latest"',
     ),
     Shape(
         "pin capabilities a string",
@@ -369,7 +382,8 @@ MALFORMED = [
     Shape("variant missing keys", _drop(_first, "arch"), "variant #1: missing key(s) arch"),
     Shape(
         "cuda a number",
-        _set(_defaults, cuda=12.9),
+        # the torch-bin row names its own line: it takes [defaults]' here
+        lambda d: (d["defaults"].update(cuda=12.9), _first(d).pop("cuda")),
         '[defaults]: cuda must be a string like "12.9", not the number 12.9',
     ),
     Shape(
@@ -581,14 +595,14 @@ def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm6
 
 
 def test_select_combines_lists_systems_and_all(matrix):
-    names = lambda vs: [v.name.removeprefix("vllm-python312-cuda12_9-") for v in vs]  # noqa: E731
+    names = lambda vs: [re.sub(r"^vllm-python312-cuda12_[89]-", "", v.name) for v in vs]  # noqa: E731
     assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
     arm = ["sm90-arm64", "sm100-arm64", "sm103-arm64", "sm121-arm64"]
     assert names(matrix.select(systems=["aarch64-linux"])) == arm
     assert len(matrix.select(all=True)) == 15
     # --sm 90 is the SM's own torch; the torch-bin row goes by name
     assert names(matrix.select(["9.0"])) == ["sm90"]
-    assert names(matrix.select(["vllm-python312-cuda12_9-sm90-torchbin"])) == ["sm90-torchbin"]
+    assert names(matrix.select(["vllm-python312-cuda12_8-sm90-torchbin"])) == ["sm90-torchbin"]
     with pytest.raises(SelectionError, match="no variant selected"):
         matrix.select()
     # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.nix
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 SM90 = MATRIX.by_name("vllm-python312-cuda12_9-sm90")
 SM80 = MATRIX.by_name("vllm-python312-cuda12_9-sm80")
-SM90_WHEEL = MATRIX.by_name("vllm-python312-cuda12_9-sm90-torchbin")
+SM90_WHEEL = MATRIX.by_name("vllm-python312-cuda12_8-sm90-torchbin")
 H100 = "NVIDIA H100 80GB HBM3:9.0"
 A100 = "NVIDIA A100-SXM4-80GB:8.0"
 A10 = "NVIDIA A10:8.6"
@@ -132,14 +132,17 @@ def test_every_check_passes_with_a_gpu_and_a_driver(checkout, hardware):
 
 
 def test_a_torch_wheel_row_passes_with_torch_as_the_one_exception(checkout, hardware):
-    """Issue #14: torch-bin carries every SM and says CUDA 12.8 (its wheel's build); the
-    checks accept exactly that for a torch = "wheel" row, and nothing more."""
+    """Issue #14: torch-bin carries every SM: the checks accept exactly that for a
+    torch = "wheel" row, and nothing more. It says CUDA 12.8 (its wheel's build), the
+    row's own line (issue #23): check 3 needs no exception for it."""
     root = checkout("wheel")
     hardware(gpus=H100, driver=DRIVER)
     report, _, failure = run_smoke(root)
     assert failure is None and report["ok"], report
     checks = checks_of(report)
-    assert checks[3]["details"]["torch"] == "2.9.0" and checks[3]["details"]["wheel_built_with_cuda"] == "12.8"
+    assert checks[3]["details"]["torch"] == "2.9.0" and checks[3]["details"]["cuda"] == SM90_WHEEL.cuda == "12.8"
+    assert "wheel_built_with_cuda" not in checks[3]["details"]
+    assert checks[6]["details"]["min_driver"] == SM90_WHEEL.min_driver == 570
     flags = checks[4]["details"]["torch_arch_flags"]
     assert "sm_90" in flags and len(flags) > 1
     # the same wheel on a GPU it carries no SASS for (a P40, 6.1) still fails check 4

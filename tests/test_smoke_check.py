@@ -257,3 +257,23 @@ def test_junit_carries_any_text_the_checked_packages_printed():
     failures = [f.get("message") for f in root.iter("failure")]
     assert failures[0] == "boom 1\ufffd\ufffd done" and len(failures) == len(CHECKS)
     assert root.find("./testsuite/system-err").text == "WARNING \ufffd tail"
+
+
+@pytest.mark.parametrize(("claimed", "status"), [("12.8", "pass"), ("12.9", "fail")])
+def test_check_3_holds_a_torch_wheel_row_to_the_cuda_line_it_claims(tmp_path, claimed, status):
+    """Issue #23: a torch = "wheel" row lives on its wheel's CUDA line, so check 3 makes no
+    exception for it: torch-bin saying CUDA 12.8 in a result that claims 12.9 fails."""
+    facts = {**json.loads((H100 / "torch.txt").read_text()), "torch": "2.9.0", "cuda": "12.8"}
+    (tmp_path / "facts.json").write_text(json.dumps(facts))
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(H100_TORCH)
+    variant = tmp_path / "variant.json"
+    row = {**json.loads(VARIANT_SM90.read_text()), "torch": "wheel", "cuda": claimed}
+    variant.write_text(json.dumps({**row, "versions": {"torch": "2.9.0", "cuda": claimed}}))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "H100_TORCH_FACTS": str(tmp_path / "facts.json")}
+    _, report = run_check("--variant-json", str(variant), env=env)
+    check = by_id(report)[3]
+    assert check["status"] == status, check
+    assert "wheel_built_with_cuda" not in check["details"]
+    if status == "fail":
+        assert check["reason"] == "cuda 12.8 where the result claims 12.9"

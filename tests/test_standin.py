@@ -9,7 +9,9 @@ half checks those semantics directly (the behaviour read from nixpkgs).
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import support
 pytestmark = pytest.mark.nix
 
 SM90 = "packages.x86_64-linux.vllm-python312-cuda12_9-sm90"
-SM90_WHEEL = "packages.x86_64-linux.vllm-python312-cuda12_9-sm90-torchbin"
+SM90_WHEEL = "packages.x86_64-linux.vllm-python312-cuda12_8-sm90-torchbin"
 
 
 def mutated(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> str:
@@ -177,13 +179,16 @@ def test_per_sm_vllm_made_outside_the_package_set_is_not_in_the_env(tmp_path):
 # -- the torch-bin row (issue #14): what a flake that forgets a step meets -------
 
 WHEEL_PASSTHRU = """passthru = (old.passthru or { }) // {
-              cudaSupport = true;
-              rocmSupport = false;
-              inherit (final) cudaPackages;
-              # what packages built against this torch target: the variant's SM
-              cudaCapabilities = [ variant.capability ];
-              vllmVariantsSourceTorchVersion = pyPrev.torch.version;
-            };"""
+                cudaSupport = true;
+                rocmSupport = false;
+                inherit (final) cudaPackages;
+                # what packages built against this torch target: the variant's SM
+                cudaCapabilities = [ variant.capability ];
+                vllmVariantsSourceTorchVersion = pyPrev.torch.version;
+              };"""
+WHEEL_ON_BACKEND = """(pyPrev.torch-bin.override {
+            buildPythonPackage = pyPrev.buildPythonPackage.override { stdenv = final.cudaPackages.backendStdenv; };
+          })"""
 
 
 def test_torch_bin_as_is_does_not_evaluate_under_xformers(tmp_path):
@@ -199,10 +204,7 @@ def test_torch_bin_swapped_in_vllm_alone_gives_two_torches(tmp_path):
         tmp_path,
         {
             "nix/overlays/torch-bin.nix": [
-                (
-                    "        if torchIsWheel then\n          pyPrev.torch-bin.overrideAttrs",
-                    "        if false then\n          pyPrev.torch-bin.overrideAttrs",
-                ),
+                ("        if torchIsWheel then\n", "        if false then\n"),
             ],
             "nix/overlays/vllm.nix": [
                 (
@@ -238,6 +240,46 @@ def test_torch_bin_lagging_vllm_pin_fails_unless_relaxed(tmp_path, standin):
     proc = build(flake, SM90_WHEEL, check=False, standin=strict)
     assert proc.returncode != 0
     assert "torch==2.9.1 not satisfied by version 2.9.0" in proc.stderr
+
+
+def test_torch_bin_on_its_own_stdenv_compiles_vllm_with_the_default_compiler(tmp_path):
+    """torch-bin comes with the plain stdenv; nixpkgs builds vllm with torch.stdenv, so a
+    wheel row that takes torch-bin as it is compiles vllm with the default compiler (gcc 15
+    here, newer than nvcc 12.x accepts) where every source row uses nvcc's backendStdenv.
+    The stand-in shows it in the build; the flake's read-back refuses it at evaluation."""
+    edits = {"nix/overlays/torch-bin.nix": [(WHEEL_ON_BACKEND, "pyPrev.torch-bin")]}
+    info = built_info(mutated(tmp_path / "unguarded", edits), "vllm", SM90_WHEEL)
+    assert info["standinCcVersion"] == "15.2.0" and info["CC"] == "cc"
+    guarded = support.make_project(tmp_path / "guarded", git_init=False)
+    overlay = guarded / "nix" / "overlays" / "torch-bin.nix"
+    overlay.write_text(overlay.read_text().replace(WHEEL_ON_BACKEND, "pyPrev.torch-bin"))
+    proc = support.nix("eval", f"{support.flake_ref(guarded)}#{SM90_WHEEL}.drvPath", *support.override(), check=False)
+    assert proc.returncode != 0
+    assert (
+        "vllm-python312-cuda12_8-sm90-torchbin: vllm is built with gcc-wrapper-15.2.0, not with "
+        "cudaPackages.backendStdenv's gcc-wrapper-14.3.0, the one nvcc 12.8 supports"
+    ) in proc.stderr
+
+
+def test_the_build_system_torch_pin_stops_the_wheel_row_unless_relaxed(tmp_path):
+    """vllm's [build-system] pins torch (`torch >= 2.9.1` after nixpkgs' postPatch) and the
+    pypa build hook checks it: torch-bin 2.9.0 stops the build before anything compiles.
+    pythonRelaxDeps (true already) does not reach it."""
+    flake = mutated(
+        tmp_path,
+        {
+            "nix/overlays/vllm.nix": [
+                (
+                    "lib.optionalAttrs (torchIsWheel && lib.versionOlder pyFinal.torch.version pyPrev.torch.version)",
+                    "lib.optionalAttrs false",
+                )
+            ]
+        },
+    )
+    proc = build(flake, SM90_WHEEL, check=False)
+    assert proc.returncode != 0
+    assert "ERROR Missing dependencies:" in proc.stderr
+    assert "torch>=2.9.1" in proc.stderr.split("ERROR Missing dependencies:")[1]
 
 
 def built_info_with(flake: str, standin: Path) -> dict:
@@ -394,6 +436,115 @@ def test_torch_bin_is_the_wheel_with_no_passthru():
     }
 
 
+def test_torch_bin_is_the_cu128_wheel_linked_to_the_instances_cuda():
+    """binary-hashes.nix: the x86_64 wheel is +cu128 (the CPU wheel on aarch64), and
+    torch-bin links whatever cudaPackages its instance has: a CUDA 12.9 instance gives
+    a CUDA 12.8 wheel on 12.9 libraries. It is built with the default stdenv."""
+    got = json.loads(
+        standin_eval("""
+      let pkgsFor = system: cuda: import nixpkgs { inherit system; config = { allowUnfree = true;
+        cudaSupport = true; cudaCapabilities = [ "9.0" ]; }; overlays = [ (f: p: { cudaPackages = f.${cuda}; }) ]; };
+          bin = cuda: (pkgsFor "x86_64-linux" cuda).python312Packages.torch-bin;
+          arm = (pkgsFor "aarch64-linux" "cudaPackages_12_8").python312Packages.torch-bin;
+      in { x86 = (bin "cudaPackages_12_9").src.urls; arm = arm.src.urls;
+           builtWith = (bin "cudaPackages_12_9").standinTorchBuiltWithCuda;
+           links = map (d: d.name) (bin "cudaPackages_12_9").buildInputs;
+           cc = (bin "cudaPackages_12_9").stdenv.cc.version; }""").stdout
+    )
+    assert got["x86"] == [
+        "https://download.pytorch.org/whl/cu128/torch-2.9.0%2Bcu128-cp312-cp312-manylinux_2_28_x86_64.whl"
+    ]
+    assert got["arm"] == [
+        "https://download.pytorch.org/whl/cpu/torch-2.9.0%2Bcpu-cp312-cp312-manylinux_2_28_aarch64.whl"
+    ]
+    assert got["builtWith"] == "12.8"
+    assert "cuda12.9-cuda_cudart-12.9.79" in got["links"]
+    assert got["cc"] == "15.2.0"
+
+
+def test_backend_stdenv_carries_a_compiler_nvcc_supports():
+    """backendStdenv.nix (c10e8fec): the default stdenv when its gcc is within the CUDA
+    line's range (nvcc.nix: 6 to 14 for 12.8 and 12.9), else the newest supported gcc's."""
+    expr = """
+      let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "9.0" ]; }; };
+      in { default = pkgs.stdenv.cc.version; backend = pkgs.cudaPackages_12_9.backendStdenv.cc.version;
+           same = pkgs.cudaPackages_12_9.backendStdenv.drvPath == pkgs.stdenv.drvPath;
+           torch = pkgs.python312Packages.torch.stdenv.cc.version;
+           vllm = pkgs.python312Packages.vllm.stdenv.cc.version; }"""
+    assert json.loads(standin_eval(expr).stdout) == {
+        "default": "15.2.0",
+        "backend": "14.3.0",
+        "same": False,
+        "torch": "14.3.0",
+        "vllm": "14.3.0",
+    }
+
+
+def test_backend_stdenv_is_the_default_one_when_its_compiler_is_supported(tmp_path):
+    older = support.copy_standin(tmp_path / "nixpkgs", defaultGccMajor=14)
+    expr = """
+      let pkgs = import nixpkgs { system = "x86_64-linux"; config = { allowUnfree = true; cudaSupport = true;
+        cudaCapabilities = [ "9.0" ]; }; };
+      in { backend = pkgs.cudaPackages_12_9.backendStdenv.cc.version;
+           same = pkgs.cudaPackages_12_9.backendStdenv.drvPath == pkgs.stdenv.drvPath; }"""
+    assert json.loads(standin_eval(expr, standin=older).stdout) == {"backend": "14.3.0", "same": True}
+
+
+NVCC_TOO_NEW = "unsupported GNU version! gcc versions later than 14 are not supported!"
+
+
+def test_nvcc_refuses_a_host_compiler_newer_than_its_lines_maximum(tmp_path):
+    """A CUDA extension built the way torch's extension builder does it (nvcc gets
+    -ccbin $CC, the stdenv's compiler): on the default stdenv (gcc 15) nvcc 12.9 refuses
+    it; on backendStdenv (gcc 14) it builds; through CMake (setupCudaHook names
+    backendStdenv's compiler) it builds on either stdenv."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"nvcc-{tmp_path.name}")
+
+    def build(stdenv: str, route: str) -> subprocess.CompletedProcess[str]:
+        expr = f"""
+          let nixpkgs = {fresh}; pkgs = import nixpkgs {{ system = "x86_64-linux"; config = {{ allowUnfree = true;
+            cudaSupport = true; cudaCapabilities = [ "9.0" ]; }}; }};
+              cuda = pkgs.cudaPackages_12_9; ps = pkgs.python312Packages;
+          in (ps.buildPythonPackage.override {{ stdenv = {stdenv}; }}) {{
+            pname = "extension"; version = "1.0"; nativeBuildInputs = [ cuda.cuda_nvcc ];
+            env = {{ CUDA_HOME = "${{cuda.cuda_nvcc}}"; standinNvccHost = "{route}"; }};
+          }}"""
+        return support.nix("build", "--no-link", "--impure", "--expr", expr, check=False)
+
+    refused = build("pkgs.stdenv", "cc")
+    assert refused.returncode != 0 and NVCC_TOO_NEW in refused.stderr, refused.stderr[-1500:]
+    assert "nvcc: host compiler gcc 15.2.0 (cc)" in refused.stderr
+    for stdenv, route in (("cuda.backendStdenv", "cc"), ("pkgs.stdenv", "backend")):
+        proc = build(stdenv, route)
+        assert proc.returncode == 0, (stdenv, route, proc.stderr[-1500:])
+
+
+def test_pypa_build_checks_the_build_system_requirements(tmp_path):
+    """nixpkgs' pypa build hook runs pyproject-build --no-isolation without
+    --skip-dependency-check: [build-system] requires must be met before anything builds."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"pypa-{tmp_path.name}")
+
+    def build(requirement: str, flags: str = "") -> subprocess.CompletedProcess[str]:
+        expr = f"""
+          let nixpkgs = {fresh}; pkgs = import nixpkgs {{ system = "x86_64-linux"; }}; ps = pkgs.python312Packages;
+          in ps.buildPythonPackage {{
+            pname = "probe"; version = "1.0"; pyproject = true; build-system = [ ps.tomli ];
+            pypaBuildFlags = [ {flags} ];
+            src = pkgs.runCommand "probe-source" {{ }} ''
+              mkdir -p $out && printf '[build-system]\nrequires = ["{requirement}"]\n' > $out/pyproject.toml
+            '';
+          }}"""
+        return support.nix("build", "--no-link", "--impure", "--expr", expr, check=False)
+
+    assert build("tomli >= 2.2").returncode == 0
+    refused = build("tomli >= 2.9.1")
+    assert refused.returncode != 0 and "ERROR Missing dependencies:" in refused.stderr
+    assert "tomli>=2.9.1" in refused.stderr.split("ERROR Missing dependencies:")[1]
+    assert "ERROR Missing dependencies" in build("setuptools").stderr
+    assert build("tomli >= 2.9.1", '"--skip-dependency-check"').returncode == 0
+
+
 def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tmp_path):
     """knobs.json syntheticClosure (issue #13): N CUDA-independent derivations in
     every variant's closure, one store path each for all variants, and M built per
@@ -421,3 +572,102 @@ def test_synthetic_closure_is_shared_between_variants_but_for_the_per_sm_part(tm
         for p in support.nix("path-info", "--recursive", plain).stdout.split()
         if "-standin-lib-" in p or "-standin-cuda-kernels-" in p
     ]
+
+
+def test_phases_run_in_nixpkgs_order(tmp_path):
+    """setup.sh's genericBuild (nixpkgs 183939da): prePhases first, postPhases last, the
+    pre*Phases lists before their phase; the flake's job clamp relies on prePhases."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"phases-{tmp_path.name}")
+    names = ["pre", "preConfigure", "preBuild", "preInstall", "preFixup", "preDist", "post"]
+    phases = " ".join(f'{n}Phases = [ "{n}Mark" ]; {n}Mark = "mkdir -p $out; echo {n} >> $out/order";' for n in names)
+    expr = f"""
+      let pkgs = import {fresh} {{ system = "x86_64-linux"; }}; in pkgs.stdenv.mkDerivation {{
+        name = "phases"; {phases} postInstall = "echo install >> $out/order";
+      }}"""
+    out = support.nix("build", "--no-link", "--print-out-paths", "--impure", "--expr", expr).stdout.strip()
+    assert (Path(out) / "order").read_text().split() == [
+        "pre",
+        "preConfigure",
+        "preBuild",
+        "preInstall",
+        "install",
+        "preFixup",
+        "preDist",
+        "post",
+    ]
+
+
+def test_python_imports_check_fails_the_build(tmp_path):
+    """pythonImportsCheck (python-imports-check-hook.sh 46a29a64, in preDistPhases):
+    every named module is imported from $out at the end of the build."""
+    fresh = support.copy_standin(tmp_path / "nixpkgs", salt=f"imports-{tmp_path.name}")
+
+    def build(check: str) -> subprocess.CompletedProcess[str]:
+        expr = f"""
+          let ps = (import {fresh} {{ system = "x86_64-linux"; }}).python312Packages;
+          in ps.buildPythonPackage {{ pname = "probe"; version = "1.0"; pythonImportsCheck = [ {check} ]; }}"""
+        return support.nix("build", "--no-link", "--impure", "--expr", expr, check=False)
+
+    assert build('"probe"').returncode == 0
+    refused = build('"probe" "probe.missing"')
+    assert refused.returncode != 0 and "No module named 'probe.missing'" in refused.stderr
+    assert "Check whether the following modules can be imported: probe probe.missing" in refused.stderr
+
+
+def test_meta_platforms_refuse_another_system_unless_allowed():
+    """check-meta.nix: a package whose meta.platforms lacks the host system is refused
+    when instantiated ("is not available on the requested hostPlatform"), unless
+    config.allowUnsupportedSystem; name, meta and passthru stay readable."""
+    expr = """
+      let pkg = allow: (import nixpkgs { system = "aarch64-linux"; config.allowUnsupportedSystem = allow; })
+        .stdenv.mkDerivation { name = "x86-only"; buildCommand = "mkdir $out"; meta.platforms = [ "x86_64-linux" ]; };
+      in { name = (pkg false).name; available = (pkg false).meta.available;
+           refused = builtins.tryEval (pkg false).drvPath; allowed = builtins.isString (pkg true).drvPath; }"""
+    got = json.loads(standin_eval(expr).stdout)
+    assert got == {
+        "name": "x86-only",
+        "available": False,
+        "refused": {"success": False, "value": False},
+        "allowed": True,
+    }
+    proc = standin_eval(
+        '(import nixpkgs { system = "aarch64-linux"; }).stdenv.mkDerivation { name = "x86-only";'
+        ' buildCommand = "mkdir $out"; meta.platforms = [ "x86_64-linux" ]; }',
+        check=False,
+    )
+    assert "Refusing to evaluate package 'x86-only'" in proc.stderr
+    assert "is not available on the requested hostPlatform" in proc.stderr
+
+
+def test_run_command_local_is_built_locally_never_substituted():
+    """trivial-builders (77d57157): runCommandLocal = preferLocalBuild, no substitutes."""
+    got = json.loads(
+        standin_eval(
+            'let d = (import nixpkgs { system = "x86_64-linux"; }).runCommandLocal "x" { } "touch $out"; in'
+            " { inherit (d.drvAttrs) preferLocalBuild allowSubstitutes; }"
+        ).stdout
+    )
+    assert got == {"preferLocalBuild": True, "allowSubstitutes": False}
+
+
+def test_every_test_the_conformance_table_names_exists():
+    """The table is the contract: a row naming a test that is gone (or misspelled) checks nothing."""
+    readme = (support.STANDIN / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| ") and "::" in line]
+    assert len(rows) > 30
+    named: set[tuple[str, str]] = set()
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        current = None
+        for item in re.findall(r"`([^`]+)`", cell):
+            file, _, name = item.rpartition("::")
+            current = file or current
+            if current and current.endswith(".py") and name.startswith("test_"):
+                named.add((current, re.sub(r"\[.*", "", name)))
+    defined = {
+        (path.name, node.name)
+        for path in (support.REPO / "tests").glob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+    }
+    assert named and sorted(named - defined) == []

@@ -66,11 +66,15 @@ class Resolution:
 
     @staticmethod
     def _torch_lines(torch: Mapping[str, Any], version: str | None) -> list[str]:
-        if torch.get("kind") != "wheel":
-            return []
-        source = torch.get("sourceVersion")
-        lag = f"; vllm was packaged with torch {source}, its pin relaxed" if source != version else ""
-        return [f"    torch: nixpkgs' torch-bin {version} (the upstream wheel, every SM){lag}"]
+        """Both torches the pin carries, on every row: which versions it has is not settled
+        from the files nixpkgs can be read in here (nix/variants.toml [pin])."""
+        source, binary, line = torch.get("sourceVersion"), torch.get("binVersion"), torch.get("binCuda")
+        wheel = f"torch-bin {binary} ({'a CUDA ' + line if line else 'the CPU'} wheel)" if binary else "no torch-bin"
+        lines = [f"    torch at the pin: torch {source} (built from source), {wheel}"]
+        if torch.get("kind") == "wheel":
+            lag = f"; vllm was packaged with torch {source}, its pins relaxed" if source != version else ""
+            lines.append(f"    torch: nixpkgs' torch-bin {version} (the upstream wheel, every SM){lag}")
+        return lines
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.variant.name, "ok": self.ok}

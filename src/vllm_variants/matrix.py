@@ -36,7 +36,25 @@ VARIANT_KEYS = frozenset(REQUIRED_VARIANT_KEYS + DEFAULT_KEYS + ("disabled", "de
 SM_KEYS = frozenset(REQUIRED_VARIANT_KEYS + ("disabled", "default"))
 EXCLUDE_MATCH_KEYS = ("sm", "system", "python", "cuda")
 TOP_LEVEL_KEYS = frozenset(("defaults", "build", "systems", "variant", "axes", "sm", "cuda", "exclude", "pin"))
-PIN_KEYS = frozenset(("torch_version", "vllm_version", "torch_capabilities", "vllm_capabilities", "cuda_capabilities"))
+PIN_KEYS = frozenset(
+    (
+        "torch_version",
+        "vllm_version",
+        "torch_bin_version",
+        "torch_bin_cuda",
+        "torch_capabilities",
+        "vllm_capabilities",
+        "cuda_capabilities",
+    )
+)
+# [pin]'s version strings, in the order both sides check them, with an example each
+PIN_VERSIONS = (
+    ("torch_version", "2.9.1"),
+    ("vllm_version", "0.15.1"),
+    ("torch_bin_version", "2.9.0"),
+    ("torch_bin_cuda", "12.8"),
+)
+_VERSION = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 
 # No leading zero: '09.0' is a typo, not SM 90 (nor an unknown SM '090').
 # \Z, not $: $ also matches before a final newline, and "90\n" is no SM
@@ -467,6 +485,10 @@ class Pin:
     torch_capabilities: tuple[str, ...] | None = None
     vllm_capabilities: tuple[str, ...] | None = None
     cuda_capabilities: Mapping[str, tuple[str, str | None]] | None = None  # cap -> (min, max), inclusive
+    # nixpkgs' torch-bin: its version and the CUDA line its x86_64 wheels are built
+    # for (+cu128: torch/bin/binary-hashes.nix); it links the instance's cudaPackages
+    torch_bin_version: str | None = None
+    torch_bin_cuda: str | None = None
 
     def why_not(self, variant: Variant) -> str | None:
         """Why the pin cannot build this combination, or None: the facts, never hope."""
@@ -480,6 +502,11 @@ class Pin:
                 return f"capability {cap} needs CUDA {low} or newer (nixpkgs' CUDA capability table)"
             if high is not None and _version_key(variant.cuda) > _version_key(high):
                 return f"CUDA {variant.cuda} no longer supports capability {cap} (last: CUDA {high})"
+        if variant.torch_wheel and self.torch_bin_cuda is not None and variant.cuda != self.torch_bin_cuda:
+            return (
+                f"{_named('torch-bin', self.torch_bin_version)} at the pin is a CUDA {self.torch_bin_cuda} wheel: "
+                f'a torch = "wheel" row must be on CUDA {self.torch_bin_cuda}'
+            )
         if not variant.torch_wheel and self.torch_capabilities is not None and cap not in self.torch_capabilities:
             return f"{_named('torch', self.torch_version)} at the pin cannot target {cap} (not on its list)"
         if self.vllm_capabilities is not None and cap not in self.vllm_capabilities:
@@ -503,6 +530,11 @@ def _pin(table: Any, where: str) -> Pin:
             f"{where}: unknown key(s) in [pin]: {', '.join(unknown)}; valid: {', '.join(sorted(PIN_KEYS))}"
         )
 
+    for key, example in PIN_VERSIONS:
+        value = pin.get(key)
+        if value is not None and not (isinstance(value, str) and _VERSION.match(value)):
+            raise MatrixError(f'{where}: [pin] {key} must be a version like "{example}", not {_described(value)}')
+
     def caps(key: str) -> tuple[str, ...] | None:
         value = pin.get(key)
         if value is None:
@@ -521,7 +553,13 @@ def _pin(table: Any, where: str) -> Pin:
                 raise MatrixError(f'{where}: [pin.cuda_capabilities] "{cap}" must be ["min", "max" or ""]')
             bounds[cap] = (pair[0], pair[1] or None)
     return Pin(
-        pin.get("torch_version"), pin.get("vllm_version"), caps("torch_capabilities"), caps("vllm_capabilities"), bounds
+        pin.get("torch_version"),
+        pin.get("vllm_version"),
+        caps("torch_capabilities"),
+        caps("vllm_capabilities"),
+        bounds,
+        pin.get("torch_bin_version"),
+        pin.get("torch_bin_cuda"),
     )
 
 

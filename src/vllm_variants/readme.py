@@ -65,13 +65,19 @@ def variants_table(matrix: Matrix) -> str:
     disabled = len(matrix.variants) - len(matrix.enabled)
     pythons = ", ".join(sorted({_python_version(v.python) for v in matrix.enabled}))
     cudas = ", ".join(sorted({v.cuda for v in matrix.enabled}))
+    # a torch-bin row lives on its wheel's CUDA line, which need not be the default one
+    source_lines = sorted({v.cuda for v in matrix.default_set if not v.torch_wheel})
+    wheel_lines = sorted({v.cuda for v in matrix.default_set if v.torch_wheel} - set(source_lines))
+    default_cuda = ", ".join(source_lines or wheel_lines) + (
+        f" (the torch-bin row: CUDA {', '.join(wheel_lines)}, its wheel's line)" if source_lines and wheel_lines else ""
+    )
     drivers = "; ".join(
         f"CUDA {cuda} needs NVIDIA driver >= {driver}"
         for cuda, driver in sorted({(v.cuda, v.min_driver) for v in matrix.enabled})
     )
     lines += [
         "",
-        f"The default set: Python {_python_text(matrix)}, CUDA {', '.join(sorted({v.cuda for v in matrix.default_set}))}. "
+        f"The default set: Python {_python_text(matrix)}, CUDA {default_cuda}. "
         f"{others} more valid variants on the other lines (Python {pythons}; CUDA {cudas}) build by name or with "
         f"`--python` / `--cuda`, e.g. `invoke build --sm 90 --python 313 --cuda 12.8`; {disabled} combinations "
         "are disabled, each with its reason (`invoke variants --all` lists them). " + drivers + ".",

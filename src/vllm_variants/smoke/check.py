@@ -224,13 +224,8 @@ def check_torch(ctx: Context) -> CheckOutcome:
     version = str(torch.__version__)
     cuda = getattr(getattr(torch, "version", None), "cuda", None)
     details = {"torch": version, "cuda": cuda}
-    cuda_problem = mismatch(ctx, "cuda", cuda)
-    if cuda_problem and torch_is_wheel(ctx) and same_major(cuda, ctx.claimed("cuda")):
-        # torch-bin reports the CUDA its wheel was built with; it runs on the
-        # variant's libraries of the same major line (issue #14)
-        cuda_problem = None
-        details["wheel_built_with_cuda"] = cuda
-    problems = [p for p in (mismatch(ctx, "torch", version), cuda_problem) if p]
+    # a torch = "wheel" row too: it lives on its wheel's CUDA line (issue #23)
+    problems = [p for p in (mismatch(ctx, "torch", version), mismatch(ctx, "cuda", cuda)) if p]
     if cuda is None:
         return failed("torch %s is a CPU build (torch.version.cuda is None)" % version, **details)
     if problems:
@@ -263,10 +258,6 @@ def check_torch(ctx: Context) -> CheckOutcome:
 def torch_is_wheel(ctx: Context) -> bool:
     """The variant's torch is nixpkgs' torch-bin, the upstream wheel (every SM): the one exception."""
     return ctx.variant is not None and ctx.variant.get("torch") == "wheel"
-
-
-def same_major(found: object, claimed: object) -> bool:
-    return bool(found and claimed) and version_tuple(found)[0] == version_tuple(claimed)[0]
 
 
 def torch_arch_problem(ctx: Context, sm: str) -> tuple[Any, str | None]:
