@@ -422,3 +422,16 @@ def test_a_matrix_with_nothing_enabled_is_one_line(task, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "enables no variant" in errors[0], proc.stderr
     assert "does not provide attribute" not in proc.stderr
+
+
+def test_paths_with_a_space_or_a_hash_reach_nix_encoded(tmp_path):
+    """A space in --nixpkgs broke the flake reference; '#' and '?' would start a
+    fragment or a query. Both the checkout and --nixpkgs are handed over encoded."""
+    import shutil
+
+    root = support.make_project(tmp_path / "my checkout #1")
+    nixpkgs = tmp_path / "nix pkgs?x"
+    shutil.copytree(support.STANDIN, nixpkgs)
+    proc = invoke(root, "eval", "--sm", "90", "--nixpkgs", str(nixpkgs))
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 1 variant(s) evaluate against nixpkgs" in proc.stdout

@@ -471,3 +471,23 @@ def test_a_refused_publish_leaves_no_new_cache_behind(tmp_path):
     )
     assert proc.returncode == 1 and "unknown compression method 'bogus'" in proc.stderr, proc.stderr
     assert not (tmp_path / "new").exists(), "the refused publish left a cache skeleton"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_git_worktree_add_leaves_no_worktree_entry(tmp_path, signum):
+    """`git worktree add` runs in its own session with signals held: it completes,
+    then the worktree is removed with its .git/worktrees entry, and the task ends."""
+    root, rev, env = _bump_setup(tmp_path)
+    before = support.git(root, "rev-parse", "HEAD").stdout.strip()
+    proc = _bump(root, rev, tmp_path, env, pause="child:worktree add")
+    try:
+        wait_for(tmp_path / "pause.jsonl", proc)
+        send(proc, signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signum, err
+    _no_worktree_left(root, tmp_path)
+    assert support.git(root, "rev-parse", "HEAD").stdout.strip() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("vllm-variants-")] == []
