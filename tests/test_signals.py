@@ -491,3 +491,43 @@ def test_a_signal_during_git_worktree_add_leaves_no_worktree_entry(tmp_path, sig
     _no_worktree_left(root, tmp_path)
     assert support.git(root, "rev-parse", "HEAD").stdout.strip() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("vllm-variants-")] == []
+
+
+@pytest.mark.parametrize("name", list(SIGNALS))
+def test_nox_smoke_ends_by_the_same_policy(tmp_path, name):
+    """`nox -s smoke` goes through the boundary too (nox_call); Nox itself would
+    turn any KeyboardInterrupt into 130, so SIGTERM and SIGHUP leave by SystemExit."""
+    signum = SIGNALS[name]
+    root = support.make_project(tmp_path / "project", git_init=False)
+    support.build_results(root, support.STANDIN, [SM90])
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    mark = uuid.uuid4().hex
+    env = {
+        **support.nix_env(),
+        lifecycle.PAUSE_ENV: "child:--progress",
+        lifecycle.PAUSE_FILE_ENV: str(tmp_path / "pause.jsonl"),
+        "TMPDIR": str(scratch),
+        MARK: mark,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", "90"],
+        cwd=root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(tmp_path / "pause.jsonl", proc)
+        send(proc, signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 128 + signum, err
+    assert gone(mark) == []
+    assert list(scratch.iterdir()) == []
