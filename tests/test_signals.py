@@ -167,9 +167,23 @@ def send(proc: subprocess.Popen[str], signum: int) -> None:
         os.kill(proc.pid, signum)  # a CI runner, Kubernetes, a closed terminal: the task alone
 
 
-def start(command: str, argv: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+def stop_at_pause(proc: subprocess.Popen[str], pause_file: Path, signum: int) -> tuple[dict, str, str]:
+    """Wait for the task's pause, send `signum` there, wait for its end: (pause record, stdout, stderr)."""
+    try:
+        record = wait_for(pause_file, proc)
+        send(proc, signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return record, out, err
+
+
+def start(
+    command: str, argv: list[str], root: Path, env: dict[str, str], program: tuple[str, ...] = ("-m", "invoke")
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "invoke", command, *argv],
+        [sys.executable, *program, command, *argv],
         cwd=root,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -218,13 +232,7 @@ def test_every_task_ends_cleanly_on_every_signal(command, name, tmp_path):
         }
     )
     proc = start(command, argv, root, env)
-    try:
-        record = wait_for(pause_file, proc)
-        send(proc, signum)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    record, out, err = stop_at_pause(proc, pause_file, signum)
     assert "Traceback" not in err, err
     assert proc.returncode == 128 + signum, f"exit {proc.returncode}, paused at {record}\n{err}"
     assert err.strip().splitlines()[-1] == "interrupted", err
@@ -385,13 +393,7 @@ def test_ctrl_c_as_the_branches_move_waits_until_the_checkout_follows(tmp_path):
     root, rev, env = _bump_setup(tmp_path)
     before = support.git(root, "rev-parse", "HEAD").stdout.strip()
     proc = _bump(root, rev, tmp_path, env, pause="child:update-ref")
-    try:
-        wait_for(tmp_path / "pause.jsonl", proc)
-        send(proc, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    _, out, err = stop_at_pause(proc, tmp_path / "pause.jsonl", signal.SIGINT)
     assert proc.returncode == 130, err
     head, status = _main_at(root)
     assert head != before and f"main {before[:12]} -> {head[:12]}" in out, out
@@ -480,13 +482,7 @@ def test_a_signal_during_git_worktree_add_leaves_no_worktree_entry(tmp_path, sig
     root, rev, env = _bump_setup(tmp_path)
     before = support.git(root, "rev-parse", "HEAD").stdout.strip()
     proc = _bump(root, rev, tmp_path, env, pause="child:worktree add")
-    try:
-        wait_for(tmp_path / "pause.jsonl", proc)
-        send(proc, signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    _, _, err = stop_at_pause(proc, tmp_path / "pause.jsonl", signum)
     assert proc.returncode == 128 + signum, err
     _no_worktree_left(root, tmp_path)
     assert support.git(root, "rev-parse", "HEAD").stdout.strip() == before
@@ -510,23 +506,8 @@ def test_nox_smoke_ends_by_the_same_policy(tmp_path, name):
         "TMPDIR": str(scratch),
         MARK: mark,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nox", "-f", "noxfile.py", "-s", "smoke", "--", "90"],
-        cwd=root,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        wait_for(tmp_path / "pause.jsonl", proc)
-        send(proc, signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc = start("smoke", ["--", "90"], root, env, program=("-m", "nox", "-f", "noxfile.py", "-s"))
+    _, _, err = stop_at_pause(proc, tmp_path / "pause.jsonl", signum)
     assert "Traceback" not in err, err
     assert proc.returncode == 128 + signum, err
     assert gone(mark) == []
