@@ -123,7 +123,8 @@ def policy() -> Iterator[None]:
         try:
             yield
         finally:
-            _STATE.active -= 1
+            with _STATE.lock:
+                _STATE.active -= 1
         return
     try:
         with _handlers(_on_signal):
@@ -135,7 +136,8 @@ def policy() -> Iterator[None]:
                 raise
             _end(deliver=True)  # a signal during the clean-up of a task that had ended well
     finally:
-        _STATE.active -= 1
+        with _STATE.lock:
+            _STATE.active -= 1
 
 
 def _end(*, deliver: bool) -> None:
@@ -183,11 +185,6 @@ def critical(*, deliver: bool = True) -> Iterator[list[int]]:
     elif deliver:
         _STATE.signalled.set()
         raise exception_for(held[0])
-
-
-def signalled() -> bool:
-    """Whether a signal has stopped (or is stopping) the current task."""
-    return _STATE.signalled.is_set()
 
 
 # -- temporaries and undo steps --------------------------------------------------
