@@ -217,7 +217,7 @@ let
     # a -DCOMPUTE_CAPABILITY flag would reach the second run glued to another.
     (expect "bitsandbytes' COMPUTE_CAPABILITY default" (
       bitsandbytes.vllmVariantsComputeCapability or null
-    ) variant.sm)
+    ) "${variant.sm}-real")
     (expect "bitsandbytes' COMPUTE_CAPABILITY cmake flag" (cmakeValue "COMPUTE_CAPABILITY" bitsandbytes.cmakeFlags) null)
     (expect "the CUDA versions in the closure" (lib.unique (builtins.attrValues cudaVersions)) [ variant.cuda ])
     # One torch for the whole set: torch-bin on a wheel row (the same wheel, on

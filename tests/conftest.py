@@ -17,6 +17,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "nix" in item.keywords:
             item.fixturenames.insert(0, "require_nix")
+        if "nvcc" in item.keywords:
+            item.fixturenames.insert(0, "require_nvcc")
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,11 @@ def require_nix() -> str:
     executable = support.nix_executable()
     support.init_store()
     return executable
+
+
+@pytest.fixture(scope="session")
+def require_nvcc() -> str:
+    return support.nvcc_executable()
 
 
 @pytest.fixture

@@ -65,6 +65,45 @@ def nix_executable() -> str:
     return found
 
 
+class NvccMissing(AssertionError):
+    """Raised (a failure, not a skip) when a test needs the host nvcc and it is absent."""
+
+
+def nvcc_executable() -> str:
+    """The host nvcc the stand-in's cuda_nvcc wraps: the first of knobs.json hostNvcc that exists."""
+    candidates = json.loads((STANDIN / "knobs.json").read_text())["hostNvcc"]
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise NvccMissing(
+        f"these tests need the host nvcc (the stand-in compiles a real kernel per CUDA package with it) "
+        f"and there is none at {', '.join(candidates)} (tests/fixtures/nixpkgs/knobs.json hostNvcc); "
+        "CUDA 13.0, compile-only, is enough (CI has it)"
+    )
+
+
+def host_nvcc_sms() -> set[str]:
+    """The SMs the host nvcc compiles SASS for: `nvcc --list-gpu-code` (sm_75 -> '75')."""
+    listed = subprocess.run([nvcc_executable(), "--list-gpu-code"], capture_output=True, text=True, check=True)
+    return {code.removeprefix("sm_") for code in listed.stdout.split() if code.startswith("sm_")}
+
+
+def mutated_project(dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path:
+    """A checkout with the flake broken on purpose: each (old, new) replaced in its file, and the
+    flake's read-back guard (`assert checked;` in nix/variant.nix) taken out, so that only what
+    nixpkgs (the stand-in) and the build produce can catch the mistake."""
+    root = make_project(dest, git_init=False)
+    edits = {**edits, "nix/variant.nix": [("assert checked;\n", ""), *edits.get("nix/variant.nix", [])]}
+    for rel, replacements in edits.items():
+        path = root / rel
+        text = path.read_text()
+        for old, new in replacements:
+            assert old in text, f"mutation target not found in {rel}: {old!r}"
+            text = text.replace(old, new)
+        path.write_text(text)
+    return root
+
+
 def nix_config(extra: str = "") -> str:
     """NIX_CONFIG for tests.
 

@@ -2,7 +2,7 @@
 
 Each test runs `python -m invoke build ...` in a project made by
 support.make_project, with --nixpkgs pointing at a (salted) copy of the
-stand-in, so it really builds, offline, in about a second.
+stand-in, so it really builds, offline, in seconds.
 """
 
 from __future__ import annotations

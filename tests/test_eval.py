@@ -62,7 +62,7 @@ def test_all_ten_variants_evaluate_in_one_nix_process(project):
             "binCuda": None if variant.arm64 else "12.8",  # the CPU wheel on aarch64-linux
         }
         assert resolved["compilers"] == {"vllm": "14.3.0", "backend": "14.3.0"}
-        assert arch["bitsandbytes"] == variant.sm and resolved["forwardCompat"] is False
+        assert arch["bitsandbytes"] == f"{variant.sm}-real" and resolved["forwardCompat"] is False
         assert set(resolved["cuda"].values()) == {variant.cuda}
     # B200: torch 2.9.1 lists 10.0 twice, and the report shows it as nixpkgs has it
     b200 = next(e for e in report["variants"] if e["name"] == B200.name)

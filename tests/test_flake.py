@@ -103,7 +103,8 @@ def test_variant_derivations_carry_its_one_capability(facts, variant):
     assert cmake(f["vllm"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
     assert cmake(f["vllm"]["cmakeFlags"], "CUTLASS_NVCC_ARCHS_ENABLED") == sm
     assert set(f["torch"]["cudaCapabilities"]) == {cap}  # ["10.0", "10.0"] for B200, as nixpkgs has it
-    assert f["bitsandbytes"]["vllmVariantsComputeCapability"] == sm
+    # SASS alone: a bare "90" would make bitsandbytes' CMakeLists add compute_90 PTX (issue #25)
+    assert f["bitsandbytes"]["vllmVariantsComputeCapability"] == f"{sm}-real"
     assert cmake(f["bitsandbytes"]["cmakeFlags"], "COMPUTE_CAPABILITY") is None
     assert f["resolved"]["arch"]["vllm"] == [cap] and f["resolved"]["cuda"]["torch"] == variant.cuda
     # xformers and flashinfer take torch.cudaCapabilities, duplicates and all
@@ -162,19 +163,23 @@ def test_built_result_reports_what_the_flake_asked_for(built, variant):
     cap, sm = variant.capability, variant.sm
     torch = TORCH_BIN if variant.torch_wheel else "2.9.1"
     assert report["vllm"] == "0.15.1" and report["torch"] == torch
+    # torch's arch list, read from its compiled kernel (issue #25): what the host nvcc could compile
+    host = support.host_nvcc_sms()
     if variant.torch_wheel:  # the upstream cu128 wheel: every SM, built with and linked to CUDA 12.8
         assert report["torch_cuda"] == WHEEL_CUDA == report["torch_build"]["cuda"]["cuda"] == variant.cuda
-        assert report["torch_arch"] == "sm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"
+        wheel = [f"sm_{s}" for s in ("70", "75", "80", "86", "90", "100", "120") if s in host]
+        assert report["torch_arch"] == " ".join(wheel + (["compute_120"] if "120" in host else []))
     else:
         assert report["torch_cuda"] == "12.9"
-        assert report["torch_arch"] == f"sm_{sm}"
+        assert report["torch_arch"] == (f"sm_{sm}" if variant.sm_number in host else None)
     assert cmake(report["vllm_build"]["cmakeFlags"], "TORCH_CUDA_ARCH_LIST") == cap
     assert report["vllm_build"]["cuda"]["cuda_nvcc"].startswith(f"{variant.cuda}.")
     # vllm and xformers were compiled with nvcc's compiler (backendStdenv's), on every row
     assert report["vllm_build"]["standinCcVersion"] == BACKEND_GCC == report["xformers_build"]["standinCcVersion"]
     # both of bitsandbytes' CMake runs (cmake phase, then scikit-build-core in the
     # wheel build) configure CUDA for this SM alone
-    assert bnb_runs(report["bnb_build"]) == [("cmake-phase", "cuda", sm), ("scikit-build-core", "cuda", sm)]
+    real = f"{sm}-real"
+    assert bnb_runs(report["bnb_build"]) == [("cmake-phase", "cuda", real), ("scikit-build-core", "cuda", real)]
     assert set(report["xformers_build"]["TORCH_CUDA_ARCH_LIST"].split(";")) == {cap}
     assert set(report["flashinfer_build"]["FLASHINFER_CUDA_ARCH_LIST"].split(";")) == {cap}
     # the result's own metadata, as smoke reads it
@@ -356,7 +361,7 @@ def test_bitsandbytes_targets_the_sm_under_either_scikit_build_core_hook(flake, 
     out = json.loads(support.nix("build", "--json", "--no-link", attr, *support.override(fresh)).stdout)[0]
     site = Path(out["outputs"]["out"]) / "lib" / "python3.12" / "site-packages"
     record = json.loads((site / "bitsandbytes" / "_nix_build.json").read_text())
-    assert bnb_runs(record) == [("cmake-phase", "cuda", "90"), ("scikit-build-core", "cuda", "90")]
+    assert bnb_runs(record) == [("cmake-phase", "cuda", "90-real"), ("scikit-build-core", "cuda", "90-real")]
 
 
 def test_next_pins_metadata_check_accepts_the_variant(flake, standin, tmp_path):

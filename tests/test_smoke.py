@@ -228,6 +228,43 @@ def test_sm80_result_on_an_sm86_gpu_fails_check_4_saying_it_would_run(checkout, 
     )
 
 
+@pytest.fixture(scope="module")
+def mutants(tmp_path_factory) -> dict[str, Path]:
+    """sm90 results of the flake broken on purpose (its read-back guard out): a second
+    capability in the instance; forward-compat PTX left on (support.mutated_project)."""
+    tmp = tmp_path_factory.mktemp("mutants")
+    edits = {
+        "second": ("cudaCapabilities = [ variant.capability ];", 'cudaCapabilities = [ variant.capability "8.0" ];'),
+        "forward": ("cudaForwardCompat = false;", ""),
+    }
+    built = {}
+    for key, edit in edits.items():
+        root = support.mutated_project(tmp / key, {"nix/variant.nix": [edit]})
+        (built[key],) = build(support.flake_ref(root), [SM90], support.STANDIN)
+    return built
+
+
+@pytest.mark.nvcc
+def test_check_4_reads_torchs_arch_list_from_its_compiled_kernel(tmp_path, mutants, hardware):
+    """Issue #25: torch's arch list comes from the kernel its build compiled (the stand-in
+    reads torch/lib/libtorch_cuda.so, as real torch reports its own CUDA_ARCH_FLAGS). A
+    second capability shows there; nccl's forward-compat PTX, linked into the same
+    library, is not torch's own (the audit catches that one: tests/test_device_code.py)."""
+    hardware(gpus=H100, driver=DRIVER)
+    for key, status in (("second", "fail"), ("forward", "pass")):
+        root = support.make_project(tmp_path / key, git_init=False)
+        (root / f"result-{SM90.name}").symlink_to(mutants[key])
+        report, _, failure = run_smoke(root)
+        check = checks_of(report)[4]
+        assert check["status"] == status, (key, check)
+        if status == "fail":
+            assert check["details"]["torch_arch_flags"] == ["sm_80", "sm_90"]
+            assert check["reason"] == "torch was compiled for sm_80 sm_90, not sm_90 alone: not this variant's torch"
+            assert failure is not None
+        else:
+            assert check["details"]["torch_arch_flags"] == ["sm_90"] and failure is None
+
+
 @pytest.mark.parametrize("gpus", [H100, None], ids=["gpu", "no-gpu"])
 def test_a_driver_below_the_minimum_fails_check_6(checkout, hardware, gpus):
     """Also without a visible GPU: a driver too old for CUDA 12.9 is why torch sees none."""

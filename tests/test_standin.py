@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,16 +27,7 @@ SM90_WHEEL = "packages.x86_64-linux.vllm-python312-cuda12_8-sm90-torchbin"
 
 
 def mutated(tmp_path: Path, edits: dict[str, list[tuple[str, str]]]) -> str:
-    root = support.make_project(tmp_path / "mutant", git_init=False)
-    edits = {**edits, "nix/variant.nix": [("assert checked;\n", ""), *edits.get("nix/variant.nix", [])]}
-    for rel, replacements in edits.items():
-        path = root / rel
-        text = path.read_text()
-        for old, new in replacements:
-            assert old in text, f"mutation target not found in {rel}: {old!r}"
-            text = text.replace(old, new)
-        path.write_text(text)
-    return support.flake_ref(root)
+    return support.flake_ref(support.mutated_project(tmp_path / "mutant", edits))
 
 
 def build(flake: str, attr: str = SM90, check: bool = True, standin: Path = support.STANDIN):
@@ -518,6 +511,112 @@ def test_nvcc_refuses_a_host_compiler_newer_than_its_lines_maximum(tmp_path):
     for stdenv, route in (("cuda.backendStdenv", "cc"), ("pkgs.stdenv", "backend")):
         proc = build(stdenv, route)
         assert proc.returncode == 0, (stdenv, route, proc.stderr[-1500:])
+
+
+def device_code():
+    """The stand-in's kernel compiler (cuda-modules/device-code/device-code.py), as a module."""
+    import importlib.util
+
+    path = support.STANDIN / "pkgs" / "development" / "cuda-modules" / "device-code" / "device-code.py"
+    spec = importlib.util.spec_from_file_location("standin_device_code", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CMAKE_ALL_12_8 = "50-real;52-real;53-real;60-real;61-real;62-real;70-real;72-real;75-real;80-real;86-real;87-real;89-real;90-real;100-real;101-real;120"
+
+
+def test_device_code_derives_gencode_as_each_packages_build_tool_does():
+    """The -gencode arguments each package's own build derives (issue #25): torch's CMake
+    (select_compute_arch.cmake), torch's extension builder (xformers), vllm's CMakeLists
+    (its _C), bitsandbytes' CMakeLists with CMake's CUDA_ARCHITECTURES. Read from the files
+    the conformance table names."""
+    dc = device_code()
+    # torch's CMake: duplicates once, "+PTX" adds the compute_ PTX, "a" kept, names expanded
+    assert dc.torch_cmake("10.0;10.0") == [["-gencode", "arch=compute_100,code=sm_100"]]
+    assert dc.torch_cmake("8.0;9.0+PTX") == [
+        ["-gencode", "arch=compute_80,code=sm_80"],
+        ["-gencode", "arch=compute_90,code=sm_90"],
+        ["-gencode", "arch=compute_90,code=compute_90"],
+    ]
+    assert dc.torch_cmake("9.0a") == [["-gencode", "arch=compute_90a,code=sm_90a"]]
+    assert dc.torch_cmake("Hopper+PTX")[-1] == ["-gencode", "arch=compute_90,code=compute_90"]
+    with pytest.raises(dc.RuleError, match="Unknown CUDA Architecture Name in CUDA_SELECT_NVCC_ARCH_FLAGS: 9.x"):
+        dc.torch_cmake("9.x")
+    # torch.utils.cpp_extension: one flag form, sorted and deduplicated; unknown arches refused
+    assert dc.torch_extension("10.0;10.0") == [["-gencode=arch=compute_100,code=sm_100"]]
+    assert dc.torch_extension("12.0+PTX") == [
+        ["-gencode=arch=compute_120,code=compute_120"],
+        ["-gencode=arch=compute_120,code=sm_120"],
+    ]
+    with pytest.raises(dc.RuleError, match=r"Unknown CUDA arch \(10.1\) or GPU not supported"):
+        dc.torch_extension("10.1")
+    # vllm's _C: torch's flags, then the loose intersection with CUDA_SUPPORTED_ARCHS
+    flags, read, why = dc.vllm_cmake("-DTORCH_CUDA_ARCH_LIST:STRING=9.0 -DCUTLASS_NVCC_ARCHS_ENABLED:STRING=90", "12.9")
+    assert flags == [["-gencode", "arch=compute_90,code=sm_90"]] and why is None
+    assert read["selected"] == ["9.0"]
+    assert dc.vllm_cmake("-DTORCH_CUDA_ARCH_LIST:STRING=8.0;9.0", "12.9")[0] == [
+        ["-gencode", "arch=compute_80,code=sm_80"],
+        ["-gencode", "arch=compute_90,code=sm_90"],
+    ]
+    flags, _, why = dc.vllm_cmake("-DTORCH_CUDA_ARCH_LIST:STRING=7.0", "12.9")  # 7.0 left CUDA_SUPPORTED_ARCHS at 12.8
+    assert flags == [] and "selects no CUDA architecture for 7.0" in why
+    assert dc.vllm_cmake("-DTORCH_CUDA_ARCH_LIST:STRING=7.0", "12.6")[0] == [["-gencode", "arch=compute_70,code=sm_70"]]
+    assert dc.loose_intersection(["8.0+PTX"], ["9.0"]) == ["8.0+PTX"]  # vllm's own example
+    assert dc.loose_intersection(["7.5", "8.0", "8.6", "9.0", "9.0a"], ["8.0", "8.9", "9.0"]) == ["9.0a", "8.0", "8.6"]
+    # bitsandbytes: every capability "-real" but the newest, which also gets PTX
+    assert dc.bitsandbytes_cmake("90", CMAKE_ALL_12_8)[0] == [
+        ["--generate-code=arch=compute_90,code=[compute_90,sm_90]"]
+    ]
+    assert dc.bitsandbytes_cmake("90-real", CMAKE_ALL_12_8)[0] == [["--generate-code=arch=compute_90,code=[sm_90]"]]
+    every, read = dc.bitsandbytes_cmake("${POSSIBLE_CAPABILITIES}", CMAKE_ALL_12_8)
+    assert read["CMAKE_CUDA_ARCHITECTURES"][0] == "50-real" and read["CMAKE_CUDA_ARCHITECTURES"][-1] == "120"
+    assert len(every) == 17 and every[-1] == ["--generate-code=arch=compute_120,code=[compute_120,sm_120]"]
+
+
+@pytest.mark.nvcc
+def test_stand_in_torch_reads_its_arch_list_from_its_own_kernels(tmp_path):
+    """torch._C._cuda_getArchFlags() answers from torch/lib/libtorch_cuda.so: the SASS and
+    PTX of the containers holding torch's kernel, not nccl's linked in beside it, and no
+    recorded string (none is here): None when no kernel was compiled."""
+    nvcc = support.nvcc_executable()
+    kernel = support.STANDIN / "pkgs" / "development" / "cuda-modules" / "device-code" / "kernel.cu"
+    package = tmp_path / "torch"
+    shutil.copytree(support.STANDIN / "pkgs" / "development" / "python-modules" / "torch" / "src" / "torch", package)
+    probe = [sys.executable, "-c", "from torch import _C; print(_C._cuda_getArchFlags())"]
+
+    def arch_flags() -> str:
+        # _C alone: the package's __init__ reads _nix_build.json, which this test has not got
+        proc = subprocess.run([*probe], cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": ""})
+        return proc.stdout.strip() or proc.stderr
+
+    def compile_(name: str, *gencode: str) -> Path:
+        obj = tmp_path / f"{name}.o"
+        flags = [arg for g in gencode for arg in ("-gencode", g)]
+        argv = [nvcc, "-c", "-Xcompiler", "-fPIC", f"-DSTANDIN_KERNEL=standin_{name}_kernel", *flags, "-o", obj, kernel]
+        subprocess.run(argv, check=True, capture_output=True)
+        return obj
+
+    (package / "__init__.py").write_text("")
+    assert arch_flags() == "None"
+    torch = compile_(
+        "torch", "arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_90,code=compute_90"
+    )
+    nccl = compile_("nccl", "arch=compute_100,code=sm_100", "arch=compute_100,code=compute_100")
+    (package / "lib").mkdir(exist_ok=True)
+    subprocess.run(["g++", "-shared", "-o", package / "lib" / "libtorch_cuda.so", torch, nccl], check=True)
+    assert arch_flags() == "sm_80 sm_90 compute_90"
+
+
+def test_cuda_nvcc_without_a_host_nvcc_fails_naming_where_it_looked(tmp_path):
+    """The stand-in compiles with the host's nvcc (as it runs the host's python3): none
+    there is a build failure that says so, never a build without device code."""
+    missing = str(tmp_path / "no-cuda" / "bin" / "nvcc")
+    standin = support.copy_standin(tmp_path / "nixpkgs", hostNvcc=[missing])
+    proc = build(support.flake_ref(support.make_project(tmp_path / "p", git_init=False)), standin=standin, check=False)
+    assert proc.returncode != 0
+    assert f"stand-in cuda_nvcc: no host nvcc at {missing} (knobs.json hostNvcc)" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_pypa_build_checks_the_build_system_requirements(tmp_path):

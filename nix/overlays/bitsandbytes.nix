@@ -7,6 +7,12 @@
 # turn COMPUTE_BACKEND into "cuda -DCOMPUTE_CAPABILITY..." (the CPU branch)
 # in the second run. So cmakeFlags stay as nixpkgs has them and postPatch
 # changes the CMake default of COMPUTE_CAPABILITY, which both runs read.
+# The default is "<sm>-real", not "<sm>": bitsandbytes' CMakeLists turns every
+# capability into a "-real" CUDA architecture (SASS) except the newest, which
+# it leaves bare, and a bare one gets PTX as well (CMake's CUDA_ARCHITECTURES);
+# one capability is the newest, so "90" would ship compute_90 PTX beside the
+# sm_90 SASS, code an H100 never runs (`invoke audit --check` refuses it,
+# issue #25). "90-real" stays SASS alone.
 # It is replaced through pythonPackagesExtensions so every consumer in the
 # closure gets the same one; swapping it in vllm's inputs alone would leave
 # two copies, which pythonCatchConflictsHook rejects.
@@ -30,7 +36,7 @@ in
   pythonPackagesExtensions = prev.pythonPackagesExtensions ++ [
     (pyFinal: pyPrev: {
       bitsandbytes = pyPrev.bitsandbytes.overrideAttrs (old: {
-        vllmVariantsComputeCapability = variant.sm;
+        vllmVariantsComputeCapability = "${variant.sm}-real";
         postPatch = (old.postPatch or "") + bitsandbytesOneSm;
       });
     })
