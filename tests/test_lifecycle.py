@@ -140,3 +140,33 @@ def test_one_line_escapes_every_control_character(text, line):
 def test_one_line_bounds_its_length():
     line = one_line("x" * 5000, limit=100)
     assert line == "x" * 100 + "... (4900 more characters)"
+
+
+def test_a_temporary_folder_stops_what_its_block_started_and_nothing_else(tmp_path):
+    """A child its block left running could write into the folder after it is
+    removed; a child another thread started meanwhile (smoke checks several
+    results at once) is not the block's to stop."""
+    import threading
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = threading.Event()
+    finish = threading.Event()
+    other: list = []
+
+    def elsewhere() -> None:
+        other.append(spawn(sleep, new_session=True))
+        started.set()
+        finish.wait(30)
+
+    with lifecycle.temporary_directory(dir=tmp_path):
+        mine = spawn(sleep, new_session=True)
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        assert started.wait(30)
+    try:
+        assert mine.poll() is not None, "the block's own child outlived its folder"
+        assert other[0].poll() is None, "another thread's child was stopped"
+    finally:
+        finish.set()
+        thread.join()
+        lifecycle.stop_children(grace=1)

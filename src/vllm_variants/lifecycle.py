@@ -66,6 +66,16 @@ class Child(Protocol):
     def wait(self, timeout: float | None = None) -> int: ...
 
 
+@dataclass(frozen=True)
+class _Started:
+    """A registered child: the process, whether it leads a group of its own,
+    and the thread that started it (a block owns only what its thread started)."""
+
+    proc: Child
+    own_group: bool
+    thread: int
+
+
 @dataclass
 class _State:
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,7 +84,7 @@ class _State:
     signalled: threading.Event = field(default_factory=threading.Event)
     cleanups: dict[int, tuple[str, Callable[[], None]]] = field(default_factory=dict)
     next_token: int = 0
-    children: list[tuple[Child, bool]] = field(default_factory=list)  # (process, has its own group)
+    children: list[_Started] = field(default_factory=list)
     paused: bool = False
 
 
@@ -230,16 +240,29 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _started_outside() -> Callable[[_Started], bool]:
+    """Whether a child was started by this thread after this call: what a block
+    started (smoke's workers each run a block of their own at once)."""
+    thread = threading.get_ident()
+    with _STATE.lock:
+        before = {id(c.proc) for c in _STATE.children}
+    return lambda child: child.thread == thread and id(child.proc) not in before
+
+
 @contextlib.contextmanager
 def temporary_directory(prefix: str = "vllm-variants-", dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-    """A fresh folder (in $TMPDIR, or `dir`), removed when the block ends or the task does."""
+    """A fresh folder (in $TMPDIR, or `dir`), removed when the block ends or the
+    task does; a child the block started and left running is stopped first (it
+    could still be writing there)."""
     with critical():  # no signal between making it and registering it
         path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
         token = register(f"temporary folder {path}", lambda: _remove(path))
+    started_here = _started_outside()
     try:
         checkpoint("temp", str(path))
         yield path
     finally:
+        stop_children(only=started_here)
         _remove(path)
         unregister(token)
 
@@ -267,17 +290,17 @@ def temporary_file(
 @contextlib.contextmanager
 def undo_on_failure(description: str, undo: Callable[[], None]) -> Iterator[None]:
     """Run `undo` if the block fails (an error, a signal, or the task dying
-    inside it); forget it if the block completes."""
+    inside it); forget it if the block completes. What the block started is
+    stopped first: it may still be writing what the undo removes."""
     token = register(description, undo)
-    with _STATE.lock:
-        before = {id(p) for p, _ in _STATE.children}
+    started_here = _started_outside()
     try:
         checkpoint("undo", description)
         yield
     except BaseException:
         unregister(token)
         with critical(deliver=False), contextlib.suppress(OSError):
-            stop_children(only=lambda proc: id(proc) not in before)  # what the block started may still be writing
+            stop_children(only=started_here)
             undo()
         raise
     unregister(token)
@@ -289,8 +312,8 @@ def undo_on_failure(description: str, undo: Callable[[], None]) -> Iterator[None
 def adopt(proc: Child, *, own_group: bool, argv: Sequence[str] = ()) -> None:
     """Register a started child (runner.spawn): stopped at the end if still running."""
     with _STATE.lock:
-        _STATE.children = [(p, g) for p, g in _STATE.children if p.poll() is None]
-        _STATE.children.append((proc, own_group))
+        _STATE.children = [c for c in _STATE.children if c.proc.poll() is None]
+        _STATE.children.append(_Started(proc, own_group, threading.get_ident()))
     checkpoint("child", " ".join(argv))
 
 
@@ -302,13 +325,13 @@ def _kill(proc: Child, own_group: bool, sig: int) -> None:
             os.kill(proc.pid, sig)
 
 
-def stop_children(grace: float = STOP_GRACE_S, only: Callable[[Child], bool] | None = None) -> None:
+def stop_children(grace: float = STOP_GRACE_S, only: Callable[[_Started], bool] | None = None) -> None:
     """SIGTERM to every registered child still running (its group, when it has
     its own), SIGKILL to what is left after `grace` seconds. `only`: those it accepts."""
     with _STATE.lock:
-        chosen = [(p, g) for p, g in _STATE.children if only is None or only(p)]
-        _STATE.children = [(p, g) for p, g in _STATE.children if (p, g) not in chosen and p.poll() is None]
-        running = [(p, g) for p, g in chosen if p.poll() is None]
+        chosen = [c for c in _STATE.children if only is None or only(c)]
+        _STATE.children = [c for c in _STATE.children if c not in chosen and c.proc.poll() is None]
+        running = [(c.proc, c.own_group) for c in chosen if c.proc.poll() is None]
     for proc, own_group in running:
         _kill(proc, own_group, signal.SIGTERM)
     deadline = time.monotonic() + grace
@@ -351,7 +374,7 @@ def checkpoint(kind: str, detail: str) -> None:
         return
     _STATE.paused = True
     with _STATE.lock:
-        children = [p.pid for p, _ in _STATE.children if p.poll() is None]
+        children = [c.proc.pid for c in _STATE.children if c.proc.poll() is None]
     record = {"pid": os.getpid(), "kind": kind, "detail": detail, "pending": pending(), "children": children}
     with open(os.environ[PAUSE_FILE_ENV], "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
