@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 import support
 
-from vllm_variants import matrix as matrix_module
 from vllm_variants.errors import MatrixError, SelectionError
-from vllm_variants.matrix import Matrix, tomllib
+from vllm_variants.matrix import Matrix, schema, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
@@ -515,7 +514,7 @@ def _raise_sites() -> dict[str, tuple[re.Pattern[str], int]]:
     Matrix.load's own (a missing file, invalid TOML) come before any data:
     nix/matrix.nix is given the parsed file, so they have no shape here."""
     sites = {}
-    for function in ast.walk(ast.parse(Path(matrix_module.__file__).read_text())):
+    for function in ast.walk(ast.parse(Path(schema.__file__).read_text())):
         if not isinstance(function, ast.FunctionDef) or function.name == "load":
             continue
         for node in ast.walk(function):
