@@ -84,13 +84,16 @@ def _call(func, *args, **kwargs):
     help={
         "json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
         "all": "every combination of the axes, the disabled ones with the reason (default: the default set)",
+        "write": "write nix/variants.json, the matrix validated and expanded for the flake (after editing "
+        "nix/variants.toml)",
+        "check": "only check: fail if nix/variants.json is out of date with nix/variants.toml, change nothing",
     }
 )
-def variants(c, json=False, all=False):
-    """Show the variant matrix (from nix/variants.toml; no Nix needed)."""
+def variants(c, json=False, all=False, write=False, check=False):
+    """Show the variant matrix (from nix/variants.toml; no Nix needed); --write writes the flake's copy."""
     from vllm_variants.variants_cmd import show
 
-    _call(show, _project(), as_json=json, everything=all)
+    _call(show, _project(), as_json=json, everything=all, write_json=write, check=check)
 
 
 @command(help={"check": "only check: fail if README.md is out of date, change nothing"})

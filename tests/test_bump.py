@@ -280,6 +280,27 @@ def test_a_failing_branch_moves_no_branch(repo, nixpkgs, run_bump, tmp_path):
     assert refs(repo) == before
 
 
+def test_a_stale_matrix_json_on_a_branch_is_regenerated_and_committed(repo, nixpkgs, run_bump, tmp_path):
+    """bump-pin commits what it regenerates: a branch whose nix/variants.toml changed
+    without `invoke variants --write` would not evaluate (the flake refuses the stale
+    JSON); its bump commit carries the JSON expanded from the branch's own TOML."""
+    tree = tmp_path / "edit"
+    support.git(repo, "worktree", "add", "-q", tree, "vllm-0.13.0")
+    toml = tree / "nix" / "variants.toml"
+    toml.write_text(toml.read_text().replace('gpus = ["V100", "Titan V"]', 'gpus = ["V100", "Titan V", "GV100"]', 1))
+    support.commit_all(tree, "matrix: one more GPU, nix/variants.json not regenerated")
+    support.git(repo, "worktree", "remove", tree)
+
+    run_bump(repo, nixpkgs.b, branches=["vllm-0.13.0"])
+
+    committed = json.loads(at(repo, "vllm-0.13.0", "nix/variants.json"))
+    assert committed["variants"]["vllm-python312-cuda12_9-sm70"]["gpus"] == ["V100", "Titan V", "GV100"]
+    toml_bytes = at(repo, "vllm-0.13.0", "nix/variants.toml").encode()
+    assert committed["source"]["sha256"] == hashlib.sha256(toml_bytes).hexdigest()
+    changed = support.git(repo, "diff", "--name-only", "vllm-0.13.0~1", "vllm-0.13.0").stdout.split()
+    assert "nix/variants.json" in changed
+
+
 # -- --release-branch ----------------------------------------------------------------
 
 

@@ -416,7 +416,7 @@ def test_a_matrix_with_nothing_enabled_is_one_line(task, tmp_path):
     text = matrix.read_text()
     assert "\n[[variant]]\n" in text  # explicit rows are disabled one by one; [[exclude]] takes the product
     text = text.replace("\n[[variant]]\n", '\n[[variant]]\ndisabled = "not yet"\n')
-    matrix.write_text(text + '\n[[exclude]]\nreason = "nothing yet"\n')
+    support.write_matrix(root, text + '\n[[exclude]]\nreason = "nothing yet"\n')
     proc = invoke(root, task, *NOTHING_ENABLED[task])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -78,7 +78,7 @@ def test_variants_table_lists_every_variant_without_starting_nix():
     assert [v.name for v in matrix.variants if v.name in default.stdout.split()] == [v.name for v in matrix.default_set]
 
 
-@pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
+@pytest.mark.parametrize("task", [["variants"], ["variants", "--write"], ["readme", "--check"]])
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
