@@ -677,7 +677,7 @@ def own_sms_for(
         if auto:
             if matrix is None:
                 raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
-            from .which import auto_variants
+            from .matching import auto_variants
 
             detected = auto_variants(matrix, smi=smi)
         sms = [v.sm_number for v in detected]

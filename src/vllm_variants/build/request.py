@@ -144,7 +144,7 @@ def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list
     named, auto = split_auto(tokens)
     chosen: set[str] = set()
     if auto:
-        from ..which import auto_variants
+        from ..matching import auto_variants
 
         chosen.update(v.name for v in auto_variants(matrix, smi=smi))
     if named or request.systems or request.all or not chosen:
