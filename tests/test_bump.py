@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import support
 
-from vllm_variants import bump, readme, versions
+from vllm_variants import bump, sections, versions
 from vllm_variants import nix as nix_module
 from vllm_variants.errors import BumpError, GitError, PinError
 from vllm_variants.project import Project
@@ -192,12 +192,12 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         # ... from the nixpkgs flake.lock now locks, said so, and not marked unverified
         lock = json.loads(at(repo, branch, "flake.lock"))
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
-        table = readme.section_body(at(repo, branch, "docs/pin.md"), "versions")
+        table = sections.section_body(at(repo, branch, "docs/pin.md"), "versions")
         assert "| the other 14 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
         assert "| `vllm-python312-cuda12_8-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.8 |" in table
         assert nixpkgs.b in table
         # every generated section moved with the pin, in the same commit (docs/distributing.md: the image tag)
-        tag = readme.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")
+        tag = sections.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")
         assert f"`0.16.0-{nixpkgs.b[:7]}`" in tag, tag
     assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in run_bump.out
 
@@ -207,7 +207,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
     assert support.git(repo, "status", "--porcelain").stdout == "?? notes.txt\n"
     assert (repo / "notes.txt").read_text() == "untracked, mine\n"
     assert (repo / "flake.lock").read_text() == at(repo, "main", "flake.lock")
-    readme.update(Project(repo), check=True)
+    sections.update(Project(repo), check=True)
     assert support.git(repo, "worktree", "list").stdout.count("\n") == 1
 
 

@@ -578,58 +578,6 @@ def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm6
     assert "\n" not in str(excinfo.value)
 
 
-def test_select_combines_lists_systems_and_all(matrix):
-    names = lambda vs: [re.sub(r"^vllm-python312-cuda12_[89]-", "", v.name) for v in vs]  # noqa: E731
-    assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
-    arm = ["sm90-arm64", "sm100-arm64", "sm103-arm64", "sm121-arm64"]
-    assert names(matrix.select(systems=["aarch64-linux"])) == arm
-    assert len(matrix.select(all=True)) == 15
-    # --sm 90 is the SM's own torch; the torch-bin row goes by name
-    assert names(matrix.select(["9.0"])) == ["sm90"]
-    assert names(matrix.select(["vllm-python312-cuda12_8-sm90-torchbin"])) == ["sm90-torchbin"]
-    with pytest.raises(SelectionError, match="no variant selected"):
-        matrix.select()
-    # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
-    assert matrix.select(none_means_all=True) == list(matrix.default_set)
-    # an empty --sm is a mistake (an unset CI variable), never widened to every variant (issue #11)
-    for given in ([""], [","], ["90", " "]):
-        with pytest.raises(SelectionError, match=r"^--sm '.*' names no SM; give one like --sm 90"):
-            matrix.select(given, none_means_all=True)
-    assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
-    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == arm
-    # the --python / --cuda lines (issue #15): an axis not given keeps the default line's value
-    full = lambda vs: [v.name for v in vs]  # noqa: E731
-    assert full(matrix.select(["90"], python="313")) == ["vllm-python313-cuda12_9-sm90"]
-    assert full(matrix.select(["90"], python="3.13", cuda="12.8")) == ["vllm-python313-cuda12_8-sm90"]
-    assert len(matrix.select(all=True, cuda="12.8")) == len(
-        [v for v in matrix.enabled if v.cuda == "12.8" and v.python == "python312"]
-    )
-    with pytest.raises(SelectionError, match="unknown Python line 'python311'; valid: 312, 313"):
-        matrix.select(["90"], python="311")
-    with pytest.raises(SelectionError, match="unknown CUDA line '13.0'; valid: 12.8, 12.9"):
-        matrix.select(["90"], cuda="13.0")
-    with pytest.raises(SelectionError, match="sm121-arm64 is disabled in the matrix: capability 12.1 needs CUDA 12.9"):
-        matrix.select(["121"], arm64=True, cuda="12.8")
-    with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
-        matrix.select(systems=["x86_64-darwin"])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"sms": ["90"], "all": True}, "--sm and --all conflict"),
-        ({"sms": ["90"], "systems": ["x86_64-linux"]}, "--sm and --system conflict"),
-        ({"all": True, "systems": ["aarch64-linux"]}, "--all and --system conflict"),
-        ({"arm64": True, "systems": ["aarch64-linux"]}, "--arm64 applies to --sm only"),
-        ({"arm64": True}, "--arm64 applies to --sm only"),
-    ],
-)
-@pytest.mark.parametrize("none_means_all", [False, True])
-def test_conflicting_selections_are_refused_not_joined(matrix, kwargs, message, none_means_all):
-    with pytest.raises(SelectionError, match=rf"^{re.escape(message)}"):
-        matrix.select(**kwargs, none_means_all=none_means_all)
-
-
 def test_an_sm_with_a_leading_zero_is_not_an_sm(matrix):
     for token in ("09.0", "090", "sm09"):
         with pytest.raises(SelectionError, match=rf"^'{token}' is not an SM"):

@@ -54,7 +54,8 @@ from .fatbin import (
     Unsupported,
     read_device_code,
 )
-from .matrix import Matrix, Variant, normalise_sm, sm_number, sm_tokens, split_auto
+from .matrix import Matrix, Variant, normalise_sm, sm_number
+from .options import Selection
 from .resources import format_bytes
 from .runner import HINTS, require_tool, run
 
@@ -672,15 +673,14 @@ def own_sms_for(
         chosen = matrix.resolve(variant, arm64=variant.endswith("-arm64"))
         return (chosen.sm_number,), chosen
     if sm:
-        named, auto = split_auto(sm_tokens([sm]))
+        selection = Selection.parse(sm=[sm])
         detected: list[Variant] = []
-        if auto:
+        if selection.auto:
             if matrix is None:
                 raise SelectionError("--sm auto needs a vllm-variants checkout (for nix/variants.toml)")
-            from .matching import auto_variants
-
-            detected = auto_variants(matrix, smi=smi)
+            detected = selection.detected(matrix, smi=smi)
         sms = [v.sm_number for v in detected]
+        named = selection.sms
         for token in named:
             normal = normalise_sm(token)
             if normal is None:

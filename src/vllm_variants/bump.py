@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import lifecycle, readme, userfiles, versions
+from . import lifecycle, sections, userfiles, versions
 from .errors import BumpError, CommandError, GitError, PinError, VariantsError
 from .git import Git, RefUpdate, Worktree
 from .matrix import generated
@@ -38,7 +38,7 @@ from .versions import PinVersions, version_key
 DEFAULT_URL_TEMPLATE = "github:NixOS/nixpkgs/{rev}"
 RELEASE_SOURCE = "main"  # --release-branch cuts vllm-<version> from this branch
 # and nix/variants.json where the branch has one (generated.update), and every
-# file `readme.update` regenerates (README.md, docs/*.md)
+# file `sections.update` regenerates (README.md, docs/*.md)
 COMMITTED = ("flake.nix", "flake.lock", versions.PATH)
 EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
 
@@ -306,7 +306,7 @@ def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdi
             after = PinVersions.from_eval(plan.rev, plan.url, packages, nar_hash=evaluated.get("narHash"))
             stage = "to regenerate README.md and docs/"
             (tree / versions.PATH).write_text(after.dumps(), encoding="utf-8")
-            regenerated = readme.update(Project(tree))
+            regenerated = sections.update(Project(tree))
             stage = "to commit"
             subject, body = commit_message(branch, plan.rev, plan.url, after)
             result.commit = git.commit(tree, [*COMMITTED, *expanded, *regenerated], subject, body)

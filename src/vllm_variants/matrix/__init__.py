@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ..userfiles import tomllib  # noqa: F401 - tomli on Python 3.10; the tests read TOML through it
-from .model import Matrix, comma_list, normalise_sm, refuse_conflicts, sm_tokens, split_auto, unique
+from .model import Matrix, normalise_sm, unique
 from .pin import Pin
 from .variant import Variant, sm_number
 
@@ -16,11 +16,7 @@ __all__ = [
     "Matrix",
     "Pin",
     "Variant",
-    "comma_list",
     "normalise_sm",
-    "refuse_conflicts",
     "sm_number",
-    "sm_tokens",
-    "split_auto",
     "unique",
 ]

@@ -5,7 +5,7 @@ set, a variant by name or SM, the --python/--cuda lines)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,96 +156,10 @@ class Matrix:
             )
         return self._usable(wanted[0])
 
-    def select(
-        self,
-        sms: Iterable[str] = (),
-        *,
-        arm64: bool = False,
-        systems: Iterable[str] = (),
-        all: bool = False,
-        none_means_all: bool = False,
-        python: str | None = None,
-        cuda: str | None = None,
-    ) -> list[Variant]:
-        """The variants a command line asks for, in matrix order, no duplicates.
-
-        `sms` items may hold comma-separated lists ('80,89,90'); `systems`
-        selects the variants of those systems and `all` every one, of the
-        default set, or of the --python/--cuda line when one is given.
-        `none_means_all`: asking for nothing selects every enabled variant
-        instead of being refused (commands that only look: the CI matrix,
-        `publish --check`).
-        """
-        tokens = sm_tokens(sms)
-        systems = list(systems)
-        refuse_conflicts(tokens, systems=systems, all=all, arm64=arm64)
-        python, cuda = self.lines(python, cuda)
-        pool = [v for v in self.enabled if self.on_line(v, python, cuda)]
-        all = all or (none_means_all and not (tokens or systems))
-        if not (tokens or systems or all):
-            raise SelectionError(
-                "no variant selected; use --sm SM (e.g. --sm 90, --sm 100 --arm64), --system SYSTEM or --all"
-            )
-        chosen: set[str] = set()
-        if all:
-            chosen.update(v.name for v in pool)
-        for system in systems:
-            if system not in self.systems:
-                raise SelectionError(f"unknown system '{system}'; valid: {', '.join(self.systems)}")
-            chosen.update(v.name for v in pool if v.system == system)
-        for token in tokens:
-            chosen.add(self.resolve(token, arm64=arm64, python=python, cuda=cuda).name)
-        if not chosen:  # --all or --system over a line the matrix enables nothing on
-            where = f" for {', '.join(systems)}" if systems else ""
-            line = ", ".join(x for x in (python, cuda and f"CUDA {cuda}") if x) or "the default set"
-            raise SelectionError(
-                f"nothing to select: {self.source or 'the matrix'} enables no variant{where} in {line}"
-                + "; `invoke variants --all` lists every combination with the reason it is disabled"
-            )
-        return [v for v in self.variants if v.name in chosen]
-
     def _usable(self, variant: Variant) -> Variant:
         if variant.disabled:
             raise SelectionError(f"{variant.name} is disabled in the matrix: {variant.disabled}")
         return variant
-
-
-def comma_list(value: object) -> list[str]:
-    """'80, 89,,90' -> ['80', '89', '90']: the words of one comma-separated option value."""
-    return [t.strip() for t in str(value).split(",") if t.strip()]
-
-
-def sm_tokens(sms: Iterable[str]) -> list[str]:
-    """The SMs of --sm values ('80,89' counts two); a value naming none is refused, not ignored."""
-    tokens = []
-    for item in sms:
-        words = comma_list(item)
-        if not words:
-            raise SelectionError(f"--sm '{item}' names no SM; give one like --sm 90 (or 80,89,90)")
-        tokens += words
-    return tokens
-
-
-def split_auto(tokens: Sequence[str]) -> tuple[list[str], bool]:
-    """(the named SMs, whether `auto` was among them): `--sm auto` means the local GPUs' variants."""
-    named = [t for t in tokens if t.lower() != "auto"]
-    return named, len(named) < len(tokens)
-
-
-def refuse_conflicts(tokens: Sequence[str], *, systems: Sequence[str], all: bool, arm64: bool) -> None:
-    """--sm, --system and --all each select on their own: together they would
-    silently build (or list) their union, hours nobody asked for (issue #11)."""
-    given = [flag for flag, used in (("--sm", tokens), ("--all", all), ("--system", systems)) if used]
-    if len(given) > 1:
-        raise SelectionError(
-            f"{given[0]} and {given[1]} conflict: each selects variants on its own; give one of "
-            "--sm SM, --system SYSTEM or --all"
-        )
-    if arm64 and not tokens:
-        raise SelectionError(
-            "--arm64 applies to --sm only (--sm 90 --arm64 is the GH200 variant); "
-            "for every arm64 variant use --system aarch64-linux"
-        )
 
 
 def normalise_sm(text: str) -> str | None:

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import lifecycle, userfiles
-from ..cli import refuse_control_characters, whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
-from ..matrix import comma_list
+from ..options import comma_list, refuse_control_characters, whole_number
 from ..outputs import check_dir, make_dir
 from ..project import Project
 from ..runner import CannotRun, spawn, text_of
