@@ -150,7 +150,7 @@
                 ps.rich
                 ps.pytest
                 ps.pytest-xdist
-                ps.pyyaml # tests/test_ci_matrix.py, as the test extra
+                ps.pyyaml # tests/test_matrix_task.py, as the test extra
               ]))
               pkgs.git
               pkgs.ruff

@@ -131,7 +131,7 @@ def _call(func, *args, **kwargs):
 )
 def variants(c, json=False, all=False, write=False, check=False):
     """Show the variant matrix (from nix/variants.toml; no Nix needed); --write writes the flake's copy."""
-    from vllm_variants.variants_cmd import show
+    from vllm_variants.variants import show
 
     _call(show, _project(), as_json=json, everything=all, write_json=write, check=check)
 
@@ -391,7 +391,7 @@ def eval_(c, selection, nixpkgs=None, json=False, eval_jobs=None, eval_max_memor
     """Evaluate variants at the pin (in batches sized to RAM, nothing built): versions, arch lists, CUDA; or why not.
 
     Nothing selected: the default set (or the --python/--cuda line)."""
-    from vllm_variants.evaluate import main
+    from vllm_variants.eval_task import main
 
     _call(
         main,
@@ -410,7 +410,7 @@ def eval_(c, selection, nixpkgs=None, json=False, eval_jobs=None, eval_max_memor
 )
 def matrix(c, selection, format="github"):
     """Print the CI build matrix (GitHub Actions JSON) for the default set (or a --python/--cuda line)."""
-    from vllm_variants.ci_matrix import show
+    from vllm_variants.matrix_task import show
 
     _call(show, _project(), format=format, selection=selection)
 

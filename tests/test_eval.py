@@ -12,7 +12,7 @@ import pytest
 import support
 
 from vllm_variants.errors import BuildError
-from vllm_variants.evaluate import main
+from vllm_variants.eval_task import main
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.options import Selection

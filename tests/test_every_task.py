@@ -352,13 +352,13 @@ def test_an_unreachable_pin_is_one_line_that_says_what_to_do(task, project):
 
 
 def test_eval_asks_nix_once_when_the_inputs_cannot_be_fetched(project):
-    from vllm_variants import evaluate
+    from vllm_variants import eval_task
     from vllm_variants.nix import InputsUnreachable
     from vllm_variants.project import Project
 
     nix = support.recording_nix(env=support.nix_env("download-attempts = 1"))
     with pytest.raises(InputsUnreachable):
-        evaluate.main(Project(project), nixpkgs=UNREACHABLE, nix=nix, eval_jobs=1)
+        eval_task.main(Project(project), nixpkgs=UNREACHABLE, nix=nix, eval_jobs=1)
     evaluations = [c for c in nix.commands if c[0] == "eval"]
     assert len(evaluations) == 1, evaluations  # not one per variant of the default set
 

@@ -99,12 +99,14 @@ def test_the_cycle_check_finds_a_type_only_cycle(tmp_path):
 # `python -m` entry point runs, one per command. A command imports what lies
 # below the commands (the matrix, the Selection, matching, sections, nix, the
 # build machinery...), never another command: what two commands share moves
-# below both. A new task's module joins this set (the next test says so).
+# below both. A new task's module joins this set (the next test says so). Each
+# is named after its task; `<task>_task` where the plain name is taken (the
+# matrix package, Python's eval).
 COMMANDS = {
-    "vllm_variants.variants_cmd": "invoke variants",
+    "vllm_variants.variants": "invoke variants",
     "vllm_variants.readme": "invoke readme",
     "vllm_variants.build": "invoke build",
-    "vllm_variants.evaluate": "invoke eval",
+    "vllm_variants.eval_task": "invoke eval",
     "vllm_variants.bump": "invoke bump-pin",
     "vllm_variants.smoke.session": "invoke smoke, nox -s smoke",
     "vllm_variants.doctor": "invoke doctor",
@@ -112,7 +114,7 @@ COMMANDS = {
     "vllm_variants.audit": "invoke audit",
     "vllm_variants.publish": "invoke publish",
     "vllm_variants.image": "invoke image",
-    "vllm_variants.ci_matrix": "invoke matrix",
+    "vllm_variants.matrix_task": "invoke matrix",
 }
 # What the task layer imports besides the commands: the boundary and its inputs.
 TASK_LAYER = {"vllm_variants.boundary", "vllm_variants.project", "vllm_variants.options"}
@@ -180,9 +182,9 @@ def test_every_file_the_package_reads_is_shipped_in_its_wheel():
 
 
 def test_the_expressions_read_what_the_python_side_feeds_them():
-    from vllm_variants import evaluate
+    from vllm_variants import eval_task
 
-    assert f'builtins.getEnv "{evaluate.NAMES_ENV}"' in evaluate.APPLY
+    assert f'builtins.getEnv "{eval_task.NAMES_ENV}"' in eval_task.APPLY
 
 
 # -- one mechanism per concern (issue #21) ----------------------------------------------

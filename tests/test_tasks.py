@@ -67,7 +67,7 @@ def test_variants_table_lists_every_variant_without_starting_nix():
     (row,) = [
         line for line in everything.stdout.splitlines() if line.startswith("vllm-python312-cuda12_8-sm121-arm64 ")
     ]
-    number = re.search(r"\[(\d+)\]", row)[1]  # the reason below the table, by its number (tests/test_variants_cmd.py)
+    number = re.search(r"\[(\d+)\]", row)[1]  # the reason below the table, by its number (tests/test_variants.py)
     assert f"[{number}] capability 12.1 needs CUDA 12.9" in everything.stdout
     default = subprocess.run(
         [*INVOKE, "variants"],
@@ -146,7 +146,7 @@ def test_tasks_compile_once_not_on_every_run(tmp_path):
     env = {**support.nix_env(), "PYTHONPYCACHEPREFIX": str(cache)}
     subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
     written = {p.name.split(".")[0] for p in cache.rglob("*.pyc")}
-    assert {"tasks", "schema", "variants_cmd"} <= written, sorted(written)
+    assert {"tasks", "schema", "variants"} <= written, sorted(written)
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")}
     subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")} == stamps  # read, not rewritten

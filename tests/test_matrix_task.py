@@ -13,8 +13,8 @@ import pytest
 import support
 import yaml
 
-from vllm_variants.ci_matrix import github_matrix
 from vllm_variants.matrix import Matrix
+from vllm_variants.matrix_task import github_matrix
 from vllm_variants.options import Selection
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
