@@ -26,11 +26,11 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from ..concurrency import Concurrency, plan_concurrency
-from ..display import BuildOutcome
 from ..nix import Nix
 from ..project import Project
 from ..resources import Host
+from .concurrency import Concurrency, plan_concurrency
+from .display import BuildOutcome
 from .links import link_results
 from .pipeline import act, check_outputs, plan_and_build
 from .plan import HEAVY, BuildPlan, VariantPlan, check_links, closure, make_plan, merge_dry_runs, share_of, with_sizes

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import lifecycle
-from ..display import BuildOutcome, make_display
 from ..errors import BuildError
 from ..nixlog import store_name
 from ..outputs import check_dir, relative, write_text
 from ..project import Project
 from ..resources import Host
+from .display import BuildOutcome, make_display
 from .links import link_results
 from .plan import BuildPlan, check_links, make_plan
 from .process import execute

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import lifecycle
-from ..display import BuildOutcome, duration_text
 from ..errors import WriteError
 from ..nixlog import Event, NixLog, read_lines
 from ..outputs import make_dir
 from ..runner import format_argv, spawn
+from .display import BuildOutcome, duration_text
 from .plan import BuildPlan
 
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
