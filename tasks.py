@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent
 
 # Its flags, their defaults and help, once. A task that takes them names the
 # flags in `selects` and has one `selection` parameter where they go: the flags
-# are parsed once, before its body runs, into vllm_variants.options.Selection.
+# are parsed once, before its body runs, into vllm_variants.selection.Selection.
 SELECTION = {
     "sm": (
         None,
@@ -92,11 +92,13 @@ class HelpfulTask(Task):
 
             name = next(key for key, value in ns.tasks.items() if value.body is self.body)
             Program(namespace=ns, binary="inv[oke]").run(["invoke", "--help", name])
-        from vllm_variants.options import Selection, refuse_control_characters
+        from vllm_variants.options import refuse_control_characters
 
         flags = {name: name.upper() if name in self.positional else "--" + name.replace("_", "-") for name in kwargs}
         _call(refuse_control_characters, {flags[name]: value for name, value in kwargs.items()})
         if self.selects:
+            from vllm_variants.selection import Selection
+
             chosen = {flag: kwargs.pop(flag) for flag in self.selects if flag in kwargs}
             kwargs["selection"] = _call(Selection.parse, **chosen)
         return super().__call__(*args, **kwargs)

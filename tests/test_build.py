@@ -44,9 +44,9 @@ from vllm_variants.errors import BuildError
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun
-from vllm_variants.options import Selection
 from vllm_variants.project import Project
 from vllm_variants.resources import Host
+from vllm_variants.selection import Selection
 
 pytestmark = pytest.mark.nix
 

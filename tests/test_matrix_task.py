@@ -15,7 +15,7 @@ import yaml
 
 from vllm_variants.matrix import Matrix
 from vllm_variants.matrix_task import github_matrix
-from vllm_variants.options import Selection
+from vllm_variants.selection import Selection
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 WORKFLOW = support.REPO / ".github" / "workflows" / "variants.yml"

@@ -97,7 +97,7 @@ def test_the_cycle_check_finds_a_type_only_cycle(tmp_path):
 
 # The modules that are commands: what a task of tasks.py, a nox session or a
 # `python -m` entry point runs, one per command. A command imports what lies
-# below the commands (the matrix, the Selection, matching, sections, nix, the
+# below the commands (the matrix, the selection, matching, sections, nix, the
 # build machinery...), never another command: what two commands share moves
 # below both. A new task's module joins this set (the next test says so). Each
 # is named after its task; `<task>_task` where the plain name is taken (the
@@ -117,7 +117,7 @@ COMMANDS = {
     "vllm_variants.matrix_task": "invoke matrix",
 }
 # What the task layer imports besides the commands: the boundary and its inputs.
-TASK_LAYER = {"vllm_variants.boundary", "vllm_variants.project", "vllm_variants.options"}
+TASK_LAYER = {"vllm_variants.boundary", "vllm_variants.project", "vllm_variants.options", "vllm_variants.selection"}
 
 
 def _imported_modules(path: Path, modules: set[str]) -> set[str]:

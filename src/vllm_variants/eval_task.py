@@ -21,9 +21,9 @@ from .errors import BuildError, CommandError
 from .evalmem import EvalBudget, eval_options, plan_eval
 from .matrix import Variant
 from .nix import Nix, error_message, flake_ref, input_ref, nix_expression
-from .options import Selection
 from .project import Project
 from .resources import Host
+from .selection import Selection
 
 # lib.resolve takes its list of names from here: the flake gets data, not
 # generated Nix source (expressions/resolve.nix, a file of this package, reads it).

@@ -52,10 +52,10 @@ from . import lifecycle, userfiles
 from .errors import CommandError, ImageError, ToolMissing, VariantsError, tail
 from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
-from .options import Selection
 from .project import Project
 from .resources import format_bytes
 from .runner import HINTS, format_argv, require_tool, run, spawn, text_of
+from .selection import Selection
 
 DESTINATIONS = "docker://[REGISTRY/]NAME[:TAG] or oci-archive:PATH[:TAG] (or --load)"
 # docker/distribution's reference grammar: a registry host, then lowercase

@@ -1,5 +1,5 @@
 """Which variant runs on which GPU: the rules behind `invoke which`, `invoke doctor`
-and `--sm auto` (every command's selection, vllm_variants.options.Selection).
+and `--sm auto` (every command's selection, vllm_variants.selection.Selection).
 
 A GPU maps to the enabled variant of its SM for this machine's system (an
 arm64 host gets the arm64 variant). A GPU whose SM has no variant gets one

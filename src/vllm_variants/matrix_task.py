@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 from .errors import SelectionError
 from .matrix import Variant
-from .options import Selection
 from .project import Project
+from .selection import Selection
 
 FORMATS = ("github",)
 

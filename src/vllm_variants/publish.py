@@ -44,9 +44,9 @@ from . import lifecycle, userfiles
 from .errors import CommandError, PublishError
 from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
-from .options import Selection
 from .project import Project
 from .resources import format_bytes
+from .selection import Selection
 
 # Stores that Nix writes as a binary cache (narinfo + nar files); they take
 # `secret-key` as a store setting and sign as they write.

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .errors import UsageError
-from .matrix import Matrix, Variant, generated
+from .matrix import Matrix, Variant
 from .project import Project
 
 COLUMNS = ("Variant", "SM", "System", "Driver", "Off", "GPUs")
@@ -63,6 +63,8 @@ def plain_table(table: list[tuple[str, ...]]) -> list[str]:
 
 def write(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
     """`invoke variants --write` (or --check): nix/variants.json from nix/variants.toml."""
+    from .matrix import generated  # hashlib and the writer: not for showing the matrix
+
     changed = generated.update(project.root, check=check)
     print(f"wrote {generated.PATH}" if changed else f"{generated.PATH} is up to date", file=out or sys.stdout)
     return changed

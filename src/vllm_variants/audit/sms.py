@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import userfiles
 from ..errors import SelectionError
 from ..matrix import Matrix, Variant, normalise_sm, sm_number
-from ..options import Selection
+from ..selection import Selection
 
 # -- choosing the own SMs ------------------------------------------------------
 

@@ -12,9 +12,10 @@ from ..evalmem import eval_options
 from ..machines import BuildCapabilities
 from ..matrix import Variant
 from ..nix import Nix, input_ref
-from ..options import Selection, whole_number
+from ..options import whole_number
 from ..outputs import check_file
 from ..project import Project
+from ..selection import Selection
 
 # -- the request ------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The selection (--sm with auto, --arm64, --system, --all, --python, --cuda): one
-record, parsed once at the task boundary (vllm_variants.options.Selection), that
+record, parsed once at the task boundary (vllm_variants.selection.Selection), that
 every command asks for its variants."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import support
 
 from vllm_variants.errors import SelectionError
 from vllm_variants.matrix import Matrix
-from vllm_variants.options import Selection
+from vllm_variants.selection import Selection
 
 
 @pytest.fixture(scope="module")
