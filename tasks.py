@@ -135,7 +135,7 @@ def variants(c, json=False, all=False, write=False, check=False):
     """Show the variant matrix (from nix/variants.toml; no Nix needed); --write writes the flake's copy."""
     from vllm_variants.variants import show
 
-    _call(show, _project(), as_json=json, everything=all, write_json=write, check=check)
+    _call(show, _project(), as_json=json, everything=all, write=write, check=check)
 
 
 @command(help={"check": "only check: fail if README.md is out of date, change nothing"})
@@ -236,7 +236,7 @@ def build(
         keep_going=keep_going,
         option=option,
         nixpkgs=nixpkgs,
-        json=json,
+        json_path=json,  # build writes its summary there: a path, where the other tasks print JSON (as_json)
         eval_jobs=eval_jobs,
         eval_max_memory=eval_max_memory,
     )

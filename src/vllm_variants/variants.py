@@ -61,7 +61,7 @@ def plain_table(table: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
 
 
-def write(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
+def write_generated(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
     """`invoke variants --write` (or --check): nix/variants.json from nix/variants.toml."""
     from .matrix import generated  # hashlib and the writer: not for showing the matrix
 
@@ -75,11 +75,11 @@ def show(
     *,
     as_json: bool = False,
     everything: bool = False,
-    write_json: bool = False,
+    write: bool = False,
     check: bool = False,
     out: TextIO | None = None,
 ) -> None:
-    given = [flag for flag, on in (("--write", write_json), ("--check", check)) if on]
+    given = [flag for flag, on in (("--write", write), ("--check", check)) if on]
     showing = [flag for flag, on in (("--json", as_json), ("--all", everything)) if on]
     if given and len(given) + len(showing) > 1:
         first, second = (given + showing)[:2]
@@ -88,7 +88,7 @@ def show(
             "--json and --all show the matrix; give one of them"
         )
     if given:
-        write(project, check=check, out=out)
+        write_generated(project, check=check, out=out)
         return
     out = out or sys.stdout
     matrix = project.matrix

@@ -48,7 +48,7 @@ class Request:
         keep_going: bool = False,
         option: Iterable[str] = (),
         nixpkgs: str | None = None,
-        json: str | None = None,
+        json_path: str | None = None,
         eval_jobs: str | int | None = None,
         eval_max_memory: str | int | None = None,
         cwd: Path | None = None,
@@ -64,7 +64,7 @@ class Request:
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
             nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
-            json_path=check_file("--json", json, cwd),
+            json_path=check_file("--json", json_path, cwd),
             eval_jobs=jobs,
             eval_max_memory=memory,
         )
