@@ -24,8 +24,8 @@ from typing import Any
 from .. import userfiles
 from ..errors import MatrixError
 from ..outputs import write_text
+from . import schema
 from .model import Matrix
-from .schema import MATRIX_LIMIT
 
 SOURCE = "nix/variants.toml"
 PATH = "nix/variants.json"
@@ -36,19 +36,15 @@ NOTE = (
 )
 # What the generated file may weigh: the matrix's own bound times the expansion (a
 # few hundred bytes per variant for a few dozen bytes of TOML), with room to spare.
-LIMIT = 16 * MATRIX_LIMIT
+LIMIT = 16 * schema.MATRIX_LIMIT
 
 
 def expand(toml: Path, label: str | None = None) -> tuple[Matrix, str]:
     """The matrix in `toml`, validated, and the sha256 of the bytes it was read from.
     `label` names the file in messages (default: its path)."""
     label = label or str(toml)
-    try:
-        data = userfiles.read_bytes(toml, label, limit=MATRIX_LIMIT)
-        parsed = userfiles.parse_toml(userfiles.decode(data, label), label)
-    except userfiles.UserFileError as exc:
-        raise MatrixError(str(exc)) from None
-    return Matrix.from_toml(parsed, source=Path(label)), hashlib.sha256(data).hexdigest()
+    parsed, raw = schema.parse(toml, label)
+    return Matrix.from_toml(parsed, source=Path(label)), hashlib.sha256(raw).hexdigest()
 
 
 def document(matrix: Matrix, sha256: str) -> dict[str, Any]:

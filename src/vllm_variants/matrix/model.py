@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import userfiles
-from ..errors import MatrixError, SelectionError
+from ..errors import SelectionError
 from . import schema
 from .pin import version_key
 from .variant import Variant
@@ -31,10 +30,7 @@ class Matrix:
     @classmethod
     def load(cls, path: Path | str) -> Matrix:
         path = Path(path)
-        try:
-            data = userfiles.parse_toml(userfiles.read_text(path, str(path), limit=schema.MATRIX_LIMIT), str(path))
-        except userfiles.UserFileError as exc:
-            raise MatrixError(str(exc)) from None
+        data, _ = schema.parse(path, str(path))
         return cls.from_toml(data, source=path)
 
     @classmethod

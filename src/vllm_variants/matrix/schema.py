@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from .. import userfiles
@@ -63,6 +64,16 @@ _VERSION = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 SM_PATTERN = re.compile(r"^[1-9][0-9]{1,2}[af]?\Z")
 CAPABILITY_PATTERN = re.compile(r"^[1-9][0-9]?\.[0-9][af]?\Z")
 _CUDA = re.compile(r"^[0-9]+\.[0-9]+\Z")
+
+
+def parse(path: Path, label: str) -> tuple[dict[str, Any], bytes]:
+    """The matrix file parsed, and the bytes it was parsed from (nix/variants.json
+    records their sha256); MatrixError, one line, for a file that cannot be read."""
+    try:
+        raw = userfiles.read_bytes(path, label, limit=MATRIX_LIMIT)
+        return userfiles.parse_toml(userfiles.decode(raw, label), label), raw
+    except userfiles.UserFileError as exc:
+        raise MatrixError(str(exc)) from None
 
 
 class Layout(NamedTuple):
