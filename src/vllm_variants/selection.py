@@ -52,11 +52,6 @@ class Selection:
         named = tuple(t for t in tokens if t.lower() != "auto")
         return cls(named, len(named) < len(tokens), bool(arm64), systems, bool(all), python, cuda)
 
-    @property
-    def given(self) -> bool:
-        """Whether anything was selected (--sm, --system or --all)."""
-        return bool(self.sms or self.auto or self.systems or self.all)
-
     def detected(self, matrix: Matrix, *, smi: str = "nvidia-smi") -> list[Variant]:
         """`--sm auto`: the variants of this machine's GPUs (vllm_variants.matching), the
         one place it is resolved; SelectionError (one line) when there is no GPU or a GPU
