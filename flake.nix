@@ -8,9 +8,11 @@
   outputs =
     { self, nixpkgs }:
     let
-      # Pure data from nix/variants.toml; touching it never imports nixpkgs.
+      # Pure data: nix/variants.toml as the Python side validated and expanded
+      # it (nix/variants.json, `invoke variants --write`); never imports nixpkgs.
       matrix = import ./nix/matrix.nix {
-        toml = builtins.fromTOML (builtins.readFile ./nix/variants.toml);
+        generated = ./nix/variants.json;
+        source = ./nix/variants.toml;
       };
 
       forSystems = f: builtins.listToAttrs (map (system: { name = system; value = f system; }) matrix.systems);
@@ -148,7 +150,7 @@
                 ps.rich
                 ps.pytest
                 ps.pytest-xdist
-                ps.pyyaml # tests/test_ci_matrix.py, as the test extra
+                ps.pyyaml # tests/test_matrix_task.py, as the test extra
               ]))
               pkgs.git
               pkgs.ruff

@@ -5,6 +5,7 @@ the tasks: `invoke --list` must not load rich, tomli or the subprocess layer
 (benchmarks/bench_tasks.py measures it).
 """
 
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,26 @@ if __cached__ and not os.path.exists(__cached__):
 
 ROOT = Path(__file__).resolve().parent
 
+# -- the selection: which variants a task acts on (issue #24) ----------------------
+
+# Its flags, their defaults and help, once. A task that takes them names the
+# flags in `selects` and has one `selection` parameter where they go: the flags
+# are parsed once, before its body runs, into vllm_variants.selection.Selection.
+SELECTION = {
+    "sm": (
+        None,
+        "SM(s): 90, sm90, 9.0, a full variant name, or 'auto' for this machine's GPUs (see `invoke which`); "
+        "repeat it or give a list (--sm 80,89,90)",
+    ),
+    "arm64": (False, "the aarch64-linux (Grace) variant of each --sm (GH200: --sm 90 --arm64)"),
+    "system": (None, "every enabled variant of this system (x86_64-linux, aarch64-linux); repeatable"),
+    "all": (False, "every enabled variant (of the default set, or of the --python/--cuda line)"),
+    # which line of the matrix' axes (variants.toml [axes])
+    "python": (None, "the Python line, e.g. 313 (default: the matrix's default line, python312)"),
+    "cuda": (None, "the CUDA line, e.g. 12.8 (default: the matrix's default line, 12.9)"),
+}
+REPEATABLE = ("sm", "system")
+
 # -- every task answers --help and -h (issue #22) --------------------------------
 
 HELP_WORDS = ("--help", "-h")
@@ -36,7 +57,29 @@ class HelpfulTask(Task):
     its help, as `invoke --help TASK` does: `-h` is never one of its own short
     flags, and Invoke's parser, which hands the word after a task name to a
     positional argument still missing (`bump-pin --help` made '--help' the
-    commit), is answered here."""
+    commit), is answered here. Option values are checked here for every task
+    (no control characters), and the selection flags parsed here (SELECTION)."""
+
+    def __init__(self, body, *, selects=(), **kwargs):
+        self.selects = tuple(selects)
+        if self.selects:
+            kwargs["help"] = {**{flag: SELECTION[flag][1] for flag in self.selects}, **kwargs.get("help", {})}
+            kwargs["iterable"] = [*(f for f in REPEATABLE if f in self.selects), *kwargs.get("iterable", [])]
+        super().__init__(body, **kwargs)
+
+    def argspec(self, body):
+        """The body's signature with its `selection` parameter spelled as the flags it takes."""
+        signature = super().argspec(body)
+        if not self.selects:
+            return signature
+        params = []
+        for param in signature.parameters.values():
+            if param.name != "selection":
+                params.append(param)
+                continue
+            for flag in self.selects:
+                params.append(inspect.Parameter(flag, param.POSITIONAL_OR_KEYWORD, default=SELECTION[flag][0]))
+        return signature.replace(parameters=params)
 
     def arg_opts(self, name, default, taken_names):
         taken_names.add("h")  # no auto short flag -h: it means --help
@@ -49,23 +92,22 @@ class HelpfulTask(Task):
 
             name = next(key for key, value in ns.tasks.items() if value.body is self.body)
             Program(namespace=ns, binary="inv[oke]").run(["invoke", "--help", name])
-        from vllm_variants.cli import refuse_control_characters
+        from vllm_variants.options import refuse_control_characters
 
         flags = {name: name.upper() if name in self.positional else "--" + name.replace("_", "-") for name in kwargs}
         _call(refuse_control_characters, {flags[name]: value for name, value in kwargs.items()})
+        if self.selects:
+            from vllm_variants.selection import Selection
+
+            chosen = {flag: kwargs.pop(flag) for flag in self.selects if flag in kwargs}
+            kwargs["selection"] = _call(Selection.parse, **chosen)
         return super().__call__(*args, **kwargs)
 
 
 def command(*args, **kwargs):
-    """@task for this collection: every task is a HelpfulTask."""
+    """@task for this collection: every task is a HelpfulTask; `selects=(...)`: the
+    selection flags it takes, given to its body as one `selection`."""
     return task(*args, klass=HelpfulTask, **kwargs)
-
-
-# --python / --cuda: which line of the matrix' axes (variants.toml [axes])
-_LINE_HELP = {
-    "python": "the Python line, e.g. 313 (default: the matrix's default line, python312)",
-    "cuda": "the CUDA line, e.g. 12.8 (default: the matrix's default line, 12.9)",
-}
 
 
 def _project():
@@ -84,13 +126,16 @@ def _call(func, *args, **kwargs):
     help={
         "json": "print the matrix as JSON, every combination (what `nix eval .#lib.variants` prints)",
         "all": "every combination of the axes, the disabled ones with the reason (default: the default set)",
+        "write": "write nix/variants.json, the matrix validated and expanded for the flake (after editing "
+        "nix/variants.toml)",
+        "check": "only check: fail if nix/variants.json is out of date with nix/variants.toml, change nothing",
     }
 )
-def variants(c, json=False, all=False):
-    """Show the variant matrix (from nix/variants.toml; no Nix needed)."""
-    from vllm_variants.variants_cmd import show
+def variants(c, json=False, all=False, write=False, check=False):
+    """Show the variant matrix (from nix/variants.toml; no Nix needed); --write writes the flake's copy."""
+    from vllm_variants.variants import show
 
-    _call(show, _project(), as_json=json, everything=all)
+    _call(show, _project(), as_json=json, everything=all, write=write, check=check)
 
 
 @command(help={"check": "only check: fail if README.md is out of date, change nothing"})
@@ -146,13 +191,9 @@ _EVAL_HELP = {
 
 @command(
     auto_shortflags=False,  # no -j meaning --json to someone used to `nix build -j 4`
-    iterable=["sm", "system", "option"],
+    selects=("sm", "arm64", "all", "system", "python", "cuda"),
+    iterable=["option"],
     help={
-        "sm": "SM to build: 90, sm90, 9.0, a full variant name, or 'auto' for this machine's GPUs "
-        "(see `invoke which`); repeat it or give a list (--sm 80,89,90)",
-        "arm64": "the aarch64-linux (Grace) variant of each --sm (GH200: --sm 90 --arm64)",
-        "all": "every enabled variant of the matrix",
-        "system": "every enabled variant of this system (x86_64-linux, aarch64-linux); repeatable",
         "dry-run": "evaluate and print the plan (what Nix would build and fetch); build and change nothing",
         "cores": "Nix --cores: cores per build (0: all); default: planned from RAM when several variants",
         "max-jobs": "Nix --max-jobs: builds at once (0: remote builders only); default: planned from RAM "
@@ -164,16 +205,12 @@ _EVAL_HELP = {
         "nixpkgs": "build against this nixpkgs instead of the pin: a checkout's path or a flake reference "
         "(github:NixOS/nixpkgs/<rev>, git+https://mirror/nixpkgs); flake.lock is never rewritten",
         "json": "also write the summary (or, with --dry-run, the plan) as JSON to this file, for CI",
-        **_LINE_HELP,
         **_EVAL_HELP,
     },
 )
 def build(
     c,
-    sm=None,
-    arm64=False,
-    all=False,
-    system=None,
+    selection,
     dry_run=False,
     cores=None,
     max_jobs=None,
@@ -182,8 +219,6 @@ def build(
     option=None,
     nixpkgs=None,
     json=None,
-    python=None,
-    cuda=None,
     eval_jobs=None,
     eval_max_memory=None,
 ):
@@ -193,20 +228,15 @@ def build(
     _call(
         main,
         _project(),
-        sm=sm,
-        arm64=arm64,
-        all=all,
-        system=system,
+        selection=selection,
         dry_run=dry_run,
         cores=cores,
-        python=python,
-        cuda=cuda,
         max_jobs=max_jobs,
         builders=builders,
         keep_going=keep_going,
         option=option,
         nixpkgs=nixpkgs,
-        json=json,
+        json_path=json,  # build writes its summary there: a path, where the other tasks print JSON (as_json)
         eval_jobs=eval_jobs,
         eval_max_memory=eval_max_memory,
     )
@@ -289,51 +319,38 @@ def audit(c, path, sm=None, variant=None, json=False, reader="auto", cuobjdump=N
 
 # -- beyond one machine: binary caches and CI (issue #6) ----------------------
 
-_SELECT_HELP = {
-    "sm": "SM(s): 90, sm90, 80,89 or a full variant name (repeatable)",
-    "arm64": "with --sm: the aarch64-linux (Grace) variant of that SM",
-    "system": "every enabled variant of this system, e.g. aarch64-linux (repeatable)",
-}
-
 
 @command(
-    iterable=["sm", "system"],
+    selects=("sm", "arm64", "system", "all"),
     help={
         "to": "store URI to copy to: file:///srv/cache, s3://bucket?region=..., ssh-ng://host, ...",
-        **_SELECT_HELP,
-        "all": "every enabled variant (with --check, the default)",
         "sign_key": "secret key file (nix key generate-secret) to sign the copied paths with",
         "check": "only tell which variants the cache holds (evaluates, builds nothing); exit 1 if one is missing",
         "nixpkgs": "with --check: the nixpkgs the variants were built with (path or flake ref), as for build",
         "dry_run": "print the plan (paths, sizes, signing) and copy nothing",
     },
 )
-def publish(
-    c, to, sm=None, arm64=False, system=None, all=False, sign_key=None, check=False, nixpkgs=None, dry_run=False
-):
-    """Copy built variants' closures to a binary cache (nix copy), signed with --sign-key."""
+def publish(c, to, selection, sign_key=None, check=False, nixpkgs=None, dry_run=False):
+    """Copy built variants' closures to a binary cache (nix copy), signed with --sign-key.
+
+    With --check and nothing selected: every variant of the default set."""
     from vllm_variants.publish import main
 
     _call(
         main,
         _project(),
         to=to,
-        sm=sm or (),
-        arm64=arm64,
-        systems=system or (),
-        all=all,
+        selection=selection,
         sign_key=sign_key,
-        check_only=check,
+        check=check,
         nixpkgs=nixpkgs,
         dry_run=dry_run,
     )
 
 
 @command(
-    iterable=["sm"],
+    selects=("sm", "arm64"),
     help={
-        "sm": "the SM of the variant: 90, sm90 or a full variant name (one variant per image)",
-        "arm64": "the aarch64-linux (Grace) variant of that SM",
         "to": "where the image goes: docker://REGISTRY/NAME[:TAG] or oci-archive:PATH[:TAG] "
         "(TAG defaults to <vllm version>-<pin>)",
         "load": "load the image into the local Docker (docker image load, streamed) or, without docker, podman",
@@ -343,15 +360,16 @@ def publish(
         "nixpkgs": "the nixpkgs the variant was built with (path or flake ref), as for build",
     },
 )
-def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=False, tmpdir=None, nixpkgs=None):
-    """Build a built variant's OCI image (dockerTools) and copy it to a registry or archive with skopeo."""
+def image(c, selection, to=None, load=False, dry_run=False, insecure=False, tmpdir=None, nixpkgs=None):
+    """Build a built variant's OCI image (dockerTools) and copy it to a registry or archive with skopeo.
+
+    One variant per image: --sm names it."""
     from vllm_variants.image import main
 
     _call(
         main,
         _project(),
-        sm=sm or (),
-        arm64=arm64,
+        selection=selection,
         to=to,
         load=load,
         dry_run=dry_run,
@@ -363,58 +381,40 @@ def image(c, sm=None, arm64=False, to=None, load=False, dry_run=False, insecure=
 
 @command(
     name="eval",
-    iterable=["sm", "system"],
+    selects=("sm", "arm64", "system", "all", "python", "cuda"),
     help={
-        **_SELECT_HELP,
-        "all": "every enabled variant (the default when nothing is selected)",
         "nixpkgs": "evaluate against this nixpkgs instead of the pin: a checkout's path or a flake reference "
         "(github:NixOS/nixpkgs/<rev>); flake.lock is never rewritten",
         "json": "print the result as JSON (for CI) instead of text",
-        **_LINE_HELP,
         **_EVAL_HELP,
     },
 )
-def eval_(
-    c,
-    sm=None,
-    arm64=False,
-    system=None,
-    all=False,
-    nixpkgs=None,
-    json=False,
-    python=None,
-    cuda=None,
-    eval_jobs=None,
-    eval_max_memory=None,
-):
-    """Evaluate variants at the pin (in batches sized to RAM, nothing built): versions, arch lists, CUDA; or why not."""
-    from vllm_variants.evaluate import main
+def eval_(c, selection, nixpkgs=None, json=False, eval_jobs=None, eval_max_memory=None):
+    """Evaluate variants at the pin (in batches sized to RAM, nothing built): versions, arch lists, CUDA; or why not.
+
+    Nothing selected: the default set (or the --python/--cuda line)."""
+    from vllm_variants.eval_task import main
 
     _call(
         main,
         _project(),
-        sm=sm or (),
-        arm64=arm64,
-        systems=system or (),
-        all=all,
+        selection=selection,
         nixpkgs=nixpkgs,
         as_json=json,
-        python=python,
-        cuda=cuda,
         eval_jobs=eval_jobs,
         eval_max_memory=eval_max_memory,
     )
 
 
 @command(
-    iterable=["sm", "system"],
-    help={"format": "output format; valid: github (the JSON strategy.matrix takes)", **_SELECT_HELP, **_LINE_HELP},
+    selects=("sm", "arm64", "system", "python", "cuda"),
+    help={"format": "output format; valid: github (the JSON strategy.matrix takes)"},
 )
-def matrix(c, format="github", sm=None, arm64=False, system=None, python=None, cuda=None):
+def matrix(c, selection, format="github"):
     """Print the CI build matrix (GitHub Actions JSON) for the default set (or a --python/--cuda line)."""
-    from vllm_variants.ci_matrix import show
+    from vllm_variants.matrix_task import show
 
-    _call(show, _project(), fmt=format, sms=sm, arm64=arm64, systems=system, python=python, cuda=cuda)
+    _call(show, _project(), format=format, selection=selection)
 
 
 ns = Collection(variants, readme, build, eval_, bump_pin, smoke, doctor, which, audit, publish, image, matrix)

@@ -4,7 +4,9 @@ Generates matrices of N synthetic [[sm]] rows (every one on 3 Python x 2 CUDA
 lines, as the Flox product is) and times, in one run, per variant:
   - python:  vllm_variants.matrix.Matrix.load (what `invoke variants` does);
   - invoke:  `invoke variants --json` in a checkout holding that matrix;
-  - nix:     nix/matrix.nix's records (what `nix eval .#lib.variants` prints).
+  - nix:     nix/matrix.nix's records (what `nix eval .#lib.variants` prints):
+             it reads nix/variants.json, the expansion `invoke variants --write`
+             makes of the TOML (written here before timing).
 Growth is the per-variant time at the largest size over the smallest: about 1
 for linear, about the size ratio for quadratic.
 
@@ -24,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vllm_variants.matrix import Matrix  # noqa: E402
+from vllm_variants.matrix import Matrix, generated  # noqa: E402
 
 HEAD = """defaults = { python = "python312", cuda = "12.9", torch = "source" }
 axes = { python = ["python311", "python312", "python313"], cuda = ["12.8", "12.9"] }
@@ -87,9 +89,11 @@ def main() -> None:
                 ),
             }
             if nix:
+                expanded = root / "nix" / "variants.json"
+                expanded.write_text(generated.render(*generated.expand(toml)))
                 expr = (
                     f"builtins.length (builtins.attrNames (import {root}/nix/matrix.nix "
-                    f"{{ toml = builtins.fromTOML (builtins.readFile {toml}); }}).variants)"
+                    f"{{ generated = {expanded}; source = {toml}; }}).variants)"
                 )
                 row["nix"] = best(
                     lambda expr=expr: subprocess.run(

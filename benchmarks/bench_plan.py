@@ -154,6 +154,13 @@ def variants_toml(selected: list[dict[str, str]]) -> str:
     return head + "\n\n" + "\n".join(tables)
 
 
+def expand(toml: Path, expanded: Path) -> None:
+    """What `invoke variants --write` writes: the flake reads the TOML's expansion."""
+    from vllm_variants.matrix import generated
+
+    expanded.write_text(generated.render(*generated.expand(toml)))
+
+
 def project(tmp: Path, n: int) -> Path:
     root = tmp / f"project-{n}"
     root.mkdir()
@@ -161,6 +168,7 @@ def project(tmp: Path, n: int) -> Path:
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / name)
     (root / "nix" / "variants.toml").write_text(variants_toml(rows(n)))
+    expand(root / "nix" / "variants.toml", root / "nix" / "variants.json")
     git = {
         **os.environ,
         "GIT_CONFIG_GLOBAL": os.devnull,
@@ -324,7 +332,7 @@ def build_case(tmp: Path, root: Path, n: int, args) -> dict[str, float]:
 
 
 def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
-    """nix/matrix.nix and vllm_variants.matrix over R synthetic rows (pure data)."""
+    """nix/matrix.nix (reading the rows' expansion) and vllm_variants.matrix over R synthetic rows (pure data)."""
     text = (ROOT / "nix" / "variants.toml").read_text()
     # the settings only: no [pin] facts (the rows are the stand-in's own) and no [[sm]] product
     head = text[: text.index("\n[pin]\n")]
@@ -337,6 +345,8 @@ def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
         )
     path = tmp / f"variants-{n_rows}.toml"
     path.write_text(head + "\n\n" + "\n".join(tables))
+    expanded = tmp / f"variants-{n_rows}.json"
+    expand(path, expanded)
     start = time.perf_counter()
     subprocess.run(
         [
@@ -346,7 +356,7 @@ def matrix_case(tmp: Path, n_rows: int) -> dict[str, float]:
             "--json",
             "--expr",
             f"builtins.length (builtins.attrNames (import {ROOT}/nix/matrix.nix "
-            f"{{ toml = builtins.fromTOML (builtins.readFile {path}); }}).variants)",
+            f"{{ generated = {expanded}; source = {path}; }}).variants)",
         ],
         env=nix_env(),
         capture_output=True,

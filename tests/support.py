@@ -241,6 +241,15 @@ def make_project(dest: Path, *, git_init: bool = True) -> Path:
     return dest
 
 
+def write_matrix(root: Path, text: str) -> None:
+    """nix/variants.toml of a project made `text`, and nix/variants.json (what the flake
+    reads) regenerated from it, as a contributor does with `invoke variants --write`."""
+    from vllm_variants.matrix import generated
+
+    (root / "nix" / "variants.toml").write_text(text)
+    generated.update(root)
+
+
 def build_results(project: Path, standin: Path, variants) -> dict[str, str]:
     """`nix build` each variant against `standin`, linked as result-<variant> in
     `project` as `invoke build` leaves it; {variant name: store path}."""

@@ -330,8 +330,21 @@ EVAL = [
     *EVAL_BUDGET,
 ]
 
+
+def typo_in_matrix(root: Path, tmp: Path) -> None:
+    """nix/variants.toml with an unknown key: nothing may be written from it."""
+    matrix = root / "nix" / "variants.toml"
+    matrix.write_text(matrix.read_text().replace('arch = "Volta"', 'arhc = "Volta"'))
+    support.commit_all(root, "matrix: a typo")
+
+
 VARIANTS = [
     Row("unknown-flag", ["--bogus"], 1, "No idea what '--bogus' is!"),
+    Row("write-a-broken-matrix", ["--write"], 1, "nix/variants.toml: sm #2: unknown key(s) arhc", typo_in_matrix),
+    Row("check-a-broken-matrix", ["--check"], 1, "nix/variants.toml: sm #2: unknown key(s) arhc", typo_in_matrix),
+    Row("write-and-check", ["--write", "--check"], 1, "--write and --check conflict"),
+    Row("write-and-json", ["--write", "--json"], 1, "--write and --json conflict"),
+    Row("check-and-all", ["--check", "--all"], 1, "--check and --all conflict"),
     Row("positional", ["extra"], 1, "No idea what 'extra' is!"),
     Row("stdout-full", [], 1, STDOUT_FULL, stdout="/dev/full"),
     Row("stdout-full-json", ["--json"], 1, STDOUT_FULL, stdout="/dev/full"),

@@ -46,6 +46,7 @@ from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun
 from vllm_variants.project import Project
 from vllm_variants.resources import Host
+from vllm_variants.selection import Selection
 
 pytestmark = pytest.mark.nix
 
@@ -194,7 +195,7 @@ def test_an_option_nix_rejects_at_build_time_is_the_error_even_when_up_to_date(p
     ok(invoke(project, "build", "--sm", "90", "--nixpkgs", str(nixpkgs)))
     link = project / f"result-{SM90.name}"
     before = os.readlink(link)
-    request = Request(sms=("90",), nixpkgs=f"path:{nixpkgs}")
+    request = Request(selection=Selection.parse(sm=["90"]), nixpkgs=f"path:{nixpkgs}")
     plan = make_plan(prepare(Project(project), request, nix=Nix(env=support.nix_env())))
     plan.concurrency = Concurrency(None, 10**23, 1, "")  # past the command line's bound: Nix's own check
     out = io.StringIO()
@@ -272,7 +273,7 @@ def test_fetched_paths_go_to_every_variant_that_needs_them_with_their_size(proje
     `nix path-info` for that cache (issue #13)."""
     stdenv, env = _stdenv_in_a_cache(tmp_path)
     nix = support.recording_nix(env=env)
-    request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
+    request = Request(selection=Selection.parse(sm=["80,90"]), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
     plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
     info = json.loads(
         support.nix("path-info", "--json", "--store", f"file://{tmp_path / 'cache'}", stdenv, env=env).stdout
@@ -295,7 +296,7 @@ def test_a_cache_that_names_no_deriver_sends_the_plan_to_the_derivations_outputs
     assert "\nDeriver: " in text
     narinfo.write_text("".join(line for line in text.splitlines(keepends=True) if not line.startswith("Deriver: ")))
     nix = support.recording_nix(env=env)
-    request = Request(sms=("80,90",), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
+    request = Request(selection=Selection.parse(sm=["80,90"]), nixpkgs=f"path:{support.STANDIN}", eval_jobs=10)
     plan = make_plan(prepare(Project(project), request, nix=nix), host=Host(cores=4, mem_bytes=64 * 1024**3))
     assert [v.dry.will_fetch for v in plan.variants] == [(stdenv,), (stdenv,)]
     assert all(v.dry.download_bytes for v in plan.variants)
@@ -321,7 +322,11 @@ def test_dry_run_json_writes_the_plan_for_ci(project, standin, tmp_path, standin
 def _plan(project: Path, nixpkgs: Path, sms: str, **request) -> tuple[BuildPlan, list[list[str]]]:
     nix = support.recording_nix(env=support.nix_env())
     plan = make_plan(
-        prepare(Project(project), Request(sms=(sms,), nixpkgs=f"path:{nixpkgs}", **request), nix=nix),
+        prepare(
+            Project(project),
+            Request(selection=Selection.parse(sm=[sms]), nixpkgs=f"path:{nixpkgs}", **request),
+            nix=nix,
+        ),
         host=Host(cores=4, mem_bytes=64 * 1024**3),
     )
     return plan, nix.commands

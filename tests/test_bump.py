@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import support
 
-from vllm_variants import bump, readme, versions
+from vllm_variants import bump, sections, versions
 from vllm_variants import nix as nix_module
 from vllm_variants.errors import BumpError, GitError, PinError
 from vllm_variants.project import Project
@@ -192,12 +192,12 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
         # ... from the nixpkgs flake.lock now locks, said so, and not marked unverified
         lock = json.loads(at(repo, branch, "flake.lock"))
         assert recorded.nar_hash == lock["nodes"]["nixpkgs"]["locked"]["narHash"] and recorded.unverified is None
-        table = readme.section_body(at(repo, branch, "docs/pin.md"), "versions")
+        table = sections.section_body(at(repo, branch, "docs/pin.md"), "versions")
         assert "| the other 14 variants | 0.16.0 | 2.10.0 | 3.12.12 | 12.9 |" in table
         assert "| `vllm-python312-cuda12_8-sm90-torchbin` | 0.16.0 | 2.9.0 | 3.12.12 | 12.8 |" in table
         assert nixpkgs.b in table
         # every generated section moved with the pin, in the same commit (docs/distributing.md: the image tag)
-        tag = readme.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")
+        tag = sections.section_body(at(repo, branch, "docs/distributing.md"), "image-tag")
         assert f"`0.16.0-{nixpkgs.b[:7]}`" in tag, tag
     assert "vllm: 0.15.1 -> 0.16.0" in run_bump.out and "torch: 2.9.0, 2.9.1 -> 2.9.0, 2.10.0" in run_bump.out
 
@@ -207,7 +207,7 @@ def test_bump_moves_every_named_branch_and_commits_by_the_convention(repo, nixpk
     assert support.git(repo, "status", "--porcelain").stdout == "?? notes.txt\n"
     assert (repo / "notes.txt").read_text() == "untracked, mine\n"
     assert (repo / "flake.lock").read_text() == at(repo, "main", "flake.lock")
-    readme.update(Project(repo), check=True)
+    sections.update(Project(repo), check=True)
     assert support.git(repo, "worktree", "list").stdout.count("\n") == 1
 
 
@@ -278,6 +278,27 @@ def test_a_failing_branch_moves_no_branch(repo, nixpkgs, run_bump, tmp_path):
     assert "\n" not in message
     assert "main: nixpkgs 0182a3613243" in run_bump.out  # main did get as far as its commit
     assert refs(repo) == before
+
+
+def test_a_stale_matrix_json_on_a_branch_is_regenerated_and_committed(repo, nixpkgs, run_bump, tmp_path):
+    """bump-pin commits what it regenerates: a branch whose nix/variants.toml changed
+    without `invoke variants --write` would not evaluate (the flake refuses the stale
+    JSON); its bump commit carries the JSON expanded from the branch's own TOML."""
+    tree = tmp_path / "edit"
+    support.git(repo, "worktree", "add", "-q", tree, "vllm-0.13.0")
+    toml = tree / "nix" / "variants.toml"
+    toml.write_text(toml.read_text().replace('gpus = ["V100", "Titan V"]', 'gpus = ["V100", "Titan V", "GV100"]', 1))
+    support.commit_all(tree, "matrix: one more GPU, nix/variants.json not regenerated")
+    support.git(repo, "worktree", "remove", tree)
+
+    run_bump(repo, nixpkgs.b, branches=["vllm-0.13.0"])
+
+    committed = json.loads(at(repo, "vllm-0.13.0", "nix/variants.json"))
+    assert committed["variants"]["vllm-python312-cuda12_9-sm70"]["gpus"] == ["V100", "Titan V", "GV100"]
+    toml_bytes = at(repo, "vllm-0.13.0", "nix/variants.toml").encode()
+    assert committed["source"]["sha256"] == hashlib.sha256(toml_bytes).hexdigest()
+    changed = support.git(repo, "diff", "--name-only", "vllm-0.13.0~1", "vllm-0.13.0").stdout.split()
+    assert "nix/variants.json" in changed
 
 
 # -- --release-branch ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import support
 
 from vllm_variants.build import BuildPlan, Concurrency, Prepared, Request, Target, VariantPlan, follow
-from vllm_variants.display import Display, LiveDisplay, duration_text
+from vllm_variants.build.display import Display, LiveDisplay, duration_text
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.nixlog import DryRun, NixLog

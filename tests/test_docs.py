@@ -9,7 +9,7 @@
   function of that file).
 - Every variant name is one the matrix has; no driver minimum, pinned
   version or nvcc RAM figure is typed outside a generated section unless it
-  is the matrix's (generated sections: vllm_variants.readme, test_readme.py).
+  is the matrix's (generated sections: vllm_variants.sections, test_readme.py).
 - The README is a landing page: at most 200 lines, every task one line with a
   link; every task says what it does without a real build (docs/checking.md);
   every benchmark names its command, date and machine.
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import support
 
-from vllm_variants import readme, versions
+from vllm_variants import sections, versions
 from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
 
@@ -499,9 +499,9 @@ def test_no_matrix_or_pin_fact_is_typed_by_hand(path):
 
 def test_generated_sections_are_in_the_docs_and_current():
     texts = {_name(p): p.read_text() for p in FILES}
-    for section in readme.SECTIONS:
-        assert any(readme.section_body(text, section) is not None for text in texts.values()), section
-    assert readme.update(Project(REPO), check=True) == []
+    for section in sections.SECTIONS:
+        assert any(sections.section_body(text, section) is not None for text in texts.values()), section
+    assert sections.update(Project(REPO), check=True) == []
 
 
 def test_readme_is_a_landing_page_with_every_task_one_link_away():

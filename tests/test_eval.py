@@ -12,10 +12,11 @@ import pytest
 import support
 
 from vllm_variants.errors import BuildError
-from vllm_variants.evaluate import main
+from vllm_variants.eval_task import main
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.project import Project
+from vllm_variants.selection import Selection
 
 pytestmark = pytest.mark.nix
 
@@ -24,11 +25,14 @@ B200 = MATRIX.resolve("100")
 NO_BLACKWELL = ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "9.0a"]
 
 
-def run_eval(project, *, standin=support.STANDIN, **kwargs):
+def run_eval(project, *, standin=support.STANDIN, sm=(), **kwargs):
     nix = support.recording_nix(env=support.nix_env())
     out = io.StringIO()
     try:
-        results = main(Project(project), nixpkgs=str(standin), as_json=True, nix=nix, out=out, **kwargs)
+        selection = Selection.parse(sm=sm)
+        results = main(
+            Project(project), selection=selection, nixpkgs=str(standin), as_json=True, nix=nix, out=out, **kwargs
+        )
         error = None
     except BuildError as caught:
         results, error = None, caught
@@ -146,7 +150,7 @@ def test_the_text_report_says_what_evaluation_budget_it_used(project):
     out = io.StringIO()
     main(
         Project(project),
-        sm=["80", "90"],
+        selection=Selection.parse(sm=["80", "90"]),
         nixpkgs=str(support.STANDIN),
         eval_max_memory="1G",
         nix=Nix(env=support.nix_env()),

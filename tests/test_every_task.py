@@ -352,13 +352,13 @@ def test_an_unreachable_pin_is_one_line_that_says_what_to_do(task, project):
 
 
 def test_eval_asks_nix_once_when_the_inputs_cannot_be_fetched(project):
-    from vllm_variants import evaluate
+    from vllm_variants import eval_task
     from vllm_variants.nix import InputsUnreachable
     from vllm_variants.project import Project
 
     nix = support.recording_nix(env=support.nix_env("download-attempts = 1"))
     with pytest.raises(InputsUnreachable):
-        evaluate.main(Project(project), nixpkgs=UNREACHABLE, nix=nix, eval_jobs=1)
+        eval_task.main(Project(project), nixpkgs=UNREACHABLE, nix=nix, eval_jobs=1)
     evaluations = [c for c in nix.commands if c[0] == "eval"]
     assert len(evaluations) == 1, evaluations  # not one per variant of the default set
 
@@ -416,7 +416,7 @@ def test_a_matrix_with_nothing_enabled_is_one_line(task, tmp_path):
     text = matrix.read_text()
     assert "\n[[variant]]\n" in text  # explicit rows are disabled one by one; [[exclude]] takes the product
     text = text.replace("\n[[variant]]\n", '\n[[variant]]\ndisabled = "not yet"\n')
-    matrix.write_text(text + '\n[[exclude]]\nreason = "nothing yet"\n')
+    support.write_matrix(root, text + '\n[[exclude]]\nreason = "nothing yet"\n')
     proc = invoke(root, task, *NOTHING_ENABLED[task])
     assert proc.returncode == 1, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]

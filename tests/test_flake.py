@@ -423,7 +423,7 @@ def test_the_pins_facts_in_the_matrix_agree_with_the_stand_in(tmp_path):
     text = toml.read_text()
     start = text.index("\n[pin]\n")
     end = text.index("\n[[sm]]", start)
-    toml.write_text(text[:start] + "\n" + text[end:])
+    support.write_matrix(root, text[:start] + "\n" + text[end:])
     unchecked = Matrix.load(toml)
     assert "pin" not in tomllib.loads(toml.read_text())
     names = [v.name for v in unchecked.enabled]
@@ -481,10 +481,11 @@ def test_a_torch_wheel_row_lives_on_the_wheels_cuda_line(tmp_path):
     assert wheels == [("vllm-python312-cuda12_8-sm90-torchbin", WHEEL_CUDA, 570, None)]
     root = support.make_project(tmp_path / "p", git_init=False)
     toml = root / "nix" / "variants.toml"
-    toml.write_text(
+    support.write_matrix(
+        root,
         toml.read_text()
         + '\n[[variant]]\nsm = "90"\ncapability = "9.0"\narch = "Hopper"\ngpus = ["H100"]\n'
-        + 'system = "x86_64-linux"\ntorch = "wheel"\ncuda = "12.9"\ndefault = false\n'
+        + 'system = "x86_64-linux"\ntorch = "wheel"\ncuda = "12.9"\ndefault = false\n',
     )
     twin = "vllm-python312-cuda12_9-sm90-torchbin"
     reason = 'torch-bin 2.9.0 at the pin is a CUDA 12.8 wheel: a torch = "wheel" row must be on CUDA 12.8'
@@ -494,7 +495,7 @@ def test_a_torch_wheel_row_lives_on_the_wheels_cuda_line(tmp_path):
     assert support.nix_eval(ref, "lib.variants") == python_view.to_json()
     assert twin not in support.nix_eval(ref, "packages.x86_64-linux", apply="builtins.attrNames")
     # without the fact in [pin], the flake itself refuses the row
-    toml.write_text(toml.read_text().replace('torch_bin_cuda = "12.8"', ""))
+    support.write_matrix(root, toml.read_text().replace('torch_bin_cuda = "12.8"', ""))
     assert not Matrix.load(toml).by_name(twin).disabled
     proc = support.nix("eval", f"{ref}#packages.x86_64-linux.{twin}.drvPath", *support.override(), check=False)
     assert proc.returncode != 0

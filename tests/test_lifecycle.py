@@ -108,6 +108,32 @@ def test_stopping_children_takes_their_whole_group(tmp_path):
     assert not support.alive(grandchild)
 
 
+def test_stop_escalates_through_its_steps_and_takes_the_whole_group(tmp_path):
+    """The one stop (issue #24: build's Nix, a timed-out smoke check, a failed run):
+    a child that ignores the first signal gets the next after the grace, its whole
+    group with it, and what it printed meanwhile comes back."""
+    marker = tmp_path / "grandchild.pid"
+    code = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(marker)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(60)"
+    )
+    proc = spawn([sys.executable, "-c", code], new_session=True)
+    deadline = time.monotonic() + 30
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grandchild = int(marker.read_text())
+    started = time.monotonic()
+    out, _ = lifecycle.stop(proc, own_group=True, steps=((signal.SIGINT, 0.5), (signal.SIGKILL, None)))
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - started >= 0.5  # SIGINT was ignored
+    assert out == b"started\n"
+    deadline = time.monotonic() + 10
+    while support.alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not support.alive(grandchild)
+
+
 @pytest.mark.parametrize(
     ("wanted", "kind", "detail", "matches"),
     [

@@ -1,12 +1,11 @@
-"""The matrix: one TOML, read the same way by Python and by Nix."""
+"""The matrix: one TOML, validated and expanded by Python alone; the flake reads the expansion."""
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,8 @@ from typing import Any
 import pytest
 import support
 
-from vllm_variants import matrix as matrix_module
 from vllm_variants.errors import MatrixError, SelectionError
-from vllm_variants.matrix import Matrix, tomllib
+from vllm_variants.matrix import Matrix, generated, tomllib
 
 MATRIX = support.REPO / "nix" / "variants.toml"
 
@@ -100,7 +98,7 @@ def test_lib_variants_never_imports_nixpkgs(matrix, tmp_path):
 
 def _with_extra_tables(root: Path, text: str) -> None:
     matrix_file = root / "nix" / "variants.toml"
-    matrix_file.write_text(matrix_file.read_text() + textwrap.dedent(text))
+    support.write_matrix(root, matrix_file.read_text() + textwrap.dedent(text))
 
 
 @pytest.mark.nix
@@ -158,7 +156,7 @@ def test_disabled_variant_stays_listed_without_a_package(tmp_path):
     text = matrix_file.read_text().replace(
         'gpus = ["V100", "Titan V"]\n', 'gpus = ["V100", "Titan V"]\ndisabled = "CUDA 13 drops Volta"\n'
     )
-    matrix_file.write_text(text)
+    support.write_matrix(root, text)
     python_view = Matrix.load(matrix_file)
     sm70 = python_view.by_name("vllm-python312-cuda12_9-sm70")
     assert sm70.disabled == "CUDA 13 drops Volta"
@@ -208,11 +206,9 @@ class Shape:
     id: str
     edit: Callable[[dict[str, Any]], object]
     message: str
-    # where nix/matrix.nix cannot say the same (the reason is in its comment there)
-    nix_message: str | None = None
 
 
-# Every shape matrix.py refuses; test_every_raise_of_matrix_py_has_a_shape keeps it complete.
+# Every shape the schema refuses (vllm_variants.matrix.schema: the one validator).
 MALFORMED = [
     Shape(
         "unknown top-level key",
@@ -447,7 +443,6 @@ MALFORMED = [
         "system",
         _set(_first, system="riscv64-linux"),
         "variant #1: system 'riscv64-linux' is not one of x86_64-linux, aarch64-linux",
-        nix_message="variant #1: system 'riscv64-linux' is not one of aarch64-linux, x86_64-linux",
     ),
     # nixpkgs' torch-bin is the CPU wheel on aarch64-linux (torch/bin/binary-hashes.nix)
     Shape(
@@ -486,75 +481,64 @@ def _nix_error(stderr: str) -> str:
     return re.sub(r"\n +", "\n", message)
 
 
-@pytest.mark.nix
 @pytest.mark.parametrize("shape", MALFORMED, ids=[s.id for s in MALFORMED])
-def test_a_malformed_matrix_fails_on_both_sides_with_the_same_message(shape, tmp_path):
+def test_a_malformed_matrix_is_refused_in_one_line(shape):
     data = _malformed(shape)
     with pytest.raises(MatrixError) as excinfo:
         Matrix.from_toml(data, source=MATRIX)
     assert str(excinfo.value) == f"{MATRIX}: {shape.message}"
-    # JSON keeps TOML's types (int, float, string, bool, array, table), so the
-    # edited data needs no TOML writer
-    parsed = tmp_path / "variants.json"
-    parsed.write_text(json.dumps(data))
-    proc = support.nix(
-        "eval",
-        "--impure",
-        "--json",
-        "--expr",
-        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromJSON (builtins.readFile {parsed}); }}).variants",
-        check=False,
-    )
-    assert proc.returncode == 1, proc.stderr
-    assert _nix_error(proc.stderr) == f"nix/variants.toml: {shape.nix_message or shape.message}", proc.stderr
 
 
-def _raise_sites() -> dict[str, tuple[re.Pattern[str], int]]:
-    """Each `raise MatrixError(...)` of matrix.py that judges the parsed file, as a pattern of its message.
+# -- nix/variants.json: the expansion the flake reads (issue #24) ---------------------
 
-    Matrix.load's own (a missing file, invalid TOML) come before any data:
-    nix/matrix.nix is given the parsed file, so they have no shape here."""
-    sites = {}
-    for function in ast.walk(ast.parse(Path(matrix_module.__file__).read_text())):
-        if not isinstance(function, ast.FunctionDef) or function.name == "load":
-            continue
-        for node in ast.walk(function):
-            if (
-                isinstance(node, ast.Raise)
-                and isinstance(node.exc, ast.Call)
-                and ast.unparse(node.exc.func) == "MatrixError"
-            ):
-                (text,) = node.exc.args
-                parts = text.values if isinstance(text, ast.JoinedStr) else [text]
-                fixed = [p.value for p in parts if isinstance(p, ast.Constant)]
-                pattern = "".join(re.escape(p.value) if isinstance(p, ast.Constant) else ".*" for p in parts)
-                sites[ast.unparse(text)] = (re.compile(pattern, re.DOTALL), len("".join(fixed)))
-    return sites
+STALE = "nix/variants.json is stale: nix/variants.toml changed since it was generated; run `invoke variants --write`"
 
 
-def _site_of(message: str, sites: Mapping[str, tuple[re.Pattern[str], int]]) -> str:
-    """The raise a message comes from: of those whose pattern it fits, the one with the most fixed text."""
-    fits = sorted((fixed, site) for site, (pattern, fixed) in sites.items() if pattern.fullmatch(message))
-    assert fits, f"no raise in matrix.py gives {message!r}"
-    assert len(fits) == 1 or fits[-1][0] > fits[-2][0], f"{message!r} fits {fits[-1][1]} and {fits[-2][1]} alike"
-    return fits[-1][1]
-
-
-def test_every_raise_of_matrix_py_has_a_shape():
-    sites = _raise_sites()
-    assert len(sites) > 30  # the walk found matrix.py's raises (36 when this was written)
-    covered = {_site_of(f"{MATRIX}: {shape.message}", sites) for shape in MALFORMED}
-    assert sorted(set(sites) - covered) == [], "a raise of matrix.py with no row in MALFORMED"
+def test_the_committed_json_is_what_the_toml_expands_to():
+    """The drift check (kernel-builder's way): the flake's copy is exactly what
+    `invoke variants --write` makes of the committed TOML, its sha256 included."""
+    assert generated.update(support.REPO, check=True) is False
+    document = json.loads((support.REPO / generated.PATH).read_text())
+    matrix, sha256 = generated.expand(MATRIX)
+    assert document == generated.document(matrix, sha256)
+    assert document["variants"] == Matrix.load(MATRIX).to_json() and document["source"]["path"] == generated.SOURCE
 
 
 @pytest.mark.nix
 def test_a_malformed_matrix_fails_lib_variants_through_the_flake(tmp_path):
+    """A broken TOML is one line on both routes: the flake refuses the JSON it no longer
+    matches, naming the command, and the command names what is wrong; nothing is written."""
     root = support.make_project(tmp_path / "p", git_init=False)
     matrix_file = root / "nix" / "variants.toml"
     matrix_file.write_text(matrix_file.read_text().replace('torch = "wheel"', 'torch = "conda"'))
     proc = support.nix("eval", "--json", f"{support.flake_ref(root)}#lib.variants", check=False)
     assert proc.returncode == 1
-    assert _nix_error(proc.stderr) == "nix/variants.toml: variant #1: torch 'conda' is not one of source, wheel"
+    assert _nix_error(proc.stderr) == STALE
+    before = (root / generated.PATH).read_text()
+    with pytest.raises(MatrixError) as excinfo:
+        generated.update(root, label="nix/variants.toml")
+    assert str(excinfo.value) == "nix/variants.toml: variant #1: torch 'conda' is not one of source, wheel"
+    assert (root / generated.PATH).read_text() == before
+
+
+@pytest.mark.nix
+@pytest.mark.parametrize("output", ["lib.variants", "lib.systems", "packages.x86_64-linux", "hydraJobs"])
+def test_a_stale_or_missing_json_is_refused_by_every_output_in_one_line(output, tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    matrix_file = root / "nix" / "variants.toml"
+    matrix_file.write_text(
+        matrix_file.read_text() + "\n# a comment is a change: the JSON names the bytes it came from\n"
+    )
+    ref = support.flake_ref(root)
+    argv = ["eval", "--json", f"{ref}#{output}", "--apply", "builtins.typeOf", *support.override()]
+    proc = support.nix(*argv, check=False)
+    assert proc.returncode == 1 and _nix_error(proc.stderr) == STALE, proc.stderr
+    (root / generated.PATH).unlink()
+    proc = support.nix(*argv, check=False)
+    assert proc.returncode == 1
+    assert _nix_error(proc.stderr) == "nix/variants.json is missing; run `invoke variants --write`", proc.stderr
+    assert generated.update(root) is True  # the command named: the flake reads it again
+    assert support.nix_eval(ref, "lib.variants") == Matrix.load(matrix_file).to_json()
 
 
 @pytest.mark.parametrize(
@@ -594,58 +578,6 @@ def test_resolve_refuses_with_one_line_listing_valid_choices(matrix, token, arm6
     assert "\n" not in str(excinfo.value)
 
 
-def test_select_combines_lists_systems_and_all(matrix):
-    names = lambda vs: [re.sub(r"^vllm-python312-cuda12_[89]-", "", v.name) for v in vs]  # noqa: E731
-    assert names(matrix.select(["80,89", "90", "89"])) == ["sm80", "sm89", "sm90"]
-    arm = ["sm90-arm64", "sm100-arm64", "sm103-arm64", "sm121-arm64"]
-    assert names(matrix.select(systems=["aarch64-linux"])) == arm
-    assert len(matrix.select(all=True)) == 15
-    # --sm 90 is the SM's own torch; the torch-bin row goes by name
-    assert names(matrix.select(["9.0"])) == ["sm90"]
-    assert names(matrix.select(["vllm-python312-cuda12_8-sm90-torchbin"])) == ["sm90-torchbin"]
-    with pytest.raises(SelectionError, match="no variant selected"):
-        matrix.select()
-    # commands that only look (CI matrix, publish --check): asking for nothing means every enabled variant
-    assert matrix.select(none_means_all=True) == list(matrix.default_set)
-    # an empty --sm is a mistake (an unset CI variable), never widened to every variant (issue #11)
-    for given in ([""], [","], ["90", " "]):
-        with pytest.raises(SelectionError, match=r"^--sm '.*' names no SM; give one like --sm 90"):
-            matrix.select(given, none_means_all=True)
-    assert names(matrix.select(["90"], none_means_all=True)) == ["sm90"]
-    assert names(matrix.select(systems=["aarch64-linux"], none_means_all=True)) == arm
-    # the --python / --cuda lines (issue #15): an axis not given keeps the default line's value
-    full = lambda vs: [v.name for v in vs]  # noqa: E731
-    assert full(matrix.select(["90"], python="313")) == ["vllm-python313-cuda12_9-sm90"]
-    assert full(matrix.select(["90"], python="3.13", cuda="12.8")) == ["vllm-python313-cuda12_8-sm90"]
-    assert len(matrix.select(all=True, cuda="12.8")) == len(
-        [v for v in matrix.enabled if v.cuda == "12.8" and v.python == "python312"]
-    )
-    with pytest.raises(SelectionError, match="unknown Python line 'python311'; valid: 312, 313"):
-        matrix.select(["90"], python="311")
-    with pytest.raises(SelectionError, match="unknown CUDA line '13.0'; valid: 12.8, 12.9"):
-        matrix.select(["90"], cuda="13.0")
-    with pytest.raises(SelectionError, match="sm121-arm64 is disabled in the matrix: capability 12.1 needs CUDA 12.9"):
-        matrix.select(["121"], arm64=True, cuda="12.8")
-    with pytest.raises(SelectionError, match="unknown system 'x86_64-darwin'; valid: x86_64-linux, aarch64-linux"):
-        matrix.select(systems=["x86_64-darwin"])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"sms": ["90"], "all": True}, "--sm and --all conflict"),
-        ({"sms": ["90"], "systems": ["x86_64-linux"]}, "--sm and --system conflict"),
-        ({"all": True, "systems": ["aarch64-linux"]}, "--all and --system conflict"),
-        ({"arm64": True, "systems": ["aarch64-linux"]}, "--arm64 applies to --sm only"),
-        ({"arm64": True}, "--arm64 applies to --sm only"),
-    ],
-)
-@pytest.mark.parametrize("none_means_all", [False, True])
-def test_conflicting_selections_are_refused_not_joined(matrix, kwargs, message, none_means_all):
-    with pytest.raises(SelectionError, match=rf"^{re.escape(message)}"):
-        matrix.select(**kwargs, none_means_all=none_means_all)
-
-
 def test_an_sm_with_a_leading_zero_is_not_an_sm(matrix):
     for token in ("09.0", "090", "sm09"):
         with pytest.raises(SelectionError, match=rf"^'{token}' is not an SM"):
@@ -676,7 +608,7 @@ FLOX = support.REPO / "tests" / "fixtures" / "matrix" / "flox-product.toml"
 
 
 @pytest.mark.nix
-def test_the_flox_product_fits_in_thirty_lines_and_both_sides_read_it(tmp_path):
+def test_the_flox_product_fits_in_thirty_lines_and_the_flake_reads_its_expansion(tmp_path):
     """Issue #15: Python 3.11-3.13 x CUDA 12.8/12.9 x SM 61-121, hundreds of hand-copied
     files in the Flox repository, is at most 30 lines of TOML here."""
     assert len(FLOX.read_text().splitlines()) <= 30
@@ -688,11 +620,14 @@ def test_the_flox_product_fits_in_thirty_lines_and_both_sides_read_it(tmp_path):
     assert {(v.sm, v.cuda) for v in refused} == {("103", "12.8"), ("121", "12.8")}
     assert all("needs CUDA 12.9 or newer" in v.disabled for v in refused)
     assert len(product.default_set) == 14
+    # the flake's side reads what Python expanded (nix/matrix.nix, as flake.nix calls it)
+    expanded = tmp_path / "flox.json"
+    expanded.write_text(generated.render(*generated.expand(FLOX)))
     nix_view = support.nix(
         "eval",
         "--json",
         "--impure",
         "--expr",
-        f"(import {support.REPO}/nix/matrix.nix {{ toml = builtins.fromTOML (builtins.readFile {FLOX}); }}).variants",
+        f"(import {support.REPO}/nix/matrix.nix {{ generated = {expanded}; source = {FLOX}; }}).variants",
     ).stdout
     assert json.loads(nix_view) == product.to_json()

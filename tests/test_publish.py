@@ -18,7 +18,7 @@ from vllm_variants.errors import CommandError, PublishError
 from vllm_variants.matrix import Matrix
 from vllm_variants.nix import Nix
 from vllm_variants.project import Project
-from vllm_variants.publish import SigningKey, check, held_paths, is_binary_cache, make_plan, with_param
+from vllm_variants.publish import SigningKey, check_cache, held_paths, is_binary_cache, make_plan, with_param
 from vllm_variants.resources import format_bytes
 
 pytestmark = pytest.mark.nix
@@ -168,7 +168,7 @@ def test_check_evaluates_every_variant_in_one_nix_process(built, tmp_path):
     nix = Recording(env=support.nix_env())
     out = io.StringIO()
     with pytest.raises(PublishError, match=f"lacks {SM80.name}, {arm.name}: "):
-        check(
+        check_cache(
             Project(built.project),
             [SM90, SM80, arm],
             to=cache,
@@ -188,7 +188,7 @@ def test_check_evaluates_only_the_variants_asked_for(built, tmp_path, standin):
     no_blackwell = standin(vllmSupportedCapabilities=["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"])
     out = io.StringIO()
     with pytest.raises(PublishError, match=f"lacks {SM90.name}: "):
-        check(
+        check_cache(
             Project(built.project),
             [SM90],
             to=f"file://{tmp_path / 'cache'}",
@@ -211,7 +211,7 @@ def test_check_never_writes_flake_lock(tmp_path):
     (root / "flake.lock").unlink()
     support.commit_all(root, "pin the stand-in, unlocked")
     with pytest.raises(PublishError, match="lacks"):
-        check(
+        check_cache(
             Project(root), [SM90], to=f"file://{tmp_path / 'cache'}", nix=Nix(env=support.nix_env()), out=io.StringIO()
         )
     assert not (root / "flake.lock").exists()

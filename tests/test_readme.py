@@ -11,7 +11,7 @@ import sys
 import pytest
 import support
 
-from vllm_variants import readme, versions
+from vllm_variants import sections, versions
 from vllm_variants.errors import VariantsError
 from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
@@ -21,8 +21,8 @@ PIN_PAGE = (support.REPO / "docs" / "pin.md").read_text()  # the versions at the
 
 
 def test_variant_table_matches_the_matrix():
-    body = readme.section_body(README, "variants")
-    assert body == readme.variants_table(Matrix.load(support.REPO / "nix" / "variants.toml"))
+    body = sections.section_body(README, "variants")
+    assert body == sections.variants_table(Matrix.load(support.REPO / "nix" / "variants.toml"))
     matrix = Matrix.load(support.REPO / "nix" / "variants.toml")
     # readable at this size: the default set, one row per SM and system, grouped by SM
     for variant in matrix.default_set:
@@ -37,17 +37,17 @@ def test_variant_table_matches_the_matrix():
 def test_check_fails_when_the_matrix_moves(tmp_path):
     root = support.make_project(tmp_path / "p", git_init=False)
     project = Project(root)
-    assert readme.update(project, check=True) == []
+    assert sections.update(project, check=True) == []
     matrix_file = root / "nix" / "variants.toml"
     matrix_file.write_text(matrix_file.read_text().replace('"H100", "H200", "H20"', '"H100", "H200"'))
     try:
-        readme.update(Project(root), check=True)
+        sections.update(Project(root), check=True)
     except Exception as exc:  # noqa: BLE001 - the message is the point
         assert "README.md is out of date" in str(exc)
     else:
         raise AssertionError("a stale README passed the check")
-    assert readme.update(Project(root)) == ["README.md"]
-    assert readme.update(Project(root), check=True) == []
+    assert sections.update(Project(root)) == ["README.md"]
+    assert sections.update(Project(root), check=True) == []
 
 
 def _setup_commands() -> list[str]:
@@ -76,7 +76,7 @@ def test_prerequisites_name_nix_and_flakes():
 
 
 def test_versions_section_shows_the_recorded_evaluation():
-    body = readme.section_body(PIN_PAGE, "versions")
+    body = sections.section_body(PIN_PAGE, "versions")
     assert body == versions.readme_section(Project(support.REPO))
     recorded = versions.load(Project(support.REPO))
     for value in recorded.variants["vllm-python312-cuda12_9-sm90"].values():
@@ -94,15 +94,15 @@ def test_check_fails_when_versions_move_or_describe_another_pin(tmp_path):
         VariantsError,
         match="^docs/distributing.md, docs/pin.md are out of date with nix/versions.json, flake.lock; run `invoke readme`$",
     ):
-        readme.update(Project(root), check=True)
-    assert readme.update(Project(root)) == ["docs/distributing.md", "docs/pin.md"]
+        sections.update(Project(root), check=True)
+    assert sections.update(Project(root)) == ["docs/distributing.md", "docs/pin.md"]
     pin_page = (root / "docs" / "pin.md").read_text()
-    assert "| the other 14 variants | 0.15.2 |" in readme.section_body(pin_page, "versions")
+    assert "| the other 14 variants | 0.15.2 |" in sections.section_body(pin_page, "versions")
 
     data["nixpkgs"]["rev"] = "1" * 40
     data_file.write_text(json.dumps(data))
     with pytest.raises(VariantsError, match=f"describes nixpkgs {'1' * 40} but flake.lock locks 0182a36"):
-        readme.update(Project(root), check=True)
+        sections.update(Project(root), check=True)
 
 
 @pytest.mark.parametrize(
@@ -158,30 +158,30 @@ def test_check_fails_when_the_evaluated_nixpkgs_is_not_the_locked_one(tmp_path):
     with pytest.raises(
         VariantsError, match=f"evaluated from nixpkgs narHash sha256-A+=, but flake.lock locks {locked}"
     ):
-        readme.update(Project(root), check=True)
+        sections.update(Project(root), check=True)
 
     data["nixpkgs"]["narHash"] = locked
     data_file.write_text(json.dumps(data))
-    readme.update(Project(root))
-    body = readme.section_body((root / "docs" / "pin.md").read_text(), "versions")
+    sections.update(Project(root))
+    body = sections.section_body((root / "docs" / "pin.md").read_text(), "versions")
     assert f"Evaluated from that commit (narHash `{locked}`" in body and "Unverified" not in body
 
 
 def test_a_checkout_from_before_docs_keeps_its_generated_sections_where_they_are(tmp_path):
     """A release branch made before docs/ (the versions in README.md, no image-tag
-    section): `invoke bump-pin` regenerates it through readme.update, which renders
+    section): `invoke bump-pin` regenerates it through sections.update, which renders
     the sections each file carries and asks for no other."""
     root = support.make_project(tmp_path / "p", git_init=False)
     shutil.rmtree(root / "docs")
     text = (root / "README.md").read_text()
-    stale = f"{readme.begin_marker('versions', versions.PATH)}\nold versions\n{readme.end_marker('versions')}\n"
+    stale = f"{sections.begin_marker('versions', versions.PATH)}\nold versions\n{sections.end_marker('versions')}\n"
     (root / "README.md").write_text(text + "\n## The pin\n\n" + stale)
     with pytest.raises(VariantsError, match="^README.md is out of date with nix/versions.json; run `invoke readme`$"):
-        readme.update(Project(root), check=True)
-    assert readme.update(Project(root)) == ["README.md"]
-    body = readme.section_body((root / "README.md").read_text(), "versions")
+        sections.update(Project(root), check=True)
+    assert sections.update(Project(root)) == ["README.md"]
+    body = sections.section_body((root / "README.md").read_text(), "versions")
     assert body == versions.readme_section(Project(root))
-    assert readme.update(Project(root), check=True) == []
+    assert sections.update(Project(root), check=True) == []
 
 
 def test_an_unknown_section_is_refused_in_one_line(tmp_path):
@@ -193,4 +193,4 @@ def test_an_unknown_section_is_refused_in_one_line(tmp_path):
     with pytest.raises(
         VariantsError, match="^docs/pin.md has a 'verisons' section, which `invoke readme` does not know"
     ):
-        readme.update(Project(root), check=True)
+        sections.update(Project(root), check=True)

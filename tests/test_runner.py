@@ -9,11 +9,11 @@ import support
 
 from vllm_variants.doctor import diagnose
 from vllm_variants.errors import ToolMissing, VariantsError
+from vllm_variants.matching import auto_variants
 from vllm_variants.matrix import Matrix
 from vllm_variants.project import Project
 from vllm_variants.resources import GIB, Host
 from vllm_variants.runner import CannotRun, run, run_together, spawn
-from vllm_variants.which import auto_variants
 
 
 def executable(path: Path, content: bytes, mode: int = 0o755) -> Path:

@@ -209,7 +209,10 @@ def test_every_task_ends_cleanly_on_every_signal(command, name, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     (tmp_path / "scratch").mkdir()
-    env = support.nix_env("builders =\nextra-platforms =")
+    # Nix's own build folders go elsewhere (build-dir): a builder Nix was just
+    # starting when it got SIGTERM can leave one, and this test checks ours.
+    (tmp_path / "nix-builds").mkdir()
+    env = support.nix_env(f"builders =\nextra-platforms =\nbuild-dir = {tmp_path / 'nix-builds'}")
     if case.setup:
         env.update(case.setup(root, tmp_path) or {})
     standin = support.copy_standin(tmp_path / "standin", salt=uuid.uuid4().hex, slowBuild={"torch": 300})

@@ -93,6 +93,79 @@ def test_the_cycle_check_finds_a_type_only_cycle(tmp_path):
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
 
 
+# -- commands do not call commands (issue #24) -------------------------------------------
+
+# The modules that are commands: what a task of tasks.py, a nox session or a
+# `python -m` entry point runs, one per command. A command imports what lies
+# below the commands (the matrix, the selection, matching, sections, nix, the
+# build machinery...), never another command: what two commands share moves
+# below both. A new task's module joins this set (the next test says so). Each
+# is named after its task; `<task>_task` where the plain name is taken (the
+# matrix package, Python's eval).
+COMMANDS = {
+    "vllm_variants.variants": "invoke variants",
+    "vllm_variants.readme": "invoke readme",
+    "vllm_variants.build": "invoke build",
+    "vllm_variants.eval_task": "invoke eval",
+    "vllm_variants.bump": "invoke bump-pin",
+    "vllm_variants.smoke.session": "invoke smoke, nox -s smoke",
+    "vllm_variants.doctor": "invoke doctor",
+    "vllm_variants.which": "invoke which",
+    "vllm_variants.audit": "invoke audit",
+    "vllm_variants.publish": "invoke publish",
+    "vllm_variants.image": "invoke image",
+    "vllm_variants.matrix_task": "invoke matrix",
+}
+# What the task layer imports besides the commands: the boundary and its inputs.
+TASK_LAYER = {"vllm_variants.boundary", "vllm_variants.project", "vllm_variants.options", "vllm_variants.selection"}
+
+
+def _imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules a file outside it (tasks.py, noxfile.py) imports, at any depth."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found & modules
+
+
+def command_imports(graph: dict[str, set[str]], commands: set[str]) -> list[str]:
+    """Each import of a command by another module of the package (its own submodules aside)."""
+    return sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if target in commands and not (module == target or module.startswith(target + "."))
+    )
+
+
+def test_the_commands_are_what_the_tasks_run():
+    modules = set(graph_of(PACKAGE))
+    ran = _imported_modules(support.REPO / "tasks.py", modules) | _imported_modules(
+        support.REPO / "noxfile.py", modules
+    )
+    assert ran - TASK_LAYER == set(COMMANDS)
+
+
+def test_no_command_imports_another_command():
+    """image imported publish (for out paths) and called build.main (re-parsing the
+    variant it had resolved); audit and build imported which, doctor too; bump
+    imported readme."""
+    assert command_imports(graph_of(PACKAGE), set(COMMANDS)) == []
+
+
+def test_the_command_check_finds_a_command_importing_another(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "build").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "build" / "__init__.py").write_text("from .plan import Plan\n")
+    (package / "build" / "plan.py").write_text("from ..shared import x\n")
+    (package / "shared.py").write_text("")
+    (package / "image.py").write_text("def main():\n    from .build.plan import Plan\n    from . import build\n")
+    graph = graph_of(package)
+    assert command_imports(graph, {"pkg.build", "pkg.image"}) == ["pkg.image imports pkg.build"]
+
+
 def test_every_file_the_package_reads_is_shipped_in_its_wheel():
     """Files that are not Python (py.typed, the Nix expressions it applies) reach
     a wheel only through [tool.setuptools.package-data]: each must match a glob."""
@@ -109,9 +182,9 @@ def test_every_file_the_package_reads_is_shipped_in_its_wheel():
 
 
 def test_the_expressions_read_what_the_python_side_feeds_them():
-    from vllm_variants import evaluate
+    from vllm_variants import eval_task
 
-    assert f'builtins.getEnv "{evaluate.NAMES_ENV}"' in evaluate.APPLY
+    assert f'builtins.getEnv "{eval_task.NAMES_ENV}"' in eval_task.APPLY
 
 
 # -- one mechanism per concern (issue #21) ----------------------------------------------

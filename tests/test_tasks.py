@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import json
 import re
 import subprocess
@@ -65,7 +67,7 @@ def test_variants_table_lists_every_variant_without_starting_nix():
     (row,) = [
         line for line in everything.stdout.splitlines() if line.startswith("vllm-python312-cuda12_8-sm121-arm64 ")
     ]
-    number = re.search(r"\[(\d+)\]", row)[1]  # the reason below the table, by its number (tests/test_variants_cmd.py)
+    number = re.search(r"\[(\d+)\]", row)[1]  # the reason below the table, by its number (tests/test_variants.py)
     assert f"[{number}] capability 12.1 needs CUDA 12.9" in everything.stdout
     default = subprocess.run(
         [*INVOKE, "variants"],
@@ -78,7 +80,7 @@ def test_variants_table_lists_every_variant_without_starting_nix():
     assert [v.name for v in matrix.variants if v.name in default.stdout.split()] == [v.name for v in matrix.default_set]
 
 
-@pytest.mark.parametrize("task", [["variants"], ["readme", "--check"]])
+@pytest.mark.parametrize("task", [["variants"], ["variants", "--write"], ["readme", "--check"]])
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
@@ -144,7 +146,38 @@ def test_tasks_compile_once_not_on_every_run(tmp_path):
     env = {**support.nix_env(), "PYTHONPYCACHEPREFIX": str(cache)}
     subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
     written = {p.name.split(".")[0] for p in cache.rglob("*.pyc")}
-    assert {"tasks", "matrix", "variants_cmd"} <= written, sorted(written)
+    assert {"tasks", "schema", "variants"} <= written, sorted(written)
     stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")}
     subprocess.run([*INVOKE, "variants"], cwd=root, capture_output=True, text=True, env=env, check=True)
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")} == stamps  # read, not rewritten
+
+
+def _tasks_module():
+    spec = importlib.util.spec_from_file_location("vllm_variants_tasks_module", support.REPO / "tasks.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Flags spelled like a selection flag that select nothing: audit's --sm is the SMs
+# you own (any SM, not a variant), variants' --all lists every combination.
+NOT_A_SELECTION = {("audit", "sm"), ("variants", "all")}
+
+
+def test_the_selection_flags_are_defined_once_and_parsed_before_the_command():
+    """Issue #24: --sm, --arm64, --system, --all, --python and --cuda were spelled
+    again in five tasks, their help in three wordings; a task now names the ones it
+    takes (`selects`) and gets one parsed Selection."""
+    tasks = _tasks_module()
+    selecting = 0
+    for name, task in tasks.ns.tasks.items():
+        arguments = {a.name: a for a in task.get_arguments()}
+        flags = [f for f in tasks.SELECTION if f in arguments and (name, f) not in NOT_A_SELECTION]
+        assert flags == [f for f in tasks.SELECTION if f in task.selects], name
+        for flag in flags:
+            assert arguments[flag].help == tasks.SELECTION[flag][1], (name, flag)
+        if flags:
+            assert "selection" in inspect.signature(task.body).parameters, name
+            selecting += 1
+    assert selecting == 5  # build, eval, publish, image, matrix

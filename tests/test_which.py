@@ -17,9 +17,10 @@ import support
 
 from vllm_variants.errors import SelectionError
 from vllm_variants.gpus import GPU, parse_query
+from vllm_variants.matching import auto_variants, host_system, local_variants, match, nearest
 from vllm_variants.matrix import Matrix, tomllib
 from vllm_variants.project import Project
-from vllm_variants.which import auto_variants, host_system, local_variants, match, nearest, show
+from vllm_variants.which import show
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 X86, ARM = "x86_64-linux", "aarch64-linux"

@@ -3,9 +3,10 @@
 The plan comes first and has no side effects (input checks and git reads;
 `--dry-run` prints it and stops). Then, for each branch, in a temporary
 worktree outside the checkout: rewrite `inputs.nixpkgs.url` in flake.nix
-(the durable pin), relock with Nix, evaluate what the pin ships (every
-package's passthru.versions), write nix/versions.json, regenerate the generated
-sections of README.md and docs/*.md from it and commit. Only when every branch has its commit do the branches
+(the durable pin), relock with Nix, regenerate nix/variants.json (the matrix
+the flake reads) from the branch's nix/variants.toml, evaluate what the pin
+ships (every package's passthru.versions), write nix/versions.json, regenerate
+the generated sections of README.md and docs/*.md from it and commit. Only when every branch has its commit do the branches
 move, in one ref transaction that checks each old value (git.Git.update_refs):
 a failure anywhere moves none of them, and the report names each failure.
 
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import lifecycle, readme, userfiles, versions
+from . import lifecycle, sections, userfiles, versions
 from .errors import BumpError, CommandError, GitError, PinError, VariantsError
 from .git import Git, RefUpdate, Worktree
+from .matrix import generated
 from .nix import Nix, error_message, flake_ref
 from .outputs import write_text
 from .project import Project
@@ -35,7 +37,8 @@ from .versions import PinVersions, version_key
 
 DEFAULT_URL_TEMPLATE = "github:NixOS/nixpkgs/{rev}"
 RELEASE_SOURCE = "main"  # --release-branch cuts vllm-<version> from this branch
-# and every file `readme.update` regenerates (README.md, docs/*.md)
+# and nix/variants.json where the branch has one (generated.update), and every
+# file `sections.update` regenerates (README.md, docs/*.md)
 COMMITTED = ("flake.nix", "flake.lock", versions.PATH)
 EXAMPLE_REV = "0182a361324364ae3f436a63005877674cf45efb"
 
@@ -118,7 +121,7 @@ class BumpPlan:
             shipped = f" (vllm {b.before.text('vllm')})" if b.before else " (versions not recorded)"
             lines.append(
                 f"{head}{shipped} -> {short(self.rev)}: rewrite inputs.nixpkgs.url, relock, evaluate, "
-                f"write {versions.PATH}, regenerate README.md and docs/, commit"
+                f"write {versions.PATH}, regenerate {generated.PATH}, README.md and docs/, commit"
             )
         if self.release:
             old = self.release.removeprefix("vllm-")
@@ -293,15 +296,20 @@ def bump_branch(git: Git, nix: Nix, plan: BumpPlan, branch: BranchPlan, *, tmpdi
             if locked != plan.rev:
                 raise PinError(f"flake.lock locked {locked}, not {plan.rev}")
             stage = "to evaluate"
+            # the matrix the flake reads, from the branch's own TOML: a branch from
+            # before nix/variants.json reads its TOML in Nix and has none to write
+            expanded = [generated.PATH] if (tree / generated.PATH).exists() else []
+            if expanded:
+                generated.update(tree, label=generated.SOURCE)
             packages = nix.eval_json(f"{flake_ref(tree)}#{versions.EVAL_ATTR}", apply=versions.EVAL, cwd=tree)
             evaluated = nix.eval_json(f"{flake_ref(tree)}#{versions.PIN_ATTR}", cwd=tree)
             after = PinVersions.from_eval(plan.rev, plan.url, packages, nar_hash=evaluated.get("narHash"))
             stage = "to regenerate README.md and docs/"
             (tree / versions.PATH).write_text(after.dumps(), encoding="utf-8")
-            regenerated = readme.update(Project(tree))
+            regenerated = sections.update(Project(tree))
             stage = "to commit"
             subject, body = commit_message(branch, plan.rev, plan.url, after)
-            result.commit = git.commit(tree, [*COMMITTED, *regenerated], subject, body)
+            result.commit = git.commit(tree, [*COMMITTED, *expanded, *regenerated], subject, body)
             result.after, result.subject = after, subject
     except CommandError as exc:
         result.failure = f"{stage}: {error_message(exc.stderr) or exc}"

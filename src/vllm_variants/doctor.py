@@ -20,12 +20,12 @@ from .compat import version_tuple
 from .errors import GpuError, PreflightError, ToolMissing, VariantsError
 from .gpus import GPU, detect, driver_cuda, list_names
 from .machines import REQUIRED_FEATURES, BuildCapabilities
+from .matching import host_system, match
 from .matrix import Matrix
 from .nix import MIN_VERSION, Nix
 from .project import Project
 from .resources import Host
 from .runner import CannotRun
-from .which import host_system, match
 
 ERROR, WARNING = "error", "warning"
 

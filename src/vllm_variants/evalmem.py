@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .cli import MAX_COUNT, whole_number
 from .errors import UsageError
+from .options import MAX_COUNT, whole_number
 from .resources import GIB, Host, format_bytes
 
 # One nixpkgs instance of a variant at the real pin, projected (README,

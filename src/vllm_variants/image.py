@@ -8,9 +8,10 @@ an uncompressed docker-archive. Plan first, then act:
    tools it needs (skopeo, or docker or podman for --load), then that the variant
    itself is built at this revision: its store path, as the flake evaluates
    it now, is in the Nix store. An image never starts an hours-long build.
-2. The image script is built by `invoke build`'s machinery (build.main:
-   plan, progress, logs, a GC-rooted link `image-<variant>`), retargeted at
-   the image attribute. It holds no data: it is seconds of work.
+2. The image script is built by the build machinery `invoke build` runs
+   (vllm_variants.build.pipeline: plan, progress, logs, a GC-rooted link
+   `image-<variant>`), handed the resolved variant's image attribute as its
+   target. It holds no data: it is seconds of work.
 3. The layers are read from the script's configuration (the conf JSON
    streamLayeredImage writes: `store_layers`, `customisation_layer`,
    `repo_tag`), sized from `nix path-info`. `--dry-run` stops here.
@@ -42,18 +43,19 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import lifecycle, userfiles
-from .errors import CommandError, ImageError, PublishError, ToolMissing, VariantsError, tail
-from .matrix import Variant, comma_list
-from .nix import Nix, input_ref, is_valid_info
+from .errors import CommandError, ImageError, ToolMissing, VariantsError, tail
+from .matrix import Variant
+from .nix import Nix, flake_ref, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
 from .runner import HINTS, format_argv, require_tool, run, spawn, text_of
+from .selection import Selection
 
 DESTINATIONS = "docker://[REGISTRY/]NAME[:TAG] or oci-archive:PATH[:TAG] (or --load)"
 # docker/distribution's reference grammar: a registry host, then lowercase
@@ -235,12 +237,7 @@ def read_image(nix: Nix, variant: Variant, script: str) -> Image:
 def require_built(nix: Nix, project: Project, variant: Variant, overrides: Mapping[str, str]) -> str:
     """The variant's store path as the flake evaluates it now, which must be valid
     in the store: building its image must never start building the variant."""
-    from .publish import out_paths
-
-    try:
-        out = out_paths(nix, project, [variant], overrides)[variant.name]
-    except PublishError as exc:
-        raise ImageError(str(exc)) from None
+    (out,) = nix.out_paths(flake_ref(project.root), [variant.attr_path()], overrides, cwd=project.root)
     if not is_valid_info(nix.realised([out]).get(out)):
         raise ImageError(
             f"{variant.name} is not built ({out} is not in the Nix store); "
@@ -378,8 +375,7 @@ def load(image: Image) -> None:
 def main(
     project: Project,
     *,
-    sm: Sequence[str] = (),
-    arm64: bool = False,
+    selection: Selection | None = None,
     to: str | None = None,
     load: bool = False,
     dry_run: bool = False,
@@ -390,15 +386,17 @@ def main(
     interactive: bool | None = None,
 ) -> Image:
     """`invoke image`: check, build the image script, list its layers, copy it."""
-    from . import build
+    from .build.pipeline import check_outputs, plan_and_build
+    from .build.request import Request, prepare_variants
 
     out = out or sys.stdout
     dest = Destination.parse(to, load=load)
     if dest is None and not dry_run:
         raise ImageError(f"say where the image goes: --to {DESTINATIONS}; or --dry-run to list its layers")
-    if not any(comma_list(item) for item in sm):
+    selection = selection or Selection()
+    if not (selection.sms or selection.auto):
         raise ImageError("give the variant: --sm SM, e.g. --sm 90 (H100) or --sm 90 --arm64 (GH200)")
-    picked = project.matrix.select(sm, arm64=arm64)
+    picked = selection.variants(project.matrix)
     if len(picked) != 1:
         raise ImageError(
             f"one variant per image: --sm selected {len(picked)} ({', '.join(v.name for v in picked)}); give one SM"
@@ -420,16 +418,14 @@ def main(
     overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs else {}
     require_built(nix, project, variant, overrides)
 
-    def retarget(target: build.Target) -> build.Target:
-        return replace(
-            target,
-            attr=f"images.{target.variant.system}.{target.variant.name}",
-            link=image_link(project, target.variant),
-        )
-
-    outcomes = build.main(
-        project, out=out, interactive=interactive, nix=nix, retarget=retarget, sm=[variant.name], nixpkgs=nixpkgs
-    )
+    request = Request.from_cli(nixpkgs=nixpkgs)
+    check_outputs(project, request)
+    prepared = prepare_variants(project, request, [variant], nix=nix)
+    prepared.targets = [
+        replace(target, attr=f"images.{variant.system}.{variant.name}", link=image_link(project, variant))
+        for target in prepared.targets
+    ]
+    outcomes = plan_and_build(prepared, out, interactive=interactive)
     assert isinstance(outcomes, list) and outcomes[0].store_path
     image = read_image(nix, variant, outcomes[0].store_path)
     print("\n".join(image.lines()), file=out, flush=True)

@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -317,12 +318,46 @@ def adopt(proc: Child, *, own_group: bool, argv: Sequence[str] = ()) -> None:
     checkpoint("child", " ".join(argv))
 
 
-def _kill(proc: Child, own_group: bool, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def signal_child(proc: Child, sig: int, *, own_group: bool) -> bool:
+    """Send `sig` to a child, or to its whole process group when it has a session
+    of its own (runner.spawn's new_session: Nix's builders, a vllm engine's
+    workers); False when there is nothing left to signal. The one place a child
+    of ours is signalled (issue #24)."""
+    try:
         if own_group:
             os.killpg(proc.pid, sig)
         else:
             os.kill(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+# Kill at once, wait for the end.
+KILL: tuple[tuple[int, float | None], ...] = ((signal.SIGKILL, None),)
+
+
+def stop(
+    proc: subprocess.Popen[bytes], *, own_group: bool, steps: Sequence[tuple[int, float | None]] = KILL
+) -> tuple[bytes | None, bytes | None]:
+    """Stop a child for good: each of `steps`' signals in turn (to its whole process
+    group when it has a session of its own), each followed by a wait of up to its
+    grace (None: as long as it takes) during which its pipes are drained, so that it
+    never blocks writing them; a Ctrl-C during a grace moves on to the next signal.
+    Returns what the last wait read from its pipes: (stdout, stderr)."""
+    out: bytes | None = None
+    err: bytes | None = None
+    for sig, grace in steps:
+        signal_child(proc, sig, own_group=own_group)  # nothing left to signal: the wait ends at once
+        try:
+            out, err = proc.communicate(timeout=grace)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: stop waiting politely
+            continue
+        except (OSError, ValueError):  # its pipes were closed by a wait a signal interrupted
+            pass
+        break
+    proc.wait()
+    return out, err
 
 
 def stop_children(grace: float = STOP_GRACE_S, only: Callable[[_Started], bool] | None = None) -> None:
@@ -333,7 +368,7 @@ def stop_children(grace: float = STOP_GRACE_S, only: Callable[[_Started], bool] 
         _STATE.children = [c for c in _STATE.children if c not in chosen and c.proc.poll() is None]
         running = [(c.proc, c.own_group) for c in chosen if c.proc.poll() is None]
     for proc, own_group in running:
-        _kill(proc, own_group, signal.SIGTERM)
+        signal_child(proc, signal.SIGTERM, own_group=own_group)
     deadline = time.monotonic() + grace
     for proc, own_group in running:
         try:
@@ -341,7 +376,7 @@ def stop_children(grace: float = STOP_GRACE_S, only: Callable[[_Started], bool] 
         except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired, or a second wait elsewhere
             pass
         if own_group or proc.poll() is None:  # the group may outlive its leader
-            _kill(proc, own_group, signal.SIGKILL)
+            signal_child(proc, signal.SIGKILL, own_group=own_group)
             with contextlib.suppress(Exception):
                 proc.wait(timeout=grace)
 

@@ -347,6 +347,21 @@ class Nix:
             )
         return planned, parse_dry_run(proc.stderr)
 
+    def out_paths(
+        self, flake: str, attrs: Sequence[str], overrides: Mapping[str, str] | None = None, *, cwd: Path | None = None
+    ) -> list[str]:
+        """The out paths of `attrs` of `flake`, in order, from one evaluation of exactly those.
+
+        `nix build --dry-run` takes several installables in one process, where
+        `nix eval` takes one: one evaluation, nothing built, and no other attribute
+        evaluated (a variant this nixpkgs cannot build must not fail another's
+        check). With substitutes off it asks no binary cache what it would fetch,
+        and --no-write-lock-file keeps flake.lock as it is, with overrides or without.
+        """
+        args = ["--no-write-lock-file", "--option", "substitute", "false", *self.override_args(overrides or {})]
+        built, _ = self.dry_run([f"{flake}#{attr}" for attr in attrs], *args, cwd=cwd)
+        return [self.out_path(planned) for planned in built]
+
     def out_path(self, planned: Planned) -> str:
         """The out path of a dry-run record: printed by this Nix, or read from its derivation."""
         if planned.out is not None:

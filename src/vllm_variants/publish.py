@@ -46,6 +46,7 @@ from .matrix import Variant
 from .nix import Nix, flake_ref, input_ref, is_valid_info
 from .project import Project
 from .resources import format_bytes
+from .selection import Selection
 
 # Stores that Nix writes as a binary cache (narinfo + nar files); they take
 # `secret-key` as a store setting and sign as they write.
@@ -368,21 +369,18 @@ def main(
     project: Project,
     *,
     to: str,
-    sm: Sequence[str] = (),
-    arm64: bool = False,
-    systems: Sequence[str] = (),
-    all: bool = False,
+    selection: Selection | None = None,
     sign_key: str | None = None,
-    check_only: bool = False,
+    check: bool = False,
     nixpkgs: str | None = None,
     dry_run: bool = False,
 ) -> None:
     """`invoke publish`: select the variants, then copy them or (--check) ask the cache."""
     # --check with no selection looks at every variant; copying needs a choice
-    picked = project.matrix.select(sm, arm64=arm64, systems=systems, all=all, none_means_all=check_only)
-    if check_only:
+    picked = (selection or Selection()).variants(project.matrix, none_means_all=check)
+    if check:
         overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
-        check(project, picked, to=to, overrides=overrides)
+        check_cache(project, picked, to=to, overrides=overrides)
         return
     publish(project, picked, to=to, sign_key=sign_key, dry_run=dry_run)
 
@@ -403,24 +401,7 @@ class Holding:
         return f"  {status}  {self.variant.name}  {self.path}{signed}"
 
 
-def out_paths(
-    nix: Nix, project: Project, variants: Sequence[Variant], overrides: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """{variant name: out path}, from one Nix evaluation of exactly these variants.
-
-    `nix build --dry-run` takes several installables in one process, where
-    `nix eval` takes one: one evaluation, nothing built, and no other variant
-    evaluated (one this nixpkgs cannot build must not fail the check). With
-    substitutes off it asks no binary cache what it would fetch, and
-    --no-write-lock-file keeps flake.lock as it is, with --nixpkgs or without.
-    """
-    flake = flake_ref(project.root)
-    args = ["--no-write-lock-file", "--option", "substitute", "false", *nix.override_args(overrides or {})]
-    built, _ = nix.dry_run([f"{flake}#{v.attr_path()}" for v in variants], *args, cwd=project.root)
-    return {variant.name: nix.out_path(planned) for variant, planned in zip(variants, built)}
-
-
-def check(
+def check_cache(
     project: Project,
     variants: Sequence[Variant],
     *,
@@ -437,7 +418,9 @@ def check(
     require_uri(to)
     nix = nix or Nix()
     nix.preflight()
-    paths = out_paths(nix, project, variants, overrides)
+    flake = flake_ref(project.root)
+    evaluated = nix.out_paths(flake, [v.attr_path() for v in variants], overrides, cwd=project.root)
+    paths = {variant.name: path for variant, path in zip(variants, evaluated)}
     held = held_paths(nix, list(paths.values()), to)
     holdings = [Holding(v, paths[v.name], paths[v.name] in held, tuple(held.get(paths[v.name], ()))) for v in variants]
     missing = [h.variant for h in holdings if not h.held]

@@ -11,7 +11,6 @@ this process dies, however it dies (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shlex
@@ -144,23 +143,12 @@ def run(
     try:
         out, err = proc.communicate(None if input is None else input.encode("utf-8"), timeout=timeout)
     except BaseException:
-        stop(proc, own_group=new_session)
+        lifecycle.stop(proc, own_group=new_session)  # a timeout or a signal: it ends with us
         raise
     done = subprocess.CompletedProcess(args, proc.returncode, text_of(out), text_of(err))
     if check and done.returncode != 0:
         raise CommandError(args, done.returncode, done.stderr)
     return done
-
-
-def stop(proc: subprocess.Popen[bytes], *, own_group: bool) -> None:
-    """Kill a child now (its process group when it has its own session) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        if own_group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    with contextlib.suppress(Exception):
-        proc.communicate()
 
 
 def run_together(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..display import BuildOutcome
 from ..errors import VariantsError
+from .display import BuildOutcome
 from .plan import BuildPlan
 
 

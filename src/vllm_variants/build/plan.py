@@ -9,8 +9,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..concurrency import Concurrency, plan_concurrency
-from ..display import Watched
 from ..errors import BuildError, CommandError, PreflightError
 from ..evalmem import EvalBudget, plan_eval
 from ..matrix import Variant
@@ -18,6 +16,8 @@ from ..nix import Nix, Planned, error_message, flake_ref, in_store_of
 from ..nixlog import DryRun, package_name, store_name, version_of
 from ..project import Project
 from ..resources import Host, format_bytes
+from .concurrency import Concurrency, plan_concurrency
+from .display import Watched
 from .request import Prepared, Target
 
 # Derivations that compile CUDA kernels (hours each): named in the plan.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import time
@@ -12,11 +11,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import lifecycle
-from ..display import BuildOutcome, duration_text
 from ..errors import WriteError
 from ..nixlog import Event, NixLog, read_lines
 from ..outputs import make_dir
 from ..runner import format_argv, spawn
+from .display import BuildOutcome, duration_text
 from .plan import BuildPlan
 
 # How long Nix gets to stop after Ctrl-C before SIGTERM, then SIGKILL.
@@ -159,21 +158,13 @@ def follow(fd: int, reader: NixLog, logs: Any, display: Any, poll_s: float = POL
             display.event(event)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT to Nix's process group (it kills its builders), then harder."""
-    for sig, grace in ((signal.SIGINT, STOP_GRACE_S[0]), (signal.SIGTERM, STOP_GRACE_S[1]), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.communicate(timeout=grace)  # drains stderr, so Nix never blocks writing it
-            break
-        except subprocess.TimeoutExpired:
-            continue
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
-            continue
-    proc.wait()
+    lifecycle.stop(
+        proc,
+        own_group=True,
+        steps=((signal.SIGINT, STOP_GRACE_S[0]), (signal.SIGTERM, STOP_GRACE_S[1]), (signal.SIGKILL, None)),
+    )
 
 
 def _outcomes(

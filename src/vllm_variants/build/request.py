@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import userfiles
-from ..cli import whole_number
 from ..errors import PreflightError, SelectionError
 from ..evalmem import eval_options
 from ..machines import BuildCapabilities
-from ..matrix import Matrix, Variant, refuse_conflicts, sm_tokens, split_auto
+from ..matrix import Variant
 from ..nix import Nix, input_ref
+from ..options import whole_number
 from ..outputs import check_file
 from ..project import Project
+from ..selection import Selection
 
 # -- the request ------------------------------------------------------------
 
@@ -23,10 +24,7 @@ from ..project import Project
 class Request:
     """What the command line asked for, validated (one line per mistake)."""
 
-    sms: tuple[str, ...] = ()
-    arm64: bool = False
-    all: bool = False
-    systems: tuple[str, ...] = ()
+    selection: Selection = Selection()  # the variants: parsed once, at the task boundary
     dry_run: bool = False
     cores: int | None = None
     max_jobs: int | None = None
@@ -35,8 +33,6 @@ class Request:
     options: tuple[tuple[str, str], ...] = ()
     nixpkgs: str | None = None
     json_path: Path | None = None
-    python: str | None = None  # --python 313: that Python line instead of the default one
-    cuda: str | None = None  # --cuda 12.8
     eval_jobs: int | None = None
     eval_max_memory: int | None = None
 
@@ -44,10 +40,7 @@ class Request:
     def from_cli(
         cls,
         *,
-        sm: Iterable[str] = (),
-        arm64: bool = False,
-        all: bool = False,
-        system: Iterable[str] = (),
+        selection: Selection | None = None,
         dry_run: bool = False,
         cores: str | int | None = None,
         max_jobs: str | int | None = None,
@@ -55,20 +48,15 @@ class Request:
         keep_going: bool = False,
         option: Iterable[str] = (),
         nixpkgs: str | None = None,
-        json: str | None = None,
+        json_path: str | None = None,
         eval_jobs: str | int | None = None,
         eval_max_memory: str | int | None = None,
         cwd: Path | None = None,
-        python: str | None = None,
-        cuda: str | None = None,
     ) -> Request:
         cwd = Path(cwd or Path.cwd())
         jobs, memory = eval_options(eval_jobs, eval_max_memory)
         return cls(
-            sms=tuple(sm or ()),
-            arm64=arm64,
-            all=all,
-            systems=tuple(system or ()),
+            selection=selection or Selection(),
             dry_run=dry_run,
             cores=whole_number("--cores", cores, "0 means all cores"),
             max_jobs=whole_number("--max-jobs", max_jobs, "0 means remote builders only"),
@@ -76,9 +64,7 @@ class Request:
             keep_going=keep_going,
             options=tuple(_option(o) for o in option or ()),
             nixpkgs=input_ref(nixpkgs, cwd) if nixpkgs is not None else None,
-            json_path=check_file("--json", json, cwd),
-            python=python,
-            cuda=cuda,
+            json_path=check_file("--json", json_path, cwd),
             eval_jobs=jobs,
             eval_max_memory=memory,
         )
@@ -121,7 +107,8 @@ class Target:
     where: str  # "this machine" or "remote builder(s) ..."
     link: Path
     # The flake attribute to build: the variant's package unless a caller
-    # builds another output of the variant (`invoke image`: images.<system>.<name>).
+    # builds another output of the variant (`invoke image`: images.<system>.<name>,
+    # linked as image-<name>).
     attr: str | None = None
 
     @property
@@ -137,32 +124,16 @@ class Prepared:
     targets: list[Target]
 
 
-def select(matrix: Matrix, request: Request, *, smi: str = "nvidia-smi") -> list[Variant]:
-    """The variants asked for; `--sm auto` adds those of the local GPUs (`invoke which`)."""
-    tokens = sm_tokens(request.sms)
-    refuse_conflicts(tokens, systems=request.systems, all=request.all, arm64=request.arm64)
-    named, auto = split_auto(tokens)
-    chosen: set[str] = set()
-    if auto:
-        from ..which import auto_variants
-
-        chosen.update(v.name for v in auto_variants(matrix, smi=smi))
-    if named or request.systems or request.all or not chosen:
-        selected = matrix.select(
-            named,
-            arm64=request.arm64,
-            systems=request.systems,
-            all=request.all,
-            python=request.python,
-            cuda=request.cuda,
-        )
-        chosen.update(v.name for v in selected)
-    return [v for v in matrix.variants if v.name in chosen]
-
-
 def prepare(project: Project, request: Request, *, nix: Nix | None = None) -> Prepared:
     """Selection, Nix and builders checked; nothing evaluated, nothing written."""
-    variants = select(project.matrix, request)
+    return prepare_variants(project, request, request.selection.variants(project.matrix), nix=nix)
+
+
+def prepare_variants(
+    project: Project, request: Request, variants: Sequence[Variant], *, nix: Nix | None = None
+) -> Prepared:
+    """Nix and builders checked for variants already resolved (`invoke image` builds
+    its one variant's image through this); nothing evaluated, nothing written."""
     options = list(request.options)
     if request.builders is not None:
         options.append(("builders", request.builders))

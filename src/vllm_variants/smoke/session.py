@@ -11,7 +11,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -25,9 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import lifecycle, userfiles
-from ..cli import refuse_control_characters, whole_number
 from ..errors import SelectionError, SmokeFailed, ToolMissing, UsageError, tail
-from ..matrix import comma_list
+from ..options import comma_list, refuse_control_characters, whole_number
 from ..outputs import check_dir, make_dir
 from ..project import Project
 from ..runner import CannotRun, spawn, text_of
@@ -241,9 +239,8 @@ class Running:
             try:
                 out, err = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                out, err = proc.communicate()
-                raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+                left, said = lifecycle.stop(proc, own_group=True)
+                raise subprocess.TimeoutExpired(proc.args, timeout, left, said) from None
         finally:
             with self.lock:
                 self.procs.discard(proc)
@@ -254,13 +251,8 @@ class Running:
         with self.lock:
             self.stopped = True
             procs = list(self.procs)
-        for proc in procs:
-            _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:  # their threads wait for them
+            lifecycle.signal_child(proc, signal.SIGKILL, own_group=True)
 
 
 def _run_checks(

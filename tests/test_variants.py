@@ -7,6 +7,7 @@ table fits its width, names whole, reasons below it.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -133,3 +134,38 @@ def test_default_set_on_a_terminal_fits_80_columns():
     assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
     for variant in MATRIX.default_set:
         assert variant.name in out
+
+
+# -- --write and --check: nix/variants.json, what the flake reads (issue #24) -----------
+
+
+def _invoke(root, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", "variants", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=support.nix_env(),
+    )
+
+
+def test_write_regenerates_the_flakes_copy_and_check_says_when_it_is_stale(tmp_path):
+    root = support.make_project(tmp_path / "p", git_init=False)
+    json_file = root / "nix" / "variants.json"
+    committed = json_file.read_text()
+    assert _invoke(root, "--check").stdout == "nix/variants.json is up to date\n"
+    toml = root / "nix" / "variants.toml"
+    toml.write_text(toml.read_text().replace('gpus = ["V100", "Titan V"]', 'gpus = ["V100"]'))
+    stale = _invoke(root, "--check")
+    assert stale.returncode == 1 and json_file.read_text() == committed  # checked, not written
+    assert stale.stderr == (
+        "error: nix/variants.json is out of date with nix/variants.toml; run `invoke variants --write`\n"
+    )
+    wrote = _invoke(root, "--write")
+    assert wrote.returncode == 0 and wrote.stdout == "wrote nix/variants.json\n", wrote.stderr
+    assert Matrix.load(toml).to_json()["vllm-python312-cuda12_9-sm70"]["gpus"] == ["V100"]
+    assert json.loads(json_file.read_text())["variants"] == Matrix.load(toml).to_json()
+    assert _invoke(root, "--write").stdout == "nix/variants.json is up to date\n"
+    json_file.unlink()
+    missing = _invoke(root, "--check")
+    assert missing.returncode == 1 and "nix/variants.json is missing; run `invoke variants --write`" in missing.stderr

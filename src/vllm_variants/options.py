@@ -1,8 +1,9 @@
-"""Command-line values checked where they enter (every task): one line per mistake.
+"""The task options, checked where they enter (every task): one line per mistake.
 
 Invoke hands every option over as text (or as a Python int it parsed itself,
 with a traceback on failure), so the tasks pass numbers through as given and
-these functions say, in one line, what is valid.
+these functions say, in one line, what is valid. The selection flags are
+parsed into one record of their own (vllm_variants.selection).
 """
 
 from __future__ import annotations
@@ -47,3 +48,8 @@ def refuse_control_characters(values: Mapping[str, object]) -> None:
                     f"{flag} '{shown}' holds a control character (a newline?); give the value on its own, "
                     "e.g. without a trailing newline from a file or a command substitution"
                 )
+
+
+def comma_list(value: object) -> list[str]:
+    """'80, 89,,90' -> ['80', '89', '90']: the words of one comma-separated option value."""
+    return [t.strip() for t in str(value).split(",") if t.strip()]

@@ -23,6 +23,7 @@ from .matrix import Variant
 from .nix import Nix, error_message, flake_ref, input_ref, nix_expression
 from .project import Project
 from .resources import Host
+from .selection import Selection
 
 # lib.resolve takes its list of names from here: the flake gets data, not
 # generated Nix source (expressions/resolve.nix, a file of this package, reads it).
@@ -128,14 +129,9 @@ def resolve(
 def main(
     project: Project,
     *,
-    sm: Sequence[str] = (),
-    arm64: bool = False,
-    systems: Sequence[str] = (),
-    all: bool = False,
+    selection: Selection | None = None,
     nixpkgs: str | None = None,
     as_json: bool = False,
-    python: str | None = None,
-    cuda: str | None = None,
     eval_jobs: str | int | None = None,
     eval_max_memory: str | int | None = None,
     nix: Nix | None = None,
@@ -145,9 +141,7 @@ def main(
     """`invoke eval`: resolve the selected variants (default: the default set), print, fail if any does not evaluate."""
     out = out or sys.stdout
     jobs, memory = eval_options(eval_jobs, eval_max_memory)
-    picked = project.matrix.select(
-        sm, arm64=arm64, systems=systems, all=all, none_means_all=True, python=python, cuda=cuda
-    )
+    picked = (selection or Selection()).variants(project.matrix, none_means_all=True)
     overrides = {"nixpkgs": input_ref(nixpkgs)} if nixpkgs is not None else None
     nix = nix or Nix()
     nix.preflight()

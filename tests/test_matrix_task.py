@@ -13,8 +13,9 @@ import pytest
 import support
 import yaml
 
-from vllm_variants.ci_matrix import github_matrix
 from vllm_variants.matrix import Matrix
+from vllm_variants.matrix_task import github_matrix
+from vllm_variants.selection import Selection
 
 MATRIX = Matrix.load(support.REPO / "nix" / "variants.toml")
 WORKFLOW = support.REPO / ".github" / "workflows" / "variants.yml"
@@ -136,7 +137,7 @@ def test_matrix_step_runs_and_writes_what_fromjson_reads(workflow, tmp_path, sm)
     )
     key, _, value = output.read_text().rstrip("\n").partition("=")
     assert key == "matrix"
-    wanted = MATRIX.select([sm], all=False) if sm else MATRIX.default_set
+    wanted = Selection.parse(sm=[sm]).variants(MATRIX) if sm else MATRIX.default_set
     assert json.loads(value) == github_matrix(wanted)
 
 

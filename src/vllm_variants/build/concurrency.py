@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .resources import Host
+from ..resources import Host
 
 # -- concurrency on this machine (issue #6) ---------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from .errors import SelectionError
 from .matrix import Variant
 from .project import Project
+from .selection import Selection
 
 FORMATS = ("github",)
 
@@ -50,19 +51,13 @@ def github_matrix(variants: Iterable[Variant]) -> dict[str, list[dict[str, Any]]
 def show(
     project: Project,
     *,
-    fmt: str = "github",
-    sms: Iterable[str] = (),
-    arm64: bool = False,
-    systems: Iterable[str] = (),
+    format: str = "github",
+    selection: Selection | None = None,
     out: TextIO | None = None,
-    python: str | None = None,
-    cuda: str | None = None,
 ) -> None:
-    if fmt not in FORMATS:
-        raise SelectionError(f"unknown format '{fmt}'; valid: {', '.join(FORMATS)}")
+    if format not in FORMATS:
+        raise SelectionError(f"unknown format '{format}'; valid: {', '.join(FORMATS)}")
     # the default set, or what --sm / --system (on a --python / --cuda line) ask for
-    data = github_matrix(
-        project.matrix.select(sms, arm64=arm64, systems=systems, none_means_all=True, python=python, cuda=cuda)
-    )
+    data = github_matrix((selection or Selection()).variants(project.matrix, none_means_all=True))
     # One line: a step writes it to $GITHUB_OUTPUT as `matrix=<json>`.
     print(json.dumps(data, separators=(",", ":")), file=out or sys.stdout)

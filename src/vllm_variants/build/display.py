@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .matrix import Variant
-from .nixlog import TAIL_LINES, Build, Event, NixLog, store_name
-from .outputs import relative
-from .resources import format_bytes
+from ..matrix import Variant
+from ..nixlog import TAIL_LINES, Build, Event, NixLog, store_name
+from ..outputs import relative
+from ..resources import format_bytes
 
 HEARTBEAT_S = 300.0
 
@@ -187,7 +187,7 @@ class Display:
         from rich import box
         from rich.table import Table
 
-        from .console import console_for
+        from ..console import console_for
 
         table = Table(title="build summary", title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("Variant", "Status", "Closure", "Duration", "Store path"):

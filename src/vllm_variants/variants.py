@@ -1,6 +1,9 @@
 """`invoke variants`: the matrix as a table or JSON, from nix/variants.toml alone.
 
 No Nix process is started: the matrix is data, and this must feel instant.
+`--write` writes what the flake reads, nix/variants.json (the matrix validated
+and expanded: vllm_variants.matrix.generated); `--check` only says whether it
+is up to date.
 
 Readable at any width (issue #22): a disabled variant's reason never goes in
 its row. Each distinct reason is numbered once, below the table, and the row
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from .errors import UsageError
 from .matrix import Matrix, Variant
 from .project import Project
 
@@ -57,7 +61,35 @@ def plain_table(table: list[tuple[str, ...]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
 
 
-def show(project: Project, *, as_json: bool = False, everything: bool = False, out: TextIO | None = None) -> None:
+def write_generated(project: Project, *, check: bool = False, out: TextIO | None = None) -> bool:
+    """`invoke variants --write` (or --check): nix/variants.json from nix/variants.toml."""
+    from .matrix import generated  # hashlib and the writer: not for showing the matrix
+
+    changed = generated.update(project.root, check=check)
+    print(f"wrote {generated.PATH}" if changed else f"{generated.PATH} is up to date", file=out or sys.stdout)
+    return changed
+
+
+def show(
+    project: Project,
+    *,
+    as_json: bool = False,
+    everything: bool = False,
+    write: bool = False,
+    check: bool = False,
+    out: TextIO | None = None,
+) -> None:
+    given = [flag for flag, on in (("--write", write), ("--check", check)) if on]
+    showing = [flag for flag, on in (("--json", as_json), ("--all", everything)) if on]
+    if given and len(given) + len(showing) > 1:
+        first, second = (given + showing)[:2]
+        raise UsageError(
+            f"{first} and {second} conflict: --write writes nix/variants.json, --check only compares it, "
+            "--json and --all show the matrix; give one of them"
+        )
+    if given:
+        write_generated(project, check=check, out=out)
+        return
     out = out or sys.stdout
     matrix = project.matrix
     if as_json:
