@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import textwrap
@@ -487,6 +488,45 @@ def test_a_malformed_matrix_is_refused_in_one_line(shape):
     with pytest.raises(MatrixError) as excinfo:
         Matrix.from_toml(data, source=MATRIX)
     assert str(excinfo.value) == f"{MATRIX}: {shape.message}"
+
+
+def _raise_sites() -> dict[str, tuple[re.Pattern[str], int]]:
+    """Each `raise MatrixError(...)` of the one validator (matrix/schema.py) that judges
+    the parsed file, as a pattern of its message. `parse`'s own (a file that
+    cannot be read) come before any data: tests/test_every_task.py walks those."""
+    from vllm_variants.matrix import schema
+
+    sites = {}
+    functions = [f for f in ast.walk(ast.parse(Path(schema.__file__).read_text())) if isinstance(f, ast.FunctionDef)]
+    for node in (n for f in functions if f.name != "parse" for n in ast.walk(f)):
+        if (
+            isinstance(node, ast.Raise)
+            and isinstance(node.exc, ast.Call)
+            and ast.unparse(node.exc.func) == "MatrixError"
+        ):
+            (text,) = node.exc.args
+            parts = text.values if isinstance(text, ast.JoinedStr) else [text]
+            fixed = [p.value for p in parts if isinstance(p, ast.Constant)]
+            pattern = "".join(re.escape(p.value) if isinstance(p, ast.Constant) else ".*" for p in parts)
+            sites[ast.unparse(text)] = (re.compile(pattern, re.DOTALL), len("".join(fixed)))
+    return sites
+
+
+def _site_of(message: str, sites: dict[str, tuple[re.Pattern[str], int]]) -> str:
+    """The raise a message comes from: of those whose pattern it fits, the one with the most fixed text."""
+    fits = sorted((fixed, site) for site, (pattern, fixed) in sites.items() if pattern.fullmatch(message))
+    assert fits, f"no raise in matrix/schema.py gives {message!r}"
+    assert len(fits) == 1 or fits[-1][0] > fits[-2][0], f"{message!r} fits {fits[-1][1]} and {fits[-2][1]} alike"
+    return fits[-1][1]
+
+
+def test_every_rule_of_the_validator_has_a_malformed_row():
+    """Not a twin check (there is one validator now, issue #24): every refusal
+    schema.py can give is exercised by a row of MALFORMED."""
+    sites = _raise_sites()
+    assert len(sites) > 30  # the walk found schema.py's raises
+    covered = {_site_of(f"{MATRIX}: {shape.message}", sites) for shape in MALFORMED}
+    assert sorted(set(sites) - covered) == [], "a raise of matrix/schema.py with no row in MALFORMED"
 
 
 # -- nix/variants.json: the expansion the flake reads (issue #24) ---------------------
