@@ -86,36 +86,14 @@ def test_a_failed_block_stops_what_it_started_before_undoing(tmp_path):
     assert started[0] is not None, "the child still ran when the undo step ran"
 
 
-def test_stopping_children_takes_their_whole_group(tmp_path):
-    """A child in a session of its own (a check process, nix) and what it started."""
+def _with_a_grandchild(tmp_path, *, ignore_sigint: bool = False):
+    """A child in a session of its own (a check process, nix) that started a
+    process of its own: (the child, the grandchild's pid)."""
     marker = tmp_path / "grandchild.pid"
     code = (
-        "import subprocess, sys, time; "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-        f"open({str(marker)!r}, 'w').write(str(p.pid)); time.sleep(60)"
-    )
-    proc = spawn([sys.executable, "-c", code], new_session=True)
-    deadline = time.monotonic() + 30
-    while not marker.exists() or not marker.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    grandchild = int(marker.read_text())
-    lifecycle.stop_children(grace=5)
-    assert proc.poll() is not None
-    deadline = time.monotonic() + 10
-    while support.alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not support.alive(grandchild)
-
-
-def test_stop_escalates_through_its_steps_and_takes_the_whole_group(tmp_path):
-    """The one stop (issue #24: build's Nix, a timed-out smoke check, a failed run):
-    a child that ignores the first signal gets the next after the grace, its whole
-    group with it, and what it printed meanwhile comes back."""
-    marker = tmp_path / "grandchild.pid"
-    code = (
-        "import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        "import signal, subprocess, sys, time; "
+        + ("signal.signal(signal.SIGINT, signal.SIG_IGN); " if ignore_sigint else "")
+        + "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
         f"open({str(marker)!r}, 'w').write(str(p.pid)); print('started', flush=True); time.sleep(60)"
     )
     proc = spawn([sys.executable, "-c", code], new_session=True)
@@ -123,15 +101,33 @@ def test_stop_escalates_through_its_steps_and_takes_the_whole_group(tmp_path):
     while not marker.exists() or not marker.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    grandchild = int(marker.read_text())
+    return proc, int(marker.read_text())
+
+
+def _gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while support.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not support.alive(pid)
+
+
+def test_stopping_children_takes_their_whole_group(tmp_path):
+    proc, grandchild = _with_a_grandchild(tmp_path)
+    lifecycle.stop_children(grace=5)
+    assert proc.poll() is not None
+    assert _gone(grandchild)
+
+
+def test_stop_escalates_through_its_steps_and_takes_the_whole_group(tmp_path):
+    """The one stop (issue #24: build's Nix, a timed-out smoke check, a failed run):
+    a child that ignores the first signal gets the next after the grace, its whole
+    group with it, and what it printed meanwhile comes back."""
+    proc, grandchild = _with_a_grandchild(tmp_path, ignore_sigint=True)
     started = time.monotonic()
     out, _ = lifecycle.stop(proc, own_group=True, steps=((signal.SIGINT, 0.5), (signal.SIGKILL, None)))
     assert proc.returncode == -signal.SIGKILL and time.monotonic() - started >= 0.5  # SIGINT was ignored
     assert out == b"started\n"
-    deadline = time.monotonic() + 10
-    while support.alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not support.alive(grandchild)
+    assert _gone(grandchild)
 
 
 @pytest.mark.parametrize(
