@@ -259,14 +259,19 @@ def test_dry_run_prints_the_plan_per_branch_and_changes_nothing(repo, nixpkgs, r
     assert (refs(repo), checkout_state(repo)) == before
 
 
+def _edit_on_branch(repo: Path, branch: str, tmp_path: Path, old: str, new: str, message: str) -> None:
+    """Commit one change to a branch's nix/variants.toml, through a worktree of its own."""
+    tree = tmp_path / f"edit-{branch}"
+    support.git(repo, "worktree", "add", "-q", tree, branch)
+    matrix = tree / "nix" / "variants.toml"
+    matrix.write_text(matrix.read_text().replace(old, new, 1))
+    support.commit_all(tree, message)
+    support.git(repo, "worktree", "remove", tree)
+
+
 def test_a_failing_branch_moves_no_branch(repo, nixpkgs, run_bump, tmp_path):
     # vllm-0.13.0's flake no longer evaluates (a typo in its matrix)
-    tree = tmp_path / "break"
-    support.git(repo, "worktree", "add", "-q", tree, "vllm-0.13.0")
-    matrix = tree / "nix" / "variants.toml"
-    matrix.write_text(matrix.read_text().replace('arch = "Volta"', 'arhc = "Volta"', 1))
-    support.commit_all(tree, "matrix: a typo")
-    support.git(repo, "worktree", "remove", tree)
+    _edit_on_branch(repo, "vllm-0.13.0", tmp_path, 'arch = "Volta"', 'arhc = "Volta"', "matrix: a typo")
     before = refs(repo)
 
     with pytest.raises(BumpError) as caught:
@@ -284,12 +289,14 @@ def test_a_stale_matrix_json_on_a_branch_is_regenerated_and_committed(repo, nixp
     """bump-pin commits what it regenerates: a branch whose nix/variants.toml changed
     without `invoke variants --write` would not evaluate (the flake refuses the stale
     JSON); its bump commit carries the JSON expanded from the branch's own TOML."""
-    tree = tmp_path / "edit"
-    support.git(repo, "worktree", "add", "-q", tree, "vllm-0.13.0")
-    toml = tree / "nix" / "variants.toml"
-    toml.write_text(toml.read_text().replace('gpus = ["V100", "Titan V"]', 'gpus = ["V100", "Titan V", "GV100"]', 1))
-    support.commit_all(tree, "matrix: one more GPU, nix/variants.json not regenerated")
-    support.git(repo, "worktree", "remove", tree)
+    _edit_on_branch(
+        repo,
+        "vllm-0.13.0",
+        tmp_path,
+        'gpus = ["V100", "Titan V"]',
+        'gpus = ["V100", "Titan V", "GV100"]',
+        "matrix: one more GPU, nix/variants.json not regenerated",
+    )
 
     run_bump(repo, nixpkgs.b, branches=["vllm-0.13.0"])
 
