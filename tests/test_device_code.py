@@ -150,6 +150,46 @@ def test_audit_screen_on_a_stand_in_build_shows_real_figures(built):
     assert "torch/lib/libtorch_cuda.so" in proc.stdout and "never used" not in proc.stdout
 
 
+# -- the real cuobjdump on the same kind of libraries ------------------------------------
+
+# tests/fixtures/gpu/audit_standin.py, run on an H100 machine with cuobjdump 13.0
+# over the libraries of stand-in results built here (the flake as it is, and
+# each mutation below): both readers agreed on every library.
+CUOBJDUMP = json.loads((support.REPO / "tests" / "fixtures" / "gpu" / "h100" / "audit-standin.json").read_text())
+RECORDED = {
+    "sm90": SM90,
+    "sm100": MATRIX.by_name("vllm-python312-cuda12_9-sm100"),
+    "sm120": MATRIX.by_name("vllm-python312-cuda12_9-sm120"),
+    "sm90-torchbin": next(v for v in X86_DEFAULT if v.torch_wheel),
+}
+
+
+def test_cuobjdump_on_a_gpu_machine_agreed_with_the_fatbin_reader_on_every_stand_in_library():
+    cases = CUOBJDUMP["cases"]
+    assert CUOBJDUMP["cuobjdump"].startswith("Build cuda_13.0")
+    assert all(case["readers_agree"] for case in cases.values())
+    assert {name: case["foreign"]["cuobjdump"] for name, case in cases.items()} == {
+        "sm90": [],
+        "sm100": [],
+        "sm120": [],
+        "sm90-torchbin": [],
+        "sm90-forward-compat": ["sm_90"],
+        "sm90-second-capability": ["sm_80"],
+        "sm90-bitsandbytes-every-arch": ["sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_100", "sm_120"],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(RECORDED))
+def test_this_build_carries_what_cuobjdump_listed_on_the_gpu_machine(built, case):
+    """What the suite's builds carry now, read here with the fatbin headers, is
+    what cuobjdump listed for the same variant there: a change in the flags the
+    flake hands nvcc shows up as a difference from real cuobjdump output."""
+    variant = RECORDED[case]
+    _, report = audit_json(built, variant.name)
+    here = {path: sorted([kind, arch] for kind, arch in entries) for path, entries in libraries(report).items()}
+    assert here == CUOBJDUMP["cases"][case]["entries"]["cuobjdump"]
+
+
 # -- the mistakes the flake guards against ----------------------------------------------
 
 
