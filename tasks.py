@@ -140,7 +140,7 @@ def variants(c, json=False, all=False, write=False, check=False):
 
 @command(help={"check": "only check: fail if README.md is out of date, change nothing"})
 def readme(c, check=False):
-    """Regenerate README.md's generated sections (variant table, versions)."""
+    """Regenerate the generated sections of README.md and docs/*.md (variant table, versions, image tag)."""
     from vllm_variants.readme import show
 
     _call(show, _project(), check=check)
