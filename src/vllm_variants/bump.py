@@ -5,10 +5,13 @@ The plan comes first and has no side effects (input checks and git reads;
 worktree outside the checkout: rewrite `inputs.nixpkgs.url` in flake.nix
 (the durable pin), relock with Nix, regenerate nix/variants.json (the matrix
 the flake reads) from the branch's nix/variants.toml, evaluate what the pin
-ships (every package's passthru.versions), write nix/versions.json, regenerate
-the generated sections of README.md and docs/*.md from it and commit. Only when every branch has its commit do the branches
-move, in one ref transaction that checks each old value (git.Git.update_refs):
-a failure anywhere moves none of them, and the report names each failure.
+ships (every package's passthru.versions), write nix/versions.json,
+regenerate the generated sections of README.md and docs/*.md from it and
+commit. Only when every branch has its commit do the branches move, in one
+ref transaction that checks each old value (git.Git.update_refs): a failure
+anywhere moves none of them, and the report names each failure. The
+branches and the checkouts on them then move together (lifecycle.critical,
+with a journal the next bump-pin finishes after a SIGKILL: issue #21).
 
 Branch strategy (the seed's): `main` follows the newest pin; each older vLLM
 keeps a `vllm-<version>` branch. `--release-branch` cuts that branch from
