@@ -11,6 +11,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import support
 
+STANDIN_AT_START = pytest.StashKey[dict]()
+STANDIN_CHANGED = pytest.StashKey[list]()
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller, once per run
+        session.config.stash[STANDIN_AT_START] = support.standin_listing()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(STANDIN_AT_START, None)
+    if before is None:
+        return
+    changed = support.standin_changes(before, support.standin_listing())
+    if changed:
+        # A test wrote into tests/fixtures/nixpkgs: its `path:` hash, and so every store
+        # path built from it, moved under the tests running beside it (a flaky
+        # "not built"). Fail the run, naming the files.
+        session.config.stash[STANDIN_CHANGED] = changed
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    changed = config.stash.get(STANDIN_CHANGED, None)
+    if changed:
+        terminalreporter.write_line(
+            "FAILED: the run wrote into the stand-in (tests/fixtures/nixpkgs), which moves its "
+            "path: hash under the tests beside it: " + ", ".join(changed[:10]),
+            red=True,
+        )
+
 
 def pytest_collection_modifyitems(config, items):
     # Anything that touches Nix needs it: fail loudly, never skip, when absent.

@@ -104,6 +104,34 @@ def mutated_project(dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path
     return root
 
 
+def load_standin_module(rel: str):
+    """A Python file of the stand-in, as a module, without writing __pycache__ into it."""
+    import types
+
+    path = STANDIN / rel
+    module = types.ModuleType(path.stem.replace("-", "_"))
+    module.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
+    return module
+
+
+def standin_listing() -> dict[str, tuple[int, int]]:
+    """Every file under the stand-in with its size and mtime: the tests pass it to Nix
+    as `path:`, whose hash covers every file, so one written mid-run (a __pycache__, a
+    build product) moves every store path between a test's build and its next eval."""
+    listing = {}
+    for path in sorted(STANDIN.rglob("*")):
+        if path.is_file() or path.is_symlink():
+            st = path.lstat()
+            listing[str(path.relative_to(STANDIN))] = (st.st_size, st.st_mtime_ns)
+    return listing
+
+
+def standin_changes(before: Mapping[str, tuple[int, int]], after: Mapping[str, tuple[int, int]]) -> list[str]:
+    """The files the run added, removed or rewrote under the stand-in, sorted."""
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+
+
 def nix_config(extra: str = "") -> str:
     """NIX_CONFIG for tests.
 

@@ -514,14 +514,12 @@ def test_nvcc_refuses_a_host_compiler_newer_than_its_lines_maximum(tmp_path):
 
 
 def device_code():
-    """The stand-in's kernel compiler (cuda-modules/device-code/device-code.py), as a module."""
-    import importlib.util
+    """The stand-in's kernel compiler (cuda-modules/device-code/device-code.py), as a module.
 
-    path = support.STANDIN / "pkgs" / "development" / "cuda-modules" / "device-code" / "device-code.py"
-    spec = importlib.util.spec_from_file_location("standin_device_code", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    Loaded from its text: an import would write __pycache__ into the stand-in, which
+    changes its `path:` hash, and so every store path, under the feet of the tests
+    that build with it (support.standin_untouched holds the run to that)."""
+    return support.load_standin_module("pkgs/development/cuda-modules/device-code/device-code.py")
 
 
 CMAKE_ALL_12_8 = "50-real;52-real;53-real;60-real;61-real;62-real;70-real;72-real;75-real;80-real;86-real;87-real;89-real;90-real;100-real;101-real;120"
