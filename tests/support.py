@@ -104,26 +104,35 @@ def mutated_project(dest: Path, edits: dict[str, list[tuple[str, str]]]) -> Path
     return root
 
 
-def load_standin_module(rel: str):
-    """A Python file of the stand-in, as a module, without writing __pycache__ into it."""
+def load_file(path: Path):
+    """A Python file that is not on sys.path (tasks.py, the stand-in's scripts), as a
+    module, read from its text: an import would write __pycache__ beside it, which under
+    the stand-in moves its `path:` hash (see standin_listing)."""
     import types
 
-    path = STANDIN / rel
     module = types.ModuleType(path.stem.replace("-", "_"))
     module.__file__ = str(path)
+    module.__cached__ = None  # as a module with no bytecode cache (tasks.py reads it)
     exec(compile(path.read_text(), str(path), "exec"), module.__dict__)
     return module
 
 
-def standin_listing() -> dict[str, tuple[int, int]]:
+def tasks_module():
+    """tasks.py, freshly loaded: Invoke's Task.get_arguments() pops each option's help
+    from the task as it reads it, so a collection must not be shared between tests
+    that each read the help."""
+    return load_file(REPO / "tasks.py")
+
+
+def standin_listing(root: Path = STANDIN) -> dict[str, tuple[int, int]]:
     """Every file under the stand-in with its size and mtime: the tests pass it to Nix
     as `path:`, whose hash covers every file, so one written mid-run (a __pycache__, a
     build product) moves every store path between a test's build and its next eval."""
     listing = {}
-    for path in sorted(STANDIN.rglob("*")):
+    for path in sorted(root.rglob("*")):
         if path.is_file() or path.is_symlink():
             st = path.lstat()
-            listing[str(path.relative_to(STANDIN))] = (st.st_size, st.st_mtime_ns)
+            listing[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
     return listing
 
 

@@ -21,7 +21,6 @@ real files.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import re
 import runpy
@@ -145,11 +144,7 @@ def command_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 @cache
 def invoke_collection():
-    spec = importlib.util.spec_from_file_location("vllm_variants_docs_tasks", REPO / "tasks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ns
+    return support.tasks_module().ns
 
 
 def _flags(arguments) -> dict[str, bool]:

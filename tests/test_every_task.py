@@ -11,7 +11,6 @@ row being written for it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import stat
 import subprocess
@@ -30,11 +29,7 @@ LEAK = "NEWLINE-LEAK"
 
 
 def _collection() -> Any:
-    spec = importlib.util.spec_from_file_location("vllm_variants_tasks", support.REPO / "tasks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ns
+    return support.tasks_module().ns
 
 
 NS = _collection()

@@ -518,8 +518,25 @@ def device_code():
 
     Loaded from its text: an import would write __pycache__ into the stand-in, which
     changes its `path:` hash, and so every store path, under the feet of the tests
-    that build with it (support.standin_untouched holds the run to that)."""
-    return support.load_standin_module("pkgs/development/cuda-modules/device-code/device-code.py")
+    that build with it (conftest's standin listing holds the run to that)."""
+    return support.load_file(
+        support.STANDIN / "pkgs" / "development" / "cuda-modules" / "device-code" / "device-code.py"
+    )
+
+
+def test_reading_the_standins_scripts_leaves_it_as_it_was(tmp_path, monkeypatch):
+    """The run's guard (conftest): a test that loads the stand-in's device-code.py
+    writes nothing beside it (an import wrote __pycache__, and the stand-in's path:
+    hash moved under the tests beside it), and a file added or rewritten is named."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on CI (no PYTHONDONTWRITEBYTECODE)
+    copy = support.copy_standin(tmp_path / "standin")
+    before = support.standin_listing(copy)
+    script = copy / "pkgs" / "development" / "cuda-modules" / "device-code" / "device-code.py"
+    assert callable(support.load_file(script).torch_cmake)
+    assert support.standin_changes(before, support.standin_listing(copy)) == []
+    (copy / "junk.txt").write_text("x")
+    (copy / "knobs.json").write_text((copy / "knobs.json").read_text() + " ")
+    assert support.standin_changes(before, support.standin_listing(copy)) == ["junk.txt", "knobs.json"]
 
 
 CMAKE_ALL_12_8 = "50-real;52-real;53-real;60-real;61-real;62-real;70-real;72-real;75-real;80-real;86-real;87-real;89-real;90-real;100-real;101-real;120"

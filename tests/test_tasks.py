@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
@@ -152,14 +151,6 @@ def test_tasks_compile_once_not_on_every_run(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*.pyc")} == stamps  # read, not rewritten
 
 
-def _tasks_module():
-    spec = importlib.util.spec_from_file_location("vllm_variants_tasks_module", support.REPO / "tasks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # Flags spelled like a selection flag that select nothing: audit's --sm is the SMs
 # you own (any SM, not a variant), variants' --all lists every combination.
 NOT_A_SELECTION = {("audit", "sm"), ("variants", "all")}
@@ -169,7 +160,7 @@ def test_the_selection_flags_are_defined_once_and_parsed_before_the_command():
     """Issue #24: --sm, --arm64, --system, --all, --python and --cuda were spelled
     again in five tasks, their help in three wordings; a task now names the ones it
     takes (`selects`) and gets one parsed Selection."""
-    tasks = _tasks_module()
+    tasks = support.tasks_module()
     selecting = 0
     for name, task in tasks.ns.tasks.items():
         arguments = {a.name: a for a in task.get_arguments()}
