@@ -246,8 +246,11 @@ def _started_outside() -> Callable[[_Started], bool]:
     started (smoke's workers each run a block of their own at once)."""
     thread = threading.get_ident()
     with _STATE.lock:
-        before = {id(c.proc) for c in _STATE.children}
-    return lambda child: child.thread == thread and id(child.proc) not in before
+        # The records themselves, held: an id() of one pruned and freed meanwhile
+        # could be reused by a child this block starts, which would then pass as
+        # started outside it and outlive the block.
+        before = tuple(_STATE.children)
+    return lambda child: child.thread == thread and not any(child is c for c in before)
 
 
 @contextlib.contextmanager
