@@ -86,6 +86,29 @@ def test_a_failed_block_stops_what_it_started_before_undoing(tmp_path):
     assert started[0] is not None, "the child still ran when the undo step ran"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_while_a_child_starts_still_stops_the_child(monkeypatch, signum):
+    """A signal that lands between the fork and the child's registration (here: as
+    Popen returns) is held until the child is registered, so the policy stops it;
+    raised at once it left a child running that nothing knew of."""
+    import subprocess
+
+    from vllm_variants import runner
+
+    started = []
+
+    class SignalledAsItStarts(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+            os.kill(os.getpid(), signum)  # handled at the next bytecode: before spawn registers it
+
+    monkeypatch.setattr(runner.subprocess, "Popen", SignalledAsItStarts)
+    with pytest.raises(KeyboardInterrupt), lifecycle.policy():
+        spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert started and started[0].poll() is not None, "the child outlived the task"
+
+
 def _with_a_grandchild(tmp_path, *, ignore_sigint: bool = False):
     """A child in a session of its own (a check process, nix) that started a
     process of its own: (the child, the grandchild's pid)."""

@@ -313,12 +313,11 @@ def undo_on_failure(description: str, undo: Callable[[], None]) -> Iterator[None
 # -- children -----------------------------------------------------------------------
 
 
-def adopt(proc: Child, *, own_group: bool, argv: Sequence[str] = ()) -> None:
+def adopt(proc: Child, *, own_group: bool) -> None:
     """Register a started child (runner.spawn): stopped at the end if still running."""
     with _STATE.lock:
         _STATE.children = [c for c in _STATE.children if c.proc.poll() is None]
         _STATE.children.append(_Started(proc, own_group, threading.get_ident()))
-    checkpoint("child", " ".join(argv))
 
 
 def signal_child(proc: Child, sig: int, *, own_group: bool) -> bool:

@@ -196,18 +196,22 @@ def spawn(
     registered with the lifecycle policy: stopped if still running when the
     task ends, however it ends."""
     args = _argv(argv)
-    try:
-        proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            stdout=stdout,
-            stderr=stderr,
-            stdin=stdin,
-            start_new_session=new_session,
-            preexec_fn=_die_with_us(),
-        )
-    except OSError as exc:
-        raise _not_started(exc, args, cwd, env) from None
-    lifecycle.adopt(proc, own_group=new_session, argv=args)
+    # A signal between the fork and the registration would leave a child that
+    # nothing stops: it is held until the child is registered, then delivered.
+    with lifecycle.critical():
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=stdin,
+                start_new_session=new_session,
+                preexec_fn=_die_with_us(),
+            )
+        except OSError as exc:
+            raise _not_started(exc, args, cwd, env) from None
+        lifecycle.adopt(proc, own_group=new_session)
+    lifecycle.checkpoint("child", " ".join(args))
     return proc
