@@ -62,7 +62,8 @@ def _require_stdout() -> None:
     None and every print vanishes, and the next file opened would take
     descriptor 1 and receive what a child writes there."""
     try:
-        closed = sys.stdout is None or os.fstat(1) is None
+        os.fstat(1)  # raises when descriptor 1 is closed
+        closed = sys.stdout is None
     except OSError:
         closed = True
     if closed:
