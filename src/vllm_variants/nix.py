@@ -569,7 +569,7 @@ _NETWORK = re.compile(
     r"|Network is unreachable|Timeout was reached|Operation timed out|Could not resolve proxy",
     re.IGNORECASE,
 )
-_RATE_LIMIT = re.compile(r"HTTP error 40[3]|HTTP error 429|rate limit", re.IGNORECASE)
+_RATE_LIMIT = re.compile(r"HTTP error 403|HTTP error 429|rate limit", re.IGNORECASE)
 _NO_REPOSITORY = re.compile(r"does not appear to be a git repository|Repository not found", re.IGNORECASE)
 _MISSING_COMMIT = re.compile(
     r"object not found|Cannot find Git revision|not our ref|couldn't find remote ref|unknown revision"

@@ -93,9 +93,9 @@ def why_not(path: Path, exc: OSError) -> str:
 def _stat(path: Path, label: str) -> os.stat_result:
     try:
         return os.stat(path)
-    except (OSError, ValueError) as exc:  # ValueError: an embedded NUL byte
-        if isinstance(exc, ValueError):
-            raise UserFileError(f"{label}: the path holds a NUL byte") from None
+    except ValueError:  # an embedded NUL byte
+        raise UserFileError(f"{label}: the path holds a NUL byte") from None
+    except OSError as exc:
         raise UserFileError(f"{label}: {why_not(path, exc)}") from None
 
 
@@ -226,9 +226,7 @@ def parse_toml(text: str, label: str) -> dict[str, Any]:
         value = tomllib.loads(text)
     except RecursionError:
         raise _too_deep(label) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserFileError(f"{label}: invalid TOML: {exc}") from None
-    except (ValueError, OverflowError) as exc:  # a date or number TOML allows and Python does not
+    except (ValueError, OverflowError) as exc:  # TOMLDecodeError, or a date or number TOML allows and Python does not
         raise UserFileError(f"{label}: invalid TOML: {exc}") from None
     if depth(value) > MAX_DEPTH:
         raise _too_deep(label)
